@@ -1,0 +1,93 @@
+"""Validate the answers before cookiecutter renders any file.
+
+Every answer is read from a JSON document, never pasted into Python source, so no answer
+can change what this script does. On any invalid answer the script prints one line per
+problem to stderr and exits 1; cookiecutter then removes the project directory it created.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | tojson }}""")
+
+MIN_PYTHON = 11
+MAX_PYTHON = 14
+
+SLUG = re.compile(r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+PYTHON_VERSION = re.compile(r"^3\.(\d+)$")
+# Answers that end up inside TOML strings in pyproject.toml.
+UNSAFE_IN_TOML = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def _text(name: str) -> str:
+    value = ANSWERS.get(name, "")
+    return value if isinstance(value, str) else str(value)
+
+
+def _check_project_name(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if UNSAFE_IN_TOML.search(value):
+        return "must be one line without double quotes or backslashes"
+    return None
+
+
+def _check_project_slug(value: str) -> str | None:
+    if not SLUG.fullmatch(value):
+        return "use lowercase letters, digits, '-' or '_', starting with a letter"
+    return None
+
+
+def _check_description(value: str) -> str | None:
+    if UNSAFE_IN_TOML.search(value):
+        return "must be one line without double quotes or backslashes"
+    return None
+
+
+def _check_author_name(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    return _check_description(value)
+
+
+def _check_author_email(value: str) -> str | None:
+    if not EMAIL.fullmatch(value) or UNSAFE_IN_TOML.search(value):
+        return "must be an email address such as 'you@example.com'"
+    return None
+
+
+def _check_python_version(value: str) -> str | None:
+    match = PYTHON_VERSION.fullmatch(value)
+    if not match or not MIN_PYTHON <= int(match.group(1)) <= MAX_PYTHON:
+        return f"must be the minimum Python as '3.N', from 3.{MIN_PYTHON} to 3.{MAX_PYTHON}"
+    return None
+
+
+CHECKS = {
+    "project_name": _check_project_name,
+    "project_slug": _check_project_slug,
+    "description": _check_description,
+    "author_name": _check_author_name,
+    "author_email": _check_author_email,
+    "python_version": _check_python_version,
+}
+
+
+def main() -> int:
+    errors = []
+    for name, check in CHECKS.items():
+        value = _text(name)
+        problem = check(value)
+        if problem:
+            errors.append(f"ERROR: {name} {value!r} is invalid: {problem}")
+    for error in errors:
+        print(error, file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
