@@ -1,0 +1,53 @@
+"""Developer tasks: ``nox`` runs lint, typecheck, unit and integration.
+
+``nox -s integration -- -k orders -x`` passes everything after ``--`` on to pytest.
+The project is not installed as a package: pytest finds ``lib`` through
+``pythonpath = ["."]`` in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typecheck", "unit", "integration"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHON = "{{ cookiecutter.python_version }}"
+
+
+def _install_test_deps(session: nox.Session) -> None:
+    """Install the runtime dependencies and the ``test`` dependency group."""
+    session.install(*PYPROJECT["project"]["dependencies"])
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """Run the unit tests (no database)."""
+    _install_test_deps(session)
+    session.run("pytest", "tests/unit", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Run the integration tests, each against its own fresh, migrated database."""
+    _install_test_deps(session)
+    session.run("pytest", "tests/integration", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check style and formatting with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", ".", *session.posargs)
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Type check lib, tests and this file with mypy (strict, see pyproject.toml)."""
+    session.install(*PYPROJECT["project"]["dependencies"])
+    session.install(*nox.project.dependency_groups(PYPROJECT, "dev"))
+    session.run("mypy", *session.posargs)
