@@ -1,0 +1,58 @@
+"""The template's own tasks.
+
+``nox -s demo`` bakes a project with the default answers and runs its isolated
+integration suite; ``nox -s tests`` bakes projects and checks them; ``nox -s lint``
+checks this repository's Python files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "tests"]
+
+PYTHON = "3.11"
+TEST_REQUIREMENTS = [
+    "cookiecutter>=2.6",
+    "pytest>=8.3",
+    "pytest-timeout>=2.3",
+    "pytest-xdist>=3.6",
+    "pytest-asyncio>=1.0",
+    "sqlite-utils>=4",
+    "ruff>=0.8",
+    "mypy>=1.13",
+    "nox>=2025.2.9",
+    "uv>=0.5",
+]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Bake projects from the template and run their checks (``-- -m "not e2e"`` to skip e2e)."""
+    session.install(*TEST_REQUIREMENTS)
+    session.run("pytest", *(session.posargs or ["-n", "2"]))
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Bake a project with the default answers and run its ``nox -s integration``."""
+    session.install("cookiecutter>=2.6", "nox>=2025.2.9", "uv>=0.5")
+    output_dir = Path(session.create_tmp()) / "demo"
+    session.run("cookiecutter", "--no-input", "--overwrite-if-exists", "-o", str(output_dir), ".")
+    (project_dir,) = (path for path in output_dir.iterdir() if path.is_dir())
+    session.log(f"Baked {project_dir}")
+    session.chdir(project_dir)
+    session.run("nox", "-s", "integration", "--", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check the hooks, the template tests and this file with ruff."""
+    session.install("ruff>=0.8")
+    paths = ["hooks", "tests", "noxfile.py"]
+    session.run("ruff", "check", *paths, *session.posargs)
+    session.run("ruff", "format", "--check", *paths)

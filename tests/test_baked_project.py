@@ -1,0 +1,60 @@
+"""The baked project's own checks pass: lint, types, unit and integration tests."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Bake, clean_env, run, run_pytest
+
+
+@pytest.mark.parametrize("fixture", ["default_project", "custom_project"])
+def test_ruff_clean(fixture: str, request: pytest.FixtureRequest) -> None:
+    project: Path = request.getfixturevalue(fixture)
+    for args in (["check", "."], ["format", "--check", "."]):
+        result = run([sys.executable, "-m", "ruff", *args, "--no-cache"], project)
+        assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("fixture", ["default_project", "custom_project"])
+def test_mypy_strict_clean(fixture: str, request: pytest.FixtureRequest) -> None:
+    project: Path = request.getfixturevalue(fixture)
+    result = run([sys.executable, "-m", "mypy", "--cache-dir", "/dev/null"], project)
+    assert result.returncode == 0, result.stdout
+
+
+def test_unit_suite_passes(default_project: Path) -> None:
+    run_pytest(default_project, "tests/unit")
+
+
+def test_integration_suite_passes(default_project: Path) -> None:
+    run_pytest(default_project, "tests/integration")
+
+
+def test_integration_suite_passes_on_two_workers(custom_project: Path) -> None:
+    run_pytest(custom_project, "tests/integration", "-n", "2")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_integration_suite_leaves_the_developer_database_alone(bake: Bake, tmp_path: Path) -> None:
+    project = bake(tmp_path / "baked")
+    database = project / "data" / "app.db"
+    database.parent.mkdir()
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE precious (id INTEGER PRIMARY KEY, note TEXT)")
+        connection.execute("INSERT INTO precious (note) VALUES ('keep me')")
+    connection.close()
+    before = _sha256(database)
+    files_before = sorted(path.name for path in database.parent.iterdir())
+
+    run_pytest(project, "tests/integration", env=clean_env(DATABASE_URL="file:./data/app.db"))
+
+    assert _sha256(database) == before
+    assert sorted(path.name for path in database.parent.iterdir()) == files_before

@@ -1,0 +1,85 @@
+"""The pre-generation hook rejects every invalid answer and leaves nothing behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cookiecutter.exceptions import FailedHookException
+
+from conftest import Bake
+
+INVALID = [
+    ("project_slug", "My Slug", "use lowercase letters, digits, '-' or '_'"),
+    ("project_slug", "1orders", "starting with a letter"),
+    ("project_slug", "orders--service", "use lowercase letters"),
+    ("project_slug", "orders-", "use lowercase letters"),
+    ("project_slug", "-orders", "use lowercase letters"),
+    ("project_slug", "orders.service", "use lowercase letters"),
+    ("project_slug", "Orders", "use lowercase letters"),
+    ("project_slug", "orders_-service", "use lowercase letters"),
+    ("project_name", "", "must not be empty"),
+    ("project_name", "   ", "must not be empty"),
+    ("project_name", 'The "Best" Service', "without double quotes"),
+    ("description", "a\\b", "without double quotes or backslashes"),
+    ("author_name", "", "must not be empty"),
+    ("author_email", "nobody", "must be an email address"),
+    ("author_email", "a@b", "must be an email address"),
+    ("author_email", "a b@example.com", "must be an email address"),
+    ("python_version", "3.10", "from 3.11 to 3.14"),
+    ("python_version", "2.7", "from 3.11 to 3.14"),
+    ("python_version", "abc", "from 3.11 to 3.14"),
+    ("python_version", "3.15", "from 3.11 to 3.14"),
+    ("python_version", "3.11.4", "from 3.11 to 3.14"),
+    ("python_version", "", "from 3.11 to 3.14"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), INVALID)
+def test_invalid_answer_is_rejected(
+    bake: Bake,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    field: str,
+    value: str,
+    rule: str,
+) -> None:
+    answers = {field: value}
+    if field == "project_name":
+        answers["project_slug"] = "orders"  # keep the derived slug valid: test the name alone
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, **answers)
+    errors = capfd.readouterr().err
+    assert f"ERROR: {field} {value!r} is invalid:" in errors
+    assert rule in errors
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_problem_is_reported_at_once(
+    bake: Bake, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, project_slug="Bad Slug", author_email="x", python_version="3.9")
+    errors = capfd.readouterr().err
+    for field in ("project_slug", "author_email", "python_version"):
+        assert f"ERROR: {field} " in errors
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_answers_are_data_not_code(bake: Bake, tmp_path: Path) -> None:
+    """Quotes and backslashes in an answer cannot break out of the hook's JSON document."""
+    sneaky = "x\"\"\"; import sys; sys.exit(0) #'''"
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, project_name=sneaky, project_slug="orders")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13", "3.14"])
+def test_supported_python_versions_bake(bake: Bake, tmp_path: Path, version: str) -> None:
+    project = bake(tmp_path, python_version=version)
+    assert f'requires-python = ">={version}"' in (project / "pyproject.toml").read_text()
+
+
+def test_project_name_with_punctuation_needs_an_explicit_slug(bake: Bake, tmp_path: Path) -> None:
+    project = bake(tmp_path, project_name="Orders & Payments!", project_slug="orders-payments")
+    assert project.name == "orders-payments"
