@@ -74,6 +74,7 @@ def clean_env(**overrides: str) -> dict[str, str]:
     """The environment for a tool run in a baked project: no pytest, xdist or database leftovers."""
     drop = ("PYTEST_", "DATABASE_URL", "TURSO_")
     env = {key: value for key, value in os.environ.items() if not key.startswith(drop)}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(overrides)
     return env
 

@@ -58,9 +58,9 @@ def test_readme_title_names_the_project(custom_project: Path) -> None:
     assert readme.read_text().splitlines()[0] == f"# {CUSTOM_ANSWERS['project_name']}"
 
 
-@pytest.mark.parametrize("fixture", ["default_project", "custom_project"])
-def test_no_jinja_left_in_any_file(fixture: str, request: pytest.FixtureRequest) -> None:
-    project: Path = request.getfixturevalue(fixture)
+@pytest.mark.parametrize("answers", [{}, CUSTOM_ANSWERS], ids=["default", "custom"])
+def test_no_jinja_left_in_any_file(bake: Bake, tmp_path: Path, answers: dict[str, str]) -> None:
+    project = bake(tmp_path, **answers)  # a fresh bake: no caches from other tests' tool runs
     files = _files(project)
     assert files
     for path in files:
