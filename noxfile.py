@@ -32,9 +32,9 @@ TEST_REQUIREMENTS = [
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Bake projects from the template and run their checks (``-- -m "not e2e"`` to skip e2e)."""
+    """Bake projects and run their checks on two workers (``-- -m "not e2e"`` skips e2e)."""
     session.install(*TEST_REQUIREMENTS)
-    session.run("pytest", *(session.posargs or ["-n", "2"]))
+    session.run("pytest", "-n", "2", *session.posargs)
 
 
 @nox.session(python=PYTHON)
