@@ -15,8 +15,17 @@ JINJA_LEFTOVERS = ("{{ cookiecutter.", "{{cookiecutter.", "{%", "{#")
 GITHUB_EXPRESSION = re.compile(r"\$\{\{ [^{}]+ \}\}")
 
 
+# Tool caches in a working copy of the template are copied as they are; they are not
+# part of the template (.gitignore keeps them out of the repository).
+CACHE_DIRS = {".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", "__pycache__"}
+
+
 def _files(project: Path) -> list[Path]:
-    return [path for path in sorted(project.rglob("*")) if path.is_file()]
+    return [
+        path
+        for path in sorted(project.rglob("*"))
+        if path.is_file() and not CACHE_DIRS.intersection(path.relative_to(project).parts)
+    ]
 
 
 def _pyproject(project: Path) -> dict[str, object]:
