@@ -1,0 +1,1 @@
+"""Application library: the database service, migrations and test isolation."""

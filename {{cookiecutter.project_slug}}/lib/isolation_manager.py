@@ -1,0 +1,523 @@
+"""Test isolation: every test gets its own scope with a fresh, migrated database.
+
+Migrations build a template database once per process; each scope gets a copy of it
+(a real file, or an in-memory image), its own tracked clients, and while it is the
+current test's scope, ``DATABASE_URL`` and the ``lib.database`` singleton point at it.
+Ending the scope closes its clients (with a timeout), deletes its files, drops project
+modules imported meanwhile and names module globals still holding its clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterable
+from contextlib import closing
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+from lib import database, migrate
+from lib.database import DatabaseClient, DatabaseService
+
+logger = logging.getLogger("isolation")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
+RUNS_DIR_NAME = ".isolation"
+TEMPLATE_PRAGMAS = {"journal_mode": "DELETE", "foreign_keys": "ON"}
+# The isolation core itself is never dropped from sys.modules.
+CORE_MODULES = frozenset({"lib", database.__name__, migrate.__name__, __name__})
+
+# Paths inside the project that hold installed packages, not project modules.
+_NOT_PROJECT = tuple(f"{name}{os.sep}" for name in (".nox", ".venv", "venv", "site-packages"))
+
+Strategy = Literal["file", "memory"]
+
+
+class IsolationWarning(UserWarning):
+    """Something a test left behind that would break a later test."""
+
+
+class ScopeNotFoundError(LookupError):
+    """No active scope has the given id."""
+
+
+class IsolationError(RuntimeError):
+    """A test asked for its database where it has none."""
+
+
+@dataclass(frozen=True)
+class ScopeOptions:
+    isolate_modules: bool = True
+    track_connections: bool = True
+    auto_cleanup: bool = True
+    connection_timeout: float = 5.0
+    strategy: Strategy = "file"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("file", "memory"):
+            raise ValueError(f"strategy must be 'file' or 'memory', not {self.strategy!r}")
+
+
+@dataclass(eq=False)
+class IsolationScope:
+    """One test's database and everything opened on it."""
+
+    id: str
+    test_name: str
+    options: ScopeOptions
+    database_path: Path | None
+    module_snapshot: frozenset[str]
+    connections: set[DatabaseClient] = field(default_factory=set)
+    client: DatabaseClient | None = None
+    migration_completed: bool = True
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def owner(self) -> str:
+        return f"scope {self.id} (test {self.test_name})"
+
+    @property
+    def database_url(self) -> str:
+        return f"file:{self.database_path}" if self.database_path else ":memory:"
+
+    @property
+    def duration(self) -> float:
+        """Milliseconds since the scope was created."""
+        return (time.perf_counter() - self.started) * 1000
+
+
+@dataclass
+class _TestContext:
+    """What a test changed while it runs, and what to put back afterwards."""
+
+    test_name: str
+    saved_url: str | None
+    saved_service: DatabaseService | None
+    saved_block: str | None
+    scope_id: str | None = None
+
+
+class _Template:
+    """The migrated database every scope copies; built once per process and migration set."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._image: bytes | None = None
+
+    @property
+    def image(self) -> bytes:
+        if self._image is None:
+            with closing(sqlite3.connect(self.path)) as conn:
+                self._image = conn.serialize()
+        return self._image
+
+
+_templates: dict[tuple[Path, Path, str], _Template] = {}
+_run_dirs: dict[tuple[Path, int], Path] = {}
+_process_lock = threading.Lock()
+
+
+def run_directory(data_dir: Path) -> Path:
+    """This process's directory for test databases: ``<data>/.isolation/<pid>-<random>``."""
+    key = (data_dir, os.getpid())
+    with _process_lock:
+        if key not in _run_dirs:
+            path = data_dir / RUNS_DIR_NAME / f"{os.getpid()}-{secrets.token_hex(4)}"
+            path.mkdir(parents=True)
+            _run_dirs[key] = path
+        return _run_dirs[key]
+
+
+def remove_run_directory(data_dir: Path) -> None:
+    """Delete this process's test databases (end of session)."""
+    with _process_lock:
+        path = _run_dirs.pop((data_dir, os.getpid()), None)
+        for key in [key for key in _templates if key[0] == data_dir]:
+            del _templates[key]
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_runs(data_dir: Path) -> list[Path]:
+    """Delete run directories whose process is gone (a killed run); return them."""
+    removed = []
+    runs = data_dir / RUNS_DIR_NAME
+    for path in runs.iterdir() if runs.is_dir() else ():
+        pid, _, _ = path.name.partition("-")
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def build_template(migrations_dir: Path, data_dir: Path) -> _Template:
+    """Run the migrations once into a template database and reuse it for this process."""
+    fingerprint = migrate.migrations_fingerprint(migrations_dir)
+    key = (data_dir, migrations_dir, fingerprint)
+    with _process_lock:
+        template = _templates.get(key)
+    if template is not None:
+        return template
+    path = run_directory(data_dir) / f"template-{fingerprint[:16]}.db"
+    partial = path.with_suffix(".partial")
+    client = DatabaseClient(str(partial), owner="the template build", pragmas=TEMPLATE_PRAGMAS)
+    try:
+        migrate.apply_migrations(client.db, migrations_dir)
+    finally:
+        client.close()
+    partial.replace(path)
+    logger.debug("template built: %s", path)
+    with _process_lock:
+        return _templates.setdefault(key, _Template(path))
+
+
+class TestIsolationManager:
+    """Creates, tracks and destroys per-test database scopes."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        *,
+        migrations_dir: Path | None = None,
+        data_dir: Path | None = None,
+        module_patterns: Iterable[str] | None = None,
+        project_root: Path = PROJECT_ROOT,
+    ) -> None:
+        """``module_patterns``: fnmatch patterns of module names to isolate (default: every
+        module whose file lies in ``project_root``)."""
+        self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
+        self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
+        self.module_patterns = tuple(module_patterns) if module_patterns is not None else None
+        self.project_root = project_root.resolve()
+        self._root_prefix = f"{self.project_root}{os.sep}"
+        self.active_scopes: dict[str, IsolationScope] = {}
+        self.global_connection_registry: set[DatabaseClient] = set()
+        self.performance_metrics: dict[str, float] = {
+            "scopes_created": 0,
+            "scopes_destroyed": 0,
+            "connections_created": 0,
+            "connections_closed": 0,
+            "average_cleanup_time": 0.0,
+            "emergency_cleanups": 0,
+            "modules_cleared": 0,
+        }
+        self.stale_bindings: list[str] = []
+        self.is_test_mode = False
+        self._template: _Template | None = None
+        self._baseline_modules: frozenset[str] = frozenset(sys.modules)
+        self._is_project_module: dict[str, bool] = {}
+        self._context: _TestContext | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def current_test_id(self) -> str | None:
+        """The id of the current test's scope, if it has one."""
+        return self._context.scope_id if self._context else None
+
+    def initialize_test_mode(self) -> None:
+        """Build the template and forget killed runs' files, so the first test is not slower."""
+        self.is_test_mode = True
+        remove_stale_runs(self.data_dir)
+        self._template = build_template(self.migrations_dir, self.data_dir)
+        self._baseline_modules = self.capture_module_snapshot()
+
+    # -- scopes -------------------------------------------------------------------------
+
+    def create_scope(self, test_name: str, **options: Any) -> str:
+        """Create a scope whose database exists at once; it is not made current."""
+        scope_options = ScopeOptions(**options)
+        template = self._template or build_template(self.migrations_dir, self.data_dir)
+        self._template = template
+        scope_id = f"test_{time.time_ns() // 1_000_000}_{secrets.token_hex(4)}"
+        path = None
+        if scope_options.strategy == "file":
+            path = run_directory(self.data_dir) / f"{scope_id}.db"
+            shutil.copyfile(template.path, path)
+        scope = IsolationScope(
+            id=scope_id,
+            test_name=test_name,
+            options=scope_options,
+            database_path=path,
+            module_snapshot=self.capture_module_snapshot()
+            if scope_options.isolate_modules
+            else frozenset(),
+        )
+        with self._lock:
+            self.active_scopes[scope_id] = scope
+            self.performance_metrics["scopes_created"] += 1
+        logger.debug("scope created: %s for %s (%s)", scope_id, test_name, scope_options.strategy)
+        return scope_id
+
+    def _scope(self, scope_id: str | None) -> IsolationScope:
+        if scope_id is None:
+            context = self._context
+            if context is None:
+                raise IsolationError(
+                    "no test scope is current: only integration tests have a database "
+                    "(put the test under tests/integration/ or mark it @pytest.mark.isolated)"
+                )
+            if context.scope_id is None:
+                raise IsolationError(
+                    f"test {context.test_name} has no database any more: emergency cleanup "
+                    "or destroy_scope() ended its scope earlier in the test"
+                )
+            scope_id = context.scope_id
+        try:
+            return self.active_scopes[scope_id]
+        except KeyError:
+            raise ScopeNotFoundError(f"no active test scope has the id {scope_id!r}") from None
+
+    def get_scoped_database_client(self, scope_id: str | None = None) -> DatabaseClient:
+        """The scope's client (the current test's when ``scope_id`` is None), opened once."""
+        with self._lock:
+            scope = self._scope(scope_id)
+            if scope.client is not None and not scope.client.closed:
+                return scope.client
+            if scope.database_path is not None:
+                client = DatabaseClient(str(scope.database_path), owner=scope.owner)
+            else:
+                assert self._template is not None
+                client = DatabaseClient(":memory:", owner=scope.owner, image=self._template.image)
+            scope.client = client
+            scope.connections.add(client)
+            if scope.options.track_connections:
+                self.global_connection_registry.add(client)
+                self.performance_metrics["connections_created"] += 1
+            return client
+
+    def destroy_scope(self, scope_id: str) -> bool:
+        """Close the scope's clients, delete its database, drop its modules.
+
+        Returns False if the scope is unknown or a client did not close cleanly; the scope
+        is gone either way.
+        """
+        started = time.perf_counter()
+        with self._lock:
+            scope = self.active_scopes.pop(scope_id, None)
+            if scope is None:
+                logger.warning("scope %s not found for destruction", scope_id)
+                return False
+            if self._context is not None and self._context.scope_id == scope_id:
+                self._point_at_nothing(f"the scope of test {scope.test_name} was destroyed")
+        closed_cleanly = self._close_connections(scope)
+        if scope.options.isolate_modules:
+            self.clear_module_cache(scope.module_snapshot)
+            self._report_stale_bindings(scope)
+        if scope.database_path is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{scope.database_path}{suffix}").unlink(missing_ok=True)
+        scope.connections.clear()
+        scope.client = None
+        elapsed = (time.perf_counter() - started) * 1000
+        with self._lock:
+            metrics = self.performance_metrics
+            metrics["scopes_destroyed"] += 1
+            count = metrics["scopes_destroyed"]
+            metrics["average_cleanup_time"] += (elapsed - metrics["average_cleanup_time"]) / count
+        logger.debug("scope destroyed: %s (%.2f ms)", scope_id, elapsed)
+        return closed_cleanly
+
+    def _close_connections(self, scope: IsolationScope) -> bool:
+        closed_cleanly = True
+        reason = "when that scope ended"
+        for client in list(scope.connections):
+            try:
+                closed = client.close(scope.options.connection_timeout, reason=reason)
+            except Exception as error:  # a close that raises must not break the suite
+                logger.warning("closing %r raised %r", client, error)
+                closed = False
+            self.global_connection_registry.discard(client)
+            if closed and scope.options.track_connections:
+                self.performance_metrics["connections_closed"] += 1
+            closed_cleanly = closed_cleanly and closed
+        return closed_cleanly
+
+    # -- the current test ---------------------------------------------------------------
+
+    def ensure_test_isolation(self, test_name: str, **options: Any) -> str:
+        """Give ``test_name`` a new scope and point ``DATABASE_URL`` and the singleton at it."""
+        with self._lock:
+            if self._context is not None:
+                self.complete_test()
+            self._context = _TestContext(
+                test_name=test_name,
+                saved_url=os.environ.get("DATABASE_URL"),
+                saved_service=database.swap_database_service(None),
+                saved_block=database.block_database_access(None),
+            )
+            scope_id = self.create_scope(test_name, **options)
+            self._point_at(scope_id)
+            return scope_id
+
+    def complete_test(self) -> bool:
+        """Destroy the current test's scope and put back what the test changed."""
+        with self._lock:
+            context, self._context = self._context, None
+        if context is None:
+            return True
+        cleaned = True
+        if context.scope_id is not None:
+            context_scope, context.scope_id = context.scope_id, None
+            cleaned = self.destroy_scope(context_scope)
+        self._restore(context)
+        return cleaned
+
+    def _point_at(self, scope_id: str) -> None:
+        assert self._context is not None
+        self._context.scope_id = scope_id
+        os.environ["DATABASE_URL"] = self.active_scopes[scope_id].database_url
+        scope_service = DatabaseService(
+            client_factory=lambda: self.get_scoped_database_client(scope_id)
+        )
+        self._replace_service(scope_service)
+
+    def _point_at_nothing(self, reason: str) -> None:
+        assert self._context is not None
+        self._context.scope_id = None
+        os.environ["DATABASE_URL"] = ":memory:"
+        self._replace_service(None)
+        database.block_database_access(f"{reason}: it has no database for the rest of the test")
+
+    def _replace_service(self, service: DatabaseService | None) -> None:
+        replaced = database.swap_database_service(service)
+        if replaced is not None and self._context and replaced is not self._context.saved_service:
+            replaced.reset_for_testing()
+
+    def _restore(self, context: _TestContext) -> None:
+        if context.saved_url is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = context.saved_url
+        replaced = database.swap_database_service(context.saved_service)
+        if replaced is not None and replaced is not context.saved_service:
+            replaced.reset_for_testing()
+        database.block_database_access(context.saved_block)
+
+    # -- modules ------------------------------------------------------------------------
+
+    def capture_module_snapshot(self) -> frozenset[str]:
+        """The names of the modules imported so far."""
+        return frozenset(sys.modules)
+
+    def _project_module(self, name: str) -> bool:
+        known = self._is_project_module.get(name)
+        if known is None:
+            known = name not in CORE_MODULES and self._matches_project(name)
+            self._is_project_module[name] = known
+        return known
+
+    def _matches_project(self, name: str) -> bool:
+        if self.module_patterns is not None:
+            return any(fnmatchcase(name, pattern) for pattern in self.module_patterns)
+        filename = getattr(sys.modules.get(name), "__file__", None)
+        if not filename or not filename.startswith(self._root_prefix):
+            return False
+        inside = filename[len(self._root_prefix) :]
+        return not any(part in inside for part in _NOT_PROJECT)
+
+    def clear_module_cache(self, snapshot: frozenset[str] | None = None) -> int:
+        """Drop project modules imported since ``snapshot`` (default: test-mode start)."""
+        baseline = self._baseline_modules if snapshot is None else snapshot
+        dropped = [name for name in sys.modules.keys() - baseline if self._project_module(name)]
+        for name in dropped:
+            sys.modules.pop(name, None)
+        self.performance_metrics["modules_cleared"] += len(dropped)
+        if dropped:
+            logger.debug("modules cleared: %s", ", ".join(sorted(dropped)))
+        return len(dropped)
+
+    def _report_stale_bindings(self, scope: IsolationScope) -> None:
+        """Warn about module globals that still hold one of the scope's clients."""
+        if not scope.connections:
+            return
+        stale_ids = {id(client) for client in scope.connections}
+        for name, module in list(sys.modules.items()):
+            if module is None or not self._project_module(name):
+                continue
+            for attribute, value in list(vars(module).items()):
+                if isinstance(value, database.AsyncDatabaseClient):
+                    value = value.client
+                if id(value) in stale_ids:
+                    binding = f"{name}.{attribute}"
+                    self.stale_bindings.append(binding)
+                    warnings.warn(
+                        f"{binding} still holds the database client of {scope.owner}; "
+                        "using it later raises CLIENT_CLOSED. Ask for the client where it is "
+                        "used (get_database_client() at call time) instead of keeping it.",
+                        IsolationWarning,
+                        stacklevel=2,
+                    )
+
+    # -- failure handling and reporting -------------------------------------------------
+
+    def emergency_cleanup(self, scope_id: str | None = None) -> bool:
+        """Close everything and delete every scope file (also a killed run's); stay usable."""
+        self.performance_metrics["emergency_cleanups"] += 1
+        if scope_id is not None:
+            return self.destroy_scope(scope_id)
+        results = [self.destroy_scope(active) for active in list(self.active_scopes)]
+        cleaned = all(results)
+        for client in list(self.global_connection_registry):
+            cleaned = client.close(timeout=1.0) and cleaned
+        self.global_connection_registry.clear()
+        remove_stale_runs(self.data_dir)
+        logger.debug("emergency cleanup done (clean: %s)", cleaned)
+        return cleaned
+
+    def get_stats(self) -> dict[str, Any]:
+        """A snapshot of scopes and connections, for assertions and reports."""
+        with self._lock:
+            scopes = list(self.active_scopes.values())
+            registry = list(self.global_connection_registry)
+        return {
+            "is_test_mode": self.is_test_mode,
+            "current_test_id": self.current_test_id,
+            "active_scope_count": len(scopes),
+            "active_connection_count": sum(not client.closed for client in registry),
+            "scopes": [
+                {
+                    "id": scope.id,
+                    "test_name": scope.test_name,
+                    "connection_count": sum(not c.closed for c in scope.connections),
+                    "duration": scope.duration,
+                    "migration_completed": scope.migration_completed,
+                    "database_path": str(scope.database_path) if scope.database_path else None,
+                    "strategy": scope.options.strategy,
+                }
+                for scope in scopes
+            ],
+            "performance_metrics": dict(self.performance_metrics),
+        }
+
+
+_manager: TestIsolationManager | None = None
+
+
+def get_test_isolation_manager() -> TestIsolationManager:
+    """The process-wide manager the pytest plugin uses."""
+    global _manager
+    with _process_lock:
+        if _manager is None:
+            _manager = TestIsolationManager()
+        return _manager

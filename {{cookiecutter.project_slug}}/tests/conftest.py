@@ -1,0 +1,3 @@
+"""Registers the isolation plugin for the whole test suite."""
+
+pytest_plugins = ["tests.setup_integration"]

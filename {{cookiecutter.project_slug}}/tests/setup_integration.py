@@ -1,0 +1,169 @@
+"""The pytest plugin: every integration test runs in its own isolated database scope.
+
+At session start the environment is made safe (local SQLite only, no ``TURSO_*``
+variables, the process-wide database blocked outside test scopes) and the migrated
+template is built. Each test under ``tests/integration/`` (or marked
+``@pytest.mark.isolated``) gets a scope before its fixtures are set up and loses it
+after they are torn down. At session end everything is cleaned up and restored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lib import database
+from lib.database import AsyncDatabaseClient, DatabaseClient
+from lib.isolation_manager import (
+    TestIsolationManager,
+    get_test_isolation_manager,
+    remove_run_directory,
+)
+
+__all__ = [
+    "async_db",
+    "db",
+    "get_db_client",
+    "get_isolation_stats",
+    "get_test_isolation_manager",
+    "isolation_manager",
+]
+
+STRATEGIES = ("file", "memory")
+OUTSIDE_SCOPE = (
+    "the database is only available inside an isolated test: ask for it inside the test "
+    "function (the `db` fixture or get_db_client()), or inside the application function "
+    "that uses it, never at import time or in a unit test"
+)
+_environment = pytest.MonkeyPatch()
+
+
+def get_db_client() -> DatabaseClient:
+    """The current test's client: the same object for every call within one test."""
+    return get_test_isolation_manager().get_scoped_database_client()
+
+
+def get_isolation_stats() -> dict[str, Any]:
+    """Active scopes and connections right now (see ``TestIsolationManager.get_stats``)."""
+    return get_test_isolation_manager().get_stats()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("isolation", "per-test database isolation")
+    group.addoption(
+        "--isolation-strategy",
+        choices=STRATEGIES,
+        default=None,
+        help="file: a SQLite file per test (default); memory: an in-memory copy per test. "
+        "Also the ini setting isolation_strategy and the ISOLATION_STRATEGY variable.",
+    )
+    parser.addini("isolation_strategy", "default database strategy per test", default="file")
+    parser.addini(
+        "isolation_test_paths",
+        "directories whose tests each run in their own database scope",
+        type="linelist",
+        default=["tests/integration"],
+    )
+
+
+def _strategy(config: pytest.Config) -> str:
+    strategy = (
+        config.getoption("isolation_strategy")
+        or os.environ.get("ISOLATION_STRATEGY")
+        or config.getini("isolation_strategy")
+    )
+    if strategy not in STRATEGIES:
+        raise pytest.UsageError(
+            f"isolation strategy {strategy!r} is not one of {', '.join(STRATEGIES)} "
+            "(set by --isolation-strategy, ISOLATION_STRATEGY or the isolation_strategy ini)"
+        )
+    return str(strategy)
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "isolated: run the test in its own database scope (automatic for tests "
+        "under the isolation_test_paths, default tests/integration/)",
+    )
+    config.stash[_strategy_key] = _strategy(config)
+
+
+_strategy_key = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Force local SQLite, hide Turso credentials, block the singleton, build the template."""
+    for name in [name for name in os.environ if name.startswith("TURSO_")]:
+        _environment.delenv(name)
+    _environment.setenv("DATABASE_URL", ":memory:")
+    database.reset_database_instance()
+    database.block_database_access(OUTSIDE_SCOPE)
+    if not _is_xdist_controller(session.config):
+        get_test_isolation_manager().initialize_test_mode()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    roots = [
+        Path(config.rootpath, path).resolve() for path in config.getini("isolation_test_paths")
+    ]
+    for item in items:
+        if any(item.path.is_relative_to(root) for root in roots):
+            item.add_marker(pytest.mark.isolated)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("isolated"):
+        strategy = item.config.stash[_strategy_key]
+        get_test_isolation_manager().ensure_test_isolation(item.nodeid, strategy=strategy)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        if item.get_closest_marker("isolated"):
+            get_test_isolation_manager().complete_test()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Clean up whatever is left, delete this run's databases, restore the environment."""
+    manager = get_test_isolation_manager()
+    manager.complete_test()
+    if manager.active_scopes:
+        manager.emergency_cleanup()
+    remove_run_directory(manager.data_dir)
+    database.block_database_access(None)
+    database.reset_database_instance()
+    _environment.undo()
+
+
+@pytest.fixture
+def db() -> DatabaseClient:
+    """The current test's database client."""
+    return get_db_client()
+
+
+@pytest.fixture
+def async_db(db: DatabaseClient) -> AsyncDatabaseClient:
+    """The current test's database, for ``async def`` tests."""
+    return AsyncDatabaseClient(db)
+
+
+@pytest.fixture
+def isolation_manager() -> TestIsolationManager:
+    """The manager that owns every test's scope."""
+    return get_test_isolation_manager()
