@@ -1,0 +1,1 @@
+"""Unit tests: no database unless a test asks for one explicitly."""

@@ -1,0 +1,581 @@
+"""The database service and client, exercised on real SQLite files (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lib.database import (
+    AsyncDatabaseClient,
+    ClientClosedError,
+    DatabaseAccessBlockedError,
+    DatabaseClient,
+    DatabaseConfigError,
+    DatabaseService,
+    DatabaseShuttingDownError,
+    get_database_client,
+    parse_database_url,
+)
+
+SCHEMA = """
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    qty INTEGER NOT NULL DEFAULT 0 CHECK (qty >= 0)
+);
+CREATE TABLE parents (id INTEGER PRIMARY KEY);
+CREATE TABLE children (
+    id INTEGER PRIMARY KEY,
+    parent_id INTEGER NOT NULL REFERENCES parents(id)
+);
+"""
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "unit.db"
+
+
+@pytest.fixture
+def client(db_path: Path) -> Iterator[DatabaseClient]:
+    """A client on a fresh file with a small schema; always closed afterwards."""
+    c = DatabaseClient(str(db_path), owner="unit-test")
+    c.executescript(SCHEMA)
+    yield c
+    c.close()
+
+
+def count(client: DatabaseClient, table: str = "items") -> int:
+    value = client.execute(f"SELECT COUNT(*) AS n FROM {table}").rows[0]["n"]
+    assert isinstance(value, int)
+    return value
+
+
+# --- URL parsing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("file:./data/app.db", "data/app.db"),
+        ("file:data/app.db", "data/app.db"),
+        ("file:///abs/x.db", "/abs/x.db"),
+        ("./data/app.db", "data/app.db"),
+        ("/abs/y.db", "/abs/y.db"),
+    ],
+)
+def test_parse_database_url_accepts_file_forms(url: str, expected: str) -> None:
+    """Every documented spelling of a local file resolves to the same path."""
+    assert Path(parse_database_url(url)).resolve() == Path(expected).resolve()
+
+
+def test_parse_database_url_accepts_memory() -> None:
+    assert parse_database_url(":memory:") == ":memory:"
+
+
+@pytest.mark.parametrize("url", ["", "   ", "postgres://x", "mysql://user@host/db"])
+def test_parse_database_url_rejects_bad_values_naming_the_variable(url: str) -> None:
+    """A bad URL is a configuration error that says which variable to fix."""
+    with pytest.raises(DatabaseConfigError, match="DATABASE_URL"):
+        parse_database_url(url)
+
+
+def test_parse_database_url_names_a_custom_variable() -> None:
+    with pytest.raises(DatabaseConfigError, match="TURSO_DATABASE_URL"):
+        parse_database_url("postgres://x", variable="TURSO_DATABASE_URL")
+
+
+def test_parse_database_url_rejects_libsql_without_the_engine() -> None:
+    """libsql:// is a remote database: it needs the libsql engine, not sqlite3."""
+    with pytest.raises(DatabaseConfigError, match=r"(?i)libsql"):
+        parse_database_url("libsql://example.turso.io")
+
+
+def test_database_config_error_is_a_value_error() -> None:
+    assert issubclass(DatabaseConfigError, ValueError)
+    assert issubclass(ClientClosedError, RuntimeError)
+
+
+# --- connection setup --------------------------------------------------------------------
+
+
+def test_pragmas_are_applied(client: DatabaseClient) -> None:
+    """WAL, foreign keys and a busy timeout are what make concurrent tests safe."""
+    assert client.execute("PRAGMA journal_mode").rows[0][0] == "wal"
+    assert client.execute("PRAGMA foreign_keys").rows[0][0] == 1
+    assert client.execute("PRAGMA busy_timeout").rows[0][0] > 0
+
+
+def test_foreign_keys_are_enforced(client: DatabaseClient) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        client.execute("INSERT INTO children (parent_id) VALUES (?)", (999,))
+
+
+def test_client_creates_the_file(db_path: Path, client: DatabaseClient) -> None:
+    assert db_path.exists()
+
+
+# --- ResultSet ---------------------------------------------------------------------------
+
+
+def test_result_set_rows_support_name_index_and_dict(client: DatabaseClient) -> None:
+    client.execute("INSERT INTO items (name, qty) VALUES (?, ?)", ("apple", 3))
+    result = client.execute("SELECT id, name, qty FROM items")
+    assert tuple(result.columns) == ("id", "name", "qty")
+    assert len(result.rows) == 1
+    row = result.rows[0]
+    assert row["name"] == "apple"
+    assert row[1] == "apple"
+    assert row[2] == 3
+    assert dict(row) == {"id": 1, "name": "apple", "qty": 3}
+
+
+def test_result_set_rows_affected_and_last_insert_rowid(client: DatabaseClient) -> None:
+    first = client.execute("INSERT INTO items (name) VALUES ('a')")
+    second = client.execute("INSERT INTO items (name) VALUES ('b')")
+    assert first.rows_affected == 1
+    assert first.last_insert_rowid == 1
+    assert second.last_insert_rowid == 2
+    updated = client.execute("UPDATE items SET qty = qty + 1")
+    assert updated.rows_affected == 2
+    deleted = client.execute("DELETE FROM items WHERE name = 'a'")
+    assert deleted.rows_affected == 1
+
+
+def test_select_on_empty_table_has_columns_and_no_rows(client: DatabaseClient) -> None:
+    result = client.execute("SELECT name FROM items")
+    assert len(result.rows) == 0
+    assert list(result.columns) == ["name"]
+
+
+def test_args_as_sequence_and_mapping(client: DatabaseClient) -> None:
+    client.execute("INSERT INTO items (name, qty) VALUES (?, ?)", ["seq", 1])
+    client.execute("INSERT INTO items (name, qty) VALUES (?, ?)", ("tup", 2))
+    client.execute("INSERT INTO items (name, qty) VALUES (:name, :qty)", {"name": "map", "qty": 3})
+    rows = client.execute("SELECT name, qty FROM items ORDER BY qty").rows
+    assert [(r["name"], r["qty"]) for r in rows] == [("seq", 1), ("tup", 2), ("map", 3)]
+
+
+# --- batch -------------------------------------------------------------------------------
+
+
+def test_batch_accepts_the_three_statement_forms(client: DatabaseClient) -> None:
+    results = client.batch(
+        [
+            "INSERT INTO items (name) VALUES ('plain')",
+            ("INSERT INTO items (name, qty) VALUES (?, ?)", ("tuple", 2)),
+            {"sql": "INSERT INTO items (name, qty) VALUES (:n, :q)", "args": {"n": "dict", "q": 3}},
+            "SELECT name FROM items ORDER BY id",
+        ]
+    )
+    assert len(results) == 4
+    assert [r.rows_affected for r in results[:3]] == [1, 1, 1]
+    assert [row["name"] for row in results[3].rows] == ["plain", "tuple", "dict"]
+
+
+def test_batch_is_atomic(client: DatabaseClient) -> None:
+    """A failing statement undoes the whole batch: all or nothing."""
+    with pytest.raises(sqlite3.IntegrityError):
+        client.batch(
+            [
+                ("INSERT INTO items (name) VALUES (?)", ("one",)),
+                ("INSERT INTO items (name) VALUES (?)", ("two",)),
+                ("INSERT INTO items (name) VALUES (?)", ("one",)),  # UNIQUE violation
+            ]
+        )
+    assert count(client) == 0
+    # The client is still usable after the failed batch.
+    client.batch([("INSERT INTO items (name) VALUES (?)", ("three",))])
+    assert count(client) == 1
+
+
+# --- transactions ------------------------------------------------------------------------
+
+
+def test_transaction_commit(client: DatabaseClient) -> None:
+    tx = client.transaction()
+    tx.execute("INSERT INTO items (name) VALUES ('kept')")
+    tx.commit()
+    assert count(client) == 1
+
+
+def test_transaction_rollback(client: DatabaseClient) -> None:
+    tx = client.transaction()
+    tx.execute("INSERT INTO items (name) VALUES ('dropped')")
+    assert tx.execute("SELECT COUNT(*) FROM items").rows[0][0] == 1
+    tx.rollback()
+    assert count(client) == 0
+
+
+def test_transaction_context_manager_commits_on_success(client: DatabaseClient) -> None:
+    with client.transaction() as tx:
+        tx.execute("INSERT INTO items (name) VALUES ('a')")
+        tx.execute("INSERT INTO items (name) VALUES ('b')")
+    assert count(client) == 2
+
+
+class Boom(Exception):
+    """Raised on purpose inside a transaction."""
+
+
+def _insert_then_fail(client: DatabaseClient, name: str) -> None:
+    with client.transaction() as tx:
+        tx.execute("INSERT INTO items (name) VALUES (?)", (name,))
+        raise Boom(name)
+
+
+def test_transaction_context_manager_rolls_back_on_exception(client: DatabaseClient) -> None:
+    with pytest.raises(Boom):
+        _insert_then_fail(client, "a")
+    assert count(client) == 0
+
+
+def test_execute_inside_transaction_joins_it(client: DatabaseClient) -> None:
+    """Code that calls db.execute while a transaction is open is part of it."""
+    tx = client.transaction()
+    tx.execute("INSERT INTO items (name) VALUES ('via-tx')")
+    client.execute("INSERT INTO items (name) VALUES ('via-client')")
+    tx.rollback()
+    assert count(client) == 0
+
+
+def test_transaction_is_isolated_from_other_connections(
+    db_path: Path, client: DatabaseClient
+) -> None:
+    other = DatabaseClient(str(db_path), owner="reader")
+    try:
+        with client.transaction() as tx:
+            tx.execute("INSERT INTO items (name) VALUES ('pending')")
+            assert count(other) == 0
+        assert count(other) == 1
+    finally:
+        other.close()
+
+
+def test_executescript(client: DatabaseClient) -> None:
+    client.executescript(
+        """
+        CREATE TABLE notes (body TEXT);
+        INSERT INTO notes VALUES ('x');
+        INSERT INTO notes VALUES ('y');
+        """
+    )
+    assert count(client, "notes") == 2
+
+
+def test_sqlite_utils_view_shares_the_connection(client: DatabaseClient) -> None:
+    client.db.table("items").insert({"name": "via-utils", "qty": 7})
+    assert client.execute("SELECT qty FROM items WHERE name = 'via-utils'").rows[0][0] == 7
+    assert "items" in client.db.table_names()
+
+
+# --- closing -----------------------------------------------------------------------------
+
+
+def test_close_is_idempotent(db_path: Path) -> None:
+    c = DatabaseClient(str(db_path))
+    assert not c.closed
+    c.close()
+    c.close()
+    assert c.closed
+
+
+CLOSED_OPERATIONS: dict[str, Callable[[DatabaseClient], object]] = {
+    "execute": lambda c: c.execute("SELECT 1"),
+    "batch": lambda c: c.batch(["SELECT 1"]),
+    "transaction": lambda c: c.transaction().execute("SELECT 1"),
+    "executescript": lambda c: c.executescript("SELECT 1;"),
+    "db.execute": lambda c: c.db.execute("SELECT 1"),
+    "db.table_names": lambda c: c.db.table_names(),
+    "db.insert": lambda c: c.db.table("items").insert({"name": "x"}),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(CLOSED_OPERATIONS))
+def test_every_operation_on_a_closed_client_raises_client_closed(
+    db_path: Path, operation: str
+) -> None:
+    """Never a raw sqlite3.ProgrammingError: the error says what was closed, and where."""
+    c = DatabaseClient(str(db_path), owner="scope-x::test_owner")
+    c.executescript(SCHEMA)
+    c.close()
+    with pytest.raises(ClientClosedError) as excinfo:
+        CLOSED_OPERATIONS[operation](c)
+    message = str(excinfo.value)
+    assert message.startswith("CLIENT_CLOSED:")
+    assert "scope-x::test_owner" in message
+    assert "closed at" in message
+    assert "test_database.py" in message
+    assert not isinstance(excinfo.value, sqlite3.ProgrammingError)
+
+
+def test_sqlite_utils_view_taken_before_close_raises_client_closed(db_path: Path) -> None:
+    """A `.db` handle kept across close is stale too, and says so."""
+    c = DatabaseClient(str(db_path), owner="kept-db")
+    c.executescript(SCHEMA)
+    view = c.db
+    c.close()
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
+        view.table("items").insert({"name": "late"})
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
+        view.execute("SELECT 1")
+
+
+def test_open_transaction_on_closed_client_raises_client_closed(db_path: Path) -> None:
+    c = DatabaseClient(str(db_path), owner="tx-owner")
+    c.executescript(SCHEMA)
+    tx = c.transaction()
+    tx.execute("INSERT INTO items (name) VALUES ('a')")
+    c.close()
+    with pytest.raises(ClientClosedError, match="tx-owner"):
+        tx.execute("SELECT 1")
+    # The uncommitted insert was not persisted.
+    reopened = DatabaseClient(str(db_path))
+    try:
+        assert count(reopened) == 0
+    finally:
+        reopened.close()
+
+
+def test_health_check(client: DatabaseClient, db_path: Path) -> None:
+    health = client.health_check()
+    assert health["healthy"] is True
+    c = DatabaseClient(str(db_path))
+    c.close()
+    assert c.health_check()["healthy"] is False
+
+
+def test_get_connection_stats_is_a_dict(client: DatabaseClient) -> None:
+    stats = client.get_connection_stats()
+    assert isinstance(stats, dict)
+    assert stats
+
+
+# --- threads and asyncio -----------------------------------------------------------------
+
+
+def test_one_client_is_safe_from_many_threads(client: DatabaseClient) -> None:
+    """8 threads x 50 inserts on one client: no lost writes, no errors."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def worker(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(50):
+                client.execute("INSERT INTO items (name, qty) VALUES (?, ?)", (f"t{n}-{i}", i))
+        except BaseException as exc:  # collected and asserted on below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert count(client) == 400
+
+
+def test_transactions_from_two_threads_do_not_mix(client: DatabaseClient) -> None:
+    """A rollback in one thread must not drop another thread's committed work."""
+    ready = threading.Event()
+    errors: list[BaseException] = []
+
+    def rolled_back() -> None:
+        try:
+            with client.transaction() as tx:
+                tx.execute("INSERT INTO items (name) VALUES ('rolled-back')")
+                ready.set()
+                raise Boom("undo")
+        except Boom:
+            pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    def committed() -> None:
+        try:
+            ready.wait(timeout=10)
+            with client.transaction() as tx:
+                tx.execute("INSERT INTO items (name) VALUES ('committed')")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rolled_back), threading.Thread(target=committed)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    names = [r["name"] for r in client.execute("SELECT name FROM items").rows]
+    assert names == ["committed"]
+
+
+async def test_async_client_gather(client: DatabaseClient) -> None:
+    adb = AsyncDatabaseClient(client)
+    results = await asyncio.gather(*(adb.execute("SELECT ? AS i", (i,)) for i in range(50)))
+    assert [r.rows[0]["i"] for r in results] == list(range(50))
+    await asyncio.gather(
+        *(adb.execute("INSERT INTO items (name) VALUES (?)", (f"a{i}",)) for i in range(20))
+    )
+    assert count(client) == 20
+
+
+async def test_async_client_batch_and_script(client: DatabaseClient) -> None:
+    adb = AsyncDatabaseClient(client)
+    await adb.executescript("CREATE TABLE notes (body TEXT);")
+    results = await adb.batch(
+        ["INSERT INTO notes VALUES ('x')", ("INSERT INTO notes VALUES (?)", ("y",))]
+    )
+    assert len(results) == 2
+    assert count(client, "notes") == 2
+
+
+async def test_async_transaction_rolls_back_on_exception(client: DatabaseClient) -> None:
+    adb = AsyncDatabaseClient(client)
+
+    async def insert_then_fail() -> None:
+        async with adb.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('a')")
+            raise Boom("undo")
+
+    with pytest.raises(Boom, match="undo"):
+        await insert_then_fail()
+    assert count(client) == 0
+    async with adb.transaction() as tx:
+        await tx.execute("INSERT INTO items (name) VALUES ('b')")
+    assert count(client) == 1
+
+
+async def test_async_close(db_path: Path) -> None:
+    adb = AsyncDatabaseClient(DatabaseClient(str(db_path), owner="async-owner"))
+    assert not adb.closed
+    await adb.close()
+    assert adb.closed
+    with pytest.raises(ClientClosedError, match="async-owner"):
+        await adb.execute("SELECT 1")
+
+
+# --- DatabaseService ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def service(db_path: Path) -> Iterator[DatabaseService]:
+    svc = DatabaseService(f"file:{db_path}")
+    yield svc
+    svc.close()
+
+
+def test_service_lifecycle(service: DatabaseService, db_path: Path) -> None:
+    service.initialize()
+    c = service.get_client()
+    assert c.execute("SELECT 1 AS one").rows[0]["one"] == 1
+    assert db_path.exists()
+    assert c in service.active_connections
+    assert not service.is_closing
+    service.close()
+    assert c.closed
+    assert len(service.active_connections) == 0
+    assert not service.is_closing
+    with pytest.raises(ClientClosedError):
+        c.execute("SELECT 1")
+
+
+def test_service_get_client_initializes_lazily(service: DatabaseService) -> None:
+    c = service.get_client()
+    assert not c.closed
+    assert c.health_check()["healthy"] is True
+
+
+def test_service_reads_database_url_at_initialize(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "from-env.db"
+    svc = DatabaseService()
+    monkeypatch.setenv("DATABASE_URL", f"file:{target}")
+    try:
+        svc.initialize()
+        svc.get_client().execute("CREATE TABLE marker (x)")
+    finally:
+        svc.close()
+    assert target.exists()
+    check = DatabaseClient(str(target))
+    try:
+        assert "marker" in check.db.table_names()
+    finally:
+        check.close()
+
+
+def test_service_bad_url_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://nope")
+    svc = DatabaseService()
+    try:
+        with pytest.raises(DatabaseConfigError, match="DATABASE_URL"):
+            svc.initialize()
+    finally:
+        svc.close()
+
+
+def test_service_reset_for_testing_closes_clients_and_allows_reuse(
+    service: DatabaseService,
+) -> None:
+    first = service.get_client()
+    service.reset_for_testing()
+    assert first.closed
+    assert len(service.active_connections) == 0
+    second = service.get_client()
+    assert second is not first
+    assert second.execute("SELECT 2").rows[0][0] == 2
+
+
+def test_service_refuses_new_clients_while_closing(service: DatabaseService) -> None:
+    """While close() waits for a busy client, asking for a client fails fast instead of racing."""
+    client = service.get_client()
+    tx = client.transaction()  # holds the client: close() must wait for it
+    closer = threading.Thread(target=service.close, kwargs={"timeout": 10.0}, daemon=True)
+    closer.start()
+    deadline = time.monotonic() + 10
+    while not service.is_closing and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert service.is_closing
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            service.get_client()
+        except BaseException as exc:
+            errors.append(exc)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    asker.join(timeout=10)
+    assert len(errors) == 1
+    assert isinstance(errors[0], DatabaseShuttingDownError)
+    # Releasing the transaction lets close() finish; the transaction's client is gone.
+    with pytest.raises(ClientClosedError):
+        tx.rollback()
+    closer.join(timeout=10)
+    assert not closer.is_alive()
+    assert client.closed
+    assert not service.is_closing
+    assert service.get_client() is not client
+
+
+def test_service_health_check_and_stats(service: DatabaseService) -> None:
+    service.get_client()
+    health = service.health_check()
+    assert health["healthy"] is True
+    stats: dict[str, Any] = service.get_connection_stats()
+    assert isinstance(stats, dict)
+
+
+def test_singleton_is_blocked_in_unit_tests() -> None:
+    """Unit tests get no database: the singleton refuses with a clear error."""
+    with pytest.raises(DatabaseAccessBlockedError):
+        get_database_client()
