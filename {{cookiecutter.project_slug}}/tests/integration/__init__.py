@@ -1,0 +1,1 @@
+"""Integration tests: each test runs in its own fresh, migrated database."""
