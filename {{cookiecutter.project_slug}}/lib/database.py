@@ -204,6 +204,7 @@ class DatabaseClient:
 
     @contextmanager
     def _connection(self) -> Iterator[_GuardedConnection]:
+        self._conn._guard()  # a closed client fails at once, not after whoever holds the lock
         with self._lock:
             self._conn._guard()
             yield self._conn

@@ -12,35 +12,45 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
-import sqlite3
 import sys
 import threading
 import time
 import warnings
 from collections.abc import Iterable
-from contextlib import closing
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from lib import database, migrate
+from lib import database, migrate, scope_databases
 from lib.database import DatabaseClient, DatabaseService
+from lib.scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
+
+__all__ = [
+    "RUNS_DIR_NAME",
+    "IsolationError",
+    "IsolationScope",
+    "IsolationWarning",
+    "ScopeNotFoundError",
+    "ScopeOptions",
+    "TestIsolationManager",
+    "get_test_isolation_manager",
+]
 
 logger = logging.getLogger("isolation")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
-RUNS_DIR_NAME = ".isolation"
-TEMPLATE_PRAGMAS = {"journal_mode": "DELETE", "foreign_keys": "ON"}
 # The isolation core itself is never dropped from sys.modules.
-CORE_MODULES = frozenset({"lib", database.__name__, migrate.__name__, __name__})
+CORE_MODULES = frozenset(
+    {"lib", database.__name__, migrate.__name__, scope_databases.__name__, __name__}
+)
 
 # Paths inside the project that hold installed packages, not project modules.
-_NOT_PROJECT = tuple(f"{name}{os.sep}" for name in (".nox", ".venv", "venv", "site-packages"))
-
-Strategy = Literal["file", "memory"]
+_NOT_PROJECT = tuple(
+    f"{os.sep}{name}{os.sep}"
+    for name in (".nox", ".venv", "venv", ".tox", "site-packages", "dist-packages")
+)
 
 
 class IsolationWarning(UserWarning):
@@ -77,6 +87,7 @@ class IsolationScope:
     options: ScopeOptions
     database_path: Path | None
     module_snapshot: frozenset[str]
+    prepared: DatabaseClient | None
     connections: set[DatabaseClient] = field(default_factory=set)
     client: DatabaseClient | None = None
     migration_completed: bool = True
@@ -107,90 +118,6 @@ class _TestContext:
     scope_id: str | None = None
 
 
-class _Template:
-    """The migrated database every scope copies; built once per process and migration set."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._image: bytes | None = None
-
-    @property
-    def image(self) -> bytes:
-        if self._image is None:
-            with closing(sqlite3.connect(self.path)) as conn:
-                self._image = conn.serialize()
-        return self._image
-
-
-_templates: dict[tuple[Path, Path, str], _Template] = {}
-_run_dirs: dict[tuple[Path, int], Path] = {}
-_process_lock = threading.Lock()
-
-
-def run_directory(data_dir: Path) -> Path:
-    """This process's directory for test databases: ``<data>/.isolation/<pid>-<random>``."""
-    key = (data_dir, os.getpid())
-    with _process_lock:
-        if key not in _run_dirs:
-            path = data_dir / RUNS_DIR_NAME / f"{os.getpid()}-{secrets.token_hex(4)}"
-            path.mkdir(parents=True)
-            _run_dirs[key] = path
-        return _run_dirs[key]
-
-
-def remove_run_directory(data_dir: Path) -> None:
-    """Delete this process's test databases (end of session)."""
-    with _process_lock:
-        path = _run_dirs.pop((data_dir, os.getpid()), None)
-        for key in [key for key in _templates if key[0] == data_dir]:
-            del _templates[key]
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_runs(data_dir: Path) -> list[Path]:
-    """Delete run directories whose process is gone (a killed run); return them."""
-    removed = []
-    runs = data_dir / RUNS_DIR_NAME
-    for path in runs.iterdir() if runs.is_dir() else ():
-        pid, _, _ = path.name.partition("-")
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def build_template(migrations_dir: Path, data_dir: Path) -> _Template:
-    """Run the migrations once into a template database and reuse it for this process."""
-    fingerprint = migrate.migrations_fingerprint(migrations_dir)
-    key = (data_dir, migrations_dir, fingerprint)
-    with _process_lock:
-        template = _templates.get(key)
-    if template is not None:
-        return template
-    path = run_directory(data_dir) / f"template-{fingerprint[:16]}.db"
-    partial = path.with_suffix(".partial")
-    client = DatabaseClient(str(partial), owner="the template build", pragmas=TEMPLATE_PRAGMAS)
-    try:
-        migrate.apply_migrations(client.db, migrations_dir)
-    finally:
-        client.close()
-    partial.replace(path)
-    logger.debug("template built: %s", path)
-    with _process_lock:
-        return _templates.setdefault(key, _Template(path))
-
-
 class TestIsolationManager:
     """Creates, tracks and destroys per-test database scopes."""
 
@@ -203,13 +130,16 @@ class TestIsolationManager:
         data_dir: Path | None = None,
         module_patterns: Iterable[str] | None = None,
         project_root: Path = PROJECT_ROOT,
+        prepare_ahead: int = 0,
     ) -> None:
         """``module_patterns``: fnmatch patterns of module names to isolate (default: every
-        module whose file lies in ``project_root``)."""
+        module whose file lies in ``project_root``). ``prepare_ahead``: how many databases
+        to prepare in a background thread before tests ask for them."""
         self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
         self.module_patterns = tuple(module_patterns) if module_patterns is not None else None
         self.project_root = project_root.resolve()
+        self.prepare_ahead = prepare_ahead
         self._root_prefix = f"{self.project_root}{os.sep}"
         self.active_scopes: dict[str, IsolationScope] = {}
         self.global_connection_registry: set[DatabaseClient] = set()
@@ -224,9 +154,10 @@ class TestIsolationManager:
         }
         self.stale_bindings: list[str] = []
         self.is_test_mode = False
-        self._template: _Template | None = None
+        self._factories: dict[Strategy, DatabaseFactory] = {}
         self._baseline_modules: frozenset[str] = frozenset(sys.modules)
         self._is_project_module: dict[str, bool] = {}
+        self._project_modules: tuple[int, list[str]] = (0, [])
         self._context: _TestContext | None = None
         self._lock = threading.RLock()
 
@@ -238,32 +169,39 @@ class TestIsolationManager:
     def initialize_test_mode(self) -> None:
         """Build the template and forget killed runs' files, so the first test is not slower."""
         self.is_test_mode = True
-        remove_stale_runs(self.data_dir)
-        self._template = build_template(self.migrations_dir, self.data_dir)
+        scope_databases.remove_stale_runs(self.data_dir)
+        self._template()
         self._baseline_modules = self.capture_module_snapshot()
+
+    def _template(self) -> Template:
+        return scope_databases.template_for(self.migrations_dir, self.data_dir)
+
+    def _factory(self, strategy: Strategy) -> DatabaseFactory:
+        factory = self._factories.get(strategy)
+        if factory is None:
+            directory = scope_databases.run_directory(self.data_dir)
+            factory = DatabaseFactory(self._template(), strategy, directory, self.prepare_ahead)
+            self._factories[strategy] = factory
+        return factory
 
     # -- scopes -------------------------------------------------------------------------
 
     def create_scope(self, test_name: str, **options: Any) -> str:
         """Create a scope whose database exists at once; it is not made current."""
         scope_options = ScopeOptions(**options)
-        template = self._template or build_template(self.migrations_dir, self.data_dir)
-        self._template = template
         scope_id = f"test_{time.time_ns() // 1_000_000}_{secrets.token_hex(4)}"
-        path = None
-        if scope_options.strategy == "file":
-            path = run_directory(self.data_dir) / f"{scope_id}.db"
-            shutil.copyfile(template.path, path)
-        scope = IsolationScope(
-            id=scope_id,
-            test_name=test_name,
-            options=scope_options,
-            database_path=path,
-            module_snapshot=self.capture_module_snapshot()
-            if scope_options.isolate_modules
-            else frozenset(),
-        )
         with self._lock:
+            prepared, path = self._factory(scope_options.strategy).take()
+            scope = IsolationScope(
+                id=scope_id,
+                test_name=test_name,
+                options=scope_options,
+                database_path=path,
+                prepared=prepared,
+                module_snapshot=self.capture_module_snapshot()
+                if scope_options.isolate_modules
+                else frozenset(),
+            )
             self.active_scopes[scope_id] = scope
             self.performance_metrics["scopes_created"] += 1
         logger.debug("scope created: %s for %s (%s)", scope_id, test_name, scope_options.strategy)
@@ -294,11 +232,14 @@ class TestIsolationManager:
             scope = self._scope(scope_id)
             if scope.client is not None and not scope.client.closed:
                 return scope.client
-            if scope.database_path is not None:
-                client = DatabaseClient(str(scope.database_path), owner=scope.owner)
-            else:
-                assert self._template is not None
-                client = DatabaseClient(":memory:", owner=scope.owner, image=self._template.image)
+            factory = self._factory(scope.options.strategy)
+            if scope.prepared is not None:
+                client, scope.prepared = scope.prepared, None
+            elif scope.database_path is not None:
+                client = factory.open(scope.database_path)
+            else:  # a closed in-memory database is gone: start again from the template
+                client = factory.make()[0]
+            client.owner = scope.owner
             scope.client = client
             scope.connections.add(client)
             if scope.options.track_connections:
@@ -324,9 +265,9 @@ class TestIsolationManager:
         if scope.options.isolate_modules:
             self.clear_module_cache(scope.module_snapshot)
             self._report_stale_bindings(scope)
-        if scope.database_path is not None:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{scope.database_path}{suffix}").unlink(missing_ok=True)
+        if scope.prepared is not None:
+            scope.prepared.close(reason="unused")
+        scope_databases.delete_database_files(scope.database_path)
         scope.connections.clear()
         scope.client = None
         elapsed = (time.perf_counter() - started) * 1000
@@ -428,13 +369,25 @@ class TestIsolationManager:
         return known
 
     def _matches_project(self, name: str) -> bool:
+        """Project code only: never a built-in, stdlib or installed third-party module."""
+        filename = getattr(sys.modules.get(name), "__file__", None)
+        if (
+            not filename
+            or name.partition(".")[0] in sys.stdlib_module_names
+            or any(part in filename for part in _NOT_PROJECT)
+        ):
+            return False
         if self.module_patterns is not None:
             return any(fnmatchcase(name, pattern) for pattern in self.module_patterns)
-        filename = getattr(sys.modules.get(name), "__file__", None)
-        if not filename or not filename.startswith(self._root_prefix):
-            return False
-        inside = filename[len(self._root_prefix) :]
-        return not any(part in inside for part in _NOT_PROJECT)
+        return filename.startswith(self._root_prefix)
+
+    def _current_project_modules(self) -> list[str]:
+        """Project modules now imported; recomputed only when ``sys.modules`` changes size."""
+        count, names = self._project_modules
+        if count != len(sys.modules):
+            names = [name for name in list(sys.modules) if self._project_module(name)]
+            self._project_modules = (len(sys.modules), names)
+        return names
 
     def clear_module_cache(self, snapshot: frozenset[str] | None = None) -> int:
         """Drop project modules imported since ``snapshot`` (default: test-mode start)."""
@@ -452,8 +405,9 @@ class TestIsolationManager:
         if not scope.connections:
             return
         stale_ids = {id(client) for client in scope.connections}
-        for name, module in list(sys.modules.items()):
-            if module is None or not self._project_module(name):
+        for name in self._current_project_modules():
+            module = sys.modules.get(name)
+            if module is None:
                 continue
             for attribute, value in list(vars(module).items()):
                 if isinstance(value, database.AsyncDatabaseClient):
@@ -481,8 +435,16 @@ class TestIsolationManager:
         for client in list(self.global_connection_registry):
             cleaned = client.close(timeout=1.0) and cleaned
         self.global_connection_registry.clear()
-        remove_stale_runs(self.data_dir)
+        scope_databases.remove_stale_runs(self.data_dir)
         logger.debug("emergency cleanup done (clean: %s)", cleaned)
+        return cleaned
+
+    def shutdown(self) -> bool:
+        """End of session: clean up every scope and stop preparing databases."""
+        cleaned = self.emergency_cleanup() if self.active_scopes else True
+        for factory in self._factories.values():
+            factory.close()
+        self._factories.clear()
         return cleaned
 
     def get_stats(self) -> dict[str, Any]:
@@ -512,12 +474,13 @@ class TestIsolationManager:
 
 
 _manager: TestIsolationManager | None = None
+_manager_lock = threading.Lock()
 
 
 def get_test_isolation_manager() -> TestIsolationManager:
     """The process-wide manager the pytest plugin uses."""
     global _manager
-    with _process_lock:
+    with _manager_lock:
         if _manager is None:
-            _manager = TestIsolationManager()
+            _manager = TestIsolationManager(prepare_ahead=2)
         return _manager

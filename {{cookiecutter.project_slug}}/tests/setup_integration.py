@@ -18,11 +18,8 @@ import pytest
 
 from lib import database
 from lib.database import AsyncDatabaseClient, DatabaseClient
-from lib.isolation_manager import (
-    TestIsolationManager,
-    get_test_isolation_manager,
-    remove_run_directory,
-)
+from lib.isolation_manager import TestIsolationManager, get_test_isolation_manager
+from lib.scope_databases import remove_run_directory
 
 __all__ = [
     "async_db",
@@ -143,8 +140,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """Clean up whatever is left, delete this run's databases, restore the environment."""
     manager = get_test_isolation_manager()
     manager.complete_test()
-    if manager.active_scopes:
-        manager.emergency_cleanup()
+    manager.shutdown()
     remove_run_directory(manager.data_dir)
     database.block_database_access(None)
     database.reset_database_instance()

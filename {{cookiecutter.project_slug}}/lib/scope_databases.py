@@ -1,0 +1,290 @@
+"""Where test databases come from: a cached migrated template and fast copies of it.
+
+Migrations run once per schema, not once per run: the template is cached under
+``data/.isolation/templates/`` keyed by a hash of the migration files (and the SQLite
+version), rebuilt when that changes or the cached file fails its checks, under a file
+lock so parallel processes never build it twice at once. Each process copies it into its
+own run directory ``data/.isolation/<pid>-<random>/``, and every scope gets a copy of
+that: a real file, or an in-memory image. A :class:`DatabaseFactory` can prepare the
+next copies in a background thread so a test does not wait for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import queue
+import secrets
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager, suppress
+from pathlib import Path
+from typing import Literal
+
+from sqlite_utils.migrations import Migrations
+
+from lib import migrate
+from lib.database import BUSY_TIMEOUT_MS, DatabaseClient
+
+try:
+    import fcntl
+except ImportError:  # Windows: the atomic rename below still keeps the cache consistent
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger("isolation")
+
+Strategy = Literal["file", "memory"]
+RUNS_DIR_NAME = ".isolation"
+# Bump when the way templates are built changes, so cached ones are rebuilt.
+TEMPLATE_FORMAT = "1"
+TEMPLATE_PRAGMAS: Mapping[str, str] = {"journal_mode": "WAL", "foreign_keys": "ON"}
+# Test databases are deleted after their test, so durability buys nothing:
+# synchronous=OFF skips fsync. Journal mode (WAL), foreign keys and the busy timeout
+# stay as in production because they change behaviour, not just speed.
+SCOPE_PRAGMAS: Mapping[str, str] = {
+    "journal_mode": "WAL",
+    "synchronous": "OFF",
+    "foreign_keys": "ON",
+    "busy_timeout": str(BUSY_TIMEOUT_MS),
+}
+
+_run_dirs: dict[tuple[Path, int], Path] = {}
+_templates: dict[tuple[Path, Path, int], Template] = {}
+_lock = threading.Lock()
+
+
+def run_directory(data_dir: Path) -> Path:
+    """This process's directory for test databases: ``<data>/.isolation/<pid>-<random>``."""
+    key = (data_dir, os.getpid())
+    with _lock:
+        if key not in _run_dirs:
+            path = data_dir / RUNS_DIR_NAME / f"{os.getpid()}-{secrets.token_hex(4)}"
+            path.mkdir(parents=True)
+            _run_dirs[key] = path
+        return _run_dirs[key]
+
+
+def remove_run_directory(data_dir: Path) -> None:
+    """Delete this process's test databases and forget its templates (end of session)."""
+    with _lock:
+        path = _run_dirs.pop((data_dir, os.getpid()), None)
+        for key in [key for key in _templates if key[0] == data_dir]:
+            del _templates[key]
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_runs(data_dir: Path) -> list[Path]:
+    """Delete run directories whose process is gone (a killed run); return them."""
+    runs = data_dir / RUNS_DIR_NAME
+    removed = []
+    for path in runs.iterdir() if runs.is_dir() else ():
+        pid, _, _ = path.name.partition("-")
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _template_key(migrations_dir: Path) -> str:
+    source = f"{TEMPLATE_FORMAT}\0{sqlite3.sqlite_version}\0"
+    source += migrate.migrations_fingerprint(migrations_dir)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _is_valid_template(path: Path, expected: list[str]) -> bool:
+    """A cached template is usable if SQLite finds it sound and it has every migration."""
+    if not path.is_file():
+        return False
+    try:
+        # immutable: read without locks and without creating -wal/-shm files beside it
+        with closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as conn:
+            if conn.execute("PRAGMA quick_check").fetchone() != ("ok",):
+                return False
+            applied = conn.execute(
+                f"SELECT name FROM {Migrations.migrations_table} "
+                "WHERE migration_set = ? ORDER BY id",
+                [migrate.MIGRATION_SET],
+            ).fetchall()
+    except sqlite3.Error:
+        return False
+    return [name for (name,) in applied] == expected
+
+
+def _build_template(path: Path, migrations_dir: Path) -> None:
+    partial = path.with_name(f"{path.stem}-{secrets.token_hex(4)}.partial")
+    client = DatabaseClient(str(partial), owner="the template build", pragmas=TEMPLATE_PRAGMAS)
+    try:
+        migrate.apply_migrations(client.db, migrations_dir)
+    finally:
+        client.close()
+    os.replace(partial, path)
+
+
+def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
+    """The migrated template for these migrations, built only when missing or unsound."""
+    cache_dir = data_dir / RUNS_DIR_NAME / "templates"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _template_key(migrations_dir)
+    path = cache_dir / f"{key}.db"
+    expected = [path.stem for path in migrate.migration_files(migrations_dir)]
+    with _file_lock(cache_dir / ".lock"):
+        if not _is_valid_template(path, expected):
+            logger.debug("building template %s", path)
+            path.unlink(missing_ok=True)
+            _build_template(path, migrations_dir)
+            for stale in cache_dir.glob("*.db"):
+                if stale != path:
+                    stale.unlink(missing_ok=True)
+    return path
+
+
+class Template:
+    """This process's copy of the migrated template."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._image: bytes | None = None
+
+    @property
+    def image(self) -> bytes:
+        """The template serialized, marked as a rollback-journal database (memdb has no WAL)."""
+        if self._image is None:
+            with closing(sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)) as conn:
+                image = bytearray(conn.serialize())
+            image[18:20] = b"\x01\x01"
+            self._image = bytes(image)
+        return self._image
+
+
+def template_for(migrations_dir: Path, data_dir: Path) -> Template:
+    """This process's template: copied from the cache once, then reused by every scope."""
+    key = (data_dir, migrations_dir, os.getpid())
+    with _lock:
+        template = _templates.get(key)
+    if template is None:
+        cached = cached_template(migrations_dir, data_dir)
+        path = run_directory(data_dir) / f"template-{cached.stem}.db"
+        shutil.copyfile(cached, path)
+        with _lock:
+            template = _templates.setdefault(key, Template(path))
+    return template
+
+
+class DatabaseFactory:
+    """Hands out fresh copies of a template; with ``prepare_ahead``, made in the background.
+
+    A prepared copy is a database file already copied, connected and with its schema
+    loaded, so the test that takes it pays almost nothing.
+    """
+
+    def __init__(
+        self,
+        template: Template,
+        strategy: Strategy,
+        directory: Path,
+        prepare_ahead: int = 0,
+    ) -> None:
+        self.template = template
+        self.strategy = strategy
+        self.directory = directory
+        self.prepare_ahead = prepare_ahead
+        self._ready: queue.Queue[tuple[DatabaseClient, Path | None]] = queue.Queue(
+            maxsize=max(prepare_ahead, 1)
+        )
+        self._numbers = itertools.count()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    def make(self) -> tuple[DatabaseClient, Path | None]:
+        """A new database: its open client and, for the file strategy, its path."""
+        if self.strategy == "memory":
+            client = DatabaseClient(
+                ":memory:",
+                owner="a new test database",
+                pragmas=SCOPE_PRAGMAS,
+                image=self.template.image,
+            )
+            return client, None
+        path = self.directory / f"db-{next(self._numbers)}-{secrets.token_hex(2)}.db"
+        shutil.copyfile(self.template.path, path)
+        return self.open(path), path
+
+    def open(self, path: Path) -> DatabaseClient:
+        client = DatabaseClient(str(path), owner="a new test database", pragmas=SCOPE_PRAGMAS)
+        client.execute("SELECT count(*) FROM sqlite_master")  # load the schema now
+        return client
+
+    def take(self) -> tuple[DatabaseClient, Path | None]:
+        """A prepared database if one is ready, else one made now."""
+        if self.prepare_ahead and self._worker is None:
+            self._stop.clear()
+            self._worker = threading.Thread(
+                target=self._prepare, name="isolation-prepare", daemon=True
+            )
+            self._worker.start()
+        try:
+            return self._ready.get_nowait()
+        except queue.Empty:
+            return self.make()
+
+    def _prepare(self) -> None:
+        while not self._stop.is_set():
+            prepared = self.make()
+            while not self._stop.is_set():
+                try:
+                    self._ready.put(prepared, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                discard(*prepared)
+
+    def close(self) -> None:
+        """Stop preparing and delete what was prepared but never used."""
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        while True:
+            try:
+                discard(*self._ready.get_nowait())
+            except queue.Empty:
+                return
+
+
+def discard(client: DatabaseClient, path: Path | None) -> None:
+    """Close an unused database and delete its files."""
+    client.close(timeout=1.0, reason="unused")
+    delete_database_files(path)
+
+
+def delete_database_files(path: Path | None) -> None:
+    """Remove a database file with its WAL and shared-memory files."""
+    if path is None:
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
