@@ -370,7 +370,7 @@ class TestIsolationManager:
 
     def _matches_project(self, name: str) -> bool:
         """Project code only: never a built-in, stdlib or installed third-party module."""
-        filename = getattr(sys.modules.get(name), "__file__", None)
+        filename: str | None = getattr(sys.modules.get(name), "__file__", None)
         if (
             not filename
             or name.partition(".")[0] in sys.stdlib_module_names
