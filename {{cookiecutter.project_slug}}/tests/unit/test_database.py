@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -342,6 +343,35 @@ def test_open_transaction_on_closed_client_raises_client_closed(db_path: Path) -
         assert count(reopened) == 0
     finally:
         reopened.close()
+
+
+def test_closed_client_fails_at_once_while_another_thread_holds_it(
+    client: DatabaseClient,
+) -> None:
+    """A stale client must not make its caller wait for whoever still holds it."""
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        tx = client.transaction()
+        holding.set()
+        release.wait(timeout=5)
+        with contextlib.suppress(ClientClosedError):
+            tx.rollback()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(timeout=5)
+    assert client.close(timeout=0.1) is False  # still held: given up after the timeout
+    assert client.closed
+    started = time.monotonic()
+    try:
+        with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
+            client.execute("SELECT 1")
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        holder.join(timeout=10)
 
 
 def test_health_check(client: DatabaseClient, db_path: Path) -> None:

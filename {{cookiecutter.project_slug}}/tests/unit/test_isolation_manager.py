@@ -1,0 +1,637 @@
+"""The isolation manager on its own: scopes, databases, tracking, modules, metrics.
+
+Each test uses a standalone manager with its own data directory under ``tmp_path``, so
+nothing here touches the suite's own manager or the project's ``data/`` directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lib import database
+from lib.database import (
+    AsyncDatabaseClient,
+    ClientClosedError,
+    DatabaseAccessBlockedError,
+    DatabaseClient,
+    parse_database_url,
+)
+from lib.isolation_manager import (
+    RUNS_DIR_NAME,
+    IsolationWarning,
+    ScopeNotFoundError,
+    TestIsolationManager,
+)
+from lib.migrate import pending_migrations
+
+SCOPE_ID = re.compile(r"^test_\d+_[0-9a-f]{8}$")
+SCHEMA_TABLES = {"users", "products", "orders", "order_items", "logs"}
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def manager(data_dir: Path) -> Iterator[TestIsolationManager]:
+    """A standalone manager in test mode; always cleaned up, also when a test fails."""
+    m = TestIsolationManager(data_dir=data_dir)
+    m.initialize_test_mode()
+    yield m
+    m.complete_test()
+    m.emergency_cleanup()
+    m.shutdown()
+
+
+@pytest.fixture
+def module_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory on sys.path for throwaway modules."""
+    path = tmp_path / "modules"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    return path
+
+
+@pytest.fixture
+def make_module(module_dir: Path) -> Iterator[Callable[[str], str]]:
+    """Write a uniquely named throwaway module; returns its name. Removed afterwards."""
+    names: list[str] = []
+
+    def make(source: str = "") -> str:
+        name = f"isoprobe_{uuid.uuid4().hex[:12]}"
+        (module_dir / f"{name}.py").write_text(source)
+        names.append(name)
+        importlib.invalidate_caches()
+        return name
+
+    yield make
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def _tables(client: DatabaseClient) -> set[str]:
+    return set(client.db.table_names())
+
+
+# --- ported from the reference: core functionality ---------------------------------------
+
+
+def test_scopes_have_unique_well_formed_ids(manager: TestIsolationManager) -> None:
+    ids = [manager.create_scope(f"test{i}") for i in range(20)]
+    assert len(set(ids)) == 20
+    for scope_id in ids:
+        assert SCOPE_ID.match(scope_id), scope_id
+        assert scope_id in manager.active_scopes
+        assert manager.active_scopes[scope_id].id == scope_id
+    assert len(manager.active_scopes) == 20
+
+
+def test_clients_are_isolated_between_scopes(manager: TestIsolationManager) -> None:
+    scope1 = manager.create_scope("isolation-test-1")
+    scope2 = manager.create_scope("isolation-test-2")
+    client1 = manager.get_scoped_database_client(scope1)
+    client2 = manager.get_scoped_database_client(scope2)
+
+    assert client1 is not client2
+    assert client1.execute("SELECT 1 AS test").rows[0]["test"] == 1
+    assert client2.execute("SELECT 2 AS test").rows[0]["test"] == 2
+    assert manager.active_scopes[scope1].connections == {client1}
+    assert manager.active_scopes[scope2].connections == {client2}
+
+    client1.execute("INSERT INTO users (email, name) VALUES ('one@example.com', 'One')")
+    assert client2.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+
+
+def test_scope_cleanup_is_complete(manager: TestIsolationManager) -> None:
+    scope_id = manager.create_scope("cleanup-test")
+    client = manager.get_scoped_database_client(scope_id)
+    assert scope_id in manager.active_scopes
+    assert client in manager.global_connection_registry
+
+    assert manager.destroy_scope(scope_id) is True
+
+    assert scope_id not in manager.active_scopes
+    assert client not in manager.global_connection_registry
+    assert client.closed
+
+
+def test_module_cache_clearing_counts_what_it_drops(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m.initialize_test_mode()
+    try:
+        before = m.performance_metrics["modules_cleared"]
+        names = [make_module("VALUE = 1\n") for _ in range(3)]
+        for name in names:
+            importlib.import_module(name)
+        assert m.clear_module_cache() == 3
+        assert m.performance_metrics["modules_cleared"] == before + 3
+        assert not set(names) & set(sys.modules)
+        assert m.clear_module_cache() == 0
+        assert m.performance_metrics["modules_cleared"] == before + 3
+    finally:
+        m.emergency_cleanup()
+
+
+def test_metrics_are_accurate(manager: TestIsolationManager) -> None:
+    initial = dict(manager.performance_metrics)
+
+    scope_id = manager.create_scope("metrics-test")
+    manager.get_scoped_database_client(scope_id)
+    manager.get_scoped_database_client(scope_id)  # the same client: counted once
+    manager.destroy_scope(scope_id)
+
+    final = manager.performance_metrics
+    assert final["scopes_created"] == initial["scopes_created"] + 1
+    assert final["scopes_destroyed"] == initial["scopes_destroyed"] + 1
+    assert final["connections_created"] == initial["connections_created"] + 1
+    assert final["connections_closed"] == initial["connections_closed"] + 1
+    assert final["average_cleanup_time"] > 0
+    assert final["emergency_cleanups"] == initial["emergency_cleanups"]
+
+
+def test_repeated_requests_return_the_same_client(manager: TestIsolationManager) -> None:
+    scope_id = manager.create_scope("same client")
+    first = manager.get_scoped_database_client(scope_id)
+    assert manager.get_scoped_database_client(scope_id) is first
+    assert len(manager.active_scopes[scope_id].connections) == 1
+
+
+def test_manager_is_not_collected_as_a_test() -> None:
+    assert TestIsolationManager.__test__ is False
+
+
+# --- databases ---------------------------------------------------------------------------
+
+
+def test_database_file_exists_at_creation_and_is_removed_with_wal_and_shm(
+    manager: TestIsolationManager, data_dir: Path
+) -> None:
+    scope_id = manager.create_scope("file lifecycle")
+    path = manager.active_scopes[scope_id].database_path
+    assert path is not None
+    assert path.exists(), "the file must exist before any client is opened"
+    assert path.is_relative_to(data_dir / RUNS_DIR_NAME)
+
+    client = manager.get_scoped_database_client(scope_id)
+    client.execute("INSERT INTO logs (level, message) VALUES ('info', 'hello')")
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    assert wal.exists()
+    assert shm.exists()
+
+    manager.destroy_scope(scope_id)
+    assert not path.exists()
+    assert not wal.exists()
+    assert not shm.exists()
+
+
+def test_scope_database_has_the_migrated_schema(manager: TestIsolationManager) -> None:
+    scope_id = manager.create_scope("schema")
+    client = manager.get_scoped_database_client(scope_id)
+    assert _tables(client) >= SCHEMA_TABLES
+    assert pending_migrations(client.db) == []
+    assert client.execute("PRAGMA foreign_keys").rows[0][0] == 1
+    assert client.execute("PRAGMA journal_mode").rows[0][0] == "wal"
+    for table in SCHEMA_TABLES:
+        assert client.execute(f"SELECT COUNT(*) FROM {table}").rows[0][0] == 0
+
+
+def test_memory_strategy_scope(manager: TestIsolationManager, data_dir: Path) -> None:
+    files_before = set(data_dir.rglob("*.db"))
+    scope1 = manager.create_scope("memory-1", strategy="memory")
+    scope2 = manager.create_scope("memory-2", strategy="memory")
+    assert manager.active_scopes[scope1].database_path is None
+    assert set(data_dir.rglob("*.db")) == files_before
+
+    client1 = manager.get_scoped_database_client(scope1)
+    client2 = manager.get_scoped_database_client(scope2)
+    assert _tables(client1) >= SCHEMA_TABLES
+    client1.execute("INSERT INTO users (email, name) VALUES ('m@example.com', 'M')")
+    assert client1.execute("SELECT COUNT(*) FROM users").rows[0][0] == 1
+    assert client2.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+    assert client1.execute("PRAGMA foreign_keys").rows[0][0] == 1
+
+    assert manager.destroy_scope(scope1)
+    assert client1.closed
+    assert not client2.closed
+
+
+def test_unknown_strategy_is_rejected(manager: TestIsolationManager) -> None:
+    with pytest.raises(ValueError, match="strategy"):
+        manager.create_scope("bad", strategy="postgres")
+
+
+def test_databases_prepared_ahead_are_fresh_and_removed_at_shutdown(data_dir: Path) -> None:
+    """Copies made in the background before tests ask are as fresh as ones made on demand."""
+    m = TestIsolationManager(data_dir=data_dir, prepare_ahead=2)
+    m.initialize_test_mode()
+    try:
+        paths: set[Path] = set()
+        for i in range(6):
+            scope_id = m.create_scope(f"prepared-{i}")
+            path = m.active_scopes[scope_id].database_path
+            assert path is not None
+            assert path.exists()
+            paths.add(path)
+            client = m.get_scoped_database_client(scope_id)
+            assert client.execute("SELECT COUNT(*) FROM logs").rows[0][0] == 0
+            client.execute("INSERT INTO logs (level, message) VALUES ('info', ?)", (str(i),))
+            assert m.destroy_scope(scope_id)
+            assert not path.exists()
+        assert len(paths) == 6
+    finally:
+        m.emergency_cleanup()
+        m.shutdown()
+    leftovers = [
+        p for p in (data_dir / RUNS_DIR_NAME).rglob("*.db") if p.parent.name != "templates"
+    ]
+    assert all(p.name.startswith("template") for p in leftovers), leftovers
+
+
+# --- failures ----------------------------------------------------------------------------
+
+
+def test_stale_client_names_its_scope_and_test(manager: TestIsolationManager) -> None:
+    scope_id = manager.create_scope("tests/test_orders.py::test_refund")
+    client = manager.get_scoped_database_client(scope_id)
+    manager.destroy_scope(scope_id)
+    with pytest.raises(ClientClosedError) as excinfo:
+        client.execute("SELECT 1")
+    message = str(excinfo.value)
+    assert message.startswith("CLIENT_CLOSED:")
+    assert scope_id in message
+    assert "tests/test_orders.py::test_refund" in message
+
+
+def test_destroying_an_unknown_scope_returns_false(manager: TestIsolationManager) -> None:
+    created = manager.performance_metrics["scopes_destroyed"]
+    assert manager.destroy_scope("test_0_00000000") is False
+    assert manager.performance_metrics["scopes_destroyed"] == created
+
+
+def test_destroying_twice_returns_false_the_second_time(manager: TestIsolationManager) -> None:
+    scope_id = manager.create_scope("twice")
+    assert manager.destroy_scope(scope_id) is True
+    assert manager.destroy_scope(scope_id) is False
+
+
+def test_unknown_scope_id_raises_scope_not_found(manager: TestIsolationManager) -> None:
+    with pytest.raises(ScopeNotFoundError, match="test_123_deadbeef") as excinfo:
+        manager.get_scoped_database_client("test_123_deadbeef")
+    assert isinstance(excinfo.value, LookupError)
+
+
+def test_no_current_scope_is_a_clear_error(manager: TestIsolationManager) -> None:
+    with pytest.raises(RuntimeError, match="integration"):
+        manager.get_scoped_database_client()
+
+
+def test_a_client_whose_close_raises_does_not_break_destroy(
+    manager: TestIsolationManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scope_id = manager.create_scope("close raises")
+    client = manager.get_scoped_database_client(scope_id)
+    path = manager.active_scopes[scope_id].database_path
+    assert path is not None
+    real_close = client.close
+
+    def broken_close(timeout: float = 5.0, *, reason: str | None = None) -> bool:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(client, "close", broken_close)
+    assert manager.destroy_scope(scope_id) is False
+    assert scope_id not in manager.active_scopes
+    assert client not in manager.global_connection_registry
+    assert manager.get_stats()["active_connection_count"] == 0
+    real_close()
+
+
+def test_a_hung_client_is_given_up_after_the_connection_timeout(
+    manager: TestIsolationManager,
+) -> None:
+    """A client held by another thread cannot stall cleanup beyond connection_timeout."""
+    scope_id = manager.create_scope("hung", connection_timeout=0.2)
+    client = manager.get_scoped_database_client(scope_id)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        tx = client.transaction()  # keeps the client busy until released
+        holding.set()
+        release.wait(timeout=30)
+        with contextlib.suppress(ClientClosedError):
+            tx.rollback()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(timeout=10)
+    started = time.monotonic()
+    try:
+        assert manager.destroy_scope(scope_id) is False
+        assert time.monotonic() - started < 5
+        assert scope_id not in manager.active_scopes
+        assert client.closed
+        assert client not in manager.global_connection_registry
+    finally:
+        release.set()
+        holder.join(timeout=10)
+    assert not holder.is_alive()
+
+
+def test_untracked_connections_stay_out_of_the_registry(manager: TestIsolationManager) -> None:
+    scope_id = manager.create_scope("untracked", track_connections=False)
+    client = manager.get_scoped_database_client(scope_id)
+    assert client not in manager.global_connection_registry
+    manager.destroy_scope(scope_id)
+    assert client.closed
+
+
+# --- stats and emergency cleanup ---------------------------------------------------------
+
+
+def test_get_stats_shape(manager: TestIsolationManager) -> None:
+    scope_id = manager.create_scope("stats-test")
+    manager.get_scoped_database_client(scope_id)
+    stats = manager.get_stats()
+    assert stats["is_test_mode"] is True
+    assert stats["current_test_id"] is None
+    assert stats["active_scope_count"] == 1
+    assert stats["active_connection_count"] == 1
+    (scope,) = stats["scopes"]
+    assert scope["id"] == scope_id
+    assert scope["test_name"] == "stats-test"
+    assert scope["connection_count"] == 1
+    assert scope["duration"] >= 0
+    assert scope["migration_completed"] is True
+    assert scope["database_path"] == str(manager.active_scopes[scope_id].database_path)
+
+    manager.destroy_scope(scope_id)
+    after = manager.get_stats()
+    assert after["active_scope_count"] == 0
+    assert after["active_connection_count"] == 0
+    assert after["scopes"] == []
+
+
+def test_emergency_cleanup_clears_everything_and_stays_usable(
+    manager: TestIsolationManager,
+) -> None:
+    ids = [manager.create_scope(f"emergency-{i}") for i in range(3)]
+    clients = [manager.get_scoped_database_client(scope_id) for scope_id in ids]
+    paths = [manager.active_scopes[scope_id].database_path for scope_id in ids]
+
+    manager.emergency_cleanup()
+
+    assert manager.active_scopes == {}
+    assert len(manager.global_connection_registry) == 0
+    assert manager.performance_metrics["emergency_cleanups"] == 1
+    assert all(client.closed for client in clients)
+    assert not any(path is not None and path.exists() for path in paths)
+
+    scope_id = manager.create_scope("post-emergency-test")
+    client = manager.get_scoped_database_client(scope_id)
+    assert client.execute("SELECT 1 AS recovered").rows[0]["recovered"] == 1
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has already exited."""
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(finished.stdout)
+
+
+def test_emergency_cleanup_removes_a_killed_runs_files(
+    manager: TestIsolationManager, data_dir: Path
+) -> None:
+    """A run killed mid-test leaves its directory behind; the next cleanup deletes it."""
+    stale_run = data_dir / RUNS_DIR_NAME / f"{_dead_pid()}-0badc0de"
+    stale_run.mkdir(parents=True)
+    for name in ("test_1_0badc0de.db", "test_1_0badc0de.db-wal", "template-abc.db"):
+        (stale_run / name).write_bytes(b"left behind")
+    live_scope = manager.create_scope("still running")
+    live_path = manager.active_scopes[live_scope].database_path
+    assert live_path is not None
+
+    manager.emergency_cleanup()
+
+    assert not stale_run.exists()
+    assert live_path.parent.exists(), "this run's own directory stays usable"
+    manager.create_scope("after cleanup")
+
+
+def test_initialize_removes_a_killed_runs_files(data_dir: Path) -> None:
+    stale_run = data_dir / RUNS_DIR_NAME / f"{_dead_pid()}-0badf00d"
+    stale_run.mkdir(parents=True)
+    (stale_run / "test_2_0badf00d.db").write_bytes(b"left behind")
+    m = TestIsolationManager(data_dir=data_dir)
+    try:
+        m.initialize_test_mode()
+        assert not stale_run.exists()
+    finally:
+        m.emergency_cleanup()
+
+
+def test_a_live_runs_files_are_kept(manager: TestIsolationManager, data_dir: Path) -> None:
+    """Another run still going (its pid is alive) keeps its databases."""
+    live_run = data_dir / RUNS_DIR_NAME / f"{os.getppid()}-1ee7c0de"
+    live_run.mkdir(parents=True)
+    (live_run / "test_3_1ee7c0de.db").write_bytes(b"in use")
+    manager.emergency_cleanup()
+    assert live_run.exists()
+
+
+# --- the current test --------------------------------------------------------------------
+
+
+def test_ensure_test_isolation_points_the_application_at_the_scope(
+    manager: TestIsolationManager,
+) -> None:
+    """While current, DATABASE_URL and the singleton answer with the scope's database."""
+    url_before = os.environ.get("DATABASE_URL")
+    scope_id = manager.ensure_test_isolation("app-test")
+    assert manager.current_test_id == scope_id
+    path = manager.active_scopes[scope_id].database_path
+    assert path is not None
+    assert Path(parse_database_url(os.environ["DATABASE_URL"])) == path
+
+    client = manager.get_scoped_database_client()
+    assert database.get_database_client() is client
+    database.get_database_client().execute(
+        "INSERT INTO users (email, name) VALUES ('app@example.com', 'App')"
+    )
+    assert client.execute("SELECT COUNT(*) FROM users").rows[0][0] == 1
+
+    assert manager.complete_test() is True
+    assert manager.current_test_id is None
+    assert client.closed
+    assert not path.exists()
+    assert os.environ.get("DATABASE_URL") == url_before
+    # Back in a unit test: the singleton is blocked again.
+    with pytest.raises(DatabaseAccessBlockedError):
+        database.get_database_client()
+
+
+def test_next_test_gets_a_new_scope(manager: TestIsolationManager) -> None:
+    first = manager.ensure_test_isolation("first")
+    first_client = manager.get_scoped_database_client()
+    second = manager.ensure_test_isolation("second")  # ends the first test's scope
+    assert first != second
+    assert first not in manager.active_scopes
+    assert first_client.closed
+    assert manager.get_scoped_database_client() is not first_client
+
+
+def test_complete_test_without_a_test_is_harmless(manager: TestIsolationManager) -> None:
+    assert manager.complete_test() is True
+
+
+# --- module isolation --------------------------------------------------------------------
+
+
+def test_modules_imported_during_a_scope_are_dropped_at_its_end(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m.initialize_test_mode()
+    try:
+        kept = make_module("STATE = []\n")
+        importlib.import_module(kept)  # imported before the scope: stays
+        scope_id = m.create_scope("imports")
+        dropped = make_module("STATE = []\n")
+        module = importlib.import_module(dropped)
+        module.STATE.append("import-time state")
+        assert dropped in sys.modules
+
+        m.destroy_scope(scope_id)
+
+        assert dropped not in sys.modules
+        assert kept in sys.modules
+        assert importlib.import_module(dropped).STATE == []  # fresh on next import
+    finally:
+        m.emergency_cleanup()
+
+
+def test_project_root_selects_modules_by_file(
+    data_dir: Path, module_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    """Without patterns, modules whose file lies in the project are the ones dropped."""
+    m = TestIsolationManager(data_dir=data_dir, project_root=module_dir)
+    m.initialize_test_mode()
+    try:
+        scope_id = m.create_scope("by file")
+        name = make_module("")
+        importlib.import_module(name)
+        import colorsys  # stdlib, imported during the scope: never dropped
+
+        m.destroy_scope(scope_id)
+        assert name not in sys.modules
+        assert colorsys.__name__ in sys.modules
+    finally:
+        m.emergency_cleanup()
+
+
+def test_scope_option_isolate_modules_false_keeps_modules(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m.initialize_test_mode()
+    try:
+        scope_id = m.create_scope("keep modules", isolate_modules=False)
+        name = make_module("")
+        importlib.import_module(name)
+        m.destroy_scope(scope_id)
+        assert name in sys.modules
+    finally:
+        m.emergency_cleanup()
+
+
+def test_isolation_core_is_never_dropped(data_dir: Path) -> None:
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["lib", "lib.*"])
+    m.initialize_test_mode()
+    try:
+        m.clear_module_cache(frozenset())
+        for name in ("lib", "lib.database", "lib.migrate", "lib.isolation_manager"):
+            assert name in sys.modules
+    finally:
+        m.emergency_cleanup()
+
+
+def test_stdlib_and_third_party_are_never_dropped(data_dir: Path) -> None:
+    """Even a pattern that names them does not drop the stdlib or installed packages."""
+    names = ("colorsys", "sqlite_fts4")  # stdlib; installed with sqlite-utils
+    modules = {name: importlib.import_module(name) for name in names}
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=list(names))
+    m.initialize_test_mode()
+    try:
+        m.clear_module_cache(frozenset())
+        for name, module in modules.items():
+            assert sys.modules.get(name) is module
+    finally:
+        m.emergency_cleanup()
+        for name, module in modules.items():
+            sys.modules.setdefault(name, module)
+
+
+def test_module_global_holding_the_client_is_reported(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    """The root cause of CLIENT_CLOSED, named by module and attribute."""
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m.initialize_test_mode()
+    try:
+        name = make_module("CACHED_CLIENT = None\nASYNC_CLIENT = None\nOTHER = 1\n")
+        module = importlib.import_module(name)
+        scope_id = m.create_scope("caches the client")
+        client = m.get_scoped_database_client(scope_id)
+        vars(module)["CACHED_CLIENT"] = client
+        vars(module)["ASYNC_CLIENT"] = AsyncDatabaseClient(client)
+
+        with pytest.warns(IsolationWarning) as record:
+            m.destroy_scope(scope_id)
+
+        messages = [str(w.message) for w in record]
+        assert any(f"{name}.CACHED_CLIENT" in message for message in messages)
+        assert any(f"{name}.ASYNC_CLIENT" in message for message in messages)
+        assert not any(f"{name}.OTHER" in message for message in messages)
+        assert f"{name}.CACHED_CLIENT" in m.stale_bindings
+        assert any(scope_id in message for message in messages)
+        with pytest.raises(ClientClosedError):
+            client.execute("SELECT 1")
+    finally:
+        m.emergency_cleanup()
+
+
+def test_no_warning_when_nothing_holds_the_client(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m.initialize_test_mode()
+    try:
+        importlib.import_module(make_module("CLIENT = None\n"))
+        scope_id = m.create_scope("clean")
+        m.get_scoped_database_client(scope_id).execute("SELECT 1")
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            m.destroy_scope(scope_id)
+        assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+        assert m.stale_bindings == []
+    finally:
+        m.emergency_cleanup()
