@@ -11,6 +11,7 @@ import nox
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "typecheck", "unit", "integration"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
