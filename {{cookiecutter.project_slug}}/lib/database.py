@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -274,6 +274,11 @@ class DatabaseClient:
             self._lock.release()
         logger.debug("client closed: %s (%s)", self.path, how)
         return True
+
+    def backup(self, destination: str | Path) -> None:
+        """Copy this database, in-memory ones included, into the file ``destination``."""
+        with self._connection() as conn, closing(sqlite3.connect(destination)) as target:
+            conn.backup(target)
 
     def _release(self) -> None:
         """Let go of the lock held across a transaction; finish a close that had to wait."""

@@ -20,9 +20,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lib import database, migrate, scope_databases
+from lib.connection_tracking import Recording, record_connections
 from lib.database import DatabaseClient, DatabaseService
 from lib.scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
 
@@ -31,6 +32,7 @@ __all__ = [
     "IsolationError",
     "IsolationScope",
     "IsolationWarning",
+    "Leak",
     "ScopeNotFoundError",
     "ScopeOptions",
     "TestIsolationManager",
@@ -107,6 +109,15 @@ class IsolationScope:
         return (time.perf_counter() - self.started) * 1000
 
 
+@dataclass(frozen=True)
+class Leak:
+    """Something a test left behind: a scope, an open connection or a stale module global."""
+
+    kind: Literal["scope", "connection", "stale_binding"]
+    test: str
+    detail: str
+
+
 @dataclass
 class _TestContext:
     """What a test changed while it runs, and what to put back afterwards."""
@@ -115,6 +126,8 @@ class _TestContext:
     saved_url: str | None
     saved_service: DatabaseService | None
     saved_block: str | None
+    scopes_before: frozenset[str]
+    recording: Recording | None
     scope_id: str | None = None
 
 
@@ -152,7 +165,8 @@ class TestIsolationManager:
             "emergency_cleanups": 0,
             "modules_cleared": 0,
         }
-        self.stale_bindings: list[str] = []
+        self.leaks: list[Leak] = []
+        self.kept_databases: list[Path] = []
         self.is_test_mode = False
         self._factories: dict[Strategy, DatabaseFactory] = {}
         self._baseline_modules: frozenset[str] = frozenset(sys.modules)
@@ -160,6 +174,11 @@ class TestIsolationManager:
         self._project_modules: tuple[int, list[str]] = (0, [])
         self._context: _TestContext | None = None
         self._lock = threading.RLock()
+
+    @property
+    def stale_bindings(self) -> list[str]:
+        """``module.attribute`` of every global found holding a client after its scope ended."""
+        return [leak.detail for leak in self.leaks if leak.kind == "stale_binding"]
 
     @property
     def current_test_id(self) -> str | None:
@@ -247,11 +266,12 @@ class TestIsolationManager:
                 self.performance_metrics["connections_created"] += 1
             return client
 
-    def destroy_scope(self, scope_id: str) -> bool:
+    def destroy_scope(self, scope_id: str, *, keep_as: Path | None = None) -> bool:
         """Close the scope's clients, delete its database, drop its modules.
 
-        Returns False if the scope is unknown or a client did not close cleanly; the scope
-        is gone either way.
+        With ``keep_as``, the database is first saved there for a post-mortem. Returns
+        False if the scope is unknown or a client did not close cleanly; the scope is gone
+        either way.
         """
         started = time.perf_counter()
         with self._lock:
@@ -261,6 +281,8 @@ class TestIsolationManager:
                 return False
             if self._context is not None and self._context.scope_id == scope_id:
                 self._point_at_nothing(f"the scope of test {scope.test_name} was destroyed")
+        if keep_as is not None:
+            self._keep(scope, keep_as)
         closed_cleanly = self._close_connections(scope)
         if scope.options.isolate_modules:
             self.clear_module_cache(scope.module_snapshot)
@@ -278,6 +300,16 @@ class TestIsolationManager:
             metrics["average_cleanup_time"] += (elapsed - metrics["average_cleanup_time"]) / count
         logger.debug("scope destroyed: %s (%.2f ms)", scope_id, elapsed)
         return closed_cleanly
+
+    def _keep(self, scope: IsolationScope, destination: Path) -> None:
+        client = scope.client or scope.prepared
+        try:
+            if client is not None:
+                kept = scope_databases.keep_database(client, scope.database_path, destination)
+                self.kept_databases.append(kept)
+                logger.debug("database of %s kept at %s", scope.test_name, kept)
+        except Exception as error:  # keeping is best effort, never a reason to fail cleanup
+            logger.warning("could not keep the database of %s: %r", scope.test_name, error)
 
     def _close_connections(self, scope: IsolationScope) -> bool:
         closed_cleanly = True
@@ -306,13 +338,18 @@ class TestIsolationManager:
                 saved_url=os.environ.get("DATABASE_URL"),
                 saved_service=database.swap_database_service(None),
                 saved_block=database.block_database_access(None),
+                scopes_before=frozenset(self.active_scopes),
+                recording=record_connections() if options.get("track_connections", True) else None,
             )
             scope_id = self.create_scope(test_name, **options)
             self._point_at(scope_id)
             return scope_id
 
-    def complete_test(self) -> bool:
-        """Destroy the current test's scope and put back what the test changed."""
+    def complete_test(self, *, keep_database: Path | None = None) -> bool:
+        """Destroy the current test's scope, put back what the test changed, record leaks.
+
+        ``keep_database``: save the test's database there first (for a failed test).
+        """
         with self._lock:
             context, self._context = self._context, None
         if context is None:
@@ -320,9 +357,27 @@ class TestIsolationManager:
         cleaned = True
         if context.scope_id is not None:
             context_scope, context.scope_id = context.scope_id, None
-            cleaned = self.destroy_scope(context_scope)
+            cleaned = self.destroy_scope(context_scope, keep_as=keep_database)
         self._restore(context)
+        self._clean_up_leaks(context)
         return cleaned
+
+    def _clean_up_leaks(self, context: _TestContext) -> None:
+        """Record and close what the test left open: scopes it created, connections."""
+        for scope_id in self.active_scopes.keys() - context.scopes_before:
+            leaked = self.active_scopes[scope_id]
+            self._leak("scope", context.test_name, f"{leaked.id} ({leaked.test_name})")
+            self.destroy_scope(scope_id)
+        if context.recording is not None:
+            for tracked in context.recording.stop():
+                self._leak("connection", context.test_name, f"opened at {tracked.location}")
+                tracked.connection.close()
+
+    def _leak(
+        self, kind: Literal["scope", "connection", "stale_binding"], test: str, detail: str
+    ) -> None:
+        self.leaks.append(Leak(kind, test, detail))
+        logger.warning("%s leak in %s: %s", kind, test, detail)
 
     def _point_at(self, scope_id: str) -> None:
         assert self._context is not None
@@ -414,7 +469,7 @@ class TestIsolationManager:
                     value = value.client
                 if id(value) in stale_ids:
                     binding = f"{name}.{attribute}"
-                    self.stale_bindings.append(binding)
+                    self._leak("stale_binding", scope.test_name, binding)
                     warnings.warn(
                         f"{binding} still holds the database client of {scope.owner}; "
                         "using it later raises CLIENT_CLOSED. Ask for the client where it is "

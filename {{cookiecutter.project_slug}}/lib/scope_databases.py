@@ -28,6 +28,7 @@ from typing import Literal
 from sqlite_utils.migrations import Migrations
 
 from lib import migrate
+from lib.connection_tracking import untracked
 from lib.database import BUSY_TIMEOUT_MS, DatabaseClient
 
 try:
@@ -220,6 +221,10 @@ class DatabaseFactory:
 
     def make(self) -> tuple[DatabaseClient, Path | None]:
         """A new database: its open client and, for the file strategy, its path."""
+        with untracked():
+            return self._make()
+
+    def _make(self) -> tuple[DatabaseClient, Path | None]:
         if self.strategy == "memory":
             client = DatabaseClient(
                 ":memory:",
@@ -233,8 +238,10 @@ class DatabaseFactory:
         return self.open(path), path
 
     def open(self, path: Path) -> DatabaseClient:
-        client = DatabaseClient(str(path), owner="a new test database", pragmas=SCOPE_PRAGMAS)
-        client.execute("SELECT count(*) FROM sqlite_master")  # load the schema now
+        """A client on an existing test database, its schema loaded."""
+        with untracked():
+            client = DatabaseClient(str(path), owner="a new test database", pragmas=SCOPE_PRAGMAS)
+        client.execute("SELECT count(*) FROM sqlite_master")
         return client
 
     def take(self) -> tuple[DatabaseClient, Path | None]:
@@ -279,6 +286,16 @@ def discard(client: DatabaseClient, path: Path | None) -> None:
     """Close an unused database and delete its files."""
     client.close(timeout=1.0, reason="unused")
     delete_database_files(path)
+
+
+def keep_database(client: DatabaseClient, path: Path | None, destination: Path) -> Path:
+    """Save a test's database to ``destination`` for a post-mortem; return where it went."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if not client.closed:
+        client.backup(destination)
+    elif path is not None and path.exists():
+        shutil.copyfile(path, destination)
+    return destination
 
 
 def delete_database_files(path: Path | None) -> None:

@@ -1,3 +1,3 @@
-"""Registers the isolation plugin for the whole test suite."""
+"""Registers the isolation plugin and its metrics reporter for the whole test suite."""
 
-pytest_plugins = ["tests.setup_integration"]
+pytest_plugins = ["tests.setup_integration", "tests.isolation_reporter"]

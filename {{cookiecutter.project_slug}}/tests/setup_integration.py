@@ -9,8 +9,11 @@ after they are torn down. At session end everything is cleaned up and restored.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import re
+import shutil
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import pytest
 
 from lib import database
 from lib.database import AsyncDatabaseClient, DatabaseClient
-from lib.isolation_manager import TestIsolationManager, get_test_isolation_manager
+from lib.isolation_manager import RUNS_DIR_NAME, TestIsolationManager, get_test_isolation_manager
 from lib.scope_databases import remove_run_directory
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 STRATEGIES = ("file", "memory")
+DEBUG_LOGGERS = ("isolation", "database")
 OUTSIDE_SCOPE = (
     "the database is only available inside an isolated test: ask for it inside the test "
     "function (the `db` fixture or get_db_client()), or inside the application function "
@@ -57,6 +61,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="file: a SQLite file per test (default); memory: an in-memory copy per test. "
         "Also the ini setting isolation_strategy and the ISOLATION_STRATEGY variable.",
+    )
+    group.addoption(
+        "--isolation-keep-failed",
+        action="store_true",
+        help="keep the database of each failed test (under data/.isolation/kept/) and print "
+        "its path; the next run removes them",
     )
     parser.addini("isolation_strategy", "default database strategy per test", default="file")
     parser.addini(
@@ -85,7 +95,17 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
     return config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput")
 
 
+def configure_debug_logging(value: str) -> list[str]:
+    """``DEBUG=isolation,database`` (or ``*``) shows those loggers' flow live."""
+    names = [name for name in DEBUG_LOGGERS if name in value.split(",") or value == "*"]
+    for name in names:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    return names
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if configure_debug_logging(os.environ.get("DEBUG", "")) and not config.option.log_cli_level:
+        config.option.log_cli_level = "DEBUG"
     config.addinivalue_line(
         "markers",
         "isolated: run the test in its own database scope (automatic for tests "
@@ -95,6 +115,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _strategy_key = pytest.StashKey[str]()
+_failed_key = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -105,8 +126,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _environment.setenv("DATABASE_URL", ":memory:")
     database.reset_database_instance()
     database.block_database_access(OUTSIDE_SCOPE)
+    manager = get_test_isolation_manager()
+    if not hasattr(session.config, "workerinput"):
+        shutil.rmtree(_kept_directory(manager), ignore_errors=True)
     if not _is_xdist_controller(session.config):
-        get_test_isolation_manager().initialize_test_mode()
+        manager.initialize_test_mode()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -127,12 +151,35 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        item.stash[_failed_key] = True
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     try:
         return (yield)
     finally:
         if item.get_closest_marker("isolated"):
-            get_test_isolation_manager().complete_test()
+            manager = get_test_isolation_manager()
+            keep = item.config.getoption("isolation_keep_failed") and item.stash.get(
+                _failed_key, False
+            )
+            kept_path = _kept_directory(manager) / f"{_safe_name(item.nodeid)}.db"
+            manager.complete_test(keep_database=kept_path if keep else None)
+
+
+def _kept_directory(manager: TestIsolationManager) -> Path:
+    return manager.data_dir / RUNS_DIR_NAME / "kept"
+
+
+def _safe_name(nodeid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:150]
 
 
 @pytest.hookimpl(trylast=True)

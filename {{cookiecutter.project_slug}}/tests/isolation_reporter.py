@@ -1,0 +1,335 @@
+"""The isolation metrics reporter: names every leak with its test, and reports the run.
+
+For each isolated test it records duration, memory growth and what the test left behind
+(scopes, open connections with the ``file:line`` that opened them, module globals still
+holding a client). The terminal summary carries one line per finding, with prefixes CI
+greps for (``Scope leak detected in test:``, ``Connection leak detected in test:``,
+``High memory growth in test:``, ``Slow test detected:``), then the ``Isolation Metrics
+Report`` and ``Performance Metrics`` blocks and the check against
+``tests/performance-baseline.json``. ``--isolation-report=PATH`` writes it all as JSON,
+``GITHUB_STEP_SUMMARY`` gets a Markdown summary, ``--isolation-strict`` fails on any leak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lib.isolation_manager import get_test_isolation_manager
+
+FINDING_PREFIXES = {
+    "scope": "Scope leak detected in test",
+    "connection": "Connection leak detected in test",
+    "stale_binding": "Stale client binding in test",
+}
+PERFORMANCE_COUNTERS = (
+    "scopes_created",
+    "scopes_destroyed",
+    "connections_created",
+    "connections_closed",
+    "emergency_cleanups",
+)
+_MB = 1024 * 1024
+
+
+def current_rss() -> int:
+    """Resident memory of this process in bytes (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+@dataclass
+class TestRecord:
+    """One isolated test: how long it took, what it grew, what it left behind."""
+
+    __test__ = False
+
+    nodeid: str
+    duration_ms: float = 0.0
+    failed: bool = False
+    memory_growth_mb: float = 0.0
+    start: dict[str, int] = field(default_factory=dict)
+    end: dict[str, int] = field(default_factory=dict)
+    leaks: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Regression:
+    metric: str
+    current: float
+    baseline: float
+    threshold: float
+    severity: str
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """The thresholds file; an empty one (no checks) when it does not exist."""
+    if not path.is_file():
+        return {}
+    try:
+        baseline: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise pytest.UsageError(f"{path} is not valid JSON: {error}") from error
+    return baseline
+
+
+def find_regressions(summary: dict[str, float], baseline: dict[str, Any]) -> list[Regression]:
+    """Compare the run with the baseline: above ``baseline * warning`` warns, ``* error`` fails."""
+    regressions = []
+    for metric, limits in baseline.get("metrics", {}).items():
+        if metric not in summary:
+            continue
+        current = summary[metric]
+        for severity in ("error", "warning"):
+            threshold = limits["baseline"] * limits[severity]
+            if current > threshold:
+                regressions.append(
+                    Regression(metric, current, limits["baseline"], threshold, severity)
+                )
+                break
+    return regressions
+
+
+class IsolationReporter:
+    """Collects per-test records (in each xdist worker) and reports them (in the main process)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.records: list[TestRecord] = []
+        self.performance: dict[str, float] = dict.fromkeys(PERFORMANCE_COUNTERS, 0)
+        self.cleanup_time_total = 0.0
+        self.kept_databases: list[str] = []
+        baseline_path = Path(config.rootpath, config.getini("isolation_performance_baseline"))
+        self.baseline = load_baseline(baseline_path)
+        self.report_path: str | None = config.getoption("isolation_report")
+        self.strict = bool(
+            config.getoption("isolation_strict") or config.getini("isolation_strict")
+        )
+        self.regressions: list[Regression] = []
+        self._current: dict[str, TestRecord] = {}
+
+    # -- collecting ---------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[None]:
+        if not item.get_closest_marker("isolated"):
+            return (yield)
+        manager = get_test_isolation_manager()
+        record = TestRecord(item.nodeid, start=self._counts(), leaks=[])
+        self._current[item.nodeid] = record
+        first_leak = len(manager.leaks)
+        try:
+            return (yield)
+        finally:
+            record.end = self._counts()
+            record.memory_growth_mb = (record.end["rss"] - record.start["rss"]) / _MB
+            record.leaks = [asdict(leak) for leak in manager.leaks[first_leak:]]
+            self.records.append(self._current.pop(item.nodeid))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = self._current.get(report.nodeid)
+        if record is not None:
+            record.duration_ms += report.duration * 1000
+            record.failed = record.failed or report.failed
+
+    def _counts(self) -> dict[str, int]:
+        stats = get_test_isolation_manager().get_stats()
+        return {
+            "active_scopes": stats["active_scope_count"],
+            "active_connections": stats["active_connection_count"],
+            "rss": current_rss(),
+        }
+
+    def _own_performance(self) -> None:
+        manager = get_test_isolation_manager()
+        metrics = manager.performance_metrics
+        for counter in PERFORMANCE_COUNTERS:
+            self.performance[counter] += metrics[counter]
+        self.cleanup_time_total += metrics["average_cleanup_time"] * metrics["scopes_destroyed"]
+        self.kept_databases += [str(path) for path in manager.kept_databases]
+
+    # -- xdist: workers send their records to the main process --------------------------
+
+    def _data(self) -> dict[str, Any]:
+        return {
+            "records": [asdict(record) for record in self.records],
+            "performance": self.performance,
+            "cleanup_time_total": self.cleanup_time_total,
+            "kept_databases": self.kept_databases,
+        }
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        data = getattr(node, "workeroutput", {}).get("isolation_report")
+        if not data:
+            return
+        self.records += [TestRecord(**record) for record in data["records"]]
+        for counter, value in data["performance"].items():
+            self.performance[counter] += value
+        self.cleanup_time_total += data["cleanup_time_total"]
+        self.kept_databases += data["kept_databases"]
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def summary(self) -> dict[str, float]:
+        records = self.records
+        count = len(records) or 1
+        destroyed = self.performance["scopes_destroyed"] or 1
+        return {
+            "total_tests": len(records),
+            "failed_tests": sum(record.failed for record in records),
+            "average_test_duration_ms": sum(r.duration_ms for r in records) / count,
+            "max_test_duration_ms": max((r.duration_ms for r in records), default=0.0),
+            "average_memory_growth_mb": sum(r.memory_growth_mb for r in records) / count,
+            "max_memory_growth_mb": max((r.memory_growth_mb for r in records), default=0.0),
+            "average_cleanup_time_ms": self.cleanup_time_total / destroyed,
+            "scope_leaks": self._tests_with("scope"),
+            "connection_leaks": self._tests_with("connection"),
+            "stale_bindings": self._tests_with("stale_binding"),
+        }
+
+    def _tests_with(self, kind: str) -> int:
+        return sum(any(leak["kind"] == kind for leak in r.leaks) for r in self.records)
+
+    def findings(self) -> list[str]:
+        """One greppable line per leak, slow test or memory jump, naming the test."""
+        slow_ms = self.baseline.get("slow_test_ms", 5000)
+        high_mb = self.baseline.get("high_memory_growth_mb", 50)
+        lines = []
+        for record in self.records:
+            for leak in record.leaks:
+                lines.append(
+                    f"{FINDING_PREFIXES[leak['kind']]}: {record.nodeid} ({leak['detail']})"
+                )
+            if record.memory_growth_mb > high_mb:
+                lines.append(
+                    f"High memory growth in test: {record.nodeid} "
+                    f"({record.memory_growth_mb:.1f} MB > {high_mb} MB)"
+                )
+            if record.duration_ms > slow_ms:
+                duration = f"{record.duration_ms:.0f} ms > {slow_ms} ms"
+                lines.append(f"Slow test detected: {record.nodeid} ({duration})")
+        return lines
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._own_performance()
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput["isolation_report"] = self._data()
+            return
+        summary = self.summary()
+        self.regressions = find_regressions(summary, self.baseline)
+        leaks = summary["scope_leaks"] + summary["connection_leaks"] + summary["stale_bindings"]
+        failed_by_regression = any(r.severity == "error" for r in self.regressions)
+        if failed_by_regression or (self.strict and leaks):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.report_path:
+            self._write_json(Path(self.report_path), summary)
+        if os.environ.get("GITHUB_STEP_SUMMARY") and self.records:
+            with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as step_summary:
+                step_summary.write(self.markdown(summary))
+
+    def _write_json(self, path: Path, summary: dict[str, float]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "summary": summary,
+            "performance_metrics": {
+                **self.performance,
+                "average_cleanup_time_ms": summary["average_cleanup_time_ms"],
+            },
+            "findings": self.findings(),
+            "leaks": [leak | {"test": r.nodeid} for r in self.records for leak in r.leaks],
+            "regressions": [asdict(regression) for regression in self.regressions],
+            "kept_databases": self.kept_databases,
+            "tests": [asdict(record) for record in self.records],
+        }
+        path.write_text(json.dumps(report, indent=2))
+
+    def text_blocks(self, summary: dict[str, float]) -> list[str]:
+        total = summary["total_tests"] or 1
+        perf = self.performance
+        return [
+            "Isolation Metrics Report",
+            f"  Total Tests: {summary['total_tests']}",
+            f"  Failed Tests: {summary['failed_tests']}",
+            f"  Average Duration: {summary['average_test_duration_ms']:.2f}ms",
+            f"  Scope Leaks: {summary['scope_leaks']} "
+            f"({summary['scope_leaks'] / total * 100:.2f}%)",
+            f"  Connection Leaks: {summary['connection_leaks']} "
+            f"({summary['connection_leaks'] / total * 100:.2f}%)",
+            f"  Stale Client Bindings: {summary['stale_bindings']}",
+            f"  Average Memory Growth: {summary['average_memory_growth_mb']:.2f}MB per test",
+            "Performance Metrics",
+            f"  Scopes Created: {perf['scopes_created']:.0f}",
+            f"  Scopes Destroyed: {perf['scopes_destroyed']:.0f}",
+            f"  Connections Created: {perf['connections_created']:.0f}",
+            f"  Connections Closed: {perf['connections_closed']:.0f}",
+            f"  Average Cleanup Time: {summary['average_cleanup_time_ms']:.2f}ms",
+            f"  Emergency Cleanups: {perf['emergency_cleanups']:.0f}",
+        ]
+
+    def regression_table(self) -> list[str]:
+        if not self.regressions:
+            return ["No performance regressions detected"] if self.baseline else []
+        lines = [
+            f"{len(self.regressions)} performance regression(s) detected:",
+            f"  {'metric':<26} {'current':>10} {'baseline':>10} {'threshold':>10}  severity",
+        ]
+        lines += [
+            f"  {r.metric:<26} {r.current:>10.2f} {r.baseline:>10.2f} {r.threshold:>10.2f}"
+            f"  {r.severity}"
+            for r in self.regressions
+        ]
+        return lines
+
+    def markdown(self, summary: dict[str, float]) -> str:
+        rows = "\n".join(f"| {line.strip()} |" for line in self.text_blocks(summary))
+        findings = "\n".join(f"- {line}" for line in self.findings()) or "- no leaks"
+        return f"## Isolation Metrics Report\n\n| |\n|---|\n{rows}\n\n{findings}\n\n"
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if hasattr(self.config, "workerinput") or not self.records:
+            return
+        summary = self.summary()
+        terminalreporter.section("isolation metrics")
+        for line in [*self.findings(), *self.text_blocks(summary), *self.regression_table()]:
+            terminalreporter.write_line(line)
+        for path in self.kept_databases:
+            terminalreporter.write_line(f"Kept database of a failed test: {path}")
+        if self.strict and (
+            summary["scope_leaks"] + summary["connection_leaks"] + summary["stale_bindings"]
+        ):
+            terminalreporter.write_line("isolation strict mode: leaks fail this run", red=True)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("isolation")
+    group.addoption("--isolation-report", metavar="PATH", help="write the isolation report as JSON")
+    group.addoption(
+        "--isolation-strict", action="store_true", help="fail the run when any test leaks"
+    )
+    parser.addini(
+        "isolation_strict", "fail the run when any test leaks", type="bool", default=False
+    )
+    parser.addini(
+        "isolation_performance_baseline",
+        "JSON thresholds for the performance regression check",
+        default="tests/performance-baseline.json",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(IsolationReporter(config), "isolation-reporter")
