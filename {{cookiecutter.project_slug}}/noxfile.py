@@ -39,6 +39,14 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Measure the per-test cost of isolation (``nox -s bench -- --quick`` for a smoke run)."""
+    _install_test_deps(session)
+    session.install("psutil>=5.9")
+    session.run("python", "-m", "bench.isolation_bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Check style and formatting with ruff."""
     session.install("ruff")

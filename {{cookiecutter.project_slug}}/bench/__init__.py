@@ -1,0 +1,1 @@
+"""Benchmarks of the test isolation: ``python -m bench.isolation_bench``."""
