@@ -7,6 +7,7 @@ checks this repository's Python files.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -28,6 +29,7 @@ TEST_REQUIREMENTS = [
     "mypy>=1.13",
     "nox>=2025.2.9",
     "uv>=0.5",
+    "psutil>=5.9",
 ]
 
 
@@ -48,6 +50,19 @@ def demo(session: nox.Session) -> None:
     session.log(f"Baked {project_dir}")
     session.chdir(project_dir)
     session.run("nox", "-s", "integration", "--", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Bake a fresh default project and run its ``nox -s bench`` (``-- --quick``: smoke run)."""
+    session.install("cookiecutter>=2.6", "nox>=2025.2.9", "uv>=0.5")
+    output_dir = Path(session.create_tmp()) / "bench"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    session.run("cookiecutter", "--no-input", "-o", str(output_dir), ".")
+    (project_dir,) = (path for path in output_dir.iterdir() if path.is_dir())
+    session.log(f"Baked {project_dir}")
+    session.chdir(project_dir)
+    session.run("nox", "-s", "bench", "--", *session.posargs)
 
 
 @nox.session(python=PYTHON)
