@@ -67,7 +67,9 @@ def test_stale_client_after_scope_end_raises_client_closed(
     assert message.startswith("CLIENT_CLOSED:")
     assert scope_id in message
     assert "first test" in message
-    assert "ended" in message  # where it was closed: at the end of its scope
+    assert "closed at" in message
+    assert "test_client_closed_prevention.py:" in message  # the destroy_scope call above
+    assert "ended" in message
     assert not isinstance(excinfo.value, sqlite3.ProgrammingError)
 
     # The next scope is unaffected and starts empty.

@@ -276,6 +276,8 @@ def test_stale_client_names_its_scope_and_test(manager: TestIsolationManager) ->
     assert message.startswith("CLIENT_CLOSED:")
     assert scope_id in message
     assert "tests/test_orders.py::test_refund" in message
+    assert "closed at" in message
+    assert "test_isolation_manager.py:" in message  # where destroy_scope was called
 
 
 def test_destroying_an_unknown_scope_returns_false(manager: TestIsolationManager) -> None:
