@@ -12,8 +12,9 @@ Generates N trivial database tests and runs them as real pytest suites, once per
 Every test does the same work through a ``db`` fixture, and every mode opens its
 databases with the pragmas the isolation core gives each test's database, so the
 differences are the cost of each way of isolating tests. Per-test times are pytest's own
-(setup + call + teardown of each test, what ``junit_duration_report=total`` adds up);
-pass and fail are read from pytest's junit XML.
+(setup + call + teardown of each test, what ``junit_duration_report=total`` adds up),
+taken from its reports by the generated conftest because the junit XML rounds them to
+whole milliseconds; pass and fail are read from the junit XML.
 
     python -m bench.isolation_bench --sizes 100 1000 5000 --json bench-results.json
 """
@@ -240,6 +241,7 @@ def db():
 PYTEST_INI = """\
 [pytest]
 console_output_style = classic
+asyncio_default_fixture_loop_scope = function
 """
 PLUGIN_INI = "isolation_test_paths = .\n"
 
