@@ -11,18 +11,21 @@ import pytest
 
 from conftest import Bake, clean_env, run, run_pytest
 
+# Ruff and mypy target the project's minimum Python, so check every allowed one.
+PYTHON_VERSIONS = ["3.11", "3.12", "3.13", "3.14"]
 
-@pytest.mark.parametrize("fixture", ["default_project", "custom_project"])
-def test_ruff_clean(fixture: str, request: pytest.FixtureRequest) -> None:
-    project: Path = request.getfixturevalue(fixture)
+
+@pytest.mark.parametrize("python_version", PYTHON_VERSIONS)
+def test_ruff_clean(bake: Bake, tmp_path: Path, python_version: str) -> None:
+    project = bake(tmp_path, python_version=python_version)
     for args in (["check", "."], ["format", "--check", "."]):
         result = run([sys.executable, "-m", "ruff", *args, "--no-cache"], project)
         assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.parametrize("fixture", ["default_project", "custom_project"])
-def test_mypy_strict_clean(fixture: str, request: pytest.FixtureRequest) -> None:
-    project: Path = request.getfixturevalue(fixture)
+@pytest.mark.parametrize("python_version", PYTHON_VERSIONS)
+def test_mypy_strict_clean(bake: Bake, tmp_path: Path, python_version: str) -> None:
+    project = bake(tmp_path, python_version=python_version)
     result = run([sys.executable, "-m", "mypy", "--cache-dir", "/dev/null"], project)
     assert result.returncode == 0, result.stdout
 
