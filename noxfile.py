@@ -1,8 +1,8 @@
 """The template's own tasks.
 
 ``nox -s demo`` bakes a project with the default answers and runs its isolated
-integration suite; ``nox -s tests`` bakes projects and checks them; ``nox -s lint``
-checks this repository's Python files.
+integration suite; ``nox -s tests`` bakes projects and checks them; ``nox -s bench``
+runs a baked project's benchmark; ``nox -s lint`` checks this repository's Python files.
 """
 
 from __future__ import annotations
@@ -33,6 +33,17 @@ TEST_REQUIREMENTS = [
 ]
 
 
+def _bake_default(session: nox.Session, name: str) -> Path:
+    """Install cookiecutter and nox, bake a fresh default project; return its directory."""
+    session.install("cookiecutter>=2.6", "nox>=2025.2.9", "uv>=0.5")
+    output_dir = Path(session.create_tmp()) / name
+    shutil.rmtree(output_dir, ignore_errors=True)
+    session.run("cookiecutter", "--no-input", "-o", str(output_dir), ".")
+    (project_dir,) = (path for path in output_dir.iterdir() if path.is_dir())
+    session.log(f"Baked {project_dir}")
+    return project_dir
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Bake projects and run their checks on two workers (``-- -m "not e2e"`` skips e2e)."""
@@ -43,25 +54,14 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Bake a project with the default answers and run its ``nox -s integration``."""
-    session.install("cookiecutter>=2.6", "nox>=2025.2.9", "uv>=0.5")
-    output_dir = Path(session.create_tmp()) / "demo"
-    session.run("cookiecutter", "--no-input", "--overwrite-if-exists", "-o", str(output_dir), ".")
-    (project_dir,) = (path for path in output_dir.iterdir() if path.is_dir())
-    session.log(f"Baked {project_dir}")
-    session.chdir(project_dir)
+    session.chdir(_bake_default(session, "demo"))
     session.run("nox", "-s", "integration", "--", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Bake a fresh default project and run its ``nox -s bench`` (``-- --quick``: smoke run)."""
-    session.install("cookiecutter>=2.6", "nox>=2025.2.9", "uv>=0.5")
-    output_dir = Path(session.create_tmp()) / "bench"
-    shutil.rmtree(output_dir, ignore_errors=True)
-    session.run("cookiecutter", "--no-input", "-o", str(output_dir), ".")
-    (project_dir,) = (path for path in output_dir.iterdir() if path.is_dir())
-    session.log(f"Baked {project_dir}")
-    session.chdir(project_dir)
+    session.chdir(_bake_default(session, "bench"))
     session.run("nox", "-s", "bench", "--", *session.posargs)
 
 
