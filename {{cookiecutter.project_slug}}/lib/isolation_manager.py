@@ -172,6 +172,7 @@ class TestIsolationManager:
         self._baseline_modules: frozenset[str] = frozenset(sys.modules)
         self._is_project_module: dict[str, bool] = {}
         self._project_modules: tuple[int, list[str]] = (0, [])
+        self._last_snapshot: frozenset[str] = frozenset()
         self._context: _TestContext | None = None
         self._lock = threading.RLock()
 
@@ -199,7 +200,11 @@ class TestIsolationManager:
         factory = self._factories.get(strategy)
         if factory is None:
             directory = scope_databases.run_directory(self.data_dir)
-            factory = DatabaseFactory(self._template(), strategy, directory, self.prepare_ahead)
+            # Copying a file and opening it waits on the disk, so a background thread
+            # overlaps it with the test; an in-memory copy is CPU work that would only
+            # compete with the test for the GIL.
+            ahead = self.prepare_ahead if strategy == "file" else 0
+            factory = DatabaseFactory(self._template(), strategy, directory, ahead)
             self._factories[strategy] = factory
         return factory
 
@@ -413,8 +418,11 @@ class TestIsolationManager:
     # -- modules ------------------------------------------------------------------------
 
     def capture_module_snapshot(self) -> frozenset[str]:
-        """The names of the modules imported so far."""
-        return frozenset(sys.modules)
+        """The names of the modules imported so far (reused while ``sys.modules`` keeps its size,
+        as it does between most tests)."""
+        if len(self._last_snapshot) != len(sys.modules):
+            self._last_snapshot = frozenset(sys.modules)
+        return self._last_snapshot
 
     def _project_module(self, name: str) -> bool:
         known = self._is_project_module.get(name)
@@ -447,6 +455,8 @@ class TestIsolationManager:
     def clear_module_cache(self, snapshot: frozenset[str] | None = None) -> int:
         """Drop project modules imported since ``snapshot`` (default: test-mode start)."""
         baseline = self._baseline_modules if snapshot is None else snapshot
+        if len(sys.modules) == len(baseline):
+            return 0  # nothing imported since (modules are added, almost never removed)
         dropped = [name for name in sys.modules.keys() - baseline if self._project_module(name)]
         for name in dropped:
             sys.modules.pop(name, None)
@@ -465,14 +475,13 @@ class TestIsolationManager:
             if module is None:
                 continue
             for attribute, value in list(vars(module).items()):
-                if isinstance(value, database.AsyncDatabaseClient):
-                    value = value.client
-                if id(value) in stale_ids:
+                held = value.client if type(value) is database.AsyncDatabaseClient else value
+                if id(held) in stale_ids:
                     binding = f"{name}.{attribute}"
                     self._leak("stale_binding", scope.test_name, binding)
                     warnings.warn(
                         f"{binding} still holds the database client of {scope.owner}; "
-                        "using it later raises CLIENT_CLOSED. Ask for the client where it is "
+                        "using it later raises ClientClosedError. Ask for the client where it is "
                         "used (get_database_client() at call time) instead of keeping it.",
                         IsolationWarning,
                         stacklevel=2,

@@ -167,11 +167,12 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     finally:
         if item.get_closest_marker("isolated"):
             manager = get_test_isolation_manager()
-            keep = item.config.getoption("isolation_keep_failed") and item.stash.get(
-                _failed_key, False
-            )
-            kept_path = _kept_directory(manager) / f"{_safe_name(item.nodeid)}.db"
-            manager.complete_test(keep_database=kept_path if keep else None)
+            keep = None
+            if item.stash.get(_failed_key, False) and item.config.getoption(
+                "isolation_keep_failed"
+            ):
+                keep = _kept_directory(manager) / f"{_safe_name(item.nodeid)}.db"
+            manager.complete_test(keep_database=keep)
 
 
 def _kept_directory(manager: TestIsolationManager) -> Path:
