@@ -243,7 +243,11 @@ PYTEST_INI = """\
 console_output_style = classic
 asyncio_default_fixture_loop_scope = function
 """
-PLUGIN_INI = "isolation_test_paths = .\n"
+PLUGIN_INI = string.Template(
+    "isolation_test_paths = .\n"
+    "isolation_migrations_dir = $migrations\n"
+    "isolation_data_dir = $data\n"
+).substitute(migrations=PROJECT_ROOT / "migrations", data=PROJECT_ROOT / "data")
 
 
 def write_suite(directory: Path, mode: str, count: int) -> None:

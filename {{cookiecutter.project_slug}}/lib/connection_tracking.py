@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from lib.database import caller_location
+from .database import caller_location
 
 _original_connect = sqlite3.connect
 _recordings: list[Recording] = []

@@ -16,16 +16,16 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
-from lib import database, migrate, scope_databases
-from lib.connection_tracking import Recording, record_connections
-from lib.database import DatabaseClient, DatabaseService
-from lib.scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
+from . import database, migrate, scope_databases
+from .connection_tracking import Recording, record_connections
+from .database import DatabaseClient, DatabaseService
+from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
 
 __all__ = [
     "RUNS_DIR_NAME",
@@ -37,6 +37,7 @@ __all__ = [
     "ScopeOptions",
     "TestIsolationManager",
     "get_test_isolation_manager",
+    "install_test_isolation_manager",
 ]
 
 logger = logging.getLogger("isolation")
@@ -45,7 +46,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
 # The isolation core itself is never dropped from sys.modules.
 CORE_MODULES = frozenset(
-    {"lib", database.__name__, migrate.__name__, scope_databases.__name__, __name__}
+    {__package__ or "", database.__name__, migrate.__name__, scope_databases.__name__, __name__}
 )
 
 # Paths inside the project that hold installed packages, not project modules.
@@ -144,15 +145,19 @@ class TestIsolationManager:
         module_patterns: Iterable[str] | None = None,
         project_root: Path = PROJECT_ROOT,
         prepare_ahead: int = 0,
+        reset_hooks: Sequence[Callable[[], object]] = (),
     ) -> None:
         """``module_patterns``: fnmatch patterns of module names to isolate (default: every
         module whose file lies in ``project_root``). ``prepare_ahead``: how many databases
-        to prepare in a background thread before tests ask for them."""
+        to prepare in a background thread before tests ask for them. ``reset_hooks``: called
+        whenever ``DATABASE_URL`` changes around a test, so another database module's
+        singleton reconnects (e.g. an existing app's ``reset_database_instance``)."""
         self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
         self.module_patterns = tuple(module_patterns) if module_patterns is not None else None
         self.project_root = project_root.resolve()
         self.prepare_ahead = prepare_ahead
+        self.reset_hooks = tuple(reset_hooks)
         self._root_prefix = f"{self.project_root}{os.sep}"
         self.active_scopes: dict[str, IsolationScope] = {}
         self.global_connection_registry: set[DatabaseClient] = set()
@@ -404,6 +409,14 @@ class TestIsolationManager:
         replaced = database.swap_database_service(service)
         if replaced is not None and self._context and replaced is not self._context.saved_service:
             replaced.reset_for_testing()
+        self._run_reset_hooks()
+
+    def _run_reset_hooks(self) -> None:
+        for reset in self.reset_hooks:
+            try:
+                reset()
+            except Exception as error:  # another module's reset must not break isolation
+                logger.warning("database reset hook %r raised %r", reset, error)
 
     def _restore(self, context: _TestContext) -> None:
         if context.saved_url is None:
@@ -414,6 +427,7 @@ class TestIsolationManager:
         if replaced is not None and replaced is not context.saved_service:
             replaced.reset_for_testing()
         database.block_database_access(context.saved_block)
+        self._run_reset_hooks()
 
     # -- modules ------------------------------------------------------------------------
 
@@ -539,6 +553,16 @@ class TestIsolationManager:
 
 _manager: TestIsolationManager | None = None
 _manager_lock = threading.Lock()
+
+
+def install_test_isolation_manager(
+    manager: TestIsolationManager | None,
+) -> TestIsolationManager | None:
+    """Make ``manager`` the process-wide one (None: a default one on next use); return the old."""
+    global _manager
+    with _manager_lock:
+        previous, _manager = _manager, manager
+    return previous
 
 
 def get_test_isolation_manager() -> TestIsolationManager:

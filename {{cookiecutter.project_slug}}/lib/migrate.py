@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from lib.database import (
+from .database import (
     DEFAULT_DATABASE_URL,
     DatabaseClient,
     DatabaseConfigError,

@@ -27,9 +27,9 @@ from typing import Literal
 
 from sqlite_utils.migrations import Migrations
 
-from lib import migrate
-from lib.connection_tracking import untracked
-from lib.database import BUSY_TIMEOUT_MS, DatabaseClient
+from . import migrate
+from .connection_tracking import untracked
+from .database import BUSY_TIMEOUT_MS, DatabaseClient
 
 try:
     import fcntl

@@ -5,15 +5,22 @@ variables, the process-wide database blocked outside test scopes) and the migrat
 template is built. Each test under ``tests/integration/`` (or marked
 ``@pytest.mark.isolated``) gets a scope before its fixtures are set up and loses it
 after they are torn down. At session end everything is cleaned up and restored.
+
+Where things live is set by ini settings (``[tool.pytest.ini_options]``), so the plugin
+can be adopted by an existing repository: ``isolation_migrations_dir``,
+``isolation_data_dir``, ``isolation_module_patterns``, ``isolation_test_paths`` and
+``isolation_database_module`` (another module whose ``reset_database_instance()`` is
+called whenever ``DATABASE_URL`` changes, so its own connection follows the test).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
 import shutil
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,12 @@ import pytest
 
 from lib import database
 from lib.database import AsyncDatabaseClient, DatabaseClient
-from lib.isolation_manager import RUNS_DIR_NAME, TestIsolationManager, get_test_isolation_manager
+from lib.isolation_manager import (
+    RUNS_DIR_NAME,
+    TestIsolationManager,
+    get_test_isolation_manager,
+    install_test_isolation_manager,
+)
 from lib.scope_databases import remove_run_directory
 
 __all__ = [
@@ -75,6 +87,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="linelist",
         default=["tests/integration"],
     )
+    parser.addini("isolation_migrations_dir", "the migration SQL files", default="migrations")
+    parser.addini("isolation_data_dir", "where test databases are made", default="data")
+    parser.addini(
+        "isolation_module_patterns",
+        "fnmatch patterns of the modules dropped after each test (default: the project's)",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "isolation_database_module",
+        "module[:function] whose database singleton is reset when DATABASE_URL changes",
+        default="lib.database",
+    )
 
 
 def _strategy(config: pytest.Config) -> str:
@@ -89,6 +114,36 @@ def _strategy(config: pytest.Config) -> str:
             "(set by --isolation-strategy, ISOLATION_STRATEGY or the isolation_strategy ini)"
         )
     return str(strategy)
+
+
+def _reset_hooks(spec: str) -> list[Callable[[], object]]:
+    """The reset function named by ``isolation_database_module`` (none for ``lib.database``,
+    which the manager points at each test's database directly)."""
+    module_name, _, function = spec.partition(":")
+    if module_name == database.__name__:
+        return []
+    try:
+        reset: Callable[[], object] = getattr(
+            importlib.import_module(module_name), function or "reset_database_instance"
+        )
+    except (ImportError, AttributeError) as error:
+        raise pytest.UsageError(
+            f"isolation_database_module = {spec!r} cannot be used: {error}. Name a module "
+            "with a reset_database_instance() function, or module:function."
+        ) from error
+    return [reset]
+
+
+def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
+    patterns = config.getini("isolation_module_patterns")
+    return TestIsolationManager(
+        migrations_dir=Path(config.rootpath, config.getini("isolation_migrations_dir")),
+        data_dir=Path(config.rootpath, config.getini("isolation_data_dir")),
+        module_patterns=patterns or None,
+        project_root=config.rootpath,
+        prepare_ahead=2,
+        reset_hooks=_reset_hooks(config.getini("isolation_database_module")),
+    )
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -112,6 +167,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "under the isolation_test_paths, default tests/integration/)",
     )
     config.stash[_strategy_key] = _strategy(config)
+    install_test_isolation_manager(_manager_from_ini(config))
 
 
 _strategy_key = pytest.StashKey[str]()
@@ -192,6 +248,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     remove_run_directory(manager.data_dir)
     database.block_database_access(None)
     database.reset_database_instance()
+    install_test_isolation_manager(None)
     _environment.undo()
 
 
