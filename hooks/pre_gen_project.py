@@ -19,6 +19,8 @@ MAX_PYTHON = 14
 SLUG = re.compile(r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 PYTHON_VERSION = re.compile(r"^3\.(\d+)$")
+CI_CHOICES = ("github", "none")
+MAX_CI_SHARDS = 20
 # Answers that end up inside TOML strings in pyproject.toml.
 UNSAFE_IN_TOML = re.compile(r'["\\\x00-\x1f\x7f]')
 
@@ -67,6 +69,18 @@ def _check_python_version(value: str) -> str | None:
     return None
 
 
+def _check_ci(value: str) -> str | None:
+    if value not in CI_CHOICES:
+        return "must be 'github' (GitHub Actions workflows) or 'none' (no CI files)"
+    return None
+
+
+def _check_ci_shards(value: str) -> str | None:
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_CI_SHARDS:
+        return f"must be a whole number of integration test shards, from 1 to {MAX_CI_SHARDS}"
+    return None
+
+
 CHECKS = {
     "project_name": _check_project_name,
     "project_slug": _check_project_slug,
@@ -74,6 +88,8 @@ CHECKS = {
     "author_name": _check_author_name,
     "author_email": _check_author_email,
     "python_version": _check_python_version,
+    "ci": _check_ci,
+    "ci_shards": _check_ci_shards,
 }
 
 

@@ -32,6 +32,15 @@ INVALID = [
     ("python_version", "3.15", "from 3.11 to 3.14"),
     ("python_version", "3.11.4", "from 3.11 to 3.14"),
     ("python_version", "", "from 3.11 to 3.14"),
+    ("ci", "gitlab", "must be 'github' (GitHub Actions workflows) or 'none'"),
+    ("ci", "GitHub", "must be 'github'"),
+    ("ci", "", "must be 'github'"),
+    ("ci_shards", "0", "from 1 to 20"),
+    ("ci_shards", "21", "from 1 to 20"),
+    ("ci_shards", "-1", "from 1 to 20"),
+    ("ci_shards", "two", "from 1 to 20"),
+    ("ci_shards", "1.5", "from 1 to 20"),
+    ("ci_shards", "", "from 1 to 20"),
 ]
 
 
