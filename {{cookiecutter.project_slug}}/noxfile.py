@@ -39,6 +39,21 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def durations(session: nox.Session) -> None:
+    """Refresh ``.test_durations``, the timings pytest-split uses to balance CI shards."""
+    _install_test_deps(session)
+    session.run(
+        "pytest",
+        "tests/integration",
+        "--store-durations",
+        "--clean-durations",
+        "--durations-path",
+        ".test_durations",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Measure the per-test cost of isolation (``nox -s bench -- --quick`` for a smoke run)."""
     _install_test_deps(session)
