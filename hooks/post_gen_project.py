@@ -1,7 +1,7 @@
 """Remove the files an answer switches off, after cookiecutter rendered the project.
 
 Answers are read from a JSON document, never pasted into Python source. To prune files
-for another answer, add one line to PRUNE.
+for another answer, add one line to PRUNE; to keep nothing but a few paths, to KEEP_ONLY.
 """
 
 from __future__ import annotations
@@ -15,7 +15,40 @@ ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | tojson }}""")
 # (question, answer) -> paths, relative to the project, removed when that answer is given.
 PRUNE: dict[tuple[str, str], tuple[str, ...]] = {
     ("ci", "none"): (".github",),
+    ("layout", "full"): ("snippets",),
 }
+
+# (question, answer) -> the only paths kept when that answer is given; all others go.
+KEEP_ONLY: dict[tuple[str, str], tuple[str, ...]] = {
+    ("layout", "isolation-only"): (
+        ".cookiecutter.json",
+        "ADOPTING.md",
+        "lib",
+        "snippets",
+        "tests/isolation_reporter.py",
+        "tests/performance-baseline.json",
+        "tests/setup_integration.py",
+    ),
+}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _keep_only(directory: Path, kept: tuple[str, ...], prefix: str = "") -> None:
+    """Remove everything under ``directory`` but the ``kept`` paths and their parents."""
+    for path in sorted(directory.iterdir()):
+        relative = f"{prefix}{path.name}"
+        if relative in kept:
+            continue
+        if path.is_dir() and any(keep.startswith(f"{relative}/") for keep in kept):
+            _keep_only(path, kept, f"{relative}/")
+        else:
+            _remove(path)
 
 
 def main() -> None:
@@ -24,11 +57,10 @@ def main() -> None:
         if str(ANSWERS.get(question, "")) != answer:
             continue
         for relative in paths:
-            path = project / relative
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            _remove(project / relative)
+    for (question, answer), kept in KEEP_ONLY.items():
+        if str(ANSWERS.get(question, "")) == answer:
+            _keep_only(project, kept)
 
 
 if __name__ == "__main__":

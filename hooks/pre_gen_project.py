@@ -21,6 +21,7 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 PYTHON_VERSION = re.compile(r"^3\.(\d+)$")
 CI_CHOICES = ("github", "none")
 MAX_CI_SHARDS = 20
+LAYOUTS = ("full", "isolation-only")
 # Answers that end up inside TOML strings in pyproject.toml.
 UNSAFE_IN_TOML = re.compile(r'["\\\x00-\x1f\x7f]')
 
@@ -81,6 +82,12 @@ def _check_ci_shards(value: str) -> str | None:
     return None
 
 
+def _check_layout(value: str) -> str | None:
+    if value not in LAYOUTS:
+        return "must be 'full' (a whole project) or 'isolation-only' (for an existing repository)"
+    return None
+
+
 CHECKS = {
     "project_name": _check_project_name,
     "project_slug": _check_project_slug,
@@ -90,6 +97,7 @@ CHECKS = {
     "python_version": _check_python_version,
     "ci": _check_ci,
     "ci_shards": _check_ci_shards,
+    "layout": _check_layout,
 }
 
 

@@ -41,6 +41,10 @@ INVALID = [
     ("ci_shards", "two", "from 1 to 20"),
     ("ci_shards", "1.5", "from 1 to 20"),
     ("ci_shards", "", "from 1 to 20"),
+    ("layout", "minimal", "must be 'full' (a whole project) or 'isolation-only'"),
+    ("layout", "Full", "must be 'full'"),
+    ("layout", "isolation_only", "must be 'full'"),
+    ("layout", "", "must be 'full'"),
 ]
 
 

@@ -1,0 +1,13 @@
+"""Add to your noxfile.py: a session that runs the isolated integration tests."""
+
+from __future__ import annotations
+
+import nox
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Run the integration tests, each against its own fresh, migrated database."""
+    session.install("sqlite-utils>=4", "pytest>=8.3", "pytest-xdist>=3.6")
+    # Install what your own code needs here too, for example: session.install("-e", ".")
+    session.run("pytest", "tests/integration", *session.posargs)
