@@ -1,0 +1,271 @@
+"""Check an integration test log (and its JSON report) for isolation failures.
+
+The CI workflow runs this after ``nox -s integration``; run it locally the same way::
+
+    nox -s integration -- --isolation-report=isolation-report.json 2>&1 | tee integration-tests.log
+    python scripts/check_isolation_log.py integration-tests.log --report isolation-report.json
+
+Checks:
+
+- ``CLIENT_CLOSED`` anywhere in the log fails: a test used a database client after the
+  scope that owned it ended.
+- ``Connection leak detected in test:`` in the log (or a connection leak in the report)
+  fails: a test left a database connection open.
+- ``High memory growth in test:`` warns.
+- Performance regressions in the report (the check against
+  ``tests/performance-baseline.json``) fail at severity ``error`` and warn at ``warning``.
+
+Every failure and warning is printed with the offending lines and as a GitHub annotation
+(``::error::`` / ``::warning::``). When ``GITHUB_STEP_SUMMARY`` is set, a Markdown summary
+(the checks and the Isolation Metrics Report) is appended to it.
+
+Exit codes: 0 every check passed (warnings allowed); 1 at least one check failed;
+2 no check failed but the log or the report could not be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CLIENT_CLOSED = "CLIENT_CLOSED"
+CONNECTION_LEAK = "Connection leak detected in test:"
+HIGH_MEMORY = "High memory growth in test:"
+REPORT_HEADING = "Isolation Metrics Report"
+MAX_QUOTED = 20
+
+PASSED, WARNING, FAILED, UNCHECKED = "passed", "warning", "FAILED", "UNCHECKED"
+
+EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
+
+
+@dataclass
+class Check:
+    """One check's outcome, with the lines that caused it."""
+
+    name: str
+    status: str = PASSED
+    message: str = "none"
+    lines: list[str] = field(default_factory=list)
+
+
+def _grep(log_lines: Sequence[str] | None, needle: str, log_name: str) -> list[str]:
+    return [
+        f"{log_name}:{number}: {line.strip()}"
+        for number, line in enumerate(log_lines or [], start=1)
+        if needle in line
+    ]
+
+
+def _report_lines(report: dict[str, Any] | None, prefix: str) -> list[str]:
+    """Findings of the JSON report that start with ``prefix``."""
+    if report is None:
+        return []
+    return [str(line) for line in report.get("findings", []) if str(line).startswith(prefix)]
+
+
+def _missing_from_log(found: list[str], candidates: list[str]) -> list[str]:
+    """Report lines that the log does not already quote (a truncated log, say)."""
+    return [line for line in candidates if not any(line in quoted for quoted in found)]
+
+
+def check_client_closed(log_lines: Sequence[str] | None, log_name: str) -> Check:
+    check = Check("CLIENT_CLOSED")
+    if log_lines is None:
+        check.status, check.message = UNCHECKED, f"{log_name} could not be read"
+        return check
+    check.lines = _grep(log_lines, CLIENT_CLOSED, log_name)
+    if check.lines:
+        check.status = FAILED
+        check.message = (
+            f"{len(check.lines)} line(s) in {log_name} contain CLIENT_CLOSED: a test used a "
+            "database client after the scope that owned it ended"
+        )
+    return check
+
+
+def check_connection_leaks(
+    log_lines: Sequence[str] | None, log_name: str, report: dict[str, Any] | None
+) -> Check:
+    check = Check("Connection leaks")
+    found = _grep(log_lines, CONNECTION_LEAK, log_name)
+    if report is not None:
+        leaks = [
+            f"{CONNECTION_LEAK} {leak.get('test', '?')} ({leak.get('detail', '')})"
+            for leak in report.get("leaks", [])
+            if isinstance(leak, dict) and leak.get("kind") == "connection"
+        ]
+        found += _missing_from_log(found, leaks)
+    check.lines = found
+    if found:
+        check.status = FAILED
+        check.message = f"Connection leak detected: {len(found)} finding(s), a test left a "
+        check.message += "database connection open"
+    return check
+
+
+def check_memory_growth(
+    log_lines: Sequence[str] | None, log_name: str, report: dict[str, Any] | None
+) -> Check:
+    check = Check("High memory growth")
+    found = _grep(log_lines, HIGH_MEMORY, log_name)
+    found += _missing_from_log(found, _report_lines(report, HIGH_MEMORY))
+    check.lines = found
+    if found:
+        check.status = WARNING
+        check.message = f"High memory growth in {len(found)} test(s)"
+    return check
+
+
+def check_regressions(report: dict[str, Any] | None) -> Check:
+    check = Check("Performance regressions")
+    if report is None:
+        check.message = "not checked (no report)"
+        return check
+    regressions = [r for r in report.get("regressions", []) if isinstance(r, dict)]
+    check.lines = [
+        f"{r.get('metric')}: {_number(r.get('current'))} > threshold "
+        f"{_number(r.get('threshold'))} (baseline {_number(r.get('baseline'))}), "
+        f"severity {r.get('severity')}"
+        for r in regressions
+    ]
+    severities = {r.get("severity") for r in regressions}
+    if "error" in severities:
+        check.status = FAILED
+        check.message = "performance regression of severity error against the baseline"
+    elif regressions:
+        check.status = WARNING
+        check.message = f"{len(regressions)} performance regression(s) of severity warning"
+    return check
+
+
+def _number(value: object) -> str:
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.2f}"
+    return str(int(value)) if isinstance(value, int | float) else str(value)
+
+
+def _escape_annotation(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def print_check(check: Check) -> None:
+    print(f"{check.status:<9} {check.name}: {check.message}")
+    for line in check.lines[:MAX_QUOTED]:
+        print(f"    {line}")
+    if len(check.lines) > MAX_QUOTED:
+        print(f"    ... and {len(check.lines) - MAX_QUOTED} more")
+    if check.status != PASSED:
+        level = "warning" if check.status == WARNING else "error"
+        detail = f"{check.message}: {check.lines[0]}" if check.lines else check.message
+        print(f"::{level} title={check.name}::{_escape_annotation(detail)}")
+
+
+def _metrics_block(log_lines: Sequence[str]) -> list[str]:
+    """The reporter's text block, from ``Isolation Metrics Report`` to the next rule."""
+    for start, line in enumerate(log_lines):
+        if line.strip() == REPORT_HEADING:
+            block = []
+            for following in log_lines[start:]:
+                if following.startswith("=") or not following.strip():
+                    break
+                block.append(following.rstrip())
+            return block
+    return []
+
+
+def markdown(
+    title: str,
+    checks: Sequence[Check],
+    report: dict[str, Any] | None,
+    log_lines: Sequence[str] | None,
+) -> str:
+    out = [f"## Isolation checks{f': {title}' if title else ''}", "", "| Check | Result |"]
+    out.append("|---|---|")
+    out += [f"| {check.name} | {check.status}: {check.message} |" for check in checks]
+    quoted = [line for check in checks for line in check.lines[:MAX_QUOTED]]
+    if quoted:
+        out += ["", "```text", *quoted, "```"]
+    out += ["", f"### {REPORT_HEADING}", ""]
+    if report is not None:
+        out += ["| Metric | Value |", "|---|---|"]
+        metrics: dict[str, object] = {}
+        for section in ("summary", "performance_metrics"):
+            values = report.get(section, {})
+            if isinstance(values, dict):
+                metrics |= values
+        out += [f"| {name} | {_number(value)} |" for name, value in metrics.items()]
+        findings = [str(line) for line in report.get("findings", [])]
+        out += ["", *(f"- {line}" for line in findings)] if findings else ["", "No findings."]
+    elif block := _metrics_block(log_lines or []):
+        out += ["```text", *block, "```"]
+    else:
+        out.append("No report: the test run ended before writing one.")
+    return "\n".join(out) + "\n\n"
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("the report is not a JSON object")
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Fail on isolation failures in an integration test log.",
+        epilog="Exit codes: 0 passed, 1 a check failed, 2 the log or report is unreadable.",
+    )
+    parser.add_argument("log", type=Path, help="the integration test output (stdout + stderr)")
+    parser.add_argument("--report", type=Path, help="the JSON of --isolation-report=PATH")
+    parser.add_argument("--title", default="", help="a heading suffix, e.g. 'shard 1/2'")
+    args = parser.parse_args(argv)
+
+    unreadable = []
+    log_lines: list[str] | None = None
+    try:
+        log_lines = args.log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        unreadable.append(f"cannot read the log {args.log}: {error.strerror or error}")
+    report: dict[str, Any] | None = None
+    if args.report is not None:
+        try:
+            report = _read_report(args.report)
+        except (OSError, ValueError) as error:
+            unreadable.append(f"cannot read the report {args.report}: {error}")
+
+    log_name = args.log.name
+    checks = [
+        check_client_closed(log_lines, log_name),
+        check_connection_leaks(log_lines, log_name, report),
+        check_memory_growth(log_lines, log_name, report),
+        check_regressions(report),
+    ]
+    for check in checks:
+        print_check(check)
+    for problem in unreadable:
+        print(f"::error title=Unreadable input::{_escape_annotation(problem)}")
+
+    summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_path:
+        with open(summary_path, "a", encoding="utf-8") as summary:
+            summary.write(markdown(args.title, checks, report, log_lines))
+
+    if any(check.status == FAILED for check in checks):
+        failed = ", ".join(check.name for check in checks if check.status == FAILED)
+        print(f"Isolation checks failed: {failed}")
+        return EXIT_FAILED
+    if unreadable:
+        return EXIT_UNREADABLE
+    print("Isolation checks passed.")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
