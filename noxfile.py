@@ -30,6 +30,10 @@ TEST_REQUIREMENTS = [
     "nox>=2025.2.9",
     "uv>=0.5",
     "psutil>=5.9",
+    # The example application (example_app=yes) and its tests.
+    "starlette>=0.40",
+    "uvicorn>=0.30",
+    "httpx>=0.27",
 ]
 
 

@@ -16,6 +16,7 @@ ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | tojson }}""")
 PRUNE: dict[tuple[str, str], tuple[str, ...]] = {
     ("ci", "none"): (".github",),
     ("layout", "full"): ("snippets",),
+    ("example_app", "no"): ("app", "tests/integration/api"),
 }
 
 # (question, answer) -> the only paths kept when that answer is given; all others go.

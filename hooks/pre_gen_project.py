@@ -88,6 +88,12 @@ def _check_layout(value: str) -> str | None:
     return None
 
 
+def _check_example_app(value: str) -> str | None:
+    if value not in ("yes", "no"):
+        return "must be 'yes' (an example HTTP API with its tests) or 'no' (none)"
+    return None
+
+
 CHECKS = {
     "project_name": _check_project_name,
     "project_slug": _check_project_slug,
@@ -98,6 +104,7 @@ CHECKS = {
     "ci": _check_ci,
     "ci_shards": _check_ci_shards,
     "layout": _check_layout,
+    "example_app": _check_example_app,
 }
 
 

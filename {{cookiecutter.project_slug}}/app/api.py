@@ -1,0 +1,153 @@
+"""The HTTP API: a Starlette application over :mod:`app.store`.
+
+Run it with ``uvicorn app.api:app`` (after ``python -m lib.migrate``). The handlers read
+the request body, then run the store's synchronous database work in Starlette's
+threadpool, so a slow query never blocks the event loop. Nothing here touches the
+database at import time or at startup: every request asks for it when it runs.
+
+Routes::
+
+    GET  /health          {"status": "ok"} once the database answers
+    POST /users           {"email", "name"}                        -> 201 the user
+    GET  /products        every product with its stock
+    POST /products        {"sku", "name", "price_cents", "stock"}  -> 201 the product
+    GET  /products/{id}   one product
+    POST /orders          {"user_id", "items": [{"product_id", "quantity"}]}
+                          -> 201 the order; 409 when stock is insufficient (nothing changes)
+    GET  /orders/{id}     one order with its items
+
+Errors are JSON: ``{"error": "<message>", ...details}`` with status 400, 404 or 409.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app import store
+from lib.database import get_database_client
+
+__all__ = ["app", "create_app"]
+
+
+class BadRequest(store.StoreError):
+    status = 400
+
+
+async def _body(request: Request) -> Mapping[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise BadRequest("the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _text(body: Mapping[str, Any], field: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{field} must be a non-empty string", field=field)
+    return value.strip()
+
+
+def _integer(body: Mapping[str, Any], field: str, *, minimum: int) -> int:
+    value = body.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadRequest(f"{field} must be an integer of at least {minimum}", field=field)
+    return value
+
+
+def _path_id(request: Request) -> int:
+    value: int = request.path_params["id"]
+    return value
+
+
+async def health(request: Request) -> Response:
+    result = await run_in_threadpool(lambda: get_database_client().health_check())
+    if not result["healthy"]:
+        return JSONResponse({"status": "unavailable", "error": result["error"]}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def create_user(request: Request) -> Response:
+    body = await _body(request)
+    email, name = _text(body, "email"), _text(body, "name")
+    user = await run_in_threadpool(store.create_user, email, name)
+    return JSONResponse(user, status_code=201)
+
+
+async def list_products(request: Request) -> Response:
+    return JSONResponse(await run_in_threadpool(store.list_products))
+
+
+async def create_product(request: Request) -> Response:
+    body = await _body(request)
+    product = await run_in_threadpool(
+        store.create_product,
+        _text(body, "sku"),
+        _text(body, "name"),
+        _integer(body, "price_cents", minimum=0),
+        _integer(body, "stock", minimum=0),
+    )
+    return JSONResponse(product, status_code=201)
+
+
+async def get_product(request: Request) -> Response:
+    return JSONResponse(await run_in_threadpool(store.get_product, _path_id(request)))
+
+
+async def place_order(request: Request) -> Response:
+    body = await _body(request)
+    user_id = _integer(body, "user_id", minimum=1)
+    items = body.get("items")
+    if not isinstance(items, list) or not items:
+        raise BadRequest("items must be a non-empty list of {product_id, quantity}", field="items")
+    lines = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise BadRequest("each item must be an object {product_id, quantity}", field="items")
+        lines.append(
+            store.OrderLine(
+                product_id=_integer(item, "product_id", minimum=1),
+                quantity=_integer(item, "quantity", minimum=1),
+            )
+        )
+    order = await run_in_threadpool(store.place_order, user_id, lines)
+    return JSONResponse(order, status_code=201)
+
+
+async def get_order(request: Request) -> Response:
+    return JSONResponse(await run_in_threadpool(store.get_order, _path_id(request)))
+
+
+async def store_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, store.StoreError)
+    return JSONResponse({"error": error.message, **error.details}, status_code=error.status)
+
+
+def create_app(*, debug: bool = False) -> Starlette:
+    """A new application; it opens no database until a request needs one."""
+    return Starlette(
+        debug=debug,
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/users", create_user, methods=["POST"]),
+            Route("/products", list_products, methods=["GET"]),
+            Route("/products", create_product, methods=["POST"]),
+            Route("/products/{id:int}", get_product, methods=["GET"]),
+            Route("/orders", place_order, methods=["POST"]),
+            Route("/orders/{id:int}", get_order, methods=["GET"]),
+        ],
+        exception_handlers={store.StoreError: store_error},
+    )
+
+
+app = create_app()

@@ -1,0 +1,1 @@
+"""Integration tests of the HTTP API: a real server, each test on its own database."""

@@ -1,0 +1,75 @@
+"""A real server for the API tests: started once per session, each test on its own database.
+
+The server runs in a thread of the test process (one per pytest-xdist worker), listening
+on 127.0.0.1 on a port the operating system picks. Its handlers call
+``get_database_client()`` when a request arrives, and while a test runs the plugin points
+that singleton at the test's own database, so every request lands in the database of the
+test that sent it, with either isolation strategy. The server itself never touches the
+database: starting it asks for none (outside a test the singleton is blocked).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from app.api import create_app
+
+STARTUP_TIMEOUT = 10.0
+SHUTDOWN_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="session")
+def api_url() -> Iterator[str]:
+    """The base URL of a server running the API for the whole session."""
+    # IPPROTO_TCP explicitly: only then does asyncio set TCP_NODELAY on the accepted
+    # connections; without it every keep-alive response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))  # an ephemeral port, known before the server starts
+    host, port = sock.getsockname()
+    config = uvicorn.Config(
+        create_app(),
+        log_config=None,  # leave logging to pytest
+        access_log=False,
+        lifespan="off",
+        ws="none",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="api-test-server", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            pytest.fail(f"the API test server did not start on {host}:{port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(SHUTDOWN_TIMEOUT)
+        sock.close()
+        if thread.is_alive():
+            pytest.fail(f"the API test server did not stop within {SHUTDOWN_TIMEOUT:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def api(api_url: str) -> Iterator[httpx.Client]:
+    """An HTTP client for the session's server, safe to share between threads.
+
+    It holds no database, only connections to the server: each request uses the database
+    of the test that sends it.
+    """
+    with httpx.Client(base_url=api_url, timeout=REQUEST_TIMEOUT) as client:
+        yield client

@@ -1,0 +1,243 @@
+"""The HTTP API against a real server, each test on its own fresh database.
+
+Requests go over HTTP to the session's server; the test checks the outcome in its own
+database through the ``db`` fixture. Both see the same database: the one of this test.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from lib.database import DatabaseClient
+
+
+def _created(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _count(db: DatabaseClient, table: str) -> int:
+    value = db.execute(f"SELECT COUNT(*) FROM {table}").rows[0][0]
+    assert isinstance(value, int)
+    return value
+
+
+def _stock(db: DatabaseClient, product_id: int) -> int:
+    value = db.execute("SELECT stock FROM products WHERE id = ?", (product_id,)).rows[0][0]
+    assert isinstance(value, int)
+    return value
+
+
+@pytest.fixture
+def shop(api: httpx.Client) -> dict[str, int]:
+    """A user and two products, created through the API."""
+    user = _created(api.post("/users", json={"email": "ada@example.com", "name": "Ada"}))
+    pen = _created(
+        api.post("/products", json={"sku": "PEN-1", "name": "Pen", "price_cents": 150, "stock": 10})
+    )
+    pad = _created(
+        api.post(
+            "/products", json={"sku": "PAD-1", "name": "Notepad", "price_cents": 400, "stock": 2}
+        )
+    )
+    return {"user": user["id"], "pen": pen["id"], "pad": pad["id"]}
+
+
+def test_health(api: httpx.Client) -> None:
+    response = api.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_a_product_created_over_http_is_in_this_tests_database(
+    api: httpx.Client, db: DatabaseClient
+) -> None:
+    assert api.get("/products").json() == []  # fresh, whichever test ran before
+
+    product = _created(
+        api.post("/products", json={"sku": "MUG-1", "name": "Mug", "price_cents": 900, "stock": 3})
+    )
+
+    assert product == {
+        "id": product["id"],
+        "sku": "MUG-1",
+        "name": "Mug",
+        "price_cents": 900,
+        "stock": 3,
+    }
+    rows = db.execute("SELECT sku, stock FROM products").rows
+    assert [tuple(row) for row in rows] == [("MUG-1", 3)]
+
+
+def test_a_product_inserted_by_the_test_is_served_over_http(
+    api: httpx.Client, db: DatabaseClient
+) -> None:
+    """The reference flow: set up data in the test's database, then call the API."""
+    assert _count(db, "products") == 0  # the other tests' products never show up here
+    product_id = db.execute(
+        "INSERT INTO products (sku, name, price_cents, stock) VALUES ('BOOK-1', 'Book', 2999, 100)"
+    ).last_insert_rowid
+    user_id = db.execute(
+        "INSERT INTO users (email, name) VALUES ('bob@example.com', 'Bob')"
+    ).last_insert_rowid
+    assert product_id is not None
+    assert user_id is not None
+
+    response = api.get(f"/products/{product_id}")
+    assert response.status_code == 200
+    assert response.json()["name"] == "Book"
+    assert response.json()["price_cents"] == 2999
+
+    order = _created(
+        api.post(
+            "/orders",
+            json={"user_id": user_id, "items": [{"product_id": product_id, "quantity": 5}]},
+        )
+    )
+
+    assert order["total_cents"] == 5 * 2999
+    assert _stock(db, product_id) == 95
+
+
+def test_list_products(api: httpx.Client, shop: dict[str, int]) -> None:
+    products = api.get("/products").json()
+    assert [(p["sku"], p["stock"]) for p in products] == [("PEN-1", 10), ("PAD-1", 2)]
+
+
+def test_purchase_takes_stock_and_stores_the_order(
+    api: httpx.Client, db: DatabaseClient, shop: dict[str, int]
+) -> None:
+    order = _created(
+        api.post(
+            "/orders",
+            json={
+                "user_id": shop["user"],
+                "items": [
+                    {"product_id": shop["pen"], "quantity": 3},
+                    {"product_id": shop["pad"], "quantity": 1},
+                ],
+            },
+        )
+    )
+
+    assert order["user_id"] == shop["user"]
+    assert order["status"] == "pending"
+    assert order["total_cents"] == 3 * 150 + 400
+    assert order["items"] == [
+        {"product_id": shop["pen"], "quantity": 3, "unit_price_cents": 150},
+        {"product_id": shop["pad"], "quantity": 1, "unit_price_cents": 400},
+    ]
+    assert api.get(f"/orders/{order['id']}").json() == order
+    assert _stock(db, shop["pen"]) == 7
+    assert _stock(db, shop["pad"]) == 1
+    items = db.execute("SELECT product_id, quantity FROM order_items ORDER BY id").rows
+    assert [tuple(row) for row in items] == [(shop["pen"], 3), (shop["pad"], 1)]
+    logs = [row["message"] for row in db.execute("SELECT message FROM logs").rows]
+    assert logs == [f"order {order['id']} placed for user {shop['user']}: 2 item(s), 850 cents"]
+
+
+def test_insufficient_stock_is_a_conflict_and_changes_nothing(
+    api: httpx.Client, db: DatabaseClient, shop: dict[str, int]
+) -> None:
+    """The pen line is applied before the pad line fails: both are undone."""
+    response = api.post(
+        "/orders",
+        json={
+            "user_id": shop["user"],
+            "items": [
+                {"product_id": shop["pen"], "quantity": 3},
+                {"product_id": shop["pad"], "quantity": 5},
+            ],
+        },
+    )
+
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": "insufficient stock for PAD-1: 5 wanted, 2 in stock",
+        "product_id": shop["pad"],
+        "requested": 5,
+        "available": 2,
+    }
+    assert _stock(db, shop["pen"]) == 10
+    assert _stock(db, shop["pad"]) == 2
+    for table in ("orders", "order_items", "logs"):
+        assert _count(db, table) == 0, table
+
+
+def test_concurrent_purchases_sell_exactly_the_stock(
+    api: httpx.Client, db: DatabaseClient, shop: dict[str, int]
+) -> None:
+    """Twelve buyers race for the last two notepads: two orders, stock zero, never negative."""
+    buyers = 12
+    barrier = threading.Barrier(buyers)
+    order = {"user_id": shop["user"], "items": [{"product_id": shop["pad"], "quantity": 1}]}
+
+    def buy(_: int) -> int:
+        barrier.wait(timeout=10)
+        return api.post("/orders", json=order).status_code
+
+    with ThreadPoolExecutor(max_workers=buyers) as pool:
+        statuses = sorted(pool.map(buy, range(buyers)))
+
+    assert statuses == [201] * 2 + [409] * (buyers - 2)
+    assert _stock(db, shop["pad"]) == 0
+    assert _count(db, "orders") == 2
+    assert db.execute("SELECT SUM(quantity) FROM order_items").rows[0][0] == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "error"),
+    [
+        ("/products", {"sku": "X", "name": "X", "price_cents": -1, "stock": 1}, 400, "price_cents"),
+        ("/products", {"sku": "", "name": "X", "price_cents": 1, "stock": 1}, 400, "sku"),
+        ("/users", {"email": "a@example.com"}, 400, "name"),
+        ("/orders", {"user_id": 1, "items": []}, 400, "items"),
+        ("/orders", {"user_id": 1, "items": [{"product_id": 1, "quantity": 0}]}, 400, "quantity"),
+        ("/orders", {"user_id": 99, "items": [{"product_id": 1, "quantity": 1}]}, 404, "user 99"),
+    ],
+    ids=[
+        "negative-price",
+        "empty-sku",
+        "missing-name",
+        "no-items",
+        "zero-quantity",
+        "unknown-user",
+    ],
+)
+def test_invalid_requests_are_refused(
+    api: httpx.Client, db: DatabaseClient, path: str, body: dict[str, Any], status: int, error: str
+) -> None:
+    response = api.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert error in response.json()["error"]
+    for table in ("users", "products", "orders"):
+        assert _count(db, table) == 0, table
+
+
+def test_unknown_ids_are_not_found(api: httpx.Client, shop: dict[str, int]) -> None:
+    assert api.get("/products/999").status_code == 404
+    assert api.get("/orders/1").json() == {"error": "order 1 does not exist", "order_id": 1}
+    order = {"user_id": shop["user"], "items": [{"product_id": 999, "quantity": 1}]}
+    assert api.post("/orders", json=order).status_code == 404
+
+
+def test_duplicates_are_conflicts(api: httpx.Client, shop: dict[str, int]) -> None:
+    response = api.post("/users", json={"email": "ada@example.com", "name": "Ada again"})
+    assert response.status_code == 409
+    assert "already exists" in response.json()["error"]
+    product = {"sku": "PEN-1", "name": "Pen", "price_cents": 1, "stock": 1}
+    assert api.post("/products", json=product).status_code == 409
+
+
+def test_malformed_json_is_a_bad_request(api: httpx.Client) -> None:
+    response = api.post(
+        "/users", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "the request body must be a JSON object"}
