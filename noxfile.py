@@ -30,6 +30,10 @@ TEST_REQUIREMENTS = [
     "nox>=2025.2.9",
     "uv>=0.5",
     "psutil>=5.9",
+    # The generated CI: pytest-split shards, workflow schema and audit.
+    "pytest-split>=0.10",
+    "check-jsonschema>=0.33",
+    "zizmor>=1.9",
     # The example application (example_app=yes) and its tests.
     "starlette>=0.40",
     "uvicorn>=0.30",

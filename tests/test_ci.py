@@ -1,0 +1,327 @@
+"""The generated CI: valid, audited workflows; a log check that works; shards that add up."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import Bake, clean_env, passed_count, run
+
+BIN = Path(sys.executable).parent
+WORKFLOWS = ("ci.yml", "integration-tests.yml")
+CHECK_SCRIPT = Path("scripts") / "check_isolation_log.py"
+
+
+def _workflow(project: Path, name: str) -> dict[str, object]:
+    workflow = yaml.safe_load((project / ".github" / "workflows" / name).read_text())
+    assert isinstance(workflow, dict)
+    return workflow
+
+
+def _integration_job(project: Path) -> dict[str, object]:
+    jobs = _workflow(project, "integration-tests.yml")["jobs"]
+    assert isinstance(jobs, dict)
+    job = jobs["integration"]
+    assert isinstance(job, dict)
+    return job
+
+
+@pytest.fixture(scope="module")
+def ci_variants(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Projects whose workflows differ: the minimum Python and the shard count."""
+    return [
+        bake(tmp_path_factory.mktemp("ci-one"), ci_shards="1", python_version="3.13"),
+        bake(tmp_path_factory.mktemp("ci-many"), ci_shards="20", python_version="3.14"),
+    ]
+
+
+# -- the workflows ------------------------------------------------------------------------
+
+
+def test_workflows_match_the_github_schema(default_project: Path, ci_variants: list[Path]) -> None:
+    for project in (default_project, *ci_variants):
+        paths = [str(project / ".github" / "workflows" / name) for name in WORKFLOWS]
+        result = run(
+            [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *paths],
+            project,
+        )
+        assert result.returncode == 0, result.stdout
+
+
+def test_zizmor_finds_nothing_at_medium_or_above(
+    default_project: Path, ci_variants: list[Path]
+) -> None:
+    for project in (default_project, *ci_variants):
+        result = run(
+            [
+                str(BIN / "zizmor"),
+                "--offline",
+                "--no-config",
+                "--min-severity",
+                "medium",
+                str(project / ".github" / "workflows"),
+            ],
+            project,
+            env=clean_env(NO_COLOR="1"),
+        )
+        assert result.returncode == 0, result.stdout
+        assert "No findings to report" in result.stdout, result.stdout
+
+
+def test_integration_matrix_has_one_job_per_shard(
+    default_project: Path, ci_variants: list[Path]
+) -> None:
+    for project, shards in ((ci_variants[0], 1), (default_project, 2), (ci_variants[1], 20)):
+        job = _integration_job(project)
+        strategy = job["strategy"]
+        assert isinstance(strategy, dict)
+        assert strategy["matrix"]["group"] == list(range(1, shards + 1))
+        # The jobs pass the matrix size to --splits, so editing the matrix alone is enough.
+        assert job["env"] == {"GROUP": "${{ matrix.group }}", "SPLITS": "${{ strategy.job-total }}"}
+
+
+def test_integration_workflow_runs_the_checks(default_project: Path) -> None:
+    job = _integration_job(default_project)
+    steps = job["steps"]
+    assert isinstance(steps, list)
+    (test_step,) = (step for step in steps if "nox -s integration" in str(step.get("run", "")))
+    command = " ".join(str(test_step["run"]).split())
+    assert command.startswith("env -u GITHUB_STEP_SUMMARY nox -s integration -- ")
+    for argument in ('--splits "$SPLITS"', '--group "$GROUP"', "--isolation-report="):
+        assert argument in command
+    assert command.endswith("2>&1 | tee integration-tests.log")
+    assert test_step["shell"] == "bash"  # -o pipefail: the tee does not hide a failure
+
+    (check_step,) = (step for step in steps if str(CHECK_SCRIPT) in str(step.get("run", "")))
+    check = " ".join(str(check_step["run"]).split())
+    assert f"python {CHECK_SCRIPT} integration-tests.log --report isolation-report.json" in check
+    assert check_step["if"] == "${{ !cancelled() }}"  # also after failed tests
+    assert not any("grep" in str(step.get("run", "")) for step in steps)  # logic in the script
+
+    (upload,) = (s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact@"))
+    assert upload["if"] == "always()"
+    assert upload["with"]["name"] == "integration-tests-shard-${{ matrix.group }}"
+    assert upload["with"]["path"].split() == ["integration-tests.log", "isolation-report.json"]
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflows_cache_pip_and_uv(default_project: Path, name: str) -> None:
+    jobs = _workflow(default_project, name)["jobs"]
+    assert isinstance(jobs, dict)
+    for job in jobs.values():
+        uses = {str(step.get("uses", "")).split("@")[0]: step for step in job["steps"]}
+        assert uses["actions/setup-python"]["with"]["cache"] == "pip"
+        assert uses["astral-sh/setup-uv"]["with"]["enable-cache"] is True
+
+
+def test_ci_none_bakes_no_github_dir(bake: Bake, tmp_path: Path) -> None:
+    project = bake(tmp_path, ci="none")
+    assert not (project / ".github").exists()
+    assert (project / CHECK_SCRIPT).is_file()
+    readme = (project / "README.md").read_text()
+    assert "generated without CI workflows" in readme
+    assert ".github/workflows" not in readme
+
+
+def test_project_files_for_ci(default_project: Path) -> None:
+    assert "* text=auto eol=lf" in (default_project / ".gitattributes").read_text().splitlines()
+    pre_commit = yaml.safe_load((default_project / ".pre-commit-config.yaml").read_text())
+    (repo,) = pre_commit["repos"]
+    assert repo["repo"] == "https://github.com/astral-sh/ruff-pre-commit"
+    assert [hook["id"] for hook in repo["hooks"]] == ["ruff", "ruff-format"]
+    durations = json.loads((default_project / ".test_durations").read_text())
+    assert durations
+    assert all(key.startswith("tests/integration/") for key in durations)
+    assert all(isinstance(value, float) for value in durations.values())
+    readme = (default_project / "README.md").read_text()
+    for phrase in ("## Continuous integration", "ci_shards", "nox -s durations", "group: ["):
+        assert phrase in readme
+
+
+# -- shards and the log check, on a real run ----------------------------------------------
+
+ADDED_LATER = '''"""Tests added after .test_durations was written: pytest-split still runs them."""
+
+from lib.database import DatabaseClient
+
+
+def test_added_later_one(db: DatabaseClient) -> None:
+    assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+
+
+def test_added_later_two(db: DatabaseClient) -> None:
+    assert db.execute("SELECT 1").rows[0][0] == 1
+'''
+
+
+@dataclass(frozen=True)
+class Shard:
+    returncode: int
+    log: Path
+    report: Path
+    passed: list[str]
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    project: Path
+    collected: list[str]
+    shards: list[Shard]
+
+
+def _pytest(project: Path, *args: str) -> tuple[int, str]:
+    result = run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], project)
+    return result.returncode, result.stdout
+
+
+@pytest.fixture(scope="module")
+def shard_run(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> ShardRun:
+    """A fresh default project with two tests .test_durations does not know, run as 2 shards."""
+    project = bake(tmp_path_factory.mktemp("shards"))
+    (project / "tests" / "integration" / "test_added_later.py").write_text(ADDED_LATER)
+    code, output = _pytest(project, "tests/integration", "--collect-only", "-q")
+    assert code == 0, output
+    collected = [line for line in output.splitlines() if "::" in line]
+    assert any("test_added_later" in nodeid for nodeid in collected)
+    shards = []
+    logs = tmp_path_factory.mktemp("shard-logs")
+    for group in (1, 2):
+        log, report = logs / f"shard-{group}.log", logs / f"shard-{group}.json"
+        code, output = _pytest(
+            project,
+            "tests/integration",
+            "-rA",
+            "--splits",
+            "2",
+            "--group",
+            str(group),
+            f"--isolation-report={report}",
+        )
+        log.write_text(output)
+        passed = re.findall(r"^PASSED (\S+)", output, flags=re.MULTILINE)
+        shards.append(Shard(code, log, report, passed))
+    return ShardRun(project, collected, shards)
+
+
+def test_each_shard_passes_alone(shard_run: ShardRun) -> None:
+    for shard in shard_run.shards:
+        assert shard.returncode == 0, shard.log.read_text()
+        assert passed_count(shard.log.read_text()) == len(shard.passed) > 0
+
+
+def test_shards_together_run_every_test_exactly_once(shard_run: ShardRun) -> None:
+    ran = [nodeid for shard in shard_run.shards for nodeid in shard.passed]
+    assert sorted(ran) == sorted(shard_run.collected)
+    assert len(set(ran)) == len(ran)
+
+
+def _check(project: Path, log: Path, report: Path | None = None, **env: str) -> tuple[int, str]:
+    args = [sys.executable, str(CHECK_SCRIPT), str(log)]
+    if report is not None:
+        args += ["--report", str(report)]
+    result = run(args, project, env=clean_env(**env))
+    return result.returncode, result.stdout
+
+
+def test_check_passes_on_real_output(shard_run: ShardRun, tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    for shard in shard_run.shards:
+        code, output = _check(
+            shard_run.project, shard.log, shard.report, GITHUB_STEP_SUMMARY=str(summary)
+        )
+        assert code == 0, output
+        assert "Isolation checks passed." in output
+        assert "::error" not in output
+    text = summary.read_text()
+    assert text.count("### Isolation Metrics Report") == 2
+    assert "| total_tests |" in text
+
+
+@pytest.mark.parametrize(
+    ("planted", "named"),
+    [
+        (
+            "E   lib.database.ClientClosedError: CLIENT_CLOSED: this database client was closed",
+            "CLIENT_CLOSED",
+        ),
+        (
+            "Connection leak detected in test: tests/integration/test_x.py::test_y "
+            "(opened at lib/database.py:42)",
+            "Connection leak detected",
+        ),
+    ],
+    ids=["client-closed", "connection-leak"],
+)
+def test_check_fails_on_a_planted_failure(
+    shard_run: ShardRun, tmp_path: Path, planted: str, named: str
+) -> None:
+    shard = shard_run.shards[0]
+    lines = shard.log.read_text().splitlines()
+    log = tmp_path / "integration-tests.log"
+    log.write_text("\n".join([*lines[:5], planted, *lines[5:]]) + "\n")
+    code, output = _check(shard_run.project, log, shard.report)
+    assert code == 1, output
+    title = "CLIENT_CLOSED" if named == "CLIENT_CLOSED" else "Connection leaks"
+    assert f"::error title={title}::" in output
+    failed = [line for line in output.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, output
+    assert named in failed[0]
+    assert f"integration-tests.log:6: {planted}" in output  # the offending line, quoted
+    assert "Isolation checks failed:" in output
+
+
+def test_check_warns_on_memory_growth_and_judges_regressions(
+    shard_run: ShardRun, tmp_path: Path
+) -> None:
+    shard = shard_run.shards[0]
+    log = tmp_path / "integration-tests.log"
+    growth = "High memory growth in test: tests/integration/test_x.py::test_y (80.0 MB > 50 MB)"
+    log.write_text(shard.log.read_text() + growth + "\n")
+    report = json.loads(shard.report.read_text())
+    regression = {"metric": "average_test_duration_ms", "current": 70.0, "baseline": 50}
+    report["regressions"] = [regression | {"threshold": 60.0, "severity": "warning"}]
+    warning_report = tmp_path / "warning.json"
+    warning_report.write_text(json.dumps(report))
+
+    code, output = _check(shard_run.project, log, warning_report)
+    assert code == 0, output
+    assert "::warning title=High memory growth::" in output
+    assert "::warning title=Performance regressions::" in output
+    assert "average_test_duration_ms" in output
+
+    report["regressions"] = [regression | {"threshold": 60.0, "severity": "error"}]
+    error_report = tmp_path / "error.json"
+    error_report.write_text(json.dumps(report))
+    code, output = _check(shard_run.project, log, error_report)
+    assert code == 1, output
+    assert "::error title=Performance regressions::" in output
+
+
+def test_check_exit_code_for_a_missing_log(shard_run: ShardRun, tmp_path: Path) -> None:
+    code, output = _check(shard_run.project, tmp_path / "missing.log")
+    assert code == 2, output
+    assert "cannot read the log" in output
+
+
+def test_durations_session_command_covers_every_test(shard_run: ShardRun, tmp_path: Path) -> None:
+    noxfile = (shard_run.project / "noxfile.py").read_text()
+    assert '"--store-durations",' in noxfile
+    assert '"--clean-durations",' in noxfile
+    durations = tmp_path / "durations.json"
+    code, output = _pytest(
+        shard_run.project,
+        "tests/integration",
+        "-q",
+        "--store-durations",
+        "--clean-durations",
+        "--durations-path",
+        str(durations),
+    )
+    assert code == 0, output
+    assert sorted(json.loads(durations.read_text())) == sorted(shard_run.collected)
