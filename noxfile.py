@@ -30,6 +30,8 @@ TEST_REQUIREMENTS = [
     "nox>=2025.2.9",
     "uv>=0.5",
     "psutil>=5.9",
+    # cruft create / check / link against a git copy of this template.
+    "cruft>=2.15",
     # The generated CI: pytest-split shards, workflow schema and audit.
     "pytest-split>=0.10",
     "check-jsonschema>=0.33",
