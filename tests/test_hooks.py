@@ -45,6 +45,9 @@ INVALID = [
     ("layout", "Full", "must be 'full'"),
     ("layout", "isolation_only", "must be 'full'"),
     ("layout", "", "must be 'full'"),
+    ("example_app", "maybe", "must be 'yes' (an example HTTP API with its tests) or 'no'"),
+    ("example_app", "Yes", "must be 'yes'"),
+    ("example_app", "", "must be 'yes'"),
 ]
 
 

@@ -1,0 +1,92 @@
+"""The example_app answer: the HTTP API and its tests are baked in, or none of it is.
+
+The default bake (example_app=yes) runs its whole integration suite, API tests included,
+in test_baked_project.py; here the API suite also runs on two workers with in-memory
+databases, and a bake without the application passes its own checks.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import Bake, run, run_pytest
+
+APP_PATHS = ("app", "tests/integration/api")
+APP_DEPENDENCIES = ("starlette", "uvicorn", "httpx")
+JINJA_LEFTOVERS = ("{{ cookiecutter.", "{{cookiecutter.", "{%", "{#")
+
+
+@pytest.fixture(scope="module")
+def no_app_project(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project baked with example_app=no."""
+    return bake(tmp_path_factory.mktemp("no-app"), example_app="no")
+
+
+def _pyproject(project: Path) -> dict[str, object]:
+    return tomllib.loads((project / "pyproject.toml").read_text())
+
+
+def _requirements(project: Path) -> list[str]:
+    pyproject = _pyproject(project)
+    project_table = pyproject["project"]
+    groups = pyproject["dependency-groups"]
+    assert isinstance(project_table, dict)
+    assert isinstance(groups, dict)
+    return [*project_table["dependencies"], *(r for r in groups["test"] if isinstance(r, str))]
+
+
+def _mypy_files(project: Path) -> list[str]:
+    tool = _pyproject(project)["tool"]
+    assert isinstance(tool, dict)
+    files: list[str] = tool["mypy"]["files"]
+    return files
+
+
+def test_default_bake_has_the_app_its_tests_and_dependencies(default_project: Path) -> None:
+    for relative in APP_PATHS:
+        assert (default_project / relative).is_dir(), relative
+    requirements = _requirements(default_project)
+    for name in APP_DEPENDENCIES:
+        assert any(r.startswith(name) for r in requirements), name
+    assert "app" in _mypy_files(default_project)
+    assert "## Example application" in (default_project / "README.md").read_text()
+
+
+def test_no_app_bake_has_none_of_it(no_app_project: Path) -> None:
+    for relative in APP_PATHS:
+        assert not (no_app_project / relative).exists(), relative
+    requirements = _requirements(no_app_project)
+    for name in APP_DEPENDENCIES:
+        assert not any(r.startswith(name) for r in requirements), name
+    assert "app" not in _mypy_files(no_app_project)
+    readme = (no_app_project / "README.md").read_text()
+    assert "Example application" not in readme
+    assert "uvicorn" not in readme
+    for path in (no_app_project / "pyproject.toml", no_app_project / "README.md"):
+        text = path.read_text()
+        for leftover in JINJA_LEFTOVERS:
+            assert leftover not in text, f"{leftover!r} left in {path.name}"
+
+
+def test_no_app_bake_is_lint_and_type_clean(no_app_project: Path) -> None:
+    for args in (
+        ["ruff", "check", ".", "--no-cache"],
+        ["ruff", "format", "--check", ".", "--no-cache"],
+        ["mypy", "--cache-dir", "/dev/null"],
+    ):
+        result = run([sys.executable, "-m", *args], no_app_project)
+        assert result.returncode == 0, result.stdout
+
+
+def test_no_app_bake_suites_pass(no_app_project: Path) -> None:
+    run_pytest(no_app_project, "tests/unit", "tests/integration")
+
+
+def test_api_suite_passes_on_two_workers_with_in_memory_databases(default_project: Path) -> None:
+    """The server thread sees each test's in-memory database through the singleton too."""
+    api_tests = "tests/integration/api"
+    run_pytest(default_project, api_tests, "-n", "2", "--isolation-strategy", "memory")
