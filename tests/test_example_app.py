@@ -86,7 +86,18 @@ def test_no_app_bake_suites_pass(no_app_project: Path) -> None:
     run_pytest(no_app_project, "tests/unit", "tests/integration")
 
 
-def test_api_suite_passes_on_two_workers_with_in_memory_databases(default_project: Path) -> None:
+def test_api_suite_passes_on_two_workers_with_in_memory_databases(
+    default_project: Path, tmp_path: Path
+) -> None:
     """The server thread sees each test's in-memory database through the singleton too."""
-    api_tests = "tests/integration/api"
-    run_pytest(default_project, api_tests, "-n", "2", "--isolation-strategy", "memory")
+    run_pytest(
+        default_project,
+        "tests/integration/api",
+        "-n",
+        "2",
+        "--isolation-strategy",
+        "memory",
+        "-o",
+        f"isolation_data_dir={tmp_path / 'data'}",  # the shared bake keeps no data/
+    )
+    assert not (default_project / "data").exists()
