@@ -244,9 +244,7 @@ console_output_style = classic
 asyncio_default_fixture_loop_scope = function
 """
 PLUGIN_INI = string.Template(
-    "isolation_test_paths = .\n"
-    "isolation_migrations_dir = $migrations\n"
-    "isolation_data_dir = $data\n"
+    "isolation_test_paths = .\nisolation_migrations_dir = $migrations\nisolation_data_dir = $data\n"
 ).substitute(migrations=PROJECT_ROOT / "migrations", data=PROJECT_ROOT / "data")
 
 

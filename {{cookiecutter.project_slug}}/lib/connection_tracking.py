@@ -1,14 +1,15 @@
 """Record every SQLite connection opened during a test, with the ``file:line`` that opened it.
 
-While a :class:`Recording` is active, ``sqlite3.connect`` is wrapped so that each new
-connection is remembered with its caller. When the test ends, the ones still open are
-connection leaks, reported where they were opened. The wrapper is removed again when
-the last recording stops.
+While a :class:`Recording` is active, ``sqlite3.connect`` (and ``libsql.connect`` once
+libsql is imported) is wrapped so that each new connection is remembered with its
+caller. When the test ends, the ones still open are connection leaks, reported where
+they were opened. The wrappers are removed again when the last recording stops.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any
 from .database import caller_location
 
 _original_connect = sqlite3.connect
+_original_libsql_connect: Any = None
 _recordings: list[Recording] = []
 _local = threading.local()
 _lock = threading.Lock()
@@ -27,11 +29,13 @@ _lock = threading.Lock()
 class TrackedConnection:
     """A connection and where it was opened."""
 
-    connection: sqlite3.Connection
+    connection: Any
     location: str
 
     @property
     def is_open(self) -> bool:
+        if isinstance(self.connection, TrackedLibsqlConnection):
+            return not self.connection.closed
         try:
             self.connection.total_changes  # noqa: B018 - raises once the connection is closed
         except sqlite3.ProgrammingError:
@@ -39,13 +43,41 @@ class TrackedConnection:
         return True
 
 
-def _tracking_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-    connection: sqlite3.Connection = _original_connect(*args, **kwargs)
+class TrackedLibsqlConnection:
+    """A libsql connection that remembers being closed (asking libsql itself would panic)."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self._connection.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+def _record(connection: Any) -> None:
     if _recordings and not getattr(_local, "suspended", False):
         tracked = TrackedConnection(connection, caller_location())
         for recording in list(_recordings):
             recording.opened.append(tracked)
+
+
+def _tracking_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+    connection: sqlite3.Connection = _original_connect(*args, **kwargs)
+    _record(connection)
     return connection
+
+
+def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
+    connection = _original_libsql_connect(*args, **kwargs)
+    if getattr(_local, "suspended", False):
+        return connection
+    tracked = TrackedLibsqlConnection(connection)
+    _record(tracked)
+    return tracked
 
 
 @contextmanager
@@ -74,8 +106,26 @@ class Recording:
             if self in _recordings:
                 _recordings.remove(self)
             if not _recordings:
-                sqlite3.connect = _original_connect
+                _uninstall()
         return self.still_open()
+
+
+def _install() -> None:
+    global _original_libsql_connect
+    sqlite3.connect = _tracking_connect  # type: ignore[assignment]
+    libsql: Any = sys.modules.get("libsql")
+    if libsql is not None and _original_libsql_connect is None:
+        _original_libsql_connect = libsql.connect
+        libsql.connect = _tracking_libsql_connect
+
+
+def _uninstall() -> None:
+    global _original_libsql_connect
+    sqlite3.connect = _original_connect
+    libsql: Any = sys.modules.get("libsql")
+    if libsql is not None and _original_libsql_connect is not None:
+        libsql.connect = _original_libsql_connect
+    _original_libsql_connect = None
 
 
 def record_connections() -> Recording:
@@ -83,5 +133,5 @@ def record_connections() -> Recording:
     recording = Recording()
     with _lock:
         _recordings.append(recording)
-        sqlite3.connect = _tracking_connect  # type: ignore[assignment]
+        _install()
     return recording

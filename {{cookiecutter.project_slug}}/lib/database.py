@@ -21,10 +21,12 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, Literal, Self, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 import sqlite_utils
+
+from . import libsql_engine
 
 logger = logging.getLogger("database")
 
@@ -35,6 +37,10 @@ CONNECTION_PRAGMAS: Mapping[str, str] = {
     "foreign_keys": "ON",
     "busy_timeout": str(BUSY_TIMEOUT_MS),
 }
+
+Engine = Literal["sqlite3", "libsql"]
+ENGINES: tuple[Engine, ...] = ("sqlite3", "libsql")
+REMOTE_SCHEMES = frozenset({"libsql", "http", "https", "ws", "wss"})
 
 Args: TypeAlias = Sequence[Any] | Mapping[str, Any]
 Statement: TypeAlias = str | tuple[str, Args] | Mapping[str, Any]
@@ -60,14 +66,23 @@ class DatabaseAccessBlockedError(RuntimeError):
 class ResultSet:
     """The outcome of one statement: rows support ``row["col"]``, ``row[0]``, ``dict(row)``."""
 
-    rows: list[sqlite3.Row]
+    rows: list[Any]
     columns: tuple[str, ...]
     rows_affected: int
     last_insert_rowid: int | None
 
 
+def is_remote_url(value: str) -> bool:
+    """Whether ``value`` names a remote libSQL/Turso database rather than a local file."""
+    scheme, separator, _ = value.partition("://")
+    return bool(separator) and scheme.lower() in REMOTE_SCHEMES
+
+
 def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
-    """Return the SQLite path (or ``:memory:``) that ``url`` names; explain a bad value."""
+    """Return the SQLite path (or ``:memory:``) that ``url`` names; explain a bad value.
+
+    A remote libSQL URL (``libsql://``, ``https://``, ...) is returned as it is.
+    """
     value = url.strip()
     if not value:
         raise DatabaseConfigError(
@@ -87,12 +102,9 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         return path
     if scheme_match:
         scheme = scheme_match.group(1).lower()
+        if scheme in REMOTE_SCHEMES:
+            return value
         shown = f"{scheme}://{urlsplit(value).hostname or ''}"
-        if scheme in {"libsql", "http", "https", "ws", "wss"}:
-            raise DatabaseConfigError(
-                f"{variable}={shown}... names a remote libSQL/Turso database, which needs the "
-                "libsql engine; this project connects with the stdlib sqlite3 to local files"
-            )
         raise DatabaseConfigError(
             f"{variable}={shown}... uses the unsupported scheme {scheme!r}: use a SQLite path "
             "such as file:./data/app.db, a plain path, or :memory:"
@@ -100,7 +112,61 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class DatabaseTarget:
+    """Where to connect and with which engine, as the environment says."""
+
+    path: str
+    engine: Engine = "sqlite3"
+    sync_url: str | None = None
+    auth_token: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return is_remote_url(self.path) or self.sync_url is not None
+
+
+def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
+    """Read ``DATABASE_URL``, ``DATABASE_DRIVER``, ``TURSO_DATABASE_URL``, ``TURSO_AUTH_TOKEN``.
+
+    A ``libsql://`` URL or ``TURSO_DATABASE_URL`` selects the libsql engine; with both a
+    local ``DATABASE_URL`` and ``TURSO_DATABASE_URL``, the local file is an embedded
+    replica synced from Turso. ``DATABASE_DRIVER=libsql`` uses libsql for local files too.
+    """
+    driver = environ.get("DATABASE_DRIVER") or "sqlite3"
+    if driver not in ENGINES:
+        raise DatabaseConfigError(f"DATABASE_DRIVER={driver!r} is not one of {', '.join(ENGINES)}")
+    token = environ.get("TURSO_AUTH_TOKEN") or None
+    turso = environ.get("TURSO_DATABASE_URL")
+    url = environ.get("DATABASE_URL")
+    if turso:
+        if not is_remote_url(turso):
+            raise DatabaseConfigError(
+                "TURSO_DATABASE_URL must be a libsql:// or https:// URL of a Turso database"
+            )
+        local = parse_database_url(url) if url else None
+        if local is None or is_remote_url(local):
+            return DatabaseTarget(turso, "libsql", auth_token=token)
+        return DatabaseTarget(local, "libsql", sync_url=turso, auth_token=token)
+    path = parse_database_url(url or DEFAULT_DATABASE_URL)
+    if is_remote_url(path):
+        return DatabaseTarget(path, "libsql", auth_token=token)
+    return DatabaseTarget(path, "libsql" if driver == "libsql" else "sqlite3")
+
+
 _LIB_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _libsql_connect(path: str, sync_url: str | None, auth_token: str | None) -> Any:
+    try:
+        return libsql_engine.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, sync_url=sync_url, auth_token=auth_token
+        )
+    except ImportError as error:
+        raise DatabaseConfigError(
+            "the libsql engine (a libsql:// DATABASE_URL, TURSO_DATABASE_URL or "
+            "DATABASE_DRIVER=libsql) needs the libsql package: pip install libsql"
+        ) from error
 
 
 def caller_location() -> str:
@@ -173,25 +239,47 @@ class DatabaseClient:
         owner: str = "the application",
         pragmas: Mapping[str, str] = CONNECTION_PRAGMAS,
         image: bytes | None = None,
+        engine: Engine = "sqlite3",
+        sync_url: str | None = None,
+        auth_token: str | None = None,
     ) -> None:
-        """Open ``path``; with ``image``, open an in-memory copy of that serialized database."""
+        """Open ``path``; with ``image``, open an in-memory copy of that serialized database.
+
+        ``engine="libsql"`` connects with libsql (``path`` may then be a remote URL, or a
+        local embedded replica of ``sync_url``).
+        """
         self.path = path
         self.owner = owner
+        self.engine = engine
         self.opened_at = time.time()
         self.queries_executed = 0
         self._lock = threading.RLock()
         self._close_pending = False
-        self._conn = sqlite3.connect(
-            ":memory:" if image is not None else path,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-            factory=_GuardedConnection,
-        )
-        if image is not None:
-            self._conn.deserialize(image)
-        for name, value in pragmas.items():
-            self._conn.execute(f"PRAGMA {name}={value}")
+        self._closed_message: str | None = None
+        remote = is_remote_url(path) or sync_url is not None
+        if remote and _remote_blocked_reason is not None:
+            raise DatabaseAccessBlockedError(f"{_remote_blocked_reason} ({caller_location()})")
+        self._conn: Any
+        if engine == "libsql":
+            if image is not None:
+                raise DatabaseConfigError(
+                    "an in-memory copy of a database needs the sqlite3 engine: libsql has no "
+                    "serialize/deserialize; use the file strategy with DATABASE_DRIVER=libsql"
+                )
+            self._conn = _libsql_connect(path, sync_url, auth_token)
+        else:
+            self._conn = sqlite3.connect(
+                ":memory:" if image is not None else path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_GuardedConnection,
+            )
+            if image is not None:
+                self._conn.deserialize(image)
+        if not remote:
+            for name, value in pragmas.items():
+                self._conn.execute(f"PRAGMA {name}={value}")
         self._db: sqlite_utils.Database | None = None
 
     def __repr__(self) -> str:
@@ -200,27 +288,42 @@ class DatabaseClient:
 
     @property
     def closed(self) -> bool:
-        return self._conn.closed_message is not None
+        return self._closed_message is not None
+
+    def _raise_if_closed(self) -> None:
+        if self._closed_message is not None:
+            raise ClientClosedError(self._closed_message)
 
     @contextmanager
-    def _connection(self) -> Iterator[_GuardedConnection]:
-        self._conn._guard()  # a closed client fails at once, not after whoever holds the lock
+    def _connection(self) -> Iterator[Any]:
+        self._raise_if_closed()  # fail at once, not after whoever holds the lock lets go
         with self._lock:
-            self._conn._guard()
-            yield self._conn
+            self._raise_if_closed()
+            if self.engine == "sqlite3":
+                yield self._conn
+                return
+            try:
+                yield self._conn
+            except ValueError as error:  # libsql reports every database error this way
+                raise libsql_engine.translate_error(error) from error
 
     def execute(self, sql: str, args: Args = ()) -> ResultSet:
         """Run one statement and return its rows, columns and counts."""
         with self._connection() as conn:
-            cursor = conn.cursor()
-            cursor.row_factory = sqlite3.Row
-            cursor.execute(sql, args)
-            rows = cursor.fetchall()
+            if self.engine == "libsql":
+                cursor = conn.execute(sql, libsql_engine.positional(args))
+                rows, columns = libsql_engine.rows(cursor)
+            else:
+                cursor = conn.cursor()
+                cursor.row_factory = sqlite3.Row
+                cursor.execute(sql, args)
+                rows = cursor.fetchall()
+                columns = tuple(column[0] for column in cursor.description or ())
             self.queries_executed += 1
             return ResultSet(
                 rows=rows,
-                columns=tuple(column[0] for column in cursor.description or ()),
-                rows_affected=max(cursor.rowcount, 0),
+                columns=columns,
+                rows_affected=max(cursor.rowcount, 0) if not columns else 0,
                 last_insert_rowid=cursor.lastrowid,
             )
 
@@ -241,8 +344,13 @@ class DatabaseClient:
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """A ``sqlite_utils.Database`` on this same connection."""
+        """A ``sqlite_utils.Database`` on this same connection (sqlite3 engine only)."""
         with self._connection() as conn:
+            if self.engine != "sqlite3":
+                raise NotImplementedError(
+                    "client.db (sqlite-utils) needs the sqlite3 engine: libsql connections "
+                    "lack the sqlite3 API sqlite-utils uses; use client.execute() instead"
+                )
             if self._db is None:
                 self._db = sqlite_utils.Database(conn, execute_plugins=False)
             return self._db
@@ -256,14 +364,17 @@ class DatabaseClient:
         if self.closed:
             return True
         how = f"closed at {caller_location()}" + (f" {reason}" if reason else "")
-        self._conn.closed_message = (
+        self._closed_message = (
             f"CLIENT_CLOSED: this database client belonged to {self.owner} and was {how}. "
             "A client lives only as long as its owner: ask for it where it is used "
             "(the `db` fixture or get_db_client() in a test, get_database_client() at call "
             "time in application code) instead of keeping it in a variable."
         )
+        if self.engine == "sqlite3":
+            self._conn.closed_message = self._closed_message  # guards client.db users too
         if not self._lock.acquire(blocking=False):
-            self._conn.interrupt()
+            if self.engine == "sqlite3":
+                self._conn.interrupt()
             if not self._lock.acquire(timeout=timeout):
                 logger.warning("%r still busy after %.1fs; it closes when released", self, timeout)
                 self._close_pending = True
@@ -277,8 +388,12 @@ class DatabaseClient:
 
     def backup(self, destination: str | Path) -> None:
         """Copy this database, in-memory ones included, into the file ``destination``."""
-        with self._connection() as conn, closing(sqlite3.connect(destination)) as target:
-            conn.backup(target)
+        with self._connection() as conn:
+            if self.engine == "libsql":
+                conn.execute("VACUUM INTO ?", (str(destination),))
+                return
+            with closing(sqlite3.connect(destination)) as target:
+                conn.backup(target)
 
     def _release(self) -> None:
         """Let go of the lock held across a transaction; finish a close that had to wait."""
@@ -305,6 +420,7 @@ class DatabaseClient:
         return {
             "path": self.path,
             "owner": self.owner,
+            "engine": self.engine,
             "closed": self.closed,
             "queries_executed": self.queries_executed,
             "age_seconds": time.time() - self.opened_at,
@@ -493,12 +609,20 @@ class DatabaseService:
     def _connect(self) -> DatabaseClient:
         if self._client_factory is not None:
             return self._client_factory()
-        url = self._url if self._url is not None else os.environ.get("DATABASE_URL", "")
-        path = parse_database_url(url or DEFAULT_DATABASE_URL)
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        logger.debug("connecting to %s", path)
-        return DatabaseClient(path, owner="the application database service")
+        environ: Mapping[str, str] = os.environ
+        if self._url is not None:
+            environ = {**os.environ, "DATABASE_URL": self._url}
+        target = database_target(environ)
+        if target.path != ":memory:" and not is_remote_url(target.path):
+            Path(target.path).parent.mkdir(parents=True, exist_ok=True)
+        logger.debug("connecting to %s with %s", target.path, target.engine)
+        return DatabaseClient(
+            target.path,
+            owner="the application database service",
+            engine=target.engine,
+            sync_url=target.sync_url,
+            auth_token=target.auth_token,
+        )
 
     def initialize(self) -> DatabaseClient:
         """Open the client unless an open one exists; refuse while closing."""
@@ -549,6 +673,7 @@ class DatabaseService:
 
 _service: DatabaseService | None = None
 _blocked_reason: str | None = None
+_remote_blocked_reason: str | None = None
 _singleton_lock = threading.Lock()
 
 
@@ -590,4 +715,12 @@ def block_database_access(reason: str | None) -> str | None:
     global _blocked_reason
     with _singleton_lock:
         previous, _blocked_reason = _blocked_reason, reason
+    return previous
+
+
+def forbid_remote_databases(reason: str | None) -> str | None:
+    """While ``reason`` is set, opening a remote (libSQL/Turso) database fails with it."""
+    global _remote_blocked_reason
+    with _singleton_lock:
+        previous, _remote_blocked_reason = _remote_blocked_reason, reason
     return previous

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from . import database, migrate, scope_databases
 from .connection_tracking import Recording, record_connections
-from .database import DatabaseClient, DatabaseService
+from .database import DatabaseClient, DatabaseService, Engine
 from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
 
 __all__ = [
@@ -146,18 +146,22 @@ class TestIsolationManager:
         project_root: Path = PROJECT_ROOT,
         prepare_ahead: int = 0,
         reset_hooks: Sequence[Callable[[], object]] = (),
+        engine: Engine = "sqlite3",
     ) -> None:
         """``module_patterns``: fnmatch patterns of module names to isolate (default: every
         module whose file lies in ``project_root``). ``prepare_ahead``: how many databases
         to prepare in a background thread before tests ask for them. ``reset_hooks``: called
         whenever ``DATABASE_URL`` changes around a test, so another database module's
-        singleton reconnects (e.g. an existing app's ``reset_database_instance``)."""
+        singleton reconnects (e.g. an existing app's ``reset_database_instance``).
+        ``engine``: how scopes connect to their databases (``libsql`` needs the file
+        strategy)."""
         self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
         self.module_patterns = tuple(module_patterns) if module_patterns is not None else None
         self.project_root = project_root.resolve()
         self.prepare_ahead = prepare_ahead
         self.reset_hooks = tuple(reset_hooks)
+        self.engine = engine
         self._root_prefix = f"{self.project_root}{os.sep}"
         self.active_scopes: dict[str, IsolationScope] = {}
         self.global_connection_registry: set[DatabaseClient] = set()
@@ -209,7 +213,7 @@ class TestIsolationManager:
             # overlaps it with the test; an in-memory copy is CPU work that would only
             # compete with the test for the GIL.
             ahead = self.prepare_ahead if strategy == "file" else 0
-            factory = DatabaseFactory(self._template(), strategy, directory, ahead)
+            factory = DatabaseFactory(self._template(), strategy, directory, ahead, self.engine)
             self._factories[strategy] = factory
         return factory
 

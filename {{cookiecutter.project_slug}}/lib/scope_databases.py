@@ -29,7 +29,7 @@ from sqlite_utils.migrations import Migrations
 
 from . import migrate
 from .connection_tracking import untracked
-from .database import BUSY_TIMEOUT_MS, DatabaseClient
+from .database import BUSY_TIMEOUT_MS, DatabaseClient, Engine
 
 try:
     import fcntl
@@ -207,9 +207,16 @@ class DatabaseFactory:
         strategy: Strategy,
         directory: Path,
         prepare_ahead: int = 0,
+        engine: Engine = "sqlite3",
     ) -> None:
+        if strategy == "memory" and engine != "sqlite3":
+            raise ValueError(
+                "the memory strategy needs the sqlite3 engine (libsql cannot deserialize a "
+                "database into memory): use the file strategy with DATABASE_DRIVER=libsql"
+            )
         self.template = template
         self.strategy = strategy
+        self.engine = engine
         self.directory = directory
         self.prepare_ahead = prepare_ahead
         self._ready: queue.Queue[tuple[DatabaseClient, Path | None]] = queue.Queue(
@@ -240,7 +247,9 @@ class DatabaseFactory:
     def open(self, path: Path) -> DatabaseClient:
         """A client on an existing test database, its schema loaded."""
         with untracked():
-            client = DatabaseClient(str(path), owner="a new test database", pragmas=SCOPE_PRAGMAS)
+            client = DatabaseClient(
+                str(path), owner="a new test database", pragmas=SCOPE_PRAGMAS, engine=self.engine
+            )
         client.execute("SELECT count(*) FROM sqlite_master")
         return client
 
@@ -291,6 +300,7 @@ def discard(client: DatabaseClient, path: Path | None) -> None:
 def keep_database(client: DatabaseClient, path: Path | None, destination: Path) -> Path:
     """Save a test's database to ``destination`` for a post-mortem; return where it went."""
     destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.unlink(missing_ok=True)
     if not client.closed:
         client.backup(destination)
     elif path is not None and path.exists():

@@ -223,7 +223,7 @@ class IsolationReporter:
                 lines.append(f"Slow test detected: {record.nodeid} ({duration})")
         return lines
 
-    @pytest.hookimpl(trylast=True)
+    @pytest.hookimpl(tryfirst=True)  # before the isolation plugin shuts its manager down
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self._own_performance()
         workeroutput = getattr(self.config, "workeroutput", None)

@@ -47,6 +47,10 @@ __all__ = [
 
 STRATEGIES = ("file", "memory")
 DEBUG_LOGGERS = ("isolation", "database")
+NO_REMOTE = (
+    "tests never touch a remote database: the integration session runs on local SQLite "
+    "files only (unset TURSO_DATABASE_URL / use a local DATABASE_URL in the test)"
+)
 OUTSIDE_SCOPE = (
     "the database is only available inside an isolated test: ask for it inside the test "
     "function (the `db` fixture or get_db_client()), or inside the application function "
@@ -98,7 +102,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "isolation_database_module",
         "module[:function] whose database singleton is reset when DATABASE_URL changes",
-        default="lib.database",
+        default=database.__name__,
     )
 
 
@@ -134,6 +138,22 @@ def _reset_hooks(spec: str) -> list[Callable[[], object]]:
     return [reset]
 
 
+def _engine(config: pytest.Config) -> database.Engine:
+    """``DATABASE_DRIVER=libsql`` runs every test's database on the libsql engine."""
+    driver = os.environ.get("DATABASE_DRIVER") or "sqlite3"
+    if driver not in database.ENGINES:
+        raise pytest.UsageError(
+            f"DATABASE_DRIVER={driver!r} is not one of {', '.join(database.ENGINES)}"
+        )
+    if driver == "libsql" and config.stash[_strategy_key] == "memory":
+        raise pytest.UsageError(
+            "the memory isolation strategy needs the sqlite3 engine (libsql cannot "
+            "deserialize a database into memory): use --isolation-strategy file with "
+            "DATABASE_DRIVER=libsql"
+        )
+    return "libsql" if driver == "libsql" else "sqlite3"
+
+
 def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
     patterns = config.getini("isolation_module_patterns")
     return TestIsolationManager(
@@ -143,6 +163,7 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
         project_root=config.rootpath,
         prepare_ahead=2,
         reset_hooks=_reset_hooks(config.getini("isolation_database_module")),
+        engine=_engine(config),
     )
 
 
@@ -182,6 +203,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _environment.setenv("DATABASE_URL", ":memory:")
     database.reset_database_instance()
     database.block_database_access(OUTSIDE_SCOPE)
+    database.forbid_remote_databases(NO_REMOTE)
     manager = get_test_isolation_manager()
     if not hasattr(session.config, "workerinput"):
         shutil.rmtree(_kept_directory(manager), ignore_errors=True)
@@ -247,6 +269,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     manager.shutdown()
     remove_run_directory(manager.data_dir)
     database.block_database_access(None)
+    database.forbid_remote_databases(None)
     database.reset_database_instance()
     install_test_isolation_manager(None)
     _environment.undo()

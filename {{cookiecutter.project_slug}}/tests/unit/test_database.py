@@ -21,7 +21,10 @@ from lib.database import (
     DatabaseConfigError,
     DatabaseService,
     DatabaseShuttingDownError,
+    DatabaseTarget,
+    database_target,
     get_database_client,
+    is_remote_url,
     parse_database_url,
 )
 
@@ -93,10 +96,56 @@ def test_parse_database_url_names_a_custom_variable() -> None:
         parse_database_url("postgres://x", variable="TURSO_DATABASE_URL")
 
 
-def test_parse_database_url_rejects_libsql_without_the_engine() -> None:
-    """libsql:// is a remote database: it needs the libsql engine, not sqlite3."""
-    with pytest.raises(DatabaseConfigError, match=r"(?i)libsql"):
-        parse_database_url("libsql://example.turso.io")
+def test_parse_database_url_keeps_remote_libsql_urls() -> None:
+    """A remote libSQL URL is not a path: it is handed to the libsql engine as it is."""
+    assert parse_database_url("libsql://example.turso.io") == "libsql://example.turso.io"
+    assert is_remote_url("https://example.turso.io")
+    assert not is_remote_url("file:./data/app.db")
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, DatabaseTarget("./data/app.db")),
+        ({"DATABASE_DRIVER": "libsql"}, DatabaseTarget("./data/app.db", "libsql")),
+        (
+            {"DATABASE_URL": "libsql://db.turso.io", "TURSO_AUTH_TOKEN": "t"},
+            DatabaseTarget("libsql://db.turso.io", "libsql", auth_token="t"),
+        ),
+        (
+            {"TURSO_DATABASE_URL": "libsql://db.turso.io"},
+            DatabaseTarget("libsql://db.turso.io", "libsql"),
+        ),
+        (
+            {"DATABASE_URL": "file:replica.db", "TURSO_DATABASE_URL": "libsql://db.turso.io"},
+            DatabaseTarget("replica.db", "libsql", sync_url="libsql://db.turso.io"),
+        ),
+    ],
+)
+def test_database_target_reads_the_environment(
+    environ: dict[str, str], expected: DatabaseTarget
+) -> None:
+    """libsql:// or TURSO_DATABASE_URL pick libsql; a local file plus Turso is a replica."""
+    assert database_target(environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"DATABASE_DRIVER": "postgres"}, "DATABASE_DRIVER"),
+        ({"TURSO_DATABASE_URL": "./local.db"}, "TURSO_DATABASE_URL"),
+        ({"DATABASE_URL": "mysql://db"}, "DATABASE_URL"),
+    ],
+)
+def test_database_target_names_the_bad_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(DatabaseConfigError, match=variable):
+        database_target(environ)
+
+
+def test_tests_never_connect_to_a_remote_database() -> None:
+    """The test session forbids remote databases before any connection is attempted."""
+    with pytest.raises(DatabaseAccessBlockedError, match="remote database"):
+        DatabaseService(url="libsql://example.turso.io").get_client()
 
 
 def test_database_config_error_is_a_value_error() -> None:
