@@ -187,6 +187,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "isolated: run the test in its own database scope (automatic for tests "
         "under the isolation_test_paths, default tests/integration/)",
     )
+    config.addinivalue_line(
+        "markers",
+        "sqlite3_only: the test uses what only the sqlite3 engine has (client.db, "
+        "interrupt, in-memory copies); skipped with DATABASE_DRIVER=libsql",
+    )
     config.stash[_strategy_key] = _strategy(config)
     install_test_isolation_manager(_manager_from_ini(config))
 
@@ -215,9 +220,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     roots = [
         Path(config.rootpath, path).resolve() for path in config.getini("isolation_test_paths")
     ]
+    needs_sqlite3 = pytest.mark.skip(reason="needs the sqlite3 engine, not DATABASE_DRIVER=libsql")
+    libsql = get_test_isolation_manager().engine == "libsql"
     for item in items:
         if any(item.path.is_relative_to(root) for root in roots):
             item.add_marker(pytest.mark.isolated)
+        if libsql and item.get_closest_marker("sqlite3_only"):
+            item.add_marker(needs_sqlite3)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -13,6 +13,7 @@ import pytest
 
 from lib.database import AsyncDatabaseClient, ClientClosedError, DatabaseClient
 from lib.isolation_manager import TestIsolationManager
+from tests.integration.schema import table_names
 from tests.setup_integration import get_db_client
 
 # Holds clients across tests on purpose, to show what happens to a stale client.
@@ -78,11 +79,12 @@ def test_stale_client_after_scope_end_raises_client_closed(
         fresh = isolation_manager.get_scoped_database_client(next_id)
         assert fresh is not stale
         assert fresh.execute("SELECT 1 AS ok").rows[0]["ok"] == 1
-        assert "temp_test" not in fresh.db.table_names()
+        assert "temp_test" not in table_names(fresh)
     finally:
         isolation_manager.destroy_scope(next_id)
 
 
+@pytest.mark.sqlite3_only  # client.db is sqlite-utils on a sqlite3 connection
 def test_stale_sqlite_utils_handle_raises_client_closed(
     isolation_manager: TestIsolationManager,
 ) -> None:
@@ -112,7 +114,7 @@ def test_client_usable_after_transaction_rollback(db: DatabaseClient) -> None:
     tx.execute("INSERT INTO rollback_test (id) VALUES (1)")
     tx.rollback()
     assert db.execute("SELECT 1 AS post_rollback").rows[0]["post_rollback"] == 1
-    assert "rollback_test" not in db.db.table_names()
+    assert "rollback_test" not in table_names(db)
 
 
 def test_repeated_get_db_client_returns_the_same_client(db: DatabaseClient) -> None:

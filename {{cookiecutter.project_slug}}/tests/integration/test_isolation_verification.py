@@ -10,6 +10,7 @@ import pytest
 
 from lib.database import DatabaseClient, get_database_client, parse_database_url
 from lib.isolation_manager import TestIsolationManager
+from tests.integration.schema import table_names
 from tests.setup_integration import get_db_client, get_isolation_stats
 
 # Database files seen by the tests in this module, checked by the others.
@@ -59,7 +60,7 @@ def test_users_table_starts_empty(db: DatabaseClient, name: str) -> None:
 
 
 def test_database_is_migrated(db: DatabaseClient) -> None:
-    tables = set(db.db.table_names())
+    tables = table_names(db)
     assert {"users", "products", "orders", "order_items", "logs"} <= tables
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lib.database import DatabaseClient
 from lib.isolation_manager import TestIsolationManager
 from tests.setup_integration import get_isolation_stats
@@ -45,6 +47,7 @@ def test_fifty_scopes_created_and_destroyed(isolation_manager: TestIsolationMana
             assert not path.exists()
 
 
+@pytest.mark.sqlite3_only  # in-memory copies need sqlite3 deserialize
 def test_memory_scopes_under_pressure(isolation_manager: TestIsolationManager) -> None:
     baseline = _counts(get_isolation_stats())
     ids = [isolation_manager.create_scope(f"mem-{i}", strategy="memory") for i in range(50)]

@@ -33,6 +33,7 @@ def _run_in_thread(
     return thread, errors
 
 
+@pytest.mark.sqlite3_only  # libsql connections cannot be interrupted
 def test_long_query_interrupted_after_a_bounded_wait(db: DatabaseClient) -> None:
     conn = db.db.conn  # taken before the query holds the client
     thread, errors = _run_in_thread(db, ENDLESS_QUERY)
@@ -49,6 +50,7 @@ def test_long_query_interrupted_after_a_bounded_wait(db: DatabaseClient) -> None
     assert db.execute("SELECT COUNT(*) FROM logs").rows[0][0] == 1
 
 
+@pytest.mark.sqlite3_only  # libsql connections cannot be interrupted
 def test_scope_end_stops_a_query_still_running(isolation_manager: TestIsolationManager) -> None:
     """A hung statement does not hang cleanup: the scope's close interrupts it."""
     scope_id = isolation_manager.create_scope("hung query")
@@ -75,8 +77,13 @@ def test_locked_database_fails_after_busy_timeout(db: DatabaseClient) -> None:
     """A writer blocked by another connection's transaction waits busy_timeout, then fails."""
     if db.path == ":memory:":
         pytest.skip("needs a database file shared by two connections")
+    # The same engine as the test's client: two SQLite libraries in one process do not
+    # see each other's locks.
     impatient = DatabaseClient(
-        db.path, owner="second writer", pragmas={**CONNECTION_PRAGMAS, "busy_timeout": "100"}
+        db.path,
+        owner="second writer",
+        pragmas={**CONNECTION_PRAGMAS, "busy_timeout": "100"},
+        engine=db.engine,
     )
     try:
         tx = db.transaction()

@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 from lib.database import DatabaseClient
+from tests.integration.schema import table_names
 
 
 def _add_user(db: DatabaseClient, email: str = "alice@example.com", name: str = "Alice") -> int:
@@ -52,7 +53,7 @@ def test_transaction_rollback_undoes_everything(db: DatabaseClient) -> None:
     tx.execute("CREATE TABLE scratch (x INTEGER)")
     tx.rollback()
     assert _count(db, "users") == 0
-    assert "scratch" not in db.db.table_names()
+    assert "scratch" not in table_names(db)
 
 
 def _insert_duplicate_users(db: DatabaseClient) -> None:
@@ -77,8 +78,8 @@ def test_batch_is_atomic(db: DatabaseClient) -> None:
                 ),
                 {
                     "sql": "INSERT INTO products (sku, name, price_cents, stock) "
-                    "VALUES (:sku, :name, :price, :stock)",
-                    "args": {"sku": "SKU-2", "name": "Two", "price": 200, "stock": 2},
+                    "VALUES (?, ?, ?, ?)",
+                    "args": ["SKU-2", "Two", 200, 2],
                 },
                 (
                     "INSERT INTO products (sku, name, price_cents, stock) VALUES (?, ?, ?, ?)",
