@@ -40,6 +40,8 @@ TEST_REQUIREMENTS = [
     "starlette>=0.40",
     "uvicorn>=0.30",
     "httpx>=0.27",
+    # The libSQL engine (turso=yes).
+    "libsql>=0.1.11",
 ]
 
 

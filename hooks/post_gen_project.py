@@ -17,6 +17,7 @@ PRUNE: dict[tuple[str, str], tuple[str, ...]] = {
     ("ci", "none"): (".github",),
     ("layout", "full"): ("snippets",),
     ("example_app", "no"): ("app", "tests/integration/api"),
+    ("turso", "no"): ("tests/unit/test_libsql_engine.py",),
 }
 
 # (question, answer) -> the only paths kept when that answer is given; all others go.

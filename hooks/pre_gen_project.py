@@ -94,6 +94,12 @@ def _check_example_app(value: str) -> str | None:
     return None
 
 
+def _check_turso(value: str) -> str | None:
+    if value not in ("yes", "no"):
+        return "must be 'yes' (libSQL/Turso engine, its extra and nox session) or 'no' (none)"
+    return None
+
+
 CHECKS = {
     "project_name": _check_project_name,
     "project_slug": _check_project_slug,
@@ -105,6 +111,7 @@ CHECKS = {
     "ci_shards": _check_ci_shards,
     "layout": _check_layout,
     "example_app": _check_example_app,
+    "turso": _check_turso,
 }
 
 

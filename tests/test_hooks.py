@@ -48,6 +48,8 @@ INVALID = [
     ("example_app", "maybe", "must be 'yes' (an example HTTP API with its tests) or 'no'"),
     ("example_app", "Yes", "must be 'yes'"),
     ("example_app", "", "must be 'yes'"),
+    ("turso", "true", "must be 'yes' (libSQL/Turso engine"),
+    ("turso", "", "must be 'yes'"),
 ]
 
 

@@ -19,8 +19,10 @@ PYTHON = "{{ cookiecutter.python_version }}"
 
 
 def _install_test_deps(session: nox.Session) -> None:
-    """Install the runtime dependencies and the ``test`` dependency group."""
+    """Install the runtime dependencies, the optional extras and the ``test`` group."""
     session.install(*PYPROJECT["project"]["dependencies"])
+    for extra in PYPROJECT["project"].get("optional-dependencies", {}).values():
+        session.install(*extra)
     session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
 
 
@@ -36,6 +38,16 @@ def integration(session: nox.Session) -> None:
     """Run the integration tests, each against its own fresh, migrated database."""
     _install_test_deps(session)
     session.run("pytest", "tests/integration", *session.posargs)
+{%- if cookiecutter.turso == 'yes' %}
+
+
+@nox.session(python=PYTHON)
+def integration_libsql(session: nox.Session) -> None:
+    """Run the integration tests on the libSQL engine (``DATABASE_DRIVER=libsql``)."""
+    _install_test_deps(session)
+    env = {"DATABASE_DRIVER": "libsql"}
+    session.run("pytest", "tests/integration", *session.posargs, env=env)
+{%- endif %}
 
 
 @nox.session(python=PYTHON)
