@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
-from . import database, migrate, scope_databases
+from . import connection_tracking, database, libsql_engine, migrate, scope_databases
 from .connection_tracking import Recording, record_connections
 from .database import DatabaseClient, DatabaseService, Engine
 from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
@@ -46,7 +46,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
 # The isolation core itself is never dropped from sys.modules.
 CORE_MODULES = frozenset(
-    {__package__ or "", database.__name__, migrate.__name__, scope_databases.__name__, __name__}
+    {__package__ or "", __name__}
+    | {
+        module.__name__
+        for module in (connection_tracking, database, libsql_engine, migrate, scope_databases)
+    }
 )
 
 # Paths inside the project that hold installed packages, not project modules.
@@ -70,6 +74,8 @@ class IsolationError(RuntimeError):
 
 @dataclass(frozen=True)
 class ScopeOptions:
+    """``auto_cleanup=False``: a scope made during a test may outlive it (not a leak)."""
+
     isolate_modules: bool = True
     track_connections: bool = True
     auto_cleanup: bool = True
@@ -380,6 +386,8 @@ class TestIsolationManager:
         """Record and close what the test left open: scopes it created, connections."""
         for scope_id in self.active_scopes.keys() - context.scopes_before:
             leaked = self.active_scopes[scope_id]
+            if not leaked.options.auto_cleanup:
+                continue
             self._leak("scope", context.test_name, f"{leaked.id} ({leaked.test_name})")
             self.destroy_scope(scope_id)
         if context.recording is not None:
