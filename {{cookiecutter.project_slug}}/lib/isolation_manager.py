@@ -96,7 +96,6 @@ class IsolationScope:
     options: ScopeOptions
     database_path: Path | None
     module_snapshot: frozenset[str]
-    prepared: DatabaseClient | None
     connections: set[DatabaseClient] = field(default_factory=set)
     client: DatabaseClient | None = None
     migration_completed: bool = True
@@ -150,13 +149,11 @@ class TestIsolationManager:
         data_dir: Path | None = None,
         module_patterns: Iterable[str] | None = None,
         project_root: Path = PROJECT_ROOT,
-        prepare_ahead: int = 0,
         reset_hooks: Sequence[Callable[[], object]] = (),
         engine: Engine = "sqlite3",
     ) -> None:
         """``module_patterns``: fnmatch patterns of module names to isolate (default: every
-        module whose file lies in ``project_root``). ``prepare_ahead``: how many databases
-        to prepare in a background thread before tests ask for them. ``reset_hooks``: called
+        module whose file lies in ``project_root``). ``reset_hooks``: called
         whenever ``DATABASE_URL`` changes around a test, so another database module's
         singleton reconnects (e.g. an existing app's ``reset_database_instance``).
         ``engine``: how scopes connect to their databases (``libsql`` needs the file
@@ -165,7 +162,6 @@ class TestIsolationManager:
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
         self.module_patterns = tuple(module_patterns) if module_patterns is not None else None
         self.project_root = project_root.resolve()
-        self.prepare_ahead = prepare_ahead
         self.reset_hooks = tuple(reset_hooks)
         self.engine = engine
         self._root_prefix = f"{self.project_root}{os.sep}"
@@ -215,11 +211,7 @@ class TestIsolationManager:
         factory = self._factories.get(strategy)
         if factory is None:
             directory = scope_databases.run_directory(self.data_dir)
-            # Copying a file and opening it waits on the disk, so a background thread
-            # overlaps it with the test; an in-memory copy is CPU work that would only
-            # compete with the test for the GIL.
-            ahead = self.prepare_ahead if strategy == "file" else 0
-            factory = DatabaseFactory(self._template(), strategy, directory, ahead, self.engine)
+            factory = DatabaseFactory(self._template(), strategy, directory, self.engine)
             self._factories[strategy] = factory
         return factory
 
@@ -230,13 +222,12 @@ class TestIsolationManager:
         scope_options = ScopeOptions(**options)
         scope_id = f"test_{time.time_ns() // 1_000_000}_{secrets.token_hex(4)}"
         with self._lock:
-            prepared, path = self._factory(scope_options.strategy).take()
+            path = self._factory(scope_options.strategy).new_database()
             scope = IsolationScope(
                 id=scope_id,
                 test_name=test_name,
                 options=scope_options,
                 database_path=path,
-                prepared=prepared,
                 module_snapshot=self.capture_module_snapshot()
                 if scope_options.isolate_modules
                 else frozenset(),
@@ -271,14 +262,8 @@ class TestIsolationManager:
             scope = self._scope(scope_id)
             if scope.client is not None and not scope.client.closed:
                 return scope.client
-            factory = self._factory(scope.options.strategy)
-            if scope.prepared is not None:
-                client, scope.prepared = scope.prepared, None
-            elif scope.database_path is not None:
-                client = factory.open(scope.database_path)
-            else:  # a closed in-memory database is gone: start again from the template
-                client = factory.make()[0]
-            client.owner = scope.owner
+            # A closed in-memory database is gone: it starts again from the template.
+            client = self._factory(scope.options.strategy).connect(scope.database_path, scope.owner)
             scope.client = client
             scope.connections.add(client)
             if scope.options.track_connections:
@@ -307,8 +292,6 @@ class TestIsolationManager:
         if scope.options.isolate_modules:
             self.clear_module_cache(scope.module_snapshot)
             self._report_stale_bindings(scope)
-        if scope.prepared is not None:
-            scope.prepared.close(reason="unused")
         scope_databases.delete_database_files(scope.database_path)
         scope.connections.clear()
         scope.client = None
@@ -322,10 +305,9 @@ class TestIsolationManager:
         return closed_cleanly
 
     def _keep(self, scope: IsolationScope, destination: Path) -> None:
-        client = scope.client or scope.prepared
         try:
-            if client is not None:
-                kept = scope_databases.keep_database(client, scope.database_path, destination)
+            kept = scope_databases.keep_database(scope.client, scope.database_path, destination)
+            if kept is not None:
                 self.kept_databases.append(kept)
                 logger.debug("database of %s kept at %s", scope.test_name, kept)
         except Exception as error:  # keeping is best effort, never a reason to fail cleanup
@@ -530,12 +512,8 @@ class TestIsolationManager:
         return cleaned
 
     def shutdown(self) -> bool:
-        """End of session: clean up every scope and stop preparing databases."""
-        cleaned = self.emergency_cleanup() if self.active_scopes else True
-        for factory in self._factories.values():
-            factory.close()
-        self._factories.clear()
-        return cleaned
+        """End of session: clean up whatever scopes are left."""
+        return self.emergency_cleanup() if self.active_scopes else True
 
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of scopes and connections, for assertions and reports."""
@@ -582,5 +560,5 @@ def get_test_isolation_manager() -> TestIsolationManager:
     global _manager
     with _manager_lock:
         if _manager is None:
-            _manager = TestIsolationManager(prepare_ahead=2)
+            _manager = TestIsolationManager()
         return _manager

@@ -5,8 +5,7 @@ Migrations run once per schema, not once per run: the template is cached under
 version), rebuilt when that changes or the cached file fails its checks, under a file
 lock so parallel processes never build it twice at once. Each process copies it into its
 own run directory ``data/.isolation/<pid>-<random>/``, and every scope gets a copy of
-that: a real file, or an in-memory image. A :class:`DatabaseFactory` can prepare the
-next copies in a background thread so a test does not wait for them.
+that: a real file, or an in-memory image.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import hashlib
 import itertools
 import logging
 import os
-import queue
 import secrets
 import shutil
 import sqlite3
@@ -195,19 +193,14 @@ def template_for(migrations_dir: Path, data_dir: Path) -> Template:
 
 
 class DatabaseFactory:
-    """Hands out fresh copies of a template; with ``prepare_ahead``, made in the background.
+    """Makes a fresh copy of the template for each scope, and opens it when asked.
 
-    A prepared copy is a database file already copied, connected and with its schema
-    loaded, so the test that takes it pays almost nothing.
+    Everything happens on the test's own thread: preparing copies in a background thread
+    was measured slower overall, since it competes with the tests for the GIL.
     """
 
     def __init__(
-        self,
-        template: Template,
-        strategy: Strategy,
-        directory: Path,
-        prepare_ahead: int = 0,
-        engine: Engine = "sqlite3",
+        self, template: Template, strategy: Strategy, directory: Path, engine: Engine = "sqlite3"
     ) -> None:
         if strategy == "memory" and engine != "sqlite3":
             raise ValueError(
@@ -218,93 +211,39 @@ class DatabaseFactory:
         self.strategy = strategy
         self.engine = engine
         self.directory = directory
-        self.prepare_ahead = prepare_ahead
-        self._ready: queue.Queue[tuple[DatabaseClient, Path | None]] = queue.Queue(
-            maxsize=max(prepare_ahead, 1)
-        )
         self._numbers = itertools.count()
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
 
-    def make(self) -> tuple[DatabaseClient, Path | None]:
-        """A new database: its open client and, for the file strategy, its path."""
-        with untracked():
-            return self._make()
-
-    def _make(self) -> tuple[DatabaseClient, Path | None]:
+    def new_database(self) -> Path | None:
+        """Copy the template to a new file (the file strategy); None for the memory one."""
         if self.strategy == "memory":
-            client = DatabaseClient(
-                ":memory:",
-                owner="a new test database",
-                pragmas=SCOPE_PRAGMAS,
-                image=self.template.image,
-            )
-            return client, None
+            return None
         path = self.directory / f"db-{next(self._numbers)}-{secrets.token_hex(2)}.db"
         shutil.copyfile(self.template.path, path)
-        return self.open(path), path
+        return path
 
-    def open(self, path: Path) -> DatabaseClient:
-        """A client on an existing test database, its schema loaded."""
+    def connect(self, path: Path | None, owner: str) -> DatabaseClient:
+        """A client on the database at ``path``, or on a new in-memory copy when None."""
         with untracked():
-            client = DatabaseClient(
-                str(path), owner="a new test database", pragmas=SCOPE_PRAGMAS, engine=self.engine
-            )
-        client.execute("SELECT count(*) FROM sqlite_master")
-        return client
-
-    def take(self) -> tuple[DatabaseClient, Path | None]:
-        """A prepared database if one is ready, else one made now."""
-        if self.prepare_ahead and self._worker is None:
-            self._stop.clear()
-            self._worker = threading.Thread(
-                target=self._prepare, name="isolation-prepare", daemon=True
-            )
-            self._worker.start()
-        try:
-            return self._ready.get_nowait()
-        except queue.Empty:
-            return self.make()
-
-    def _prepare(self) -> None:
-        while not self._stop.is_set():
-            prepared = self.make()
-            while not self._stop.is_set():
-                try:
-                    self._ready.put(prepared, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            else:
-                discard(*prepared)
-
-    def close(self) -> None:
-        """Stop preparing and delete what was prepared but never used."""
-        self._stop.set()
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
-        while True:
-            try:
-                discard(*self._ready.get_nowait())
-            except queue.Empty:
-                return
+            if path is None:
+                return DatabaseClient(
+                    ":memory:", owner=owner, pragmas=SCOPE_PRAGMAS, image=self.template.image
+                )
+            return DatabaseClient(str(path), owner=owner, pragmas=SCOPE_PRAGMAS, engine=self.engine)
 
 
-def discard(client: DatabaseClient, path: Path | None) -> None:
-    """Close an unused database and delete its files."""
-    client.close(timeout=1.0, reason="unused")
-    delete_database_files(path)
-
-
-def keep_database(client: DatabaseClient, path: Path | None, destination: Path) -> Path:
-    """Save a test's database to ``destination`` for a post-mortem; return where it went."""
+def keep_database(
+    client: DatabaseClient | None, path: Path | None, destination: Path
+) -> Path | None:
+    """Save a test's database to ``destination`` for a post-mortem; return where it went
+    (None when there is nothing to save: an in-memory database never opened)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.unlink(missing_ok=True)
-    if not client.closed:
+    if client is not None and not client.closed:
         client.backup(destination)
     elif path is not None and path.exists():
         shutil.copyfile(path, destination)
+    else:
+        return None
     return destination
 
 

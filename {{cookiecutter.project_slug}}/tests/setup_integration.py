@@ -161,7 +161,6 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
         data_dir=Path(config.rootpath, config.getini("isolation_data_dir")),
         module_patterns=patterns or None,
         project_root=config.rootpath,
-        prepare_ahead=2,
         reset_hooks=_reset_hooks(config.getini("isolation_database_module")),
         engine=_engine(config),
     )

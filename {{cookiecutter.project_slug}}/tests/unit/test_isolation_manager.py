@@ -236,14 +236,14 @@ def test_unknown_strategy_is_rejected(manager: TestIsolationManager) -> None:
         manager.create_scope("bad", strategy="postgres")
 
 
-def test_databases_prepared_ahead_are_fresh_and_removed_at_shutdown(data_dir: Path) -> None:
-    """Copies made in the background before tests ask are as fresh as ones made on demand."""
-    m = TestIsolationManager(data_dir=data_dir, prepare_ahead=2)
+def test_each_scope_gets_a_fresh_copy_removed_with_it(data_dir: Path) -> None:
+    """Six scopes in a row: six different files, each empty, each gone after its scope."""
+    m = TestIsolationManager(data_dir=data_dir)
     m.initialize_test_mode()
     try:
         paths: set[Path] = set()
         for i in range(6):
-            scope_id = m.create_scope(f"prepared-{i}")
+            scope_id = m.create_scope(f"fresh-{i}")
             path = m.active_scopes[scope_id].database_path
             assert path is not None
             assert path.exists()
