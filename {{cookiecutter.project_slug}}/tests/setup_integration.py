@@ -57,6 +57,8 @@ OUTSIDE_SCOPE = (
     "that uses it, never at import time or in a unit test"
 )
 _environment = pytest.MonkeyPatch()
+_strategy_key = pytest.StashKey[str]()
+_failed_key = pytest.StashKey[bool]()
 
 
 def get_db_client() -> DatabaseClient:
@@ -193,10 +195,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[_strategy_key] = _strategy(config)
     install_test_isolation_manager(_manager_from_ini(config))
-
-
-_strategy_key = pytest.StashKey[str]()
-_failed_key = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1,0 +1,136 @@
+"""The template cache and what the manager records when a test leaves things behind."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lib import migrate
+from lib.isolation_manager import TestIsolationManager
+from lib.scope_databases import RUNS_DIR_NAME, cached_template
+
+MIGRATIONS = migrate.MIGRATIONS_DIR
+PROJECT_ROOT = MIGRATIONS.parent
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Path:
+    """A copy of the project's migrations that a test may change."""
+    directory = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, directory)
+    return directory
+
+
+def cache_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / RUNS_DIR_NAME / "templates").glob("*.db"))
+
+
+def test_the_template_is_built_once_and_reused(migrations: Path, tmp_path: Path) -> None:
+    first = cached_template(migrations, tmp_path / "data")
+    built_at = first.stat().st_mtime_ns
+    second = cached_template(migrations, tmp_path / "data")
+    assert second == first
+    assert second.stat().st_mtime_ns == built_at
+    assert cache_files(tmp_path / "data") == [first]
+
+
+def test_a_changed_migration_rebuilds_the_template(migrations: Path, tmp_path: Path) -> None:
+    old = cached_template(migrations, tmp_path / "data")
+    (migrations / "0099_refunds.sql").write_text("CREATE TABLE refunds (id INTEGER PRIMARY KEY);")
+    new = cached_template(migrations, tmp_path / "data")
+    assert new != old
+    assert cache_files(tmp_path / "data") == [new]  # the stale one is gone
+    with sqlite3.connect(new) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'refunds'").fetchone()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing a migration"])
+def test_a_corrupt_or_half_written_cache_is_rebuilt(
+    migrations: Path, tmp_path: Path, damage: str
+) -> None:
+    path = cached_template(migrations, tmp_path / "data")
+    if damage == "garbage":
+        path.write_bytes(b"not a database at all" * 100)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:1024])
+    else:
+        with sqlite3.connect(path) as conn:
+            conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0003_logs'")
+        conn.close()
+    rebuilt = cached_template(migrations, tmp_path / "data")
+    with sqlite3.connect(rebuilt) as conn:
+        names = [name for (name,) in conn.execute("SELECT name FROM _sqlite_migrations")]
+    conn.close()
+    assert names == [path.stem for path in migrate.migration_files(migrations)]
+
+
+def test_parallel_processes_build_the_template_once(migrations: Path, tmp_path: Path) -> None:
+    """Four processes start at once on an empty cache: one builds, the others wait and reuse."""
+    script = textwrap.dedent(
+        f"""
+        import logging, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(PROJECT_ROOT)!r})
+        logging.basicConfig(level=logging.DEBUG, format="%(message)s")
+        from lib.scope_databases import cached_template
+        print(cached_template(Path({str(migrations)!r}), Path({str(tmp_path / "data")!r})))
+        """
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    assert len({stdout.strip() for stdout, _ in outputs}) == 1
+    builds = sum(stderr.count("building template") for _, stderr in outputs)
+    assert builds == 1, outputs
+    assert not list((tmp_path / "data").rglob("*.partial"))
+
+
+def test_a_connection_left_open_is_a_leak_named_by_its_line(tmp_path: Path) -> None:
+    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager.ensure_test_isolation("leaky test")
+    try:
+        leaked = sqlite3.connect(":memory:")  # LEAKED HERE
+        closed = sqlite3.connect(":memory:")
+        closed.close()
+    finally:
+        manager.complete_test()
+    line = next(
+        number
+        for number, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+        if text.endswith("# LEAKED HERE")
+    )
+    assert [(leak.kind, leak.test) for leak in manager.leaks] == [("connection", "leaky test")]
+    assert manager.leaks[0].detail.endswith(f"test_scope_databases.py:{line}")
+    with pytest.raises(sqlite3.ProgrammingError):
+        leaked.execute("SELECT 1")  # the leak was closed once reported
+    manager.shutdown()
+
+
+def test_a_forgotten_scope_is_a_leak_unless_it_may_outlive_the_test(tmp_path: Path) -> None:
+    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager.ensure_test_isolation("creates scopes")
+    forgotten = manager.create_scope("forgotten")
+    kept = manager.create_scope("outlives its test", auto_cleanup=False)
+    manager.complete_test()
+    try:
+        assert [(leak.kind, leak.detail) for leak in manager.leaks] == [
+            ("scope", f"{forgotten} (forgotten)")
+        ]
+        assert list(manager.active_scopes) == [kept]
+    finally:
+        manager.shutdown()
+    assert not manager.active_scopes
