@@ -38,8 +38,16 @@ def test_integration_suite_passes(default_project: Path) -> None:
     run_pytest(default_project, "tests/integration")
 
 
-def test_integration_suite_passes_on_two_workers(custom_project: Path) -> None:
-    run_pytest(custom_project, "tests/integration", "-n", "2")
+@pytest.mark.parametrize("workers", ["2", "4"])
+def test_integration_suite_passes_on_workers(custom_project: Path, workers: str) -> None:
+    run_pytest(custom_project, "tests/integration", "-n", workers)
+
+
+def test_integration_suite_passes_in_memory(default_project: Path) -> None:
+    """The memory strategy runs the same suite; only tests that need a file are skipped."""
+    output = run_pytest(default_project, "tests/integration", "--isolation-strategy", "memory")
+    skipped = [line for line in output.splitlines() if line.startswith("SKIPPED")]
+    assert all("database file" in line for line in skipped), output
 
 
 def _sha256(path: Path) -> str:
