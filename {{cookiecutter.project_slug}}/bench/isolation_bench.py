@@ -51,6 +51,7 @@ DEFAULT_SIZES = (100, 1000, 5000)
 QUICK_SIZES = (50,)
 SPEEDUP_SIZE = 1000
 SPEEDUP_WORKERS = 2
+SPEEDUP_ROWS = 10_000
 WARMUP_SIZE = 5
 # The generated conftest writes pytest's timings and the RSS here (unset: it records nothing).
 REPORT_VARIABLE = "ISOLATION_BENCH_REPORT"
@@ -95,6 +96,7 @@ class Speedup:
     mode: str
     tests: int
     workers: int
+    rows_per_test: int
     serial_s: float
     parallel_s: float
     speedup: float
@@ -109,15 +111,23 @@ def scope_pragmas() -> dict[str, str]:
 # Plain strings filled by string.Template ($name), so this file needs no brace escaping.
 
 TEST_MODULE = string.Template('''\
-"""$count trivial database tests: the same work in every mode."""
+"""$count small database tests: the same work in every mode."""
 
 import pytest
+
+ROWS = $rows  # extra rows each test writes: 0 for the trivial suites
+MORE_ROWS = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+    "INSERT INTO logs (level, message) SELECT 'debug', 'row ' || i FROM n"
+)
 
 
 @pytest.mark.parametrize("number", range($count))
 def test_database_work(db, number):
     db.execute("INSERT INTO logs (level, message) VALUES ('info', ?)", [f"test {number}"])
-    assert db.execute("SELECT count(*) FROM logs").rows[0][0] >= 1
+    if ROWS:
+        db.execute(MORE_ROWS, [ROWS])
+    assert db.execute("SELECT count(*) FROM logs").rows[0][0] >= 1 + ROWS
 ''')
 
 REPORT_PLUGIN = '''\
@@ -248,13 +258,13 @@ PLUGIN_INI = string.Template(
 ).substitute(migrations=PROJECT_ROOT / "migrations", data=PROJECT_ROOT / "data")
 
 
-def write_suite(directory: Path, mode: str, count: int) -> None:
+def write_suite(directory: Path, mode: str, count: int, rows: int = 0) -> None:
     """A self-contained suite: its own ini and conftest, so the project's config stays out."""
     directory.mkdir(parents=True)
     ini = PYTEST_INI + (PLUGIN_INI if mode in PLUGIN_MODES else "")
     (directory / "pytest.ini").write_text(ini)
     (directory / "conftest.py").write_text(REPORT_PLUGIN + MODE_FIXTURES[mode])
-    (directory / TEST_FILE).write_text(TEST_MODULE.substitute(count=count))
+    (directory / TEST_FILE).write_text(TEST_MODULE.substitute(count=count, rows=rows))
 
 
 # -- running pytest --------------------------------------------------------------------
@@ -350,10 +360,10 @@ def _p95(values: Sequence[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def measure(workdir: Path, mode: str, count: int, workers: int = 0) -> Result:
+def measure(workdir: Path, mode: str, count: int, workers: int = 0, rows: int = 0) -> Result:
     """Generate the suite, run it, check it passed, and turn its reports into figures."""
-    directory = workdir / f"{mode}-{count}-n{workers}"
-    write_suite(directory, mode, count)
+    directory = workdir / f"{mode}-{count}-n{workers}-r{rows}"
+    write_suite(directory, mode, count, rows)
     report = directory / "report.json" if not workers else None
     run = run_pytest(directory, pytest_command(directory, mode, workers), report)
     try:
@@ -401,21 +411,23 @@ def run_all(workdir: Path, sizes: Sequence[int], modes: Sequence[str], repeat: i
 
 
 def measure_speedup(
-    workdir: Path, count: int, results: list[Result], mode: str = "file"
+    workdir: Path, count: int, results: list[Result], mode: str = "file", rows: int = 0
 ) -> Speedup:
     """Wall time of ``mode`` serially over wall time on ``SPEEDUP_WORKERS`` workers.
 
     Measured for the baseline too: with tests this small, xdist's own per-test cost
-    bounds the speedup of every mode, and the baseline shows that bound.
+    bounds the speedup of every mode, and the baseline shows that bound. With ``rows``,
+    each test also writes that many rows, a few milliseconds of real database work.
     """
-    serial = next((r for r in results if r.mode == mode and r.tests == count), None)
+    serial = next((r for r in results if r.mode == mode and r.tests == count and not rows), None)
     if serial is None:
-        serial = measure(workdir, mode, count)
-    parallel = measure(workdir, mode, count, workers=SPEEDUP_WORKERS)
+        serial = measure(workdir, mode, count, rows=rows)
+    parallel = measure(workdir, mode, count, workers=SPEEDUP_WORKERS, rows=rows)
     return Speedup(
         mode=mode,
         tests=count,
         workers=SPEEDUP_WORKERS,
+        rows_per_test=rows,
         serial_s=serial.total_s,
         parallel_s=parallel.total_s,
         speedup=serial.total_s / parallel.total_s,
@@ -448,8 +460,9 @@ def markdown_table(results: Sequence[Result]) -> str:
 def speedup_line(speedup: Speedup | None, reason: str) -> str:
     if speedup is None:
         return f"-n {SPEEDUP_WORKERS} speedup: not measured ({reason})"
+    work = f" writing {speedup.rows_per_test} rows each" if speedup.rows_per_test else ""
     return (
-        f"-n {speedup.workers} speedup, {speedup.mode} mode, {speedup.tests} tests: "
+        f"-n {speedup.workers} speedup, {speedup.mode} mode, {speedup.tests} tests{work}: "
         f"{speedup.speedup:.2f}x (-n 0: {speedup.serial_s:.2f} s, "
         f"-n {speedup.workers}: {speedup.parallel_s:.2f} s)"
     )
@@ -483,6 +496,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         help=f"tests for the -n {SPEEDUP_WORKERS} speedup of the file mode "
         f"({SPEEDUP_SIZE}; --quick: the smallest size; 0: skip)",
+    )
+    parser.add_argument(
+        "--speedup-rows",
+        type=int,
+        default=SPEEDUP_ROWS,
+        help=f"rows each test writes for the speedup with real work ({SPEEDUP_ROWS}; 0: skip)",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per mode and size; the best one counts"
@@ -521,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = make_workdir()
     speedup: Speedup | None = None
     baseline_speedup: Speedup | None = None
+    work_speedup: Speedup | None = None
     reason = "skipped (--speedup-size 0)"
     try:
         measure(workdir, "file", WARMUP_SIZE)  # compile and cache imports and the template
@@ -530,6 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.speedup_size:
             speedup = measure_speedup(workdir, args.speedup_size, results)
             baseline_speedup = measure_speedup(workdir, args.speedup_size, results, BASELINE)
+            if args.speedup_rows:
+                work_speedup = measure_speedup(
+                    workdir, args.speedup_size, results, rows=args.speedup_rows
+                )
     except BenchFailure as failure:
         print(f"error: a benchmark suite failed: {failure}", file=sys.stderr)
         return 1
@@ -543,8 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(markdown_table(results))
     print(f"\n{speedup_line(speedup, reason)}")
-    if baseline_speedup is not None:
-        print(speedup_line(baseline_speedup, reason))
+    for extra in (baseline_speedup, work_speedup):
+        if extra is not None:
+            print(speedup_line(extra, reason))
     print(f"bench wall time: {wall:.1f} s")
     if args.json:
         figures = {
@@ -555,6 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "results": [asdict(result) for result in results],
             "speedup": asdict(speedup) if speedup else None,
             "baseline_speedup": asdict(baseline_speedup) if baseline_speedup else None,
+            "work_speedup": asdict(work_speedup) if work_speedup else None,
             "wall_s": wall,
         }
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
