@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -43,19 +44,20 @@ def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bake(cookiecutter_config: Path) -> Bake:
     """Return a function that bakes the template into ``output_dir`` with the given answers."""
+    return functools.partial(bake_template, TEMPLATE_DIR, config=cookiecutter_config)
 
-    def _bake(output_dir: Path, **answers: str) -> Path:
-        return Path(
-            cookiecutter(
-                str(TEMPLATE_DIR),
-                no_input=True,
-                extra_context=answers,
-                output_dir=str(output_dir),
-                config_file=str(cookiecutter_config),
-            )
+
+def bake_template(template: Path, output_dir: Path, config: Path, **answers: str) -> Path:
+    """Bake ``template`` into ``output_dir`` without prompts; return the project directory."""
+    return Path(
+        cookiecutter(
+            str(template),
+            no_input=True,
+            extra_context=answers,
+            output_dir=str(output_dir),
+            config_file=str(config),
         )
-
-    return _bake
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +104,18 @@ def run_pytest(project: Path, *args: str, env: dict[str, str] | None = None) -> 
     """
     result = run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], project, env=env
+    )
+    assert result.returncode == 0, result.stdout
+    assert passed_count(result.stdout) > 0, result.stdout
+    return result.stdout
+
+
+def run_nox(project: Path, session: str) -> str:
+    """Run ``nox -s <session>`` in a baked project (uv venvs); fail unless its tests passed."""
+    result = run(
+        [sys.executable, "-m", "nox", "-s", session, "--default-venv-backend", "uv"],
+        project,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout
     assert passed_count(result.stdout) > 0, result.stdout

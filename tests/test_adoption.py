@@ -3,6 +3,7 @@ cruft can create, check and link projects baked from this template."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -11,9 +12,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from cookiecutter.main import cookiecutter
 
-from conftest import TEMPLATE_DIR, Bake, passed_count, run, run_pytest
+from conftest import TEMPLATE_DIR, Bake, bake_template, passed_count, run, run_pytest
 
 CACHE_DIRS = {".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", "__pycache__"}
 ISOLATION_TESTS = (
@@ -396,16 +396,4 @@ def test_cruft_link_with_the_recorded_answers(
 @pytest.fixture
 def bake_from(cookiecutter_config: Path) -> Bake:
     """Bake another copy of the template (``bake`` bakes this checkout)."""
-
-    def _bake(template: Path, output_dir: Path, **answers: str) -> Path:
-        return Path(
-            cookiecutter(
-                str(template),
-                no_input=True,
-                extra_context=answers,
-                output_dir=str(output_dir),
-                config_file=str(cookiecutter_config),
-            )
-        )
-
-    return _bake
+    return functools.partial(bake_template, config=cookiecutter_config)

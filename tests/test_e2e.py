@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import Bake, passed_count, run
+from conftest import Bake, run_nox
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_nox_integration_session(bake: Bake, tmp_path: Path) -> None:
-    project = bake(tmp_path)
-    result = run(
-        [sys.executable, "-m", "nox", "-s", "integration", "--default-venv-backend", "uv"],
-        project,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout
-    assert passed_count(result.stdout) > 0, result.stdout
-    assert "Session integration was successful" in result.stdout
+    output = run_nox(bake(tmp_path), "integration")
+    assert "Session integration was successful" in output

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Bake, clean_env, passed_count, run, run_pytest
+from conftest import Bake, clean_env, passed_count, run, run_nox, run_pytest
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +71,4 @@ def test_tests_never_reach_a_remote_database(turso_project: Path) -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_nox_integration_libsql_session(turso_project: Path) -> None:
-    result = run(
-        [sys.executable, "-m", "nox", "-s", "integration_libsql", "--default-venv-backend", "uv"],
-        turso_project,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout
-    assert passed_count(result.stdout) > 0, result.stdout
+    run_nox(turso_project, "integration_libsql")

@@ -126,6 +126,15 @@ class DatabaseTarget:
         return is_remote_url(self.path) or self.sync_url is not None
 
 
+def database_driver(environ: Mapping[str, str] = os.environ) -> Engine:
+    """The engine ``DATABASE_DRIVER`` asks for local files (``sqlite3`` when unset)."""
+    driver = environ.get("DATABASE_DRIVER") or "sqlite3"
+    for engine in ENGINES:
+        if driver == engine:
+            return engine
+    raise DatabaseConfigError(f"DATABASE_DRIVER={driver!r} is not one of {', '.join(ENGINES)}")
+
+
 def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
     """Read ``DATABASE_URL``, ``DATABASE_DRIVER``, ``TURSO_DATABASE_URL``, ``TURSO_AUTH_TOKEN``.
 
@@ -133,9 +142,7 @@ def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
     local ``DATABASE_URL`` and ``TURSO_DATABASE_URL``, the local file is an embedded
     replica synced from Turso. ``DATABASE_DRIVER=libsql`` uses libsql for local files too.
     """
-    driver = environ.get("DATABASE_DRIVER") or "sqlite3"
-    if driver not in ENGINES:
-        raise DatabaseConfigError(f"DATABASE_DRIVER={driver!r} is not one of {', '.join(ENGINES)}")
+    driver = database_driver(environ)
     token = environ.get("TURSO_AUTH_TOKEN") or None
     turso = environ.get("TURSO_DATABASE_URL")
     url = environ.get("DATABASE_URL")
@@ -151,7 +158,7 @@ def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
     path = parse_database_url(url or DEFAULT_DATABASE_URL)
     if is_remote_url(path):
         return DatabaseTarget(path, "libsql", auth_token=token)
-    return DatabaseTarget(path, "libsql" if driver == "libsql" else "sqlite3")
+    return DatabaseTarget(path, driver)
 
 
 _LIB_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -479,16 +486,22 @@ class Transaction:
         self._open = False
         try:
             with self._client._connection() as conn:
-                if conn.in_transaction:
-                    try:
-                        for statement in statements:
-                            conn.execute(statement)
-                    except sqlite3.Error:
-                        if conn.in_transaction and not self._savepoint:
-                            conn.execute("ROLLBACK")
-                        raise
+                _end_transaction(conn, statements, roll_back_on_error=not self._savepoint)
         finally:
             self._client._release()
+
+
+def _end_transaction(conn: Any, statements: Sequence[str], *, roll_back_on_error: bool) -> None:
+    """Commit, release or roll back; a failed commit does not leave the transaction open."""
+    if not conn.in_transaction:
+        return
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    except sqlite3.Error:
+        if roll_back_on_error and conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class AsyncDatabaseClient:
@@ -580,14 +593,7 @@ class AsyncTransaction:
 
     def _end(self, statement: str) -> None:
         with self._owner.client._connection() as conn:
-            if not conn.in_transaction:
-                return
-            try:
-                conn.execute(statement)
-            except sqlite3.Error:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            _end_transaction(conn, (statement,), roll_back_on_error=True)
 
 
 class DatabaseService:

@@ -98,7 +98,6 @@ class IsolationScope:
     module_snapshot: frozenset[str]
     connections: set[DatabaseClient] = field(default_factory=set)
     client: DatabaseClient | None = None
-    migration_completed: bool = True
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -390,18 +389,22 @@ class TestIsolationManager:
         scope_service = DatabaseService(
             client_factory=lambda: self.get_scoped_database_client(scope_id)
         )
-        self._replace_service(scope_service)
+        self._install_service(scope_service, self._context.saved_service)
 
     def _point_at_nothing(self, reason: str) -> None:
         assert self._context is not None
         self._context.scope_id = None
         os.environ["DATABASE_URL"] = ":memory:"
-        self._replace_service(None)
+        self._install_service(None, self._context.saved_service)
         database.block_database_access(f"{reason}: it has no database for the rest of the test")
 
-    def _replace_service(self, service: DatabaseService | None) -> None:
+    def _install_service(
+        self, service: DatabaseService | None, saved: DatabaseService | None
+    ) -> None:
+        """Make ``service`` the singleton, closing one the test left there (never ``saved``,
+        the one from before the test), and let other database modules reconnect."""
         replaced = database.swap_database_service(service)
-        if replaced is not None and self._context and replaced is not self._context.saved_service:
+        if replaced is not None and replaced is not saved:
             replaced.reset_for_testing()
         self._run_reset_hooks()
 
@@ -417,11 +420,8 @@ class TestIsolationManager:
             os.environ.pop("DATABASE_URL", None)
         else:
             os.environ["DATABASE_URL"] = context.saved_url
-        replaced = database.swap_database_service(context.saved_service)
-        if replaced is not None and replaced is not context.saved_service:
-            replaced.reset_for_testing()
         database.block_database_access(context.saved_block)
-        self._run_reset_hooks()
+        self._install_service(context.saved_service, context.saved_service)
 
     # -- modules ------------------------------------------------------------------------
 
@@ -531,7 +531,7 @@ class TestIsolationManager:
                     "test_name": scope.test_name,
                     "connection_count": sum(not c.closed for c in scope.connections),
                     "duration": scope.duration,
-                    "migration_completed": scope.migration_completed,
+                    "migration_completed": True,  # every scope copies the migrated template
                     "database_path": str(scope.database_path) if scope.database_path else None,
                     "strategy": scope.options.strategy,
                 }

@@ -118,6 +118,8 @@ class IsolationReporter:
             config.getoption("isolation_strict") or config.getini("isolation_strict")
         )
         self.regressions: list[Regression] = []
+        self._summary: dict[str, float] | None = None  # the run's, once it has ended
+        self._leaky = False
         self._current: dict[str, TestRecord] = {}
 
     # -- collecting ---------------------------------------------------------------------
@@ -230,11 +232,13 @@ class IsolationReporter:
         if workeroutput is not None:
             workeroutput["isolation_report"] = self._data()
             return
-        summary = self.summary()
+        summary = self._summary = self.summary()
         self.regressions = find_regressions(summary, self.baseline)
-        leaks = summary["scope_leaks"] + summary["connection_leaks"] + summary["stale_bindings"]
+        self._leaky = bool(
+            summary["scope_leaks"] + summary["connection_leaks"] + summary["stale_bindings"]
+        )
         failed_by_regression = any(r.severity == "error" for r in self.regressions)
-        if failed_by_regression or (self.strict and leaks):
+        if failed_by_regression or (self.strict and self._leaky):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.report_path:
             self._write_json(Path(self.report_path), summary)
@@ -301,17 +305,15 @@ class IsolationReporter:
         return f"## Isolation Metrics Report\n\n| |\n|---|\n{rows}\n\n{findings}\n\n"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if hasattr(self.config, "workerinput") or not self.records:
+        summary = self._summary
+        if hasattr(self.config, "workerinput") or not self.records or summary is None:
             return
-        summary = self.summary()
         terminalreporter.section("isolation metrics")
         for line in [*self.findings(), *self.text_blocks(summary), *self.regression_table()]:
             terminalreporter.write_line(line)
         for path in self.kept_databases:
             terminalreporter.write_line(f"Kept database of a failed test: {path}")
-        if self.strict and (
-            summary["scope_leaks"] + summary["connection_leaks"] + summary["stale_bindings"]
-        ):
+        if self.strict and self._leaky:
             terminalreporter.write_line("isolation strict mode: leaks fail this run", red=True)
 
 

@@ -142,18 +142,17 @@ def _reset_hooks(spec: str) -> list[Callable[[], object]]:
 
 def _engine(config: pytest.Config) -> database.Engine:
     """``DATABASE_DRIVER=libsql`` runs every test's database on the libsql engine."""
-    driver = os.environ.get("DATABASE_DRIVER") or "sqlite3"
-    if driver not in database.ENGINES:
-        raise pytest.UsageError(
-            f"DATABASE_DRIVER={driver!r} is not one of {', '.join(database.ENGINES)}"
-        )
+    try:
+        driver = database.database_driver()
+    except database.DatabaseConfigError as error:
+        raise pytest.UsageError(str(error)) from error
     if driver == "libsql" and config.stash[_strategy_key] == "memory":
         raise pytest.UsageError(
             "the memory isolation strategy needs the sqlite3 engine (libsql cannot "
             "deserialize a database into memory): use --isolation-strategy file with "
             "DATABASE_DRIVER=libsql"
         )
-    return "libsql" if driver == "libsql" else "sqlite3"
+    return driver
 
 
 def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
