@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.scope_databases import SCOPE_PRAGMAS
+from lib.scope_databases import SCOPE_PRAGMAS, TEMPLATE_PRAGMAS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = PROJECT_ROOT / ".bench"
@@ -103,8 +103,9 @@ class Speedup:
 
 
 def scope_pragmas() -> dict[str, str]:
-    """The pragmas of each test's isolated database; every mode uses them, for fairness."""
-    return dict(SCOPE_PRAGMAS)
+    """The settings of each test's isolated database (WAL comes with the template's copy);
+    every mode uses them, for fairness."""
+    return {**TEMPLATE_PRAGMAS, **SCOPE_PRAGMAS}
 
 
 # -- the generated suites --------------------------------------------------------------

@@ -179,7 +179,7 @@ def _libsql_connect(path: str, sync_url: str | None, auth_token: str | None) -> 
 def caller_location() -> str:
     """``file:line`` of the nearest caller outside ``lib/`` (cheap: no traceback objects)."""
     frame = sys._getframe(1)
-    while frame.f_back is not None and os.path.dirname(frame.f_code.co_filename) == _LIB_DIR:
+    while frame.f_back is not None and frame.f_code.co_filename.rpartition(os.sep)[0] == _LIB_DIR:
         frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 

@@ -27,7 +27,7 @@ from sqlite_utils.migrations import Migrations
 
 from . import migrate
 from .connection_tracking import untracked
-from .database import BUSY_TIMEOUT_MS, DatabaseClient, Engine
+from .database import DatabaseClient, Engine
 
 try:
     import fcntl
@@ -41,15 +41,12 @@ RUNS_DIR_NAME = ".isolation"
 # Bump when the way templates are built changes, so cached ones are rebuilt.
 TEMPLATE_FORMAT = "1"
 TEMPLATE_PRAGMAS: Mapping[str, str] = {"journal_mode": "WAL", "foreign_keys": "ON"}
-# Test databases are deleted after their test, so durability buys nothing:
-# synchronous=OFF skips fsync. Journal mode (WAL), foreign keys and the busy timeout
-# stay as in production because they change behaviour, not just speed.
-SCOPE_PRAGMAS: Mapping[str, str] = {
-    "journal_mode": "WAL",
-    "synchronous": "OFF",
-    "foreign_keys": "ON",
-    "busy_timeout": str(BUSY_TIMEOUT_MS),
-}
+# What each test's database runs with. Journal mode (WAL), foreign keys and the busy
+# timeout are as in production because they change behaviour, not just speed. A copy
+# inherits WAL from the template's header and the busy timeout from connect(), so only
+# the per-connection settings are set again. Test databases are deleted after their
+# test, so durability buys nothing: synchronous=OFF skips fsync.
+SCOPE_PRAGMAS: Mapping[str, str] = {"synchronous": "OFF", "foreign_keys": "ON"}
 
 _run_dirs: dict[tuple[Path, int], Path] = {}
 _templates: dict[tuple[Path, Path, int], Template] = {}

@@ -59,6 +59,7 @@ OUTSIDE_SCOPE = (
 _environment = pytest.MonkeyPatch()
 _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
+_isolated_key = pytest.StashKey[bool]()  # decided once at collection, read twice per test
 
 
 def get_db_client() -> DatabaseClient:
@@ -221,13 +222,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if any(item.path.is_relative_to(root) for root in roots):
             item.add_marker(pytest.mark.isolated)
+        item.stash[_isolated_key] = item.get_closest_marker("isolated") is not None
         if libsql and item.get_closest_marker("sqlite3_only"):
             item.add_marker(needs_sqlite3)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    if item.get_closest_marker("isolated"):
+    if item.stash.get(_isolated_key, False):
         strategy = item.config.stash[_strategy_key]
         get_test_isolation_manager().ensure_test_isolation(item.nodeid, strategy=strategy)
     return (yield)
@@ -248,7 +250,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     try:
         return (yield)
     finally:
-        if item.get_closest_marker("isolated"):
+        if item.stash.get(_isolated_key, False):
             manager = get_test_isolation_manager()
             keep = None
             if item.stash.get(_failed_key, False) and item.config.getoption(
