@@ -9,7 +9,8 @@ from pathlib import Path
 
 from conftest import TEMPLATE_DIR, Bake, run
 
-MODES = ("shared", "migrate-per-test", "file", "memory", "savepoint")
+MODES = ("shared", "migrate-per-test", "bare-file", "file", "bare-memory", "memory", "savepoint")
+PLUGIN_MODES = {"file": "bare-file", "memory": "bare-memory"}
 QUICK_SIZE = 50
 FIGURES = ("per_test_ms_mean", "per_test_ms_median", "overhead_ms", "total_s", "rss_growth_mb")
 
@@ -41,10 +42,17 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
             assert math.isfinite(row[name]), (name, row)
         assert row["peak_rss_mb"] > 0, row
     assert figures["results"][0]["overhead_ms"] == 0.0
+    rows = {row["mode"]: row for row in figures["results"]}
+    for mode, bare in PLUGIN_MODES.items():
+        over_bare = rows[mode]["per_test_ms_mean"] - rows[bare]["per_test_ms_mean"]
+        assert math.isclose(rows[mode]["over_bare_ms"], over_bare), rows[mode]
+    assert all(rows[mode]["over_bare_ms"] is None for mode in MODES if mode not in PLUGIN_MODES)
     assert figures["speedup"]["tests"] == QUICK_SIZE
     assert figures["speedup"]["speedup"] > 0
 
-    assert "| mode | tests | per-test ms (mean) | overhead ms vs shared |" in result.stdout
+    assert "| mode | tests | per-test ms (mean) | overhead ms vs shared | of which isolation |" in (
+        result.stdout
+    )
     for mode in MODES:
         assert f"| {mode} | {QUICK_SIZE} |" in result.stdout
     assert "-n 2 speedup, file mode" in result.stdout

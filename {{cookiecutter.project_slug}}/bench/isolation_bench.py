@@ -5,6 +5,9 @@ Generates N trivial database tests and runs them as real pytest suites, once per
 - ``shared``: one connection for the whole session, the baseline;
 - ``migrate-per-test``: a new database file per test with the migrations run on it, the
   fixture people write by hand;
+- ``bare-file`` and ``bare-memory``: a copy of the cached template per test with nothing
+  around it (no scope, connection tracking, module isolation or singleton): what SQLite
+  itself needs for a fresh database, the floor of the two modes below;
 - ``file`` and ``memory``: the isolation plugin (``tests.setup_integration``) with that
   strategy;
 - ``savepoint``: a savepoint rolled back after each test on one shared connection.
@@ -44,7 +47,9 @@ from lib.scope_databases import SCOPE_PRAGMAS, TEMPLATE_PRAGMAS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = PROJECT_ROOT / ".bench"
-MODES = ("shared", "migrate-per-test", "file", "memory", "savepoint")
+MODES = ("shared", "migrate-per-test", "bare-file", "file", "bare-memory", "memory", "savepoint")
+# The plugin's mode next to the bare copy it is built on.
+FLOORS = {"file": "bare-file", "memory": "bare-memory"}
 BASELINE = "shared"
 PLUGIN_MODES = ("file", "memory")
 DEFAULT_SIZES = (100, 1000, 5000)
@@ -84,6 +89,7 @@ class Result:
     per_test_ms_median: float
     per_test_ms_p95: float
     overhead_ms: float | None
+    over_bare_ms: float | None  # file and memory: the plugin's own cost over the bare copy
     total_s: float
     peak_rss_mb: float | None
     rss_growth_mb: float | None
@@ -249,6 +255,55 @@ def db():
     "memory": '\npytest_plugins = ["tests.setup_integration"]\n',
 }
 
+BARE_COPY = '''
+import itertools
+import shutil
+from pathlib import Path
+
+from bench.isolation_bench import PROJECT_ROOT
+from lib.database import DatabaseClient
+from lib.scope_databases import SCOPE_PRAGMAS, Template, cached_template
+
+DATA = Path(__file__).parent / "data"
+_template = []
+_numbers = itertools.count()
+
+
+def pytest_sessionstart(session):
+    """The plugin's cached template, found before the first test as the plugin does."""
+    DATA.mkdir(exist_ok=True)
+    cached = cached_template(PROJECT_ROOT / "migrations", PROJECT_ROOT / "data")
+    _template.append(Template(cached))
+'''
+
+MODE_FIXTURES["bare-file"] = (
+    BARE_COPY
+    + """
+
+@pytest.fixture
+def db():
+    path = DATA / f"test-{next(_numbers)}.db"
+    shutil.copyfile(_template[0].path, path)
+    client = DatabaseClient(str(path), owner="one benchmark test", pragmas=SCOPE_PRAGMAS)
+    yield client
+    client.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+"""
+)
+MODE_FIXTURES["bare-memory"] = (
+    BARE_COPY
+    + """
+
+@pytest.fixture
+def db():
+    image = _template[0].image
+    client = DatabaseClient(":memory:", owner="one test", pragmas=SCOPE_PRAGMAS, image=image)
+    yield client
+    client.close()
+"""
+)
+
 PYTEST_INI = """\
 [pytest]
 console_output_style = classic
@@ -386,6 +441,7 @@ def measure(workdir: Path, mode: str, count: int, workers: int = 0, rows: int = 
         per_test_ms_median=statistics.median(durations_ms) if durations_ms else nan,
         per_test_ms_p95=_p95(durations_ms) if durations_ms else nan,
         overhead_ms=None,
+        over_bare_ms=None,
         total_s=run.wall_s,
         peak_rss_mb=run.peak_rss_mb,
         rss_growth_mb=growth,
@@ -408,6 +464,11 @@ def run_all(workdir: Path, sizes: Sequence[int], modes: Sequence[str], repeat: i
             result.overhead_ms = result.per_test_ms_mean - baseline.per_test_ms_mean
             results.append(result)
             print(f"  {mode:<17} {count:>6} tests done", file=sys.stderr, flush=True)
+    by_mode = {(result.mode, result.tests): result for result in results}
+    for result in results:
+        bare = by_mode.get((FLOORS.get(result.mode, ""), result.tests))
+        if bare is not None:
+            result.over_bare_ms = result.per_test_ms_mean - bare.per_test_ms_mean
     return results
 
 
@@ -444,14 +505,15 @@ def _number(value: float | None, spec: str) -> str:
 
 def markdown_table(results: Sequence[Result]) -> str:
     lines = [
-        "| mode | tests | per-test ms (mean) | overhead ms vs shared | total s "
-        "| peak RSS MB | RSS growth MB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | tests | per-test ms (mean) | overhead ms vs shared | of which isolation "
+        "| total s | peak RSS MB | RSS growth MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         overhead = "baseline" if r.mode == BASELINE else _number(r.overhead_ms, "+.3f")
+        over_bare = "" if r.over_bare_ms is None else f"{r.over_bare_ms:+.3f}"
         lines.append(
-            f"| {r.mode} | {r.tests} | {r.per_test_ms_mean:.3f} | {overhead} "
+            f"| {r.mode} | {r.tests} | {r.per_test_ms_mean:.3f} | {overhead} | {over_bare} "
             f"| {r.total_s:.2f} | {_number(r.peak_rss_mb, '.1f')} "
             f"| {_number(r.rss_growth_mb, '+.2f')} |"
         )
