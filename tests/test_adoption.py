@@ -188,9 +188,10 @@ def test_pear_alone() -> None:
     assert shop.item_names() == ["pear"]
 
 
-def test_toyshop_uses_the_tests_database(db) -> None:
+def test_toyshop_uses_the_tests_database(db, isolation_manager) -> None:
     url = os.environ["DATABASE_URL"]
-    assert "/.toyshop-data/.isolation/" in url
+    assert isolation_manager.data_dir.name == ".toyshop-data"
+    assert url.startswith(f"file:{isolation_manager.runs_dir}/")
     assert toy_db.database_path() == url.removeprefix("file:")
     assert shop.item_names() == []
     shop.add_item("plum")  # written through toyshop.db, read through the plugin's client

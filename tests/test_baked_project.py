@@ -69,3 +69,19 @@ def test_integration_suite_leaves_the_developer_database_alone(bake: Bake, tmp_p
     assert _sha256(database) == before
     for suffix in ("-wal", "-shm", "-journal"):
         assert not database.with_name(database.name + suffix).exists()
+
+
+RUNS_ROOT = (
+    "from pathlib import Path; from lib.scope_databases import runs_root; "
+    "print(runs_root(Path('data').resolve(), use_shm=True))"
+)
+
+
+def test_integration_runs_leave_no_test_databases(bake: Bake, tmp_path: Path) -> None:
+    """Every worker deletes its directory of test databases (in /dev/shm when it has room)."""
+    project = bake(tmp_path / "baked")
+    run_pytest(project, "tests/integration", "-n", "2")
+    runs = Path(run([sys.executable, "-c", RUNS_ROOT], project).stdout.strip())
+    assert runs.is_absolute(), runs
+    assert [path.name for path in runs.glob("*") if path.name != "templates"] == []
+    assert [path.name for path in (project / "data" / ".isolation").iterdir()] == ["templates"]

@@ -43,10 +43,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.scope_databases import SCOPE_PRAGMAS, TEMPLATE_PRAGMAS
+from lib.scope_databases import SCOPE_PRAGMAS, TEMPLATE_PRAGMAS, runs_root
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = PROJECT_ROOT / ".bench"
+DATA_DIR = PROJECT_ROOT / "data"
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+# Where the plugin makes test databases by default; every mode makes its own there too.
+RUNS_DIR = runs_root(DATA_DIR, use_shm=True)
 MODES = ("shared", "migrate-per-test", "bare-file", "file", "bare-memory", "memory", "savepoint")
 # The plugin's mode next to the bare copy it is built on.
 FLOORS = {"file": "bare-file", "memory": "bare-memory"}
@@ -182,41 +186,63 @@ def pytest_unconfigure(config):
             json.dump({"durations": list(_durations.values()), "rss": _rss}, report)
 '''
 
-SHARED_DATABASE = '''
+DATABASES = """
+import itertools
+import shutil
 from pathlib import Path
 
-from bench.isolation_bench import scope_pragmas
+from bench.isolation_bench import DATA_DIR, MIGRATIONS_DIR, RUNS_DIR, scope_pragmas
 from lib.database import DatabaseClient
 from lib.migrate import apply_migrations
+from lib.scope_databases import SCOPE_PRAGMAS, remove_run_directory, run_directory, template_for
 
-DATA = Path(__file__).parent / "data"
+# Every mode makes its databases where the plugin makes its own: the same filesystem.
+DATA = run_directory(RUNS_DIR)
+_numbers = itertools.count()
 _shared = []
+_template = []
 
 
-def pytest_sessionstart(session):
-    """Migrate the one database before the first test, as the plugin builds its template."""
-    DATA.mkdir(exist_ok=True)
-    client = DatabaseClient(
-        str(DATA / "shared.db"), owner="the shared benchmark database", pragmas=scope_pragmas()
-    )
-    apply_migrations(client.db)
-    _shared.append(client)
+def delete(path):
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def pytest_sessionfinish(session):
     for client in _shared:
         client.close()
-'''
+    remove_run_directory(RUNS_DIR)
+"""
+
+SHARED_DATABASE = """
+
+def pytest_sessionstart(session):
+    \"\"\"Migrate the one database before the first test, as the plugin builds its template.\"\"\"
+    client = DatabaseClient(
+        str(DATA / "shared.db"), owner="the shared benchmark database", pragmas=scope_pragmas()
+    )
+    apply_migrations(client.db)
+    _shared.append(client)
+"""
+
+BARE_COPY = """
+
+def pytest_sessionstart(session):
+    \"\"\"This process's copy of the cached template, made before the first test.\"\"\"
+    _template.append(template_for(MIGRATIONS_DIR, DATA_DIR, RUNS_DIR))
+"""
 
 MODE_FIXTURES = {
-    "shared": SHARED_DATABASE
+    "shared": DATABASES
+    + SHARED_DATABASE
     + """
 
 @pytest.fixture
 def db():
     return _shared[0]
 """,
-    "savepoint": SHARED_DATABASE
+    "savepoint": DATABASES
+    + SHARED_DATABASE
     + """
 
 @pytest.fixture
@@ -227,57 +253,20 @@ def db():
     client.execute("ROLLBACK TO per_test")
     client.execute("RELEASE per_test")
 """,
-    "migrate-per-test": """
-import itertools
-from pathlib import Path
-
-from bench.isolation_bench import scope_pragmas
-from lib.database import DatabaseClient
-from lib.migrate import apply_migrations
-
-DATA = Path(__file__).parent / "data"
-DATA.mkdir(exist_ok=True)
-PRAGMAS = scope_pragmas()
-_numbers = itertools.count()
-
+    "migrate-per-test": DATABASES
+    + """
 
 @pytest.fixture
 def db():
     path = DATA / f"test-{next(_numbers)}.db"
-    client = DatabaseClient(str(path), owner="one benchmark test", pragmas=PRAGMAS)
+    client = DatabaseClient(str(path), owner="one benchmark test", pragmas=scope_pragmas())
     apply_migrations(client.db)
     yield client
     client.close()
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    delete(path)
 """,
-    "file": '\npytest_plugins = ["tests.setup_integration"]\n',
-    "memory": '\npytest_plugins = ["tests.setup_integration"]\n',
-}
-
-BARE_COPY = '''
-import itertools
-import shutil
-from pathlib import Path
-
-from bench.isolation_bench import PROJECT_ROOT
-from lib.database import DatabaseClient
-from lib.scope_databases import SCOPE_PRAGMAS, Template, cached_template
-
-DATA = Path(__file__).parent / "data"
-_template = []
-_numbers = itertools.count()
-
-
-def pytest_sessionstart(session):
-    """The plugin's cached template, found before the first test as the plugin does."""
-    DATA.mkdir(exist_ok=True)
-    cached = cached_template(PROJECT_ROOT / "migrations", PROJECT_ROOT / "data")
-    _template.append(Template(cached))
-'''
-
-MODE_FIXTURES["bare-file"] = (
-    BARE_COPY
+    "bare-file": DATABASES
+    + BARE_COPY
     + """
 
 @pytest.fixture
@@ -287,12 +276,10 @@ def db():
     client = DatabaseClient(str(path), owner="one benchmark test", pragmas=SCOPE_PRAGMAS)
     yield client
     client.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-"""
-)
-MODE_FIXTURES["bare-memory"] = (
-    BARE_COPY
+    delete(path)
+""",
+    "bare-memory": DATABASES
+    + BARE_COPY
     + """
 
 @pytest.fixture
@@ -301,8 +288,10 @@ def db():
     client = DatabaseClient(":memory:", owner="one test", pragmas=SCOPE_PRAGMAS, image=image)
     yield client
     client.close()
-"""
-)
+""",
+    "file": '\npytest_plugins = ["tests.setup_integration"]\n',
+    "memory": '\npytest_plugins = ["tests.setup_integration"]\n',
+}
 
 PYTEST_INI = """\
 [pytest]
@@ -311,7 +300,7 @@ asyncio_default_fixture_loop_scope = function
 """
 PLUGIN_INI = string.Template(
     "isolation_test_paths = .\nisolation_migrations_dir = $migrations\nisolation_data_dir = $data\n"
-).substitute(migrations=PROJECT_ROOT / "migrations", data=PROJECT_ROOT / "data")
+).substitute(migrations=MIGRATIONS_DIR, data=DATA_DIR)
 
 
 def write_suite(directory: Path, mode: str, count: int, rows: int = 0) -> None:
@@ -539,6 +528,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "pragmas": scope_pragmas(),
+        "databases_in": str(RUNS_DIR),
     }
 
 
@@ -626,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = environment()
     print(
         f"Python {info['python']}, SQLite {info['sqlite']}, {info['platform']}, "
-        f"{info['cpus']} CPUs; pragmas {info['pragmas']}\n"
+        f"{info['cpus']} CPUs; pragmas {info['pragmas']}; databases in {info['databases_in']}\n"
     )
     print(markdown_table(results))
     print(f"\n{speedup_line(speedup, reason)}")

@@ -150,15 +150,18 @@ class TestIsolationManager:
         project_root: Path = PROJECT_ROOT,
         reset_hooks: Sequence[Callable[[], object]] = (),
         engine: Engine = "sqlite3",
+        runs_dir: Path | None = None,
     ) -> None:
         """``module_patterns``: fnmatch patterns of module names to isolate (default: every
         module whose file lies in ``project_root``). ``reset_hooks``: called
         whenever ``DATABASE_URL`` changes around a test, so another database module's
         singleton reconnects (e.g. an existing app's ``reset_database_instance``).
         ``engine``: how scopes connect to their databases (``libsql`` needs the file
-        strategy)."""
+        strategy). ``runs_dir``: where each process's directory of test databases goes
+        (default ``<data_dir>/.isolation``; see ``scope_databases.runs_root``)."""
         self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
+        self.runs_dir = runs_dir or self.data_dir / RUNS_DIR_NAME
         self.module_patterns = tuple(module_patterns) if module_patterns is not None else None
         self.project_root = project_root.resolve()
         self.reset_hooks = tuple(reset_hooks)
@@ -199,17 +202,17 @@ class TestIsolationManager:
     def initialize_test_mode(self) -> None:
         """Build the template and forget killed runs' files, so the first test is not slower."""
         self.is_test_mode = True
-        scope_databases.remove_stale_runs(self.data_dir)
+        scope_databases.remove_stale_runs(self.runs_dir)
         self._template()
         self._baseline_modules = self.capture_module_snapshot()
 
     def _template(self) -> Template:
-        return scope_databases.template_for(self.migrations_dir, self.data_dir)
+        return scope_databases.template_for(self.migrations_dir, self.data_dir, self.runs_dir)
 
     def _factory(self, strategy: Strategy) -> DatabaseFactory:
         factory = self._factories.get(strategy)
         if factory is None:
-            directory = scope_databases.run_directory(self.data_dir)
+            directory = scope_databases.run_directory(self.runs_dir)
             factory = DatabaseFactory(self._template(), strategy, directory, self.engine)
             self._factories[strategy] = factory
         return factory
@@ -511,7 +514,7 @@ class TestIsolationManager:
         for client in list(self.global_connection_registry):
             cleaned = client.close(timeout=1.0) and cleaned
         self.global_connection_registry.clear()
-        scope_databases.remove_stale_runs(self.data_dir)
+        scope_databases.remove_stale_runs(self.runs_dir)
         logger.debug("emergency cleanup done (clean: %s)", cleaned)
         return cleaned
 

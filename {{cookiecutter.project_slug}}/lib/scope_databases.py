@@ -4,8 +4,9 @@ Migrations run once per schema, not once per run: the template is cached under
 ``data/.isolation/templates/`` keyed by a hash of the migration files (and the SQLite
 version), rebuilt when that changes or the cached file fails its checks, under a file
 lock so parallel processes never build it twice at once. Each process copies it into its
-own run directory ``data/.isolation/<pid>-<random>/``, and every scope gets a copy of
-that: a real file, or an in-memory image.
+own run directory ``<runs>/<pid>-<random>/``, and every scope gets a copy of that: a real
+file, or an in-memory image. The runs directory is ``data/.isolation/``, or one in RAM
+(see :func:`runs_root`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
@@ -48,30 +50,62 @@ TEMPLATE_PRAGMAS: Mapping[str, str] = {"journal_mode": "WAL", "foreign_keys": "O
 # test, so durability buys nothing: synchronous=OFF skips fsync.
 SCOPE_PRAGMAS: Mapping[str, str] = {"synchronous": "OFF", "foreign_keys": "ON"}
 
+# A RAM filesystem for throwaway databases, used when it has this much room.
+SHM_ROOT = Path("/dev/shm")
+SHM_MIN_FREE = 1 << 30
+
 _run_dirs: dict[tuple[Path, int], Path] = {}
 _templates: dict[tuple[Path, Path, int], Template] = {}
 _lock = threading.Lock()
 
 
-def run_directory(data_dir: Path) -> Path:
-    """This process's directory for test databases: ``<data>/.isolation/<pid>-<random>``."""
-    key = (data_dir, os.getpid())
+def runs_root(data_dir: Path, *, use_shm: bool = False) -> Path:
+    """Where the run directories of the project whose data is in ``data_dir`` go.
+
+    ``<data>/.isolation``; with ``use_shm``, a private directory in ``/dev/shm`` instead
+    (a RAM filesystem on Linux: no journaling, so each file test is about 0.2 ms faster)
+    when it exists with at least 1 GiB free.
+    """
+    if use_shm and SHM_ROOT.is_dir() and shutil.disk_usage(SHM_ROOT).free >= SHM_MIN_FREE:
+        project = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+        runs = SHM_ROOT / f"isolation-{os.getuid()}-{project}"
+        if _ours_alone(runs):
+            return runs
+    return data_dir / RUNS_DIR_NAME
+
+
+def _ours_alone(path: Path) -> bool:
+    """Absent, or a real directory of this user (never one another user set up first)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return True
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+
+
+def run_directory(runs: Path) -> Path:
+    """This process's directory for test databases: ``<runs>/<pid>-<random>``."""
+    key = (runs, os.getpid())
     with _lock:
         if key not in _run_dirs:
-            path = data_dir / RUNS_DIR_NAME / f"{os.getpid()}-{secrets.token_hex(4)}"
-            path.mkdir(parents=True)
+            runs.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = runs / f"{os.getpid()}-{secrets.token_hex(4)}"
+            path.mkdir()
             _run_dirs[key] = path
         return _run_dirs[key]
 
 
-def remove_run_directory(data_dir: Path) -> None:
+def remove_run_directory(runs: Path) -> None:
     """Delete this process's test databases and forget its templates (end of session)."""
     with _lock:
-        path = _run_dirs.pop((data_dir, os.getpid()), None)
-        for key in [key for key in _templates if key[0] == data_dir]:
+        path = _run_dirs.pop((runs, os.getpid()), None)
+        for key in [key for key in _templates if key[0] == runs]:
             del _templates[key]
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+        if runs.is_relative_to(SHM_ROOT):
+            with suppress(OSError):  # still in use by another process of the run
+                runs.rmdir()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -84,9 +118,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_runs(data_dir: Path) -> list[Path]:
+def remove_stale_runs(runs: Path) -> list[Path]:
     """Delete run directories whose process is gone (a killed run); return them."""
-    runs = data_dir / RUNS_DIR_NAME
     removed = []
     for path in runs.iterdir() if runs.is_dir() else ():
         pid, _, _ = path.name.partition("-")
@@ -175,14 +208,14 @@ class Template:
         return self._image
 
 
-def template_for(migrations_dir: Path, data_dir: Path) -> Template:
+def template_for(migrations_dir: Path, data_dir: Path, runs: Path) -> Template:
     """This process's template: copied from the cache once, then reused by every scope."""
-    key = (data_dir, migrations_dir, os.getpid())
+    key = (runs, migrations_dir, os.getpid())
     with _lock:
         template = _templates.get(key)
     if template is None:
         cached = cached_template(migrations_dir, data_dir)
-        path = run_directory(data_dir) / f"template-{cached.stem}.db"
+        path = run_directory(runs) / f"template-{cached.stem}.db"
         shutil.copyfile(cached, path)
         with _lock:
             template = _templates.setdefault(key, Template(path))

@@ -34,7 +34,7 @@ from lib.isolation_manager import (
     get_test_isolation_manager,
     install_test_isolation_manager,
 )
-from lib.scope_databases import remove_run_directory
+from lib.scope_databases import remove_run_directory, runs_root
 
 __all__ = [
     "async_db",
@@ -103,6 +103,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
     )
     parser.addini(
+        "isolation_use_dev_shm",
+        "make test databases in /dev/shm (RAM) when it has room, not under the data dir",
+        type="bool",
+        default=True,
+    )
+    parser.addini(
         "isolation_database_module",
         "module[:function] whose database singleton is reset when DATABASE_URL changes",
         default=database.__name__,
@@ -158,9 +164,11 @@ def _engine(config: pytest.Config) -> database.Engine:
 
 def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
     patterns = config.getini("isolation_module_patterns")
+    data_dir = Path(config.rootpath, config.getini("isolation_data_dir"))
     return TestIsolationManager(
         migrations_dir=Path(config.rootpath, config.getini("isolation_migrations_dir")),
-        data_dir=Path(config.rootpath, config.getini("isolation_data_dir")),
+        data_dir=data_dir,
+        runs_dir=runs_root(data_dir, use_shm=config.getini("isolation_use_dev_shm")),
         module_patterns=patterns or None,
         project_root=config.rootpath,
         reset_hooks=_reset_hooks(config.getini("isolation_database_module")),
@@ -274,7 +282,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     manager = get_test_isolation_manager()
     manager.complete_test()
     manager.shutdown()
-    remove_run_directory(manager.data_dir)
+    remove_run_directory(manager.runs_dir)
     database.block_database_access(None)
     database.forbid_remote_databases(None)
     database.reset_database_instance()

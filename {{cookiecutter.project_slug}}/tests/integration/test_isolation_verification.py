@@ -89,10 +89,13 @@ def test_database_url_points_at_the_scope_database() -> None:
     _check_and_record_path()
 
 
-def test_scope_database_lives_under_the_isolation_directory() -> None:
+def test_scope_database_lives_in_this_process_run_directory(
+    isolation_manager: TestIsolationManager,
+) -> None:
     path = _current_path()
-    assert ".isolation" in path.parts
-    assert path.parent.parent.name == ".isolation"
+    run_directory = path.parent
+    assert run_directory.parent == isolation_manager.runs_dir
+    assert run_directory.name.startswith(f"{os.getpid()}-")
 
 
 def test_each_scope_has_its_own_file_removed_at_scope_end(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lib import migrate
+from lib import migrate, scope_databases
 from lib.isolation_manager import TestIsolationManager
-from lib.scope_databases import RUNS_DIR_NAME, cached_template
+from lib.scope_databases import RUNS_DIR_NAME, cached_template, remove_run_directory, runs_root
 
 MIGRATIONS = migrate.MIGRATIONS_DIR
 PROJECT_ROOT = MIGRATIONS.parent
@@ -134,3 +134,57 @@ def test_a_forgotten_scope_is_a_leak_unless_it_may_outlive_the_test(tmp_path: Pa
     finally:
         manager.shutdown()
     assert not manager.active_scopes
+
+
+@pytest.fixture
+def shm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for /dev/shm with room to spare."""
+    directory = tmp_path / "shm"
+    directory.mkdir()
+    monkeypatch.setattr(scope_databases, "SHM_ROOT", directory)
+    monkeypatch.setattr(scope_databases, "SHM_MIN_FREE", 1)
+    return directory
+
+
+def test_runs_go_to_shm_when_asked_and_it_has_room(
+    shm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "project" / "data"
+    other = tmp_path / "other" / "data"
+    in_ram = runs_root(data, use_shm=True)
+    assert in_ram.parent == shm
+    assert in_ram == runs_root(data, use_shm=True), "the same project always gets the same one"
+    assert runs_root(other, use_shm=True) != in_ram, "each project gets its own"
+    assert runs_root(data) == data / RUNS_DIR_NAME
+
+    in_ram.symlink_to(tmp_path)  # someone else's trap: never followed
+    assert runs_root(data, use_shm=True) == data / RUNS_DIR_NAME
+    in_ram.unlink()
+
+    monkeypatch.setattr(scope_databases, "SHM_MIN_FREE", 1 << 62)
+    assert runs_root(data, use_shm=True) == data / RUNS_DIR_NAME, "too little room: on disk"
+    monkeypatch.setattr(scope_databases, "SHM_ROOT", tmp_path / "missing")
+    assert runs_root(data, use_shm=True) == data / RUNS_DIR_NAME, "no /dev/shm: on disk"
+
+
+def test_scopes_in_a_ram_runs_directory_leave_nothing_behind(shm: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    runs = runs_root(data, use_shm=True)
+    runs.mkdir(mode=0o700)
+    stale = runs / "999999999-0badc0de"  # a killed run's directory
+    stale.mkdir()
+    manager = TestIsolationManager(data_dir=data, runs_dir=runs)
+    manager.initialize_test_mode()
+    assert not stale.exists()
+
+    scope = manager.create_scope("in RAM")
+    path = manager.active_scopes[scope].database_path
+    assert path is not None
+    assert path.parent.parent == runs
+    assert runs.stat().st_mode & 0o777 == 0o700, "other users cannot read the test databases"
+    assert (data / RUNS_DIR_NAME / "templates").is_dir(), "the template cache stays on disk"
+    manager.shutdown()
+    remove_run_directory(runs)
+
+    assert not runs.exists()
+    assert list(shm.iterdir()) == []
