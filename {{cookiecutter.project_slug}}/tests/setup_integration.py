@@ -221,6 +221,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         manager.initialize_test_mode()
 
 
+@pytest.hookimpl(trylast=True)  # after other plugins have marked their tests
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     roots = [
         Path(config.rootpath, path).resolve() for path in config.getini("isolation_test_paths")
