@@ -52,10 +52,10 @@ MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 # Where the plugin makes test databases by default; every mode makes its own there too.
 RUNS_DIR = runs_root(DATA_DIR, use_shm=True)
 MODES = ("shared", "migrate-per-test", "bare-file", "file", "bare-memory", "memory", "savepoint")
-# The plugin's mode next to the bare copy it is built on.
-FLOORS = {"file": "bare-file", "memory": "bare-memory"}
+# Each mode of the plugin, and the bare copy it is built on.
+BARE_COPIES = {"file": "bare-file", "memory": "bare-memory"}
+PLUGIN_MODES = tuple(BARE_COPIES)
 BASELINE = "shared"
-PLUGIN_MODES = ("file", "memory")
 DEFAULT_SIZES = (100, 1000, 5000)
 QUICK_SIZES = (50,)
 SPEEDUP_SIZE = 1000
@@ -455,7 +455,7 @@ def run_all(workdir: Path, sizes: Sequence[int], modes: Sequence[str], repeat: i
             print(f"  {mode:<17} {count:>6} tests done", file=sys.stderr, flush=True)
     by_mode = {(result.mode, result.tests): result for result in results}
     for result in results:
-        bare = by_mode.get((FLOORS.get(result.mode, ""), result.tests))
+        bare = by_mode.get((BARE_COPIES.get(result.mode, ""), result.tests))
         if bare is not None:
             result.over_bare_ms = result.per_test_ms_mean - bare.per_test_ms_mean
     return results

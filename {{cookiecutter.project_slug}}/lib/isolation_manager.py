@@ -522,16 +522,22 @@ class TestIsolationManager:
         """End of session: clean up whatever scopes are left."""
         return self.emergency_cleanup() if self.active_scopes else True
 
+    @property
+    def active_connection_count(self) -> int:
+        """Tracked clients still open (cheap: closed ones leave the registry)."""
+        with self._lock:
+            registry = list(self.global_connection_registry)
+        return sum(not client.closed for client in registry)
+
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of scopes and connections, for assertions and reports."""
         with self._lock:
             scopes = list(self.active_scopes.values())
-            registry = list(self.global_connection_registry)
         return {
             "is_test_mode": self.is_test_mode,
             "current_test_id": self.current_test_id,
             "active_scope_count": len(scopes),
-            "active_connection_count": sum(not client.closed for client in registry),
+            "active_connection_count": self.active_connection_count,
             "scopes": [
                 {
                     "id": scope.id,

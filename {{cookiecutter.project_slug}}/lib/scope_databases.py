@@ -103,9 +103,8 @@ def remove_run_directory(runs: Path) -> None:
             del _templates[key]
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
-        if runs.is_relative_to(SHM_ROOT):
-            with suppress(OSError):  # still in use by another process of the run
-                runs.rmdir()
+        with suppress(OSError):  # not empty: another process's run, or the template cache
+            runs.rmdir()
 
 
 def _pid_alive(pid: int) -> bool:

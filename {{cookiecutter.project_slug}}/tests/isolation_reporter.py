@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from lib.isolation_manager import get_test_isolation_manager
+from tests.setup_integration import is_isolated
 
 FINDING_PREFIXES = {
     "scope": "Scope leak detected in test",
@@ -126,7 +127,7 @@ class IsolationReporter:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[None]:
-        if not item.get_closest_marker("isolated"):
+        if not is_isolated(item):
             return (yield)
         manager = get_test_isolation_manager()
         record = TestRecord(item.nodeid, start=self._counts(), leaks=[])
@@ -147,10 +148,10 @@ class IsolationReporter:
             record.failed = record.failed or report.failed
 
     def _counts(self) -> dict[str, int]:
-        stats = get_test_isolation_manager().get_stats()
+        manager = get_test_isolation_manager()
         return {
-            "active_scopes": stats["active_scope_count"],
-            "active_connections": stats["active_connection_count"],
+            "active_scopes": len(manager.active_scopes),
+            "active_connections": manager.active_connection_count,
             "rss": current_rss(),
         }
 

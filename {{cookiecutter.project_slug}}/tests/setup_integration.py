@@ -42,6 +42,7 @@ __all__ = [
     "get_db_client",
     "get_isolation_stats",
     "get_test_isolation_manager",
+    "is_isolated",
     "isolation_manager",
 ]
 
@@ -59,12 +60,17 @@ OUTSIDE_SCOPE = (
 _environment = pytest.MonkeyPatch()
 _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
-_isolated_key = pytest.StashKey[bool]()  # decided once at collection, read twice per test
+_isolated_key = pytest.StashKey[bool]()
 
 
 def get_db_client() -> DatabaseClient:
     """The current test's client: the same object for every call within one test."""
     return get_test_isolation_manager().get_scoped_database_client()
+
+
+def is_isolated(item: pytest.Item) -> bool:
+    """Whether ``item`` runs in its own database scope (decided once, at collection)."""
+    return item.stash.get(_isolated_key, False)
 
 
 def get_isolation_stats() -> dict[str, Any]:
@@ -238,7 +244,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    if item.stash.get(_isolated_key, False):
+    if is_isolated(item):
         strategy = item.config.stash[_strategy_key]
         get_test_isolation_manager().ensure_test_isolation(item.nodeid, strategy=strategy)
     return (yield)
@@ -259,7 +265,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     try:
         return (yield)
     finally:
-        if item.stash.get(_isolated_key, False):
+        if is_isolated(item):
             manager = get_test_isolation_manager()
             keep = None
             if item.stash.get(_failed_key, False) and item.config.getoption(
