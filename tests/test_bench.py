@@ -42,6 +42,10 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
             assert math.isfinite(row[name]), (name, row)
         assert row["peak_rss_mb"] > 0, row
     assert figures["results"][0]["overhead_ms"] == 0.0
+    baseline = figures["results"][0]
+    for row in figures["results"]:
+        over_shared = row["rss_growth_mb"] - baseline["rss_growth_mb"]
+        assert math.isclose(row["rss_over_baseline_mb"], over_shared, abs_tol=1e-9), row
     rows = {row["mode"]: row for row in figures["results"]}
     for mode, bare in PLUGIN_MODES.items():
         over_bare = rows[mode]["per_test_ms_mean"] - rows[bare]["per_test_ms_mean"]
@@ -53,6 +57,7 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
     assert "| mode | tests | per-test ms (mean) | overhead ms vs shared | of which isolation |" in (
         result.stdout
     )
+    assert "| RSS growth MB | RSS over shared MB |" in result.stdout
     for mode in MODES:
         assert f"| {mode} | {QUICK_SIZE} |" in result.stdout
     assert "-n 2 speedup, file mode" in result.stdout

@@ -190,11 +190,30 @@ def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
 
 
 class Template:
-    """This process's copy of the migrated template."""
+    """This process's copy of the migrated template, read into memory once when needed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._data: bytes | None = None
         self._image: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The template file's bytes: writing them is the cheapest copy (3 system calls)."""
+        if self._data is None:
+            self._data = self.path.read_bytes()
+        return self._data
+
+    def copy_to(self, path: Path) -> None:
+        """Write a copy of the template to the new file ``path`` (never overwriting one)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        descriptor = os.open(path, flags, 0o666)
+        try:
+            remaining = memoryview(self.data)
+            while remaining:
+                remaining = remaining[os.write(descriptor, remaining) :]
+        finally:
+            os.close(descriptor)
 
     @property
     def image(self) -> bytes:
@@ -247,7 +266,7 @@ class DatabaseFactory:
         if self.strategy == "memory":
             return None
         path = self.directory / f"db-{next(self._numbers)}-{secrets.token_hex(2)}.db"
-        shutil.copyfile(self.template.path, path)
+        self.template.copy_to(path)
         return path
 
     def connect(self, path: Path | None, owner: str) -> DatabaseClient:

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,24 @@ def test_a_corrupt_or_half_written_cache_is_rebuilt(
         names = [name for (name,) in conn.execute("SELECT name FROM _sqlite_migrations")]
     conn.close()
     assert names == [path.stem for path in migrate.migration_files(migrations)]
+
+
+def test_a_copy_of_the_template_is_exact_and_never_overwrites(
+    migrations: Path, tmp_path: Path
+) -> None:
+    template = scope_databases.Template(cached_template(migrations, tmp_path / "data"))
+    copy = tmp_path / "copy.db"
+    template.copy_to(copy)
+    assert copy.read_bytes() == template.path.read_bytes()
+    with closing(sqlite3.connect(copy)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT count(*) FROM logs").fetchone() == (0,)
+
+    taken = tmp_path / "taken.db"
+    taken.write_bytes(b"someone else's file")
+    with pytest.raises(FileExistsError):
+        template.copy_to(taken)
+    assert taken.read_bytes() == b"someone else's file"
 
 
 def test_parallel_processes_build_the_template_once(migrations: Path, tmp_path: Path) -> None:
