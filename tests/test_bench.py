@@ -17,7 +17,7 @@ FIGURES = ("per_test_ms_mean", "per_test_ms_median", "overhead_ms", "total_s", "
 
 def test_bench_is_copied_verbatim(default_project: Path) -> None:
     """The benchmark holds no template syntax: baking must not change a byte of it."""
-    for name in ("__init__.py", "isolation_bench.py"):
+    for name in ("__init__.py", "isolation_bench.py", "steps.py"):
         source = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "bench" / name
         assert (default_project / "bench" / name).read_bytes() == source.read_bytes(), name
 
@@ -61,4 +61,11 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
     for mode in MODES:
         assert f"| {mode} | {QUICK_SIZE} |" in result.stdout
     assert "-n 2 speedup, file mode" in result.stdout
+
+    steps = figures["steps"]
+    assert set(steps) == {"file", "memory", "shared"}
+    assert "copy the template" in steps["file"]
+    assert "deserialize the template image" in steps["memory"]
+    assert all(micros > 0 for timed in steps.values() for micros in timed.values()), steps
+    assert "| file | **over the shared connection** |" in result.stdout
     assert not (project / ".bench").exists()

@@ -43,7 +43,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.scope_databases import SCOPE_PRAGMAS, TEMPLATE_PRAGMAS, runs_root
+from bench.steps import Steps, steps_table, time_steps
+from lib.scope_databases import (
+    SCOPE_PRAGMAS,
+    TEMPLATE_PRAGMAS,
+    remove_run_directory,
+    run_directory,
+    runs_root,
+    template_for,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = PROJECT_ROOT / ".bench"
@@ -62,6 +70,8 @@ SPEEDUP_SIZE = 1000
 SPEEDUP_WORKERS = 2
 SPEEDUP_ROWS = 10_000
 WARMUP_SIZE = 5
+STEP_ITERATIONS = 3000
+QUICK_STEP_ITERATIONS = 100
 # The generated conftest writes pytest's timings and the RSS here (unset: it records nothing).
 REPORT_VARIABLE = "ISOLATION_BENCH_REPORT"
 TEST_FILE = "test_bench_db.py"
@@ -573,15 +583,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per mode and size; the best one counts"
     )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="fresh databases to time step by step, without pytest "
+        f"({STEP_ITERATIONS}; --quick: {QUICK_STEP_ITERATIONS}; 0: skip)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args(argv)
+    if args.steps is None:
+        args.steps = QUICK_STEP_ITERATIONS if args.quick else STEP_ITERATIONS
     if args.sizes is None:
         args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     if args.speedup_size is None:
         args.speedup_size = min(args.sizes) if args.quick else SPEEDUP_SIZE
-    if min(args.sizes) < 1 or args.repeat < 1:
-        parser.error("--sizes and --repeat must be positive")
+    if min(args.sizes) < 1 or args.repeat < 1 or args.steps < 0:
+        parser.error("--sizes and --repeat must be positive, --steps at least 0")
     return args
+
+
+def measure_steps(iterations: int) -> dict[str, Steps]:
+    """Time each step of a fresh database in this process, where the plugin makes them."""
+    try:
+        template = template_for(MIGRATIONS_DIR, DATA_DIR, RUNS_DIR)
+        return time_steps(template, run_directory(RUNS_DIR), iterations)
+    finally:
+        remove_run_directory(RUNS_DIR)
 
 
 def make_workdir() -> Path:
@@ -609,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     baseline_speedup: Speedup | None = None
     work_speedup: Speedup | None = None
     reason = "skipped (--speedup-size 0)"
+    steps: dict[str, Steps] | None = None
     try:
         measure(workdir, "file", WARMUP_SIZE)  # compile and cache imports and the template
         results = run_all(workdir, args.sizes, args.modes, args.repeat)
@@ -621,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 work_speedup = measure_speedup(
                     workdir, args.speedup_size, results, rows=args.speedup_rows
                 )
+        if args.steps:
+            steps = measure_steps(args.steps)
     except BenchFailure as failure:
         print(f"error: a benchmark suite failed: {failure}", file=sys.stderr)
         return 1
@@ -637,7 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for extra in (baseline_speedup, work_speedup):
         if extra is not None:
             print(speedup_line(extra, reason))
-    print(f"bench wall time: {wall:.1f} s")
+    if steps is not None:
+        print(f"\nWhere a fresh database's time goes (mean of {args.steps}, without pytest):\n")
+        print(steps_table(steps))
+    print(f"\nbench wall time: {wall:.1f} s")
     if args.json:
         figures = {
             "environment": info,
@@ -648,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "speedup": asdict(speedup) if speedup else None,
             "baseline_speedup": asdict(baseline_speedup) if baseline_speedup else None,
             "work_speedup": asdict(work_speedup) if work_speedup else None,
+            "steps": steps,
             "wall_s": wall,
         }
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -1,0 +1,127 @@
+"""Where the time of a fresh database goes: each step timed on its own, without pytest.
+
+The floor under the ``bare-file`` and ``bare-memory`` modes of the benchmark: SQLite's
+own cost of making, using and removing a fresh copy of the template, next to the same
+work on one connection that stays open. No isolation code runs here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from lib.scope_databases import SCOPE_PRAGMAS, Template
+
+# The work of each generated benchmark test: one insert and one count.
+INSERT = "INSERT INTO logs (level, message) VALUES ('info', ?)"
+COUNT = "SELECT count(*) FROM logs"
+
+Steps = dict[str, float]
+
+
+class _Clock:
+    """Adds up the time of each named step over many iterations."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter_ns()
+        yield
+        elapsed = time.perf_counter_ns() - started
+        self.totals[name] = self.totals.get(name, 0) + elapsed
+
+    def means_us(self, iterations: int) -> Steps:
+        return {name: total / iterations / 1000 for name, total in self.totals.items()}
+
+
+def _connect(database: str) -> sqlite3.Connection:
+    return sqlite3.connect(database, isolation_level=None)
+
+
+def _set_pragmas(conn: sqlite3.Connection, pragmas: Mapping[str, str]) -> None:
+    for name, value in pragmas.items():
+        conn.execute(f"PRAGMA {name}={value}")
+
+
+def _work(conn: sqlite3.Connection, number: int) -> None:
+    conn.execute(INSERT, [f"step {number}"])
+    conn.execute(COUNT).fetchone()
+
+
+def _file_steps(clock: _Clock, template: Template, directory: Path, number: int) -> None:
+    path = directory / f"steps-{number}.db"
+    with clock.step("copy the template"):
+        template.copy_to(path)
+    with clock.step("connect"):
+        conn = _connect(str(path))
+    with clock.step("pragmas (the first statement reads the schema, opens WAL and -shm)"):
+        _set_pragmas(conn, SCOPE_PRAGMAS)
+    with clock.step("the test's insert and count"):
+        _work(conn, number)
+    with clock.step("close (checkpoint, delete -wal and -shm)"):
+        conn.close()
+    with clock.step("delete the file"):
+        os.unlink(path)
+
+
+def _memory_steps(clock: _Clock, template: Template, number: int) -> None:
+    with clock.step("connect"):
+        conn = _connect(":memory:")
+    with clock.step("deserialize the template image"):
+        conn.deserialize(template.image)
+    with clock.step("pragmas (the first statement reads the schema)"):
+        _set_pragmas(conn, SCOPE_PRAGMAS)
+    with clock.step("the test's insert and count"):
+        _work(conn, number)
+    with clock.step("close"):
+        conn.close()
+
+
+def time_steps(template: Template, directory: Path, iterations: int) -> dict[str, Steps]:
+    """Mean microseconds of each step, per strategy, and of the same work on one connection
+    kept open (what the baseline does per test).
+
+    The three are interleaved, one iteration of each in turn, so a slow spell of the
+    machine falls on all of them alike.
+    """
+    clocks = {"file": _Clock(), "memory": _Clock(), "shared": _Clock()}
+    numbers = itertools.count()
+    shared_path = directory / "steps-shared.db"
+    template.copy_to(shared_path)
+    shared = _connect(str(shared_path))
+    try:
+        _set_pragmas(shared, SCOPE_PRAGMAS)
+        _file_steps(_Clock(), template, directory, next(numbers))  # warm up, not counted
+        _memory_steps(_Clock(), template, next(numbers))
+        _work(shared, next(numbers))
+        for _ in range(iterations):
+            _file_steps(clocks["file"], template, directory, next(numbers))
+            _memory_steps(clocks["memory"], template, next(numbers))
+            with clocks["shared"].step("the same work on one open connection"):
+                _work(shared, next(numbers))
+    finally:
+        shared.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{shared_path}{suffix}").unlink(missing_ok=True)
+    return {name: clock.means_us(iterations) for name, clock in clocks.items()}
+
+
+def steps_table(steps: Mapping[str, Steps]) -> str:
+    """The steps as Markdown, with each strategy's total and its floor over the baseline."""
+    shared = sum(steps["shared"].values())
+    lines = ["| strategy | step | µs |", "|---|---|---:|"]
+    for strategy in ("file", "memory"):
+        for name, micros in steps[strategy].items():
+            lines.append(f"| {strategy} | {name} | {micros:.1f} |")
+        total = sum(steps[strategy].values())
+        lines.append(f"| {strategy} | **total** | **{total:.1f}** |")
+        lines.append(f"| {strategy} | **over the shared connection** | **{total - shared:+.1f}** |")
+    lines.append(f"| shared | the same work on one open connection | {shared:.1f} |")
+    return "\n".join(lines)
