@@ -450,8 +450,8 @@ def measure(workdir: Path, mode: str, count: int, workers: int = 0, rows: int = 
 def best_rounds(repeat: int, workdir: Path, modes: Sequence[str], count: int) -> list[Result]:
     """Each mode's least disturbed run (lowest mean), as timeit does on a busy machine.
 
-    The rounds are interleaved (every mode once, then every mode again), so a slow spell
-    of the machine falls on all modes alike rather than on whichever ran during it.
+    The rounds are interleaved (every mode once, then every mode again), so that a slow
+    spell of the machine is less likely to fall on one mode alone.
     """
     best: dict[str, Result] = {}
     for round_number in range(1, repeat + 1):

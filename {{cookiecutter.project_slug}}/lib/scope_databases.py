@@ -50,6 +50,9 @@ TEMPLATE_PRAGMAS: Mapping[str, str] = {"journal_mode": "WAL", "foreign_keys": "O
 # test, so durability buys nothing: synchronous=OFF skips fsync.
 SCOPE_PRAGMAS: Mapping[str, str] = {"synchronous": "OFF", "foreign_keys": "ON"}
 
+# How a copy of the template is created: a new file only, never one that exists.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+
 # A RAM filesystem for throwaway databases, used when it has this much room.
 SHM_ROOT = Path("/dev/shm")
 SHM_MIN_FREE = 1 << 30
@@ -205,15 +208,18 @@ class Template:
         return self._data
 
     def copy_to(self, path: Path) -> None:
-        """Write a copy of the template to the new file ``path`` (never overwriting one)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        descriptor = os.open(path, flags, 0o666)
+        """Write a copy of the template to the new file ``path``: never over an existing
+        file, and never half a copy (a failed write removes it)."""
+        descriptor = os.open(path, _NEW_FILE, 0o666)
         try:
             remaining = memoryview(self.data)
             while remaining:
                 remaining = remaining[os.write(descriptor, remaining) :]
-        finally:
+        except BaseException:
             os.close(descriptor)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(descriptor)
 
     @property
     def image(self) -> bytes:

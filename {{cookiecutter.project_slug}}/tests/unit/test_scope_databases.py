@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import sqlite3
 import subprocess
@@ -87,6 +88,32 @@ def test_a_copy_of_the_template_is_exact_and_never_overwrites(
     with pytest.raises(FileExistsError):
         template.copy_to(taken)
     assert taken.read_bytes() == b"someone else's file"
+
+
+def test_a_copy_that_cannot_be_written_whole_leaves_no_file(
+    migrations: Path, tmp_path: Path
+) -> None:
+    """A file size limit stops the copy part-way, as a full disk would: no half copy stays."""
+    template = cached_template(migrations, tmp_path / "data")
+    copy = tmp_path / "copy.db"
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(PROJECT_ROOT)!r})
+        from lib.scope_databases import Template
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+        try:
+            Template(Path({str(template)!r})).copy_to(Path({str(copy)!r}))
+        except OSError as error:
+            print(error.errno)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == str(errno.EFBIG), result
+    assert not copy.exists()
 
 
 def test_parallel_processes_build_the_template_once(migrations: Path, tmp_path: Path) -> None:
