@@ -42,7 +42,7 @@ async def test_marked_async_test_gets_its_own_database(db: DatabaseClient) -> No
     assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
 
 
-PLUGIN_THAT_MARKS = '''
+PLUGIN_THAT_MARKS = """
 import pytest
 
 
@@ -50,15 +50,15 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "marked_late" in item.name:
             item.add_marker(pytest.mark.isolated)
-'''
+"""
 
-TESTS_MARKED_LATE = '''
+TESTS_MARKED_LATE = """
 from tests.setup_integration import get_db_client
 
 
 def test_marked_late():
     assert get_db_client().execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
-'''
+"""
 
 
 def test_a_marker_another_plugin_adds_at_collection_counts(tmp_path: Path) -> None:
