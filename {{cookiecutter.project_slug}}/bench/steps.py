@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from lib.scope_databases import SCOPE_PRAGMAS, Template
+from lib.scope_databases import SCOPE_PRAGMAS, Template, delete_database_files
 
 # The work of each generated benchmark test: one insert and one count.
 INSERT = "INSERT INTO logs (level, message) VALUES ('info', ?)"
@@ -55,18 +55,31 @@ def _work(conn: sqlite3.Connection, number: int) -> None:
     conn.execute(COUNT).fetchone()
 
 
+def _use_and_close(
+    clock: _Clock, conn: sqlite3.Connection, number: int, *, first: str, close: str
+) -> None:
+    """What every fresh database goes through once it is open, each step under its label."""
+    with clock.step(first):
+        _set_pragmas(conn, SCOPE_PRAGMAS)
+    with clock.step("the test's insert and count"):
+        _work(conn, number)
+    with clock.step(close):
+        conn.close()
+
+
 def _file_steps(clock: _Clock, template: Template, directory: Path, number: int) -> None:
     path = directory / f"steps-{number}.db"
     with clock.step("copy the template"):
         template.copy_to(path)
     with clock.step("connect"):
         conn = _connect(str(path))
-    with clock.step("pragmas (the first statement reads the schema, opens WAL and -shm)"):
-        _set_pragmas(conn, SCOPE_PRAGMAS)
-    with clock.step("the test's insert and count"):
-        _work(conn, number)
-    with clock.step("close (checkpoint, delete -wal and -shm)"):
-        conn.close()
+    _use_and_close(
+        clock,
+        conn,
+        number,
+        first="pragmas (the first statement reads the schema, opens WAL and -shm)",
+        close="close (checkpoint, delete -wal and -shm)",
+    )
     with clock.step("delete the file"):
         os.unlink(path)
 
@@ -76,12 +89,9 @@ def _memory_steps(clock: _Clock, template: Template, number: int) -> None:
         conn = _connect(":memory:")
     with clock.step("deserialize the template image"):
         conn.deserialize(template.image)
-    with clock.step("pragmas (the first statement reads the schema)"):
-        _set_pragmas(conn, SCOPE_PRAGMAS)
-    with clock.step("the test's insert and count"):
-        _work(conn, number)
-    with clock.step("close"):
-        conn.close()
+    _use_and_close(
+        clock, conn, number, first="pragmas (the first statement reads the schema)", close="close"
+    )
 
 
 def time_steps(template: Template, directory: Path, iterations: int) -> dict[str, Steps]:
@@ -108,8 +118,7 @@ def time_steps(template: Template, directory: Path, iterations: int) -> dict[str
                 _work(shared, next(numbers))
     finally:
         shared.close()
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{shared_path}{suffix}").unlink(missing_ok=True)
+        delete_database_files(shared_path)
     return {name: clock.means_us(iterations) for name, clock in clocks.items()}
 
 
