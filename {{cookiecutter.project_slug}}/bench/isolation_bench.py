@@ -204,7 +204,13 @@ from pathlib import Path
 from bench.isolation_bench import DATA_DIR, MIGRATIONS_DIR, RUNS_DIR, scope_pragmas
 from lib.database import DatabaseClient
 from lib.migrate import apply_migrations
-from lib.scope_databases import SCOPE_PRAGMAS, remove_run_directory, run_directory, template_for
+from lib.scope_databases import (
+    SCOPE_PRAGMAS,
+    discard_database,
+    remove_run_directory,
+    run_directory,
+    template_for,
+)
 
 # Every mode makes its databases where the plugin makes its own: the same filesystem.
 DATA = run_directory(RUNS_DIR)
@@ -285,8 +291,7 @@ def db():
     _template[0].copy_to(path)
     client = DatabaseClient(str(path), owner="one benchmark test", pragmas=SCOPE_PRAGMAS)
     yield client
-    client.close()
-    delete(path)
+    discard_database(path, client.close)
 """,
     "bare-memory": DATABASES
     + BARE_COPY

@@ -8,14 +8,13 @@ work on one connection that stays open. No isolation code runs here.
 from __future__ import annotations
 
 import itertools
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from lib.scope_databases import SCOPE_PRAGMAS, Template, delete_database_files
+from lib.scope_databases import SCOPE_PRAGMAS, Template, delete_database_files, discard_database
 
 # The work of each generated benchmark test: one insert and one count.
 INSERT = "INSERT INTO logs (level, message) VALUES ('info', ?)"
@@ -56,15 +55,22 @@ def _work(conn: sqlite3.Connection, number: int) -> None:
 
 
 def _use_and_close(
-    clock: _Clock, conn: sqlite3.Connection, number: int, *, first: str, close: str
+    clock: _Clock,
+    conn: sqlite3.Connection,
+    number: int,
+    *,
+    first: str,
+    close: str,
+    path: Path | None = None,
 ) -> None:
-    """What every fresh database goes through once it is open, each step under its label."""
+    """What every fresh database goes through once it is open, each step under its label;
+    a file's database is closed and deleted as the plugin does it."""
     with clock.step(first):
         _set_pragmas(conn, SCOPE_PRAGMAS)
     with clock.step("the test's insert and count"):
         _work(conn, number)
     with clock.step(close):
-        conn.close()
+        discard_database(path, conn.close)
 
 
 def _file_steps(clock: _Clock, template: Template, directory: Path, number: int) -> None:
@@ -78,10 +84,9 @@ def _file_steps(clock: _Clock, template: Template, directory: Path, number: int)
         conn,
         number,
         first="pragmas (the first statement reads the schema, opens WAL and -shm)",
-        close="close (checkpoint, delete -wal and -shm)",
+        close="delete the files, then close (no checkpoint: the database is gone)",
+        path=path,
     )
-    with clock.step("delete the file"):
-        os.unlink(path)
 
 
 def _memory_steps(clock: _Clock, template: Template, number: int) -> None:

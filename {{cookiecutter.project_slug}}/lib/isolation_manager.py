@@ -274,7 +274,7 @@ class TestIsolationManager:
             return client
 
     def destroy_scope(self, scope_id: str, *, keep_as: Path | None = None) -> bool:
-        """Close the scope's clients, delete its database, drop its modules.
+        """Delete the scope's database, close its clients, drop its modules.
 
         With ``keep_as``, the database is first saved there for a post-mortem. Returns
         False if the scope is unknown or a client did not close cleanly; the scope is gone
@@ -290,11 +290,12 @@ class TestIsolationManager:
                 self._point_at_nothing(f"the scope of test {scope.test_name} was destroyed")
         if keep_as is not None:
             self._keep(scope, keep_as)
-        closed_cleanly = self._close_connections(scope)
+        closed_cleanly = scope_databases.discard_database(
+            scope.database_path, lambda: self._close_connections(scope)
+        )
         if scope.options.isolate_modules:
             self.clear_module_cache(scope.module_snapshot)
             self._report_stale_bindings(scope)
-        scope_databases.delete_database_files(scope.database_path)
         scope.connections.clear()
         scope.client = None
         elapsed = (time.perf_counter() - started) * 1000

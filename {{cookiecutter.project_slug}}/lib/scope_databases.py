@@ -20,10 +20,10 @@ import shutil
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from sqlite_utils.migrations import Migrations
 
@@ -39,6 +39,7 @@ except ImportError:  # Windows: the atomic rename below still keeps the cache co
 logger = logging.getLogger("isolation")
 
 Strategy = Literal["file", "memory"]
+T = TypeVar("T")
 RUNS_DIR_NAME = ".isolation"
 # Bump when the way templates are built changes, so cached ones are rebuilt.
 TEMPLATE_FORMAT = "1"
@@ -299,6 +300,22 @@ def keep_database(
     else:
         return None
     return destination
+
+
+def discard_database(path: Path | None, close: Callable[[], T]) -> T:
+    """Close a test's database with ``close`` and delete its files; return what ``close``
+    returned.
+
+    The files go first where open files can be deleted (POSIX): SQLite then finds the
+    database gone and skips the checkpoint at close, which would copy the test's WAL back
+    into a file about to be deleted. Windows cannot delete an open file, so it closes first.
+    """
+    if os.name == "nt":
+        closed = close()
+        delete_database_files(path)
+        return closed
+    delete_database_files(path)
+    return close()
 
 
 def delete_database_files(path: Path | None) -> None:

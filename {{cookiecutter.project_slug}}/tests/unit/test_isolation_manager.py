@@ -200,6 +200,26 @@ def test_database_file_exists_at_creation_and_is_removed_with_wal_and_shm(
     assert not shm.exists()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="Windows cannot delete an open file: closes first")
+def test_a_scope_never_copies_its_writes_into_the_file_it_deletes(
+    manager: TestIsolationManager,
+) -> None:
+    """The files go before the close, so SQLite skips the checkpoint: the test's WAL is
+    not written back into a database file that is about to be deleted."""
+    scope_id = manager.create_scope("no checkpoint")
+    path = manager.active_scopes[scope_id].database_path
+    assert path is not None
+    client = manager.get_scoped_database_client(scope_id)
+    client.execute("INSERT INTO logs (level, message) VALUES ('info', 'only in the WAL')")
+    with open(path, "rb") as database_file:  # still readable once the file is deleted
+        before = database_file.read()
+        assert manager.destroy_scope(scope_id)
+        database_file.seek(0)
+        assert database_file.read() == before
+    assert client.closed
+    assert not path.exists()
+
+
 def test_scope_database_has_the_migrated_schema(manager: TestIsolationManager) -> None:
     scope_id = manager.create_scope("schema")
     client = manager.get_scoped_database_client(scope_id)
