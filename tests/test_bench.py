@@ -61,6 +61,8 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
     for mode in MODES:
         assert f"| {mode} | {QUICK_SIZE} |" in result.stdout
     assert "-n 2 speedup, file mode" in result.stdout
+    assert figures["keep_reports"] is False
+    assert "pytest's terminal output and junit XML: off" in result.stdout
 
     steps = figures["steps"]
     assert set(steps) == {"file", "memory", "shared"}
@@ -69,3 +71,52 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
     assert all(micros > 0 for timed in steps.values() for micros in timed.values()), steps
     assert "| file | **over the shared connection** |" in result.stdout
     assert not (project / ".bench").exists()
+
+
+FAILING_SUITE = """
+import sys
+from pathlib import Path
+
+from bench import isolation_bench as bench
+
+directory = Path(sys.argv[1])
+bench.write_suite(directory, "shared", 3)
+test_file = directory / bench.TEST_FILE
+test_file.write_text(test_file.read_text() + PLANTED)
+report = directory / "report.json"
+run = bench.run_pytest(directory, bench.pytest_command(directory, "shared", 0), report)
+try:
+    bench.check_passed(run, 3, bench.read_report(run, report))
+except bench.BenchFailure as failure:
+    print(failure)
+"""
+PLANTED = '''
+
+def test_planted(db):
+    assert db is None, "planted failure"
+'''
+
+
+def test_a_failing_suite_is_reported_with_its_traceback(
+    default_project: Path, tmp_path: Path
+) -> None:
+    """With pytest's terminal output off, the failure still reaches the reader."""
+    script = f"PLANTED = {PLANTED!r}\n{FAILING_SUITE}"
+    result = run([sys.executable, "-c", script, str(tmp_path / "suite")], default_project)
+    assert result.returncode == 0, result.stdout
+    assert "outcomes {'passed': 3, 'failed': 1, 'skipped': 0}" in result.stdout
+    assert "test_bench_db.py::test_planted (call)" in result.stdout
+    assert "AssertionError: planted failure" in result.stdout
+
+
+def test_keep_reports_runs_pytest_as_ci_does(default_project: Path) -> None:
+    script = (
+        "from pathlib import Path; from bench.isolation_bench import pytest_command as c; "
+        "print(c(Path('s'), 'file', 0)); print(c(Path('s'), 'file', 0, keep_reports=True))"
+    )
+    result = run([sys.executable, "-c", script], default_project)
+    without, kept = result.stdout.splitlines()
+    assert "'no:terminal'" in without
+    assert "--junitxml" not in without
+    assert "'no:terminal'" not in kept
+    assert "--junitxml" in kept

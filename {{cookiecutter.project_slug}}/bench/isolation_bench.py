@@ -15,9 +15,10 @@ Generates N trivial database tests and runs them as real pytest suites, once per
 Every test does the same work through a ``db`` fixture, and every mode opens its
 databases with the pragmas the isolation core gives each test's database, so the
 differences are the cost of each way of isolating tests. Per-test times are pytest's own
-(setup + call + teardown of each test, what ``junit_duration_report=total`` adds up),
-taken from its reports by the generated conftest because the junit XML rounds them to
-whole milliseconds; pass and fail are read from the junit XML.
+(setup + call + teardown of each test), taken from its reports by the generated conftest
+with each test's outcome. pytest's terminal output and junit XML are off: they keep every
+test's reports in memory for their summaries, about 3 KB a test in every mode, which
+would swamp the RSS growth of the databases; ``--keep-reports`` turns them on.
 
     python -m bench.isolation_bench --sizes 100 1000 5000 --json bench-results.json
 """
@@ -37,7 +38,6 @@ import string
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -162,7 +162,10 @@ import psutil
 import pytest
 
 REPORT = os.environ.get("ISOLATION_BENCH_REPORT")
+_recording = []
 _durations = {}
+_outcomes = {"passed": 0, "failed": 0, "skipped": 0}
+_failures = []
 _rss = {}
 _expected = []
 
@@ -171,30 +174,50 @@ def _rss_mb():
     return psutil.Process().memory_info().rss / 2**20
 
 
+def pytest_configure(config):
+    # Under xdist the main process receives every worker's reports: it alone records.
+    if REPORT and not hasattr(config, "workerinput"):
+        _recording.append(True)
+
+
+def pytest_collectreport(report):
+    if _recording and report.failed:
+        _failures.append(f"collecting {report.nodeid}:\\n{report.longreprtext}")
+
+
 def pytest_collection_finish(session):
     _expected.append(len(session.items))
 
 
 def pytest_runtest_logreport(report):
-    if REPORT:
-        _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    if not _recording:
+        return
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    if report.failed:
+        _outcomes["failed"] += 1
+        _failures.append(f"{report.nodeid} ({report.when}):\\n{report.longreprtext}")
+    elif report.skipped:
+        _outcomes["skipped"] += 1
+    elif report.when == "call":
+        _outcomes["passed"] += 1
 
 
 def pytest_runtest_logfinish(nodeid, location):
-    if not REPORT:
+    if not _recording:
         return
     finished = _rss.setdefault("finished", 0) + 1
     _rss["finished"] = finished
     if finished == 1:
         _rss["first_mb"] = _rss_mb()
-    if finished == _expected[0]:
+    if _expected and finished == _expected[0]:
         _rss["last_mb"] = _rss_mb()
 
 
 def pytest_unconfigure(config):
-    if REPORT:
+    if _recording:
+        figures = {"durations": list(_durations.values()), "outcomes": _outcomes}
         with open(REPORT, "w") as report:
-            json.dump({"durations": list(_durations.values()), "rss": _rss}, report)
+            json.dump({**figures, "failures": _failures, "rss": _rss}, report)
 '''
 
 DATABASES = """
@@ -334,12 +357,18 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def pytest_command(directory: Path, mode: str, workers: int) -> list[str]:
-    """``python -m pytest`` confined to ``directory``, with junit XML and quiet output."""
+def pytest_command(
+    directory: Path, mode: str, workers: int, *, keep_reports: bool = False
+) -> list[str]:
+    """``python -m pytest`` confined to ``directory``; with ``keep_reports``, quiet terminal
+    output and junit XML, as a CI run has them, else neither (see the module docstring)."""
     command = [sys.executable, "-m", "pytest", str(directory / TEST_FILE)]
     command += ["-c", str(directory / "pytest.ini"), "--rootdir", str(directory)]
-    command += ["-p", "no:cacheprovider", "-p", "no:randomly", "-q"]
-    command += ["--junitxml", str(directory / "junit.xml"), "-o", "junit_duration_report=total"]
+    command += ["-p", "no:cacheprovider", "-p", "no:randomly"]
+    if keep_reports:
+        command += ["-q", "--junitxml", str(directory / "junit.xml")]
+    else:
+        command += ["-p", "no:terminal"]
     if mode in PLUGIN_MODES:
         command += ["--isolation-strategy", mode]
     if workers:
@@ -347,13 +376,12 @@ def pytest_command(directory: Path, mode: str, workers: int) -> list[str]:
     return command
 
 
-def child_environment(report: Path | None) -> dict[str, str]:
+def child_environment(report: Path) -> dict[str, str]:
     """This environment without pytest or database settings that would change the run."""
     dropped = ("PYTEST_", "DATABASE_URL", "TURSO_", "ISOLATION_STRATEGY", REPORT_VARIABLE)
     env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    if report is not None:
-        env[REPORT_VARIABLE] = str(report)
+    env[REPORT_VARIABLE] = str(report)
     return env
 
 
@@ -362,7 +390,7 @@ def _max_rss_mb(max_rss: int) -> float:
     return max_rss / 2**20 if sys.platform == "darwin" else max_rss / 2**10
 
 
-def run_pytest(directory: Path, command: Sequence[str], report: Path | None) -> Run:
+def run_pytest(directory: Path, command: Sequence[str], report: Path) -> Run:
     """Run pytest and wait with ``wait4``: its rusage holds the peak RSS of that process."""
     log = directory / "pytest-output.txt"
     peak: float | None = None
@@ -385,29 +413,9 @@ def run_pytest(directory: Path, command: Sequence[str], report: Path | None) -> 
     return Run(directory, process.returncode, wall, peak, log.read_text(errors="replace"))
 
 
-def check_passed(run: Run, count: int) -> None:
-    """Every generated test ran and passed, or the run's figures are worthless."""
-    junit = run.directory / "junit.xml"
-    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    if junit.is_file():
-        for suite in ET.parse(junit).getroot().iter("testsuite"):
-            for key in totals:
-                totals[key] += int(suite.get(key, "0"))
-    expected = {"tests": count, "failures": 0, "errors": 0, "skipped": 0}
-    if run.returncode != 0 or totals != expected:
-        raise BenchFailure(
-            f"{run.directory.name}: pytest exited {run.returncode}, junit {totals}, "
-            f"expected {expected}\n\n{run.output}"
-        )
-
-
-# -- measuring -------------------------------------------------------------------------
-
-
-def read_report(run: Run, report: Path | None) -> dict[str, Any]:
-    """What the generated conftest recorded: pytest's per-test durations and the RSS."""
-    if report is None:
-        return {}
+def read_report(run: Run, report: Path) -> dict[str, Any]:
+    """What the generated conftest recorded: pytest's per-test durations and outcomes, the
+    failures' tracebacks, and the RSS."""
     try:
         data: dict[str, Any] = json.loads(report.read_text())
     except (OSError, ValueError) as error:
@@ -415,35 +423,58 @@ def read_report(run: Run, report: Path | None) -> dict[str, Any]:
     return data
 
 
+def check_passed(run: Run, count: int, data: dict[str, Any]) -> None:
+    """Every generated test ran and passed, or the run's figures are worthless."""
+    expected = {"passed": count, "failed": 0, "skipped": 0}
+    if run.returncode != 0 or data["outcomes"] != expected:
+        failures = "\n\n".join(data["failures"])
+        raise BenchFailure(
+            f"{run.directory.name}: pytest exited {run.returncode}, outcomes "
+            f"{data['outcomes']}, expected {expected}\n\n{failures}\n\n{run.output}"
+        )
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
 def _p95(values: Sequence[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def measure(workdir: Path, mode: str, count: int, workers: int = 0, rows: int = 0) -> Result:
+def measure(
+    workdir: Path,
+    mode: str,
+    count: int,
+    workers: int = 0,
+    rows: int = 0,
+    *,
+    keep_reports: bool = False,
+) -> Result:
     """Generate the suite, run it, check it passed, and turn its reports into figures."""
     directory = workdir / f"{mode}-{count}-n{workers}-r{rows}"
     write_suite(directory, mode, count, rows)
-    report = directory / "report.json" if not workers else None
-    run = run_pytest(directory, pytest_command(directory, mode, workers), report)
+    report = directory / "report.json"
+    command = pytest_command(directory, mode, workers, keep_reports=keep_reports)
+    run = run_pytest(directory, command, report)
     try:
-        check_passed(run, count)
         data = read_report(run, report)
+        check_passed(run, count, data)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    durations_ms = [seconds * 1000 for seconds in data.get("durations", [])]
-    if report is not None and len(durations_ms) != count:
+    durations_ms = [seconds * 1000 for seconds in data["durations"]]
+    if len(durations_ms) != count:
         raise BenchFailure(f"{directory.name}: {len(durations_ms)} timings for {count} tests")
-    rss = data.get("rss", {})
+    rss = data["rss"]
+    # Under xdist the RSS is the main process's, which runs no test: no growth to report.
     growth = rss["last_mb"] - rss["first_mb"] if "last_mb" in rss else None
-    nan = float("nan")
     return Result(
         mode=mode,
         tests=count,
         workers=workers,
-        per_test_ms_mean=statistics.fmean(durations_ms) if durations_ms else nan,
-        per_test_ms_median=statistics.median(durations_ms) if durations_ms else nan,
-        per_test_ms_p95=_p95(durations_ms) if durations_ms else nan,
+        per_test_ms_mean=statistics.fmean(durations_ms),
+        per_test_ms_median=statistics.median(durations_ms),
+        per_test_ms_p95=_p95(durations_ms),
         overhead_ms=None,
         over_bare_ms=None,
         total_s=run.wall_s,
@@ -452,7 +483,9 @@ def measure(workdir: Path, mode: str, count: int, workers: int = 0, rows: int = 
     )
 
 
-def best_rounds(repeat: int, workdir: Path, modes: Sequence[str], count: int) -> list[Result]:
+def best_rounds(
+    repeat: int, workdir: Path, modes: Sequence[str], count: int, *, keep_reports: bool = False
+) -> list[Result]:
     """Each mode's least disturbed run (lowest mean), as timeit does on a busy machine.
 
     The rounds are interleaved (every mode once, then every mode again), so that a slow
@@ -461,20 +494,27 @@ def best_rounds(repeat: int, workdir: Path, modes: Sequence[str], count: int) ->
     best: dict[str, Result] = {}
     for round_number in range(1, repeat + 1):
         for mode in modes:
-            result = measure(workdir, mode, count)
+            result = measure(workdir, mode, count, keep_reports=keep_reports)
             if mode not in best or result.per_test_ms_mean < best[mode].per_test_ms_mean:
                 best[mode] = result
             print(f"  {mode:<17} {count:>6} tests, round {round_number}", file=sys.stderr)
     return [best[mode] for mode in modes]
 
 
-def run_all(workdir: Path, sizes: Sequence[int], modes: Sequence[str], repeat: int) -> list[Result]:
+def run_all(
+    workdir: Path,
+    sizes: Sequence[int],
+    modes: Sequence[str],
+    repeat: int,
+    *,
+    keep_reports: bool = False,
+) -> list[Result]:
     """Each size, baseline first, then every mode; overhead is the mean difference to it,
     and the RSS growth beyond the baseline's is what the mode itself keeps."""
     results = []
     ordered = [BASELINE, *(mode for mode in modes if mode != BASELINE)]
     for count in sizes:
-        size_results = best_rounds(repeat, workdir, ordered, count)
+        size_results = best_rounds(repeat, workdir, ordered, count, keep_reports=keep_reports)
         baseline = size_results[0]
         for result in size_results:
             result.overhead_ms = result.per_test_ms_mean - baseline.per_test_ms_mean
@@ -490,7 +530,13 @@ def run_all(workdir: Path, sizes: Sequence[int], modes: Sequence[str], repeat: i
 
 
 def measure_speedup(
-    workdir: Path, count: int, results: list[Result], mode: str = "file", rows: int = 0
+    workdir: Path,
+    count: int,
+    results: list[Result],
+    mode: str = "file",
+    rows: int = 0,
+    *,
+    keep_reports: bool = False,
 ) -> Speedup:
     """Wall time of ``mode`` serially over wall time on ``SPEEDUP_WORKERS`` workers.
 
@@ -500,8 +546,10 @@ def measure_speedup(
     """
     serial = next((r for r in results if r.mode == mode and r.tests == count and not rows), None)
     if serial is None:
-        serial = measure(workdir, mode, count, rows=rows)
-    parallel = measure(workdir, mode, count, workers=SPEEDUP_WORKERS, rows=rows)
+        serial = measure(workdir, mode, count, rows=rows, keep_reports=keep_reports)
+    parallel = measure(
+        workdir, mode, count, workers=SPEEDUP_WORKERS, rows=rows, keep_reports=keep_reports
+    )
     return Speedup(
         mode=mode,
         tests=count,
@@ -594,6 +642,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="fresh databases to time step by step, without pytest "
         f"({STEP_ITERATIONS}; --quick: {QUICK_STEP_ITERATIONS}; 0: skip)",
     )
+    parser.add_argument(
+        "--keep-reports",
+        action="store_true",
+        help="run the suites with pytest's terminal output and junit XML, as CI does: "
+        "both keep every test's reports in memory",
+    )
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args(argv)
     if args.steps is None:
@@ -644,15 +698,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps: dict[str, Steps] | None = None
     try:
         measure(workdir, "file", WARMUP_SIZE)  # compile and cache imports and the template
-        results = run_all(workdir, args.sizes, args.modes, args.repeat)
+        results = run_all(
+            workdir, args.sizes, args.modes, args.repeat, keep_reports=args.keep_reports
+        )
         if args.speedup_size and not has_module("xdist"):
             reason = "pytest-xdist is not installed"
         elif args.speedup_size:
-            speedup = measure_speedup(workdir, args.speedup_size, results)
-            baseline_speedup = measure_speedup(workdir, args.speedup_size, results, BASELINE)
+            size, keep = args.speedup_size, args.keep_reports
+            speedup = measure_speedup(workdir, size, results, keep_reports=keep)
+            baseline_speedup = measure_speedup(workdir, size, results, BASELINE, keep_reports=keep)
             if args.speedup_rows:
                 work_speedup = measure_speedup(
-                    workdir, args.speedup_size, results, rows=args.speedup_rows
+                    workdir, size, results, rows=args.speedup_rows, keep_reports=keep
                 )
         if args.steps:
             steps = measure_steps(args.steps)
@@ -665,8 +722,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = environment()
     print(
         f"Python {info['python']}, SQLite {info['sqlite']}, {info['platform']}, "
-        f"{info['cpus']} CPUs; pragmas {info['pragmas']}; databases in {info['databases_in']}\n"
+        f"{info['cpus']} CPUs; pragmas {info['pragmas']}; databases in {info['databases_in']}"
     )
+    reports = "on" if args.keep_reports else "off (they keep every test's reports in memory)"
+    print(f"pytest's terminal output and junit XML: {reports}\n")
     print(markdown_table(results))
     print(f"\n{speedup_line(speedup, reason)}")
     for extra in (baseline_speedup, work_speedup):
@@ -681,6 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "environment": info,
             "sizes": args.sizes,
             "repeat": args.repeat,
+            "keep_reports": args.keep_reports,
             "modes": [BASELINE, *(mode for mode in args.modes if mode != BASELINE)],
             "results": [asdict(result) for result in results],
             "speedup": asdict(speedup) if speedup else None,
