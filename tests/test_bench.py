@@ -90,11 +90,11 @@ try:
 except bench.BenchFailure as failure:
     print(failure)
 """
-PLANTED = '''
+PLANTED = """
 
 def test_planted(db):
     assert db is None, "planted failure"
-'''
+"""
 
 
 def test_a_failing_suite_is_reported_with_its_traceback(
