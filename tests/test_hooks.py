@@ -73,6 +73,19 @@ def test_invalid_answer_is_rejected(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["", "   "])
+def test_an_empty_project_name_alone_is_named_by_the_hook(
+    bake: Bake, tmp_path: Path, capfd: pytest.CaptureFixture[str], name: str
+) -> None:
+    """The slug derived from an empty name must not be empty: cookiecutter would then bake
+    into the output directory itself and fail before the hook could name the field."""
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, project_name=name)
+    errors = capfd.readouterr().err
+    assert f"ERROR: project_name {name!r} is invalid: must not be empty" in errors
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_problem_is_reported_at_once(
     bake: Bake, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
