@@ -302,9 +302,13 @@ class DatabaseClient:
             raise ClientClosedError(self._closed_message)
 
     @contextmanager
-    def _connection(self) -> Iterator[Any]:
+    def _connection(self, timeout: float | None = None) -> Iterator[Any]:
+        """The connection, held for this thread; ``timeout``: seconds to wait for another
+        thread to let go (TimeoutError after that; None waits as long as it takes)."""
         self._raise_if_closed()  # fail at once, not after whoever holds the lock lets go
-        with self._lock:
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"{self!r} was still busy in another thread after {timeout}s")
+        try:
             self._raise_if_closed()
             if self.engine == "sqlite3":
                 yield self._conn
@@ -313,6 +317,8 @@ class DatabaseClient:
                 yield self._conn
             except ValueError as error:  # libsql reports every database error this way
                 raise libsql_engine.translate_error(error) from error
+        finally:
+            self._lock.release()
 
     def execute(self, sql: str, args: Args = ()) -> ResultSet:
         """Run one statement and return its rows, columns and counts."""
@@ -393,9 +399,10 @@ class DatabaseClient:
         logger.debug("client closed: %s (%s)", self.path, how)
         return True
 
-    def backup(self, destination: str | Path) -> None:
-        """Copy this database, in-memory ones included, into the file ``destination``."""
-        with self._connection() as conn:
+    def backup(self, destination: str | Path, timeout: float | None = None) -> None:
+        """Copy this database, in-memory ones included, into the file ``destination``;
+        ``timeout``: give up (TimeoutError) if another thread holds the client that long."""
+        with self._connection(timeout) as conn:
             if self.engine == "libsql":
                 conn.execute("VACUUM INTO ?", (str(destination),))
                 return

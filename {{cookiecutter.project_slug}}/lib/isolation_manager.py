@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from . import connection_tracking, database, libsql_engine, migrate, scope_databases
 from .connection_tracking import Recording, record_connections
@@ -106,7 +108,9 @@ class IsolationScope:
 
     @property
     def database_url(self) -> str:
-        return f"file:{self.database_path}" if self.database_path else ":memory:"
+        """``file:`` and the path, percent-encoded: a ``%``, ``?`` or ``#`` in a directory
+        name must not send a connection to another file."""
+        return f"file:{quote(str(self.database_path))}" if self.database_path else ":memory:"
 
     @property
     def duration(self) -> float:
@@ -309,7 +313,9 @@ class TestIsolationManager:
 
     def _keep(self, scope: IsolationScope, destination: Path) -> None:
         try:
-            kept = scope_databases.keep_database(scope.client, scope.database_path, destination)
+            kept = scope_databases.keep_database(
+                scope.client, scope.database_path, destination, scope.options.connection_timeout
+            )
             if kept is not None:
                 self.kept_databases.append(kept)
                 logger.debug("database of %s kept at %s", scope.test_name, kept)
@@ -377,8 +383,12 @@ class TestIsolationManager:
             self.destroy_scope(scope_id)
         if context.recording is not None:
             for tracked in context.recording.stop():
-                self._leak("connection", context.test_name, f"opened at {tracked.location}")
-                tracked.connection.close()
+                detail = f"opened at {tracked.location}"
+                try:
+                    tracked.connection.close()
+                except sqlite3.ProgrammingError:  # opened in another thread: only it may close it
+                    detail += " (in another thread, which must close it)"
+                self._leak("connection", context.test_name, detail)
 
     def _leak(
         self, kind: Literal["scope", "connection", "stale_binding"], test: str, detail: str

@@ -170,8 +170,10 @@ def _build_template(path: Path, migrations_dir: Path) -> None:
     client = DatabaseClient(str(partial), owner="the template build", pragmas=TEMPLATE_PRAGMAS)
     try:
         migrate.apply_migrations(client.db, migrations_dir)
-    finally:
-        client.close()
+    except BaseException:
+        discard_database(partial, client.close)  # a failed migration leaves nothing behind
+        raise
+    client.close()
     os.replace(partial, path)
 
 
@@ -287,16 +289,26 @@ class DatabaseFactory:
 
 
 def keep_database(
-    client: DatabaseClient | None, path: Path | None, destination: Path
+    client: DatabaseClient | None, path: Path | None, destination: Path, timeout: float
 ) -> Path | None:
     """Save a test's database to ``destination`` for a post-mortem; return where it went
-    (None when there is nothing to save: an in-memory database never opened)."""
+    (None when there is nothing to save: an in-memory database never opened).
+
+    A file is read by a connection of its own, which sees what is committed in the WAL
+    too and never waits for a client another thread still holds; an in-memory database
+    only exists in its client, which gets ``timeout`` seconds to be free.
+    """
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.unlink(missing_ok=True)
-    if client is not None and not client.closed:
-        client.backup(destination)
-    elif path is not None and path.exists():
-        shutil.copyfile(path, destination)
+    if path is not None and path.exists():
+        with (
+            untracked(),
+            closing(sqlite3.connect(path)) as source,
+            closing(sqlite3.connect(destination)) as target,
+        ):
+            source.backup(target)
+    elif client is not None and not client.closed:
+        client.backup(destination, timeout=timeout)
     else:
         return None
     return destination

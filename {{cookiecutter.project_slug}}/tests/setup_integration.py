@@ -15,6 +15,7 @@ called whenever ``DATABASE_URL`` changes, so its own connection follows the test
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from lib import database
+from lib.connection_tracking import untracked
 from lib.database import AsyncDatabaseClient, DatabaseClient
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
@@ -261,17 +263,29 @@ def pytest_runtest_makereport(
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
+    """A connection that a session-, module- or class-scoped fixture opens outlives the test
+    that first needed it by design: it is not that test's leak."""
+    if fixturedef.scope == "function":
+        return (yield)
+    with untracked():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    failed = item.stash.get(_failed_key, False)
     try:
         return (yield)
+    except BaseException:  # a fixture's teardown failed: the test failed
+        failed = True
+        raise
     finally:
         if is_isolated(item):
             manager = get_test_isolation_manager()
             keep = None
-            if item.stash.get(_failed_key, False) and item.config.getoption(
-                "isolation_keep_failed"
-            ):
-                keep = _kept_directory(manager) / f"{_safe_name(item.nodeid)}.db"
+            if failed and item.config.getoption("isolation_keep_failed"):
+                keep = _kept_directory(manager) / _kept_name(item.nodeid)
             manager.complete_test(keep_database=keep)
 
 
@@ -279,8 +293,11 @@ def _kept_directory(manager: TestIsolationManager) -> Path:
     return manager.data_dir / RUNS_DIR_NAME / "kept"
 
 
-def _safe_name(nodeid: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:150]
+def _kept_name(nodeid: str) -> str:
+    """A file name for the test: readable, and unique even where the readable part is not
+    (``test_x[a/b]`` and ``test_x[a b]``)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:150]
+    return f"{readable}-{hashlib.sha256(nodeid.encode()).hexdigest()[:8]}.db"
 
 
 @pytest.hookimpl(trylast=True)

@@ -423,6 +423,34 @@ def test_closed_client_fails_at_once_while_another_thread_holds_it(
         holder.join(timeout=10)
 
 
+def test_a_backup_gives_up_on_a_client_another_thread_holds(
+    client: DatabaseClient, tmp_path: Path
+) -> None:
+    """Saving a failed test's in-memory database must not hang on a thread that never
+    lets go of the client."""
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with client.transaction():
+            holding.set()
+            release.wait(timeout=10)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(timeout=5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match=r"still busy in another thread after 0\.2s"):
+            client.backup(tmp_path / "copy.db", timeout=0.2)
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        holder.join(timeout=10)
+    client.backup(tmp_path / "copy.db", timeout=0.2)  # free again: the backup is made
+    assert (tmp_path / "copy.db").stat().st_size > 0
+
+
 def test_health_check(client: DatabaseClient, db_path: Path) -> None:
     health = client.health_check()
     assert health["healthy"] is True

@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -509,6 +510,33 @@ def test_ensure_test_isolation_points_the_application_at_the_scope(
     # Back in a unit test: the singleton is blocked again.
     with pytest.raises(DatabaseAccessBlockedError):
         database.get_database_client()
+
+
+def test_database_url_names_the_scope_file_whatever_the_directory_is_called(
+    tmp_path: Path,
+) -> None:
+    """A ``%2F``, ``?`` or ``#`` in a directory name (a CI branch workspace, say) must not
+    send a connection made from DATABASE_URL to another file."""
+    data_dir = tmp_path / "feature%2Ffoo?x#y" / "data"
+    m = TestIsolationManager(data_dir=data_dir, runs_dir=data_dir / RUNS_DIR_NAME)
+    m.initialize_test_mode()
+    try:
+        scope_id = m.ensure_test_isolation("odd directory")
+        path = m.active_scopes[scope_id].database_path
+        assert path is not None
+        assert parse_database_url(os.environ["DATABASE_URL"]) == str(path)
+        m.get_scoped_database_client().execute(
+            "INSERT INTO users (email, name) VALUES ('odd@example.com', 'Odd')"
+        )
+        with contextlib.closing(
+            sqlite3.connect(parse_database_url(os.environ["DATABASE_URL"]))
+        ) as own:
+            assert own.execute("SELECT name FROM users").fetchall() == [("Odd",)]
+        m.complete_test()
+    finally:
+        m.emergency_cleanup()
+        m.shutdown()
+    assert not (tmp_path / "feature").exists()
 
 
 def test_next_test_gets_a_new_scope(manager: TestIsolationManager) -> None:

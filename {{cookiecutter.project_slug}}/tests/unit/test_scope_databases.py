@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -164,6 +165,36 @@ def test_a_connection_left_open_is_a_leak_named_by_its_line(tmp_path: Path) -> N
     with pytest.raises(sqlite3.ProgrammingError):
         leaked.execute("SELECT 1")  # the leak was closed once reported
     manager.shutdown()
+
+
+def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path: Path) -> None:
+    """Only the thread that opened a sqlite3 connection may close it: the leak is reported
+    as such, and the cleanup goes on."""
+    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager.ensure_test_isolation("threaded test")
+    opened: list[sqlite3.Connection] = []
+    worker = threading.Thread(target=lambda: opened.append(sqlite3.connect(":memory:")))
+    worker.start()
+    worker.join()
+    try:
+        assert manager.complete_test() is True
+        assert [(leak.kind, leak.test) for leak in manager.leaks] == [
+            ("connection", "threaded test")
+        ]
+        assert manager.leaks[0].detail.endswith("(in another thread, which must close it)")
+        assert manager.current_test_id is None
+    finally:
+        manager.shutdown()
+
+
+def test_a_failed_template_build_leaves_no_partial_file(migrations: Path, tmp_path: Path) -> None:
+    (migrations / "0099_broken.sql").write_text("CREATE TABLE broken (;")
+    for _ in range(2):
+        with pytest.raises(migrate.MigrationError):
+            cached_template(migrations, tmp_path / "data")
+    assert list((tmp_path / "data" / RUNS_DIR_NAME / "templates").iterdir()) == [
+        tmp_path / "data" / RUNS_DIR_NAME / "templates" / ".lock"
+    ]
 
 
 def test_a_forgotten_scope_is_a_leak_unless_it_may_outlive_the_test(tmp_path: Path) -> None:

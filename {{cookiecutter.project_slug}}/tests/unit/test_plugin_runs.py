@@ -1,0 +1,118 @@
+"""The plugin in whole pytest runs of small suites: fixtures that outlive a test, and the
+databases ``--isolation-keep-failed`` saves."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+SESSION_CONNECTION = """
+import sqlite3
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    conn = sqlite3.connect(tmp_path_factory.mktemp("reference") / "reference.db")
+    yield conn
+    conn.close()
+
+
+def test_first(reference, db):
+    assert reference.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_second(reference, db):
+    assert reference.execute("SELECT 2").fetchone() == (2,)
+"""
+
+FAILED_TESTS = """
+import os
+import sqlite3
+
+import pytest
+
+from lib.database import parse_database_url
+
+pytestmark = pytest.mark.isolated
+OWN_CONNECTIONS = []
+
+
+def add_user(db, name):
+    db.execute("INSERT INTO users (email, name) VALUES (?, ?)", [f"{name}@example.com", name])
+
+
+@pytest.fixture
+def breaks_at_teardown(db):
+    yield
+    raise RuntimeError("teardown broke")
+
+
+def test_teardown_fails(breaks_at_teardown, db):
+    add_user(db, "teardown")
+
+
+@pytest.mark.parametrize("name", ["a/b", "a b"])
+def test_collide(db, name):
+    add_user(db, name)
+    assert False
+
+
+def test_own_connection():
+    conn = sqlite3.connect(parse_database_url(os.environ["DATABASE_URL"]))
+    OWN_CONNECTIONS.append(conn)  # still open when the test ends: its commit is in the WAL
+    conn.execute("INSERT INTO users (email, name) VALUES ('own@example.com', 'own')")
+    conn.commit()
+    assert False
+"""
+
+
+def run_suite(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a test module with the plugin, confined to ``tmp_path``."""
+    (tmp_path / "test_suite.py").write_text(source)
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+        f"isolation_migrations_dir = {PROJECT_ROOT / 'migrations'}\n"
+        f"isolation_data_dir = {tmp_path / 'data'}\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    command += ["-p", "tests.setup_integration", "-p", "tests.isolation_reporter"]
+    command += ["-c", str(tmp_path / "pytest.ini"), *args]
+    command.append(str(tmp_path / "test_suite.py"))
+    return subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_a_session_fixtures_connection_is_not_the_first_tests_leak(tmp_path: Path) -> None:
+    """Opened while the first test is set up, it stays open for the second, and strict mode
+    (which fails on any leak) has nothing to report."""
+    child = run_suite(tmp_path, SESSION_CONNECTION, "--isolation-strict")
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "2 passed" in child.stdout
+
+
+def test_every_failed_test_keeps_its_own_database_with_its_data(tmp_path: Path) -> None:
+    child = run_suite(tmp_path, FAILED_TESTS, "--isolation-keep-failed")
+    assert child.returncode == 1, child.stdout + child.stderr
+    kept = re.findall(r"Kept database of a failed test: (\S+)", child.stdout)
+    assert len(kept) == 4, child.stdout
+    assert len(set(kept)) == 4, kept  # test_collide[a/b] and [a b] do not overwrite each other
+    names = set()
+    for path in kept:
+        with closing(sqlite3.connect(path)) as conn:
+            names |= {name for (name,) in conn.execute("SELECT name FROM users")}
+    # a teardown failure is a failure; a commit still in the WAL is kept too
+    assert names == {"teardown", "a/b", "a b", "own"}
