@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from conftest import TEMPLATE_DIR, Bake, run
+from conftest import TEMPLATE_DIR, Bake, clean_env, run
 
 MODES = ("shared", "migrate-per-test", "bare-file", "file", "bare-memory", "memory", "savepoint")
 PLUGIN_MODES = {"file": "bare-file", "memory": "bare-memory"}
 QUICK_SIZE = 50
 FIGURES = ("per_test_ms_mean", "per_test_ms_median", "overhead_ms", "total_s", "rss_growth_mb")
+BENCH = [sys.executable, "-m", "bench.isolation_bench"]
+SHARED_ONLY = ["--modes", "shared", "--steps", "0", "--speedup-size", "0"]
 
 
 def test_bench_is_copied_verbatim(default_project: Path) -> None:
@@ -24,12 +30,15 @@ def test_bench_is_copied_verbatim(default_project: Path) -> None:
 
 def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
     # One test, so the quick run happens once even when the tests are spread over workers.
+    # The developer's database driver must not reach the suites: each mode runs on sqlite3
+    # (the memory modes need it).
     project = bake(tmp_path / "baked")
     figures_file = tmp_path / "bench-results.json"
     result = run(
-        [sys.executable, "-m", "bench.isolation_bench", "--quick", "--json", str(figures_file)],
+        [*BENCH, "--quick", "--json", str(figures_file)],
         project,
         timeout=120,
+        env=clean_env(DATABASE_DRIVER="libsql"),
     )
     assert result.returncode == 0, result.stdout
     figures = json.loads(figures_file.read_text())
@@ -120,3 +129,75 @@ def test_keep_reports_runs_pytest_as_ci_does(default_project: Path) -> None:
     assert "--junitxml" not in without
     assert "'no:terminal'" not in kept
     assert "--junitxml" in kept
+
+
+def names_in(directory: Path) -> set[str]:
+    """The entries of ``directory``, which a run may be removing meanwhile."""
+    try:
+        return set(os.listdir(directory))
+    except FileNotFoundError:
+        return set()
+
+
+def test_ctrl_c_lets_pytest_remove_its_databases(bake: Bake, tmp_path: Path) -> None:
+    """Interrupted, the bench waits for its pytest's session cleanup before removing the
+    suite, and exits 130 without a traceback. A project of its own: no other test's run
+    directory can appear in its RAM directory meanwhile."""
+    project = bake(tmp_path / "baked")
+    where = "from bench.isolation_bench import RUNS_DIR; print(RUNS_DIR)"
+    runs = Path(run([sys.executable, "-c", where], project).stdout.strip())
+    before = names_in(runs)
+    bench = subprocess.Popen(
+        [*BENCH, "--sizes", "5000", *SHARED_ONLY],
+        cwd=project,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # Interrupt once the big suite's pytest has made its directory for databases.
+        deadline = time.monotonic() + 60
+        while not (any((project / ".bench").glob("run-*/shared-*")) and names_in(runs) - before):
+            assert bench.poll() is None, "the bench ended before it was interrupted"
+            assert time.monotonic() < deadline, "the suite never started"
+            time.sleep(0.05)
+        bench.send_signal(signal.SIGINT)
+        output, _ = bench.communicate(timeout=60)
+    finally:
+        bench.kill()
+        bench.wait()
+
+    assert bench.returncode == 130, output
+    assert "interrupted" in output
+    assert "Traceback" not in output, output
+    assert names_in(runs) <= before, f"test databases left in {runs}"
+    assert not (project / ".bench").exists()
+
+
+BAD_ARGUMENTS = {
+    "--json no-such-directory/figures.json": "error: --json: no directory no-such-directory",
+    "--speedup-size -1": "error: --speedup-size must be at least 0",
+    "--speedup-rows -1": "error: --speedup-rows must be at least 0",
+}
+
+
+def test_bad_arguments_stop_the_bench_before_it_runs(default_project: Path) -> None:
+    """A mistake in the arguments fails at once, not after the whole run (a tiny one here,
+    should the arguments be taken)."""
+    for arguments, message in BAD_ARGUMENTS.items():
+        command = [*BENCH, "--sizes", "1", *SHARED_ONLY, *arguments.split()]
+        result = run(command, default_project, timeout=60)
+        assert result.returncode == 2, result.stdout
+        assert message in result.stdout, result.stdout
+
+
+def test_repeated_sizes_and_modes_are_measured_once(default_project: Path) -> None:
+    """A repeat would add rows and pair a plugin mode with another size's bare copy."""
+    script = (
+        "from bench.isolation_bench import parse_args; "
+        "args = parse_args(['--sizes', '2', '3', '2', '--modes', 'file', 'shared', 'file']); "
+        "print(args.sizes, args.modes)"
+    )
+    result = run([sys.executable, "-c", script], default_project)
+    assert result.stdout.strip() == "[2, 3] ['file', 'shared']", result.stdout

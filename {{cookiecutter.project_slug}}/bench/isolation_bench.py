@@ -32,6 +32,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import sqlite3
 import statistics
 import string
@@ -75,6 +76,9 @@ QUICK_STEP_ITERATIONS = 100
 # The generated conftest writes pytest's timings and the RSS here (unset: it records nothing).
 REPORT_VARIABLE = "ISOLATION_BENCH_REPORT"
 TEST_FILE = "test_bench_db.py"
+# An interrupted pytest: how long it may finish on its own, then after our SIGINT.
+STOP_GRACE_S = 1.0
+STOP_TIMEOUT_S = 10.0
 
 
 class BenchFailure(RuntimeError):
@@ -378,7 +382,14 @@ def pytest_command(
 
 def child_environment(report: Path) -> dict[str, str]:
     """This environment without pytest or database settings that would change the run."""
-    dropped = ("PYTEST_", "DATABASE_URL", "TURSO_", "ISOLATION_STRATEGY", REPORT_VARIABLE)
+    dropped = (
+        "PYTEST_",
+        "DATABASE_URL",
+        "DATABASE_DRIVER",
+        "TURSO_",
+        "ISOLATION_STRATEGY",
+        REPORT_VARIABLE,
+    )
     env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     env[REPORT_VARIABLE] = str(report)
@@ -403,14 +414,32 @@ def run_pytest(directory: Path, command: Sequence[str], report: Path) -> Run:
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        if hasattr(os, "wait4"):
-            _, status, usage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(status)
-            peak = _max_rss_mb(usage.ru_maxrss)
-        else:
-            process.wait()
+        try:
+            if hasattr(os, "wait4"):
+                _, status, usage = os.wait4(process.pid, 0)
+                process.returncode = os.waitstatus_to_exitcode(status)
+                peak = _max_rss_mb(usage.ru_maxrss)
+            else:
+                process.wait()
+        except KeyboardInterrupt:
+            stop(process)
+            raise
     wall = time.perf_counter() - started
     return Run(directory, process.returncode, wall, peak, log.read_text(errors="replace"))
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """End an interrupted pytest through its session cleanup, which deletes its databases:
+    its directory is removed next, and a pytest left running would leave them behind."""
+    try:
+        process.wait(STOP_GRACE_S)  # Ctrl-C in a terminal reaches pytest too
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def read_report(run: Run, report: Path) -> dict[str, Any]:
@@ -656,8 +685,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     if args.speedup_size is None:
         args.speedup_size = min(args.sizes) if args.quick else SPEEDUP_SIZE
-    if min(args.sizes) < 1 or args.repeat < 1 or args.steps < 0:
-        parser.error("--sizes and --repeat must be positive, --steps at least 0")
+    if min(args.sizes) < 1 or args.repeat < 1:
+        parser.error("--sizes and --repeat must be positive")
+    skippable = {
+        "--steps": args.steps,
+        "--speedup-size": args.speedup_size,
+        "--speedup-rows": args.speedup_rows,
+    }
+    for option, value in skippable.items():
+        if value < 0:
+            parser.error(f"{option} must be at least 0 (0: skip)")
+    if args.json and not args.json.parent.is_dir():
+        parser.error(f"--json: no directory {args.json.parent}")
+    # A repeated size or mode would be measured twice and paired with the wrong bare copy.
+    args.sizes = list(dict.fromkeys(args.sizes))
+    args.modes = list(dict.fromkeys(args.modes))
     return args
 
 
@@ -716,6 +758,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchFailure as failure:
         print(f"error: a benchmark suite failed: {failure}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
         remove_workdir(workdir)
     wall = time.perf_counter() - started
