@@ -92,11 +92,25 @@ def run_directory(runs: Path) -> Path:
     key = (runs, os.getpid())
     with _lock:
         if key not in _run_dirs:
-            runs.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = runs / f"{os.getpid()}-{secrets.token_hex(4)}"
-            path.mkdir()
-            _run_dirs[key] = path
+            _run_dirs[key] = _make_run_directory(runs)
         return _run_dirs[key]
+
+
+def _make_run_directory(runs: Path, attempts: int = 1000) -> Path:
+    """Another process's session end removes ``runs`` once it is empty, possibly between
+    our two mkdirs: try again (a few microseconds each; even processes that do nothing but
+    start and end sessions in a loop never needed 50 tries)."""
+    attempt = 1
+    while True:
+        path = runs / f"{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            runs.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.mkdir()
+            return path
+        except (FileNotFoundError, FileExistsError):
+            if attempt == attempts:
+                raise
+            attempt += 1
 
 
 def remove_run_directory(runs: Path) -> None:

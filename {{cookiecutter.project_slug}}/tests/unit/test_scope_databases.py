@@ -187,6 +187,29 @@ def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path
         manager.shutdown()
 
 
+RUN_DIRECTORY_LOOP = """
+import sys
+from pathlib import Path
+
+from lib.scope_databases import remove_run_directory, run_directory
+
+runs = Path(sys.argv[1])
+for _ in range(300):
+    run_directory(runs)
+    remove_run_directory(runs)  # removes runs too once it is empty
+"""
+
+
+def test_processes_starting_and_ending_sessions_at_once_never_collide(tmp_path: Path) -> None:
+    """One process removes the shared runs directory while another is making its own
+    directory in it: the second tries again instead of failing."""
+    command = [sys.executable, "-c", RUN_DIRECTORY_LOOP, str(tmp_path / "runs")]
+    env = {"PYTHONPATH": str(PROJECT_ROOT)}
+    loops = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    errors = [loop.communicate(timeout=120)[1] for loop in loops]
+    assert [loop.returncode for loop in loops] == [0, 0], errors
+
+
 def test_a_failed_template_build_leaves_no_partial_file(migrations: Path, tmp_path: Path) -> None:
     (migrations / "0099_broken.sql").write_text("CREATE TABLE broken (;")
     for _ in range(2):
