@@ -51,6 +51,8 @@ TEMPLATE_PRAGMAS: Mapping[str, str] = {"journal_mode": "WAL", "foreign_keys": "O
 # test, so durability buys nothing: synchronous=OFF skips fsync.
 SCOPE_PRAGMAS: Mapping[str, str] = {"synchronous": "OFF", "foreign_keys": "ON"}
 
+# What making a run directory raises when another process removed ``runs`` meanwhile.
+_RUNS_VANISHED = (FileNotFoundError, FileExistsError)
 # How a copy of the template is created: a new file only, never one that exists.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
@@ -107,7 +109,7 @@ def _make_run_directory(runs: Path, attempts: int = 1000) -> Path:
             runs.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.mkdir()
             return path
-        except (FileNotFoundError, FileExistsError):
+        except _RUNS_VANISHED:
             if attempt == attempts:
                 raise
             attempt += 1
