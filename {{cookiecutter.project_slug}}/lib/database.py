@@ -369,13 +369,14 @@ class DatabaseClient:
             return self._db
 
     def close(self, timeout: float = 5.0, *, reason: str | None = None) -> bool:
-        """Close the connection; idempotent. Returns False if it could not within ``timeout``.
+        """Close the connection; idempotent. Returns False if it could not within ``timeout``
+        (and, called again, while that close is still waiting).
 
         New calls fail with :class:`ClientClosedError` at once; a statement still running in
         another thread is interrupted, and the connection closes when that thread lets go.
         """
         if self.closed:
-            return True
+            return not self._close_pending
         how = f"closed at {caller_location()}" + (f" {reason}" if reason else "")
         self._closed_message = (
             f"CLIENT_CLOSED: this database client belonged to {self.owner} and was {how}. "

@@ -413,6 +413,7 @@ def test_closed_client_fails_at_once_while_another_thread_holds_it(
     assert holding.wait(timeout=5)
     assert client.close(timeout=0.1) is False  # still held: given up after the timeout
     assert client.closed
+    assert client.close(timeout=0.1) is False  # asked again: the close is still waiting
     started = time.monotonic()
     try:
         with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
@@ -421,6 +422,7 @@ def test_closed_client_fails_at_once_while_another_thread_holds_it(
     finally:
         release.set()
         holder.join(timeout=10)
+    assert client.close() is True  # the holder let go: the waiting close is done
 
 
 def test_a_backup_gives_up_on_a_client_another_thread_holds(
