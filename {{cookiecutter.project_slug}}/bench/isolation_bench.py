@@ -226,13 +226,13 @@ def pytest_unconfigure(config):
 
 DATABASES = """
 import itertools
-from pathlib import Path
 
 from bench.isolation_bench import DATA_DIR, MIGRATIONS_DIR, RUNS_DIR, scope_pragmas
 from lib.database import DatabaseClient
 from lib.migrate import apply_migrations
 from lib.scope_databases import (
     SCOPE_PRAGMAS,
+    delete_database_files,
     discard_database,
     remove_run_directory,
     run_directory,
@@ -244,11 +244,6 @@ DATA = run_directory(RUNS_DIR)
 _numbers = itertools.count()
 _shared = []
 _template = []
-
-
-def delete(path):
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def pytest_sessionfinish(session):
@@ -306,7 +301,7 @@ def db():
     apply_migrations(client.db)
     yield client
     client.close()
-    delete(path)
+    delete_database_files(path)
 """,
     "bare-file": DATABASES
     + BARE_COPY

@@ -1,5 +1,5 @@
-"""The plugin in whole pytest runs of small suites: fixtures that outlive a test, and the
-databases ``--isolation-keep-failed`` saves."""
+"""The plugin in whole pytest runs of small suites: markers other plugins add, fixtures
+that outlive a test, and the databases ``--isolation-keep-failed`` saves."""
 
 from __future__ import annotations
 
@@ -12,6 +12,24 @@ from contextlib import closing
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+PLUGIN_THAT_MARKS = """
+import pytest
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "marked_late" in item.name:
+            item.add_marker(pytest.mark.isolated)
+"""
+
+TESTS_MARKED_LATE = """
+from tests.setup_integration import get_db_client
+
+
+def test_marked_late():
+    assert get_db_client().execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+"""
 
 SESSION_CONNECTION = """
 import sqlite3
@@ -78,7 +96,9 @@ def test_own_connection():
 
 
 def run_suite(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``source`` as a test module with the plugin, confined to ``tmp_path``."""
+    """Run ``source`` as a test module with the plugin, confined to ``tmp_path`` (where a
+    plugin of the test's own can be written: ``args`` come first, so a ``-p`` there is
+    registered before the isolation plugin)."""
     (tmp_path / "test_suite.py").write_text(source)
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
@@ -86,14 +106,23 @@ def run_suite(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedPr
         f"isolation_data_dir = {tmp_path / 'data'}\n"
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)])
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly"]
-    command += ["-p", "tests.setup_integration", "-p", "tests.isolation_reporter"]
-    command += ["-c", str(tmp_path / "pytest.ini"), *args]
+    command += [*args, "-p", "tests.setup_integration", "-p", "tests.isolation_reporter"]
+    command += ["-c", str(tmp_path / "pytest.ini")]
     command.append(str(tmp_path / "test_suite.py"))
     return subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def test_a_marker_another_plugin_adds_at_collection_counts(tmp_path: Path) -> None:
+    """Which tests are isolated is decided after every other plugin has marked its tests,
+    even one registered before the isolation plugin (whose hook would otherwise run last)."""
+    (tmp_path / "marking_plugin.py").write_text(PLUGIN_THAT_MARKS)
+    child = run_suite(tmp_path, TESTS_MARKED_LATE, "-p", "marking_plugin")
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "1 passed" in child.stdout
 
 
 def test_a_session_fixtures_connection_is_not_the_first_tests_leak(tmp_path: Path) -> None:
