@@ -234,6 +234,7 @@ from lib.scope_databases import (
     SCOPE_PRAGMAS,
     delete_database_files,
     discard_database,
+    memory_url,
     remove_run_directory,
     run_directory,
     template_for,
@@ -321,8 +322,9 @@ def db():
 
 @pytest.fixture
 def db():
-    image = _template[0].image
-    client = DatabaseClient(":memory:", owner="one test", pragmas=SCOPE_PRAGMAS, image=image)
+    url = memory_url(f"bench-{next(_numbers)}")
+    client = DatabaseClient(url, owner="one benchmark test", pragmas=SCOPE_PRAGMAS)
+    _template[0].copy_into(client)
     yield client
     client.close()
 """,

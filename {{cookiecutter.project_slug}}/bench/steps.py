@@ -14,7 +14,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from lib.scope_databases import SCOPE_PRAGMAS, Template, delete_database_files, discard_database
+from lib.scope_databases import (
+    SCOPE_PRAGMAS,
+    Template,
+    delete_database_files,
+    discard_database,
+    memory_url,
+)
 
 # The work of each generated benchmark test: one insert and one count.
 INSERT = "INSERT INTO logs (level, message) VALUES ('info', ?)"
@@ -41,7 +47,7 @@ class _Clock:
 
 
 def _connect(database: str) -> sqlite3.Connection:
-    return sqlite3.connect(database, isolation_level=None)
+    return sqlite3.connect(database, isolation_level=None, uri=database.startswith("file:"))
 
 
 def _set_pragmas(conn: sqlite3.Connection, pragmas: Mapping[str, str]) -> None:
@@ -91,9 +97,9 @@ def _file_steps(clock: _Clock, template: Template, directory: Path, number: int)
 
 def _memory_steps(clock: _Clock, template: Template, number: int) -> None:
     with clock.step("connect"):
-        conn = _connect(":memory:")
-    with clock.step("deserialize the template image"):
-        conn.deserialize(template.image)
+        conn = _connect(memory_url(f"steps-{number}"))
+    with clock.step("copy the template in (backup)"):
+        template.in_memory.backup(conn)
     _use_and_close(
         clock, conn, number, first="pragmas (the first statement reads the schema)", close="close"
     )

@@ -78,10 +78,19 @@ def is_remote_url(value: str) -> bool:
     return bool(separator) and scheme.lower() in REMOTE_SCHEMES
 
 
+def local_database_file(path: str) -> Path | None:
+    """The file that the SQLite ``path`` names, or None for ``:memory:``, an SQLite URI
+    (``file:...?...``) and a remote URL: what may need its directory created first."""
+    if path == ":memory:" or path.startswith("file:") or is_remote_url(path):
+        return None
+    return Path(path)
+
+
 def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
     """Return the SQLite path (or ``:memory:``) that ``url`` names; explain a bad value.
 
-    A remote libSQL URL (``libsql://``, ``https://``, ...) is returned as it is.
+    A remote libSQL URL (``libsql://``, ``https://``, ...) is returned as it is, and so is
+    a ``file:`` URL with a query (``?mode=ro``, ``?vfs=memdb``): SQLite opens it as a URI.
     """
     value = url.strip()
     if not value:
@@ -99,7 +108,7 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
                 f"{variable}={value!r} is not a local SQLite file URL: "
                 "use file:./relative/path.db or file:///absolute/path.db"
             )
-        return path
+        return value if parts.query else path
     if scheme_match:
         scheme = scheme_match.group(1).lower()
         if scheme in REMOTE_SCHEMES:
@@ -245,12 +254,11 @@ class DatabaseClient:
         *,
         owner: str = "the application",
         pragmas: Mapping[str, str] = CONNECTION_PRAGMAS,
-        image: bytes | None = None,
         engine: Engine = "sqlite3",
         sync_url: str | None = None,
         auth_token: str | None = None,
     ) -> None:
-        """Open ``path``; with ``image``, open an in-memory copy of that serialized database.
+        """Open ``path``: a file, ``:memory:``, or an SQLite URI (``file:...?vfs=memdb``).
 
         ``engine="libsql"`` connects with libsql (``path`` may then be a remote URL, or a
         local embedded replica of ``sync_url``).
@@ -268,22 +276,16 @@ class DatabaseClient:
             raise DatabaseAccessBlockedError(f"{_remote_blocked_reason} ({caller_location()})")
         self._conn: Any
         if engine == "libsql":
-            if image is not None:
-                raise DatabaseConfigError(
-                    "an in-memory copy of a database needs the sqlite3 engine: libsql has no "
-                    "serialize/deserialize; use the file strategy with DATABASE_DRIVER=libsql"
-                )
             self._conn = _libsql_connect(path, sync_url, auth_token)
         else:
             self._conn = sqlite3.connect(
-                ":memory:" if image is not None else path,
+                path,
                 timeout=BUSY_TIMEOUT_MS / 1000,
                 isolation_level=None,
                 check_same_thread=False,
                 factory=_GuardedConnection,
+                uri=path.startswith("file:"),
             )
-            if image is not None:
-                self._conn.deserialize(image)
         if not remote:
             for name, value in pragmas.items():
                 self._conn.execute(f"PRAGMA {name}={value}")
@@ -409,6 +411,26 @@ class DatabaseClient:
                 return
             with closing(sqlite3.connect(destination)) as target:
                 conn.backup(target)
+
+    def restore_from(self, source: sqlite3.Connection) -> None:
+        """Replace this database with a copy of ``source``: how a named in-memory database
+        gets its contents (``deserialize`` would make a private one instead).
+
+        ``source`` must not be in WAL mode: its copy would be marked WAL, which an
+        in-memory database cannot open.
+        """
+        if self.engine == "libsql":
+            raise DatabaseConfigError(
+                "copying a database into a client needs the sqlite3 engine: libsql has no "
+                "backup API; use the file strategy with DATABASE_DRIVER=libsql"
+            )
+        if source.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            raise DatabaseConfigError(
+                "restore_from() needs a source that is not in WAL mode (an in-memory copy "
+                "cannot open a WAL database): copy it into memory first, or use backup()"
+            )
+        with self._connection() as conn:
+            source.backup(conn)
 
     def _release(self) -> None:
         """Let go of the lock held across a transaction; finish a close that had to wait."""
@@ -627,8 +649,9 @@ class DatabaseService:
         if self._url is not None:
             environ = {**os.environ, "DATABASE_URL": self._url}
         target = database_target(environ)
-        if target.path != ":memory:" and not is_remote_url(target.path):
-            Path(target.path).parent.mkdir(parents=True, exist_ok=True)
+        file = local_database_file(target.path)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
         logger.debug("connecting to %s with %s", target.path, target.engine)
         return DatabaseClient(
             target.path,

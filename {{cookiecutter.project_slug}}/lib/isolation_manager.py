@@ -1,7 +1,7 @@
 """Test isolation: every test gets its own scope with a fresh, migrated database.
 
 Migrations build a template database once per process; each scope gets a copy of it
-(a real file, or an in-memory image), its own tracked clients, and while it is the
+(a real file, or a named in-memory database), its own tracked clients, and while it is the
 current test's scope, ``DATABASE_URL`` and the ``lib.database`` singleton point at it.
 Ending the scope closes its clients (with a timeout), deletes its files, drops project
 modules imported meanwhile and names module globals still holding its clients.
@@ -109,8 +109,11 @@ class IsolationScope:
     @property
     def database_url(self) -> str:
         """``file:`` and the path, percent-encoded: a ``%``, ``?`` or ``#`` in a directory
-        name must not send a connection to another file."""
-        return f"file:{quote(str(self.database_path))}" if self.database_path else ":memory:"
+        name must not send a connection to another file. In memory: a named database that
+        any connection of this process can open."""
+        if self.database_path is None:
+            return scope_databases.memory_url(f"isolation-{self.id}")
+        return f"file:{quote(str(self.database_path))}"
 
     @property
     def duration(self) -> float:
@@ -238,6 +241,8 @@ class TestIsolationManager:
                 if scope_options.isolate_modules
                 else frozenset(),
             )
+            if path is None:  # an in-memory database exists while a client holds it
+                self._open_client(scope, new=True)
             self.active_scopes[scope_id] = scope
             self.performance_metrics["scopes_created"] += 1
         logger.debug("scope created: %s for %s (%s)", scope_id, test_name, scope_options.strategy)
@@ -268,14 +273,19 @@ class TestIsolationManager:
             scope = self._scope(scope_id)
             if scope.client is not None and not scope.client.closed:
                 return scope.client
-            # A closed in-memory database is gone: it starts again from the template.
-            client = self._factory(scope.options.strategy).connect(scope.database_path, scope.owner)
-            scope.client = client
-            scope.connections.add(client)
-            if scope.options.track_connections:
-                self.global_connection_registry.add(client)
-                self.performance_metrics["connections_created"] += 1
-            return client
+            return self._open_client(scope, new=False)
+
+    def _open_client(self, scope: IsolationScope, *, new: bool) -> DatabaseClient:
+        """Open the scope's client. An in-memory database that lost its last client is
+        gone: it starts again from the template."""
+        factory = self._factory(scope.options.strategy)
+        client = factory.connect(scope.database_path, scope.database_url, scope.owner, new=new)
+        scope.client = client
+        scope.connections.add(client)
+        if scope.options.track_connections:
+            self.global_connection_registry.add(client)
+            self.performance_metrics["connections_created"] += 1
+        return client
 
     def destroy_scope(self, scope_id: str, *, keep_as: Path | None = None) -> bool:
         """Delete the scope's database, close its clients, drop its modules.

@@ -22,6 +22,7 @@ from .database import (
     DEFAULT_DATABASE_URL,
     DatabaseClient,
     DatabaseConfigError,
+    local_database_file,
     parse_database_url,
 )
 
@@ -114,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatabaseConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    file = local_database_file(path)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
     client = DatabaseClient(path, owner="python -m lib.migrate")
     try:
         if args.list:

@@ -5,8 +5,8 @@ Migrations run once per schema, not once per run: the template is cached under
 version), rebuilt when that changes or the cached file fails its checks, under a file
 lock so parallel processes never build it twice at once. Each process copies it into its
 own run directory ``<runs>/<pid>-<random>/``, and every scope gets a copy of that: a real
-file, or an in-memory image. The runs directory is ``data/.isolation/``, or one in RAM
-(see :func:`runs_root`).
+file, or a named in-memory database (:func:`memory_url`). The runs directory is
+``data/.isolation/``, or one in RAM (see :func:`runs_root`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import quote
 
 from sqlite_utils.migrations import Migrations
 
@@ -51,6 +52,8 @@ TEMPLATE_PRAGMAS: Mapping[str, str] = {"journal_mode": "WAL", "foreign_keys": "O
 # test, so durability buys nothing: synchronous=OFF skips fsync.
 SCOPE_PRAGMAS: Mapping[str, str] = {"synchronous": "OFF", "foreign_keys": "ON"}
 
+# Named in-memory databases that other connections can open (the memdb VFS).
+MEMDB_SQLITE = (3, 36, 0)
 # What making a run directory raises when another process removed ``runs`` meanwhile.
 _RUNS_VANISHED = (FileNotFoundError, FileExistsError)
 # How a copy of the template is created: a new file only, never one that exists.
@@ -217,7 +220,8 @@ class Template:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._data: bytes | None = None
-        self._image: bytes | None = None
+        self._in_memory: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
 
     @property
     def data(self) -> bytes:
@@ -241,14 +245,25 @@ class Template:
         os.close(descriptor)
 
     @property
-    def image(self) -> bytes:
-        """The template serialized, marked as a rollback-journal database (memdb has no WAL)."""
-        if self._image is None:
-            with closing(sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)) as conn:
-                image = bytearray(conn.serialize())
-            image[18:20] = b"\x01\x01"
-            self._image = bytes(image)
-        return self._image
+    def in_memory(self) -> sqlite3.Connection:
+        """The template in a private in-memory database, the source of in-memory copies;
+        marked as a rollback-journal database (memory has no WAL)."""
+        with self._lock:
+            if self._in_memory is None:
+                with closing(sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)) as file:
+                    image = bytearray(file.serialize())
+                image[18:20] = b"\x01\x01"
+                with untracked():
+                    conn = sqlite3.connect(":memory:", check_same_thread=False)
+                conn.deserialize(bytes(image))
+                self._in_memory = conn
+            return self._in_memory
+
+    def copy_into(self, client: DatabaseClient) -> None:
+        """Fill ``client``'s new, empty in-memory database with the template."""
+        source = self.in_memory
+        with self._lock:  # one backup at a time reads the shared source
+            client.restore_from(source)
 
 
 def template_for(migrations_dir: Path, data_dir: Path, runs: Path) -> Template:
@@ -265,8 +280,14 @@ def template_for(migrations_dir: Path, data_dir: Path, runs: Path) -> Template:
     return template
 
 
+def memory_url(name: str) -> str:
+    """The URI of the in-memory database ``name``: every connection of this process that
+    opens it shares one database, which lives until the last of them closes."""
+    return f"file:/{quote(name)}?vfs=memdb"
+
+
 class DatabaseFactory:
-    """Makes a fresh copy of the template for each scope, and opens it when asked.
+    """Makes a fresh copy of the template for each scope, and opens it.
 
     Everything happens on the test's own thread: preparing copies in a background thread
     was measured slower overall, since it competes with the tests for the GIL.
@@ -277,8 +298,14 @@ class DatabaseFactory:
     ) -> None:
         if strategy == "memory" and engine != "sqlite3":
             raise ValueError(
-                "the memory strategy needs the sqlite3 engine (libsql cannot deserialize a "
-                "database into memory): use the file strategy with DATABASE_DRIVER=libsql"
+                "the memory strategy needs the sqlite3 engine (libsql cannot copy a database "
+                "into memory): use the file strategy with DATABASE_DRIVER=libsql"
+            )
+        if strategy == "memory" and sqlite3.sqlite_version_info < MEMDB_SQLITE:
+            raise ValueError(
+                f"the memory strategy needs SQLite {'.'.join(map(str, MEMDB_SQLITE))} or newer "
+                f"for named in-memory databases; this Python has {sqlite3.sqlite_version}: "
+                "use the file strategy"
             )
         self.template = template
         self.strategy = strategy
@@ -287,21 +314,30 @@ class DatabaseFactory:
         self._numbers = itertools.count()
 
     def new_database(self) -> Path | None:
-        """Copy the template to a new file (the file strategy); None for the memory one."""
+        """Copy the template to a new file (the file strategy); None for the memory one,
+        whose database exists while a client has it open (see :meth:`connect`)."""
         if self.strategy == "memory":
             return None
         path = self.directory / f"db-{next(self._numbers)}-{secrets.token_hex(2)}.db"
         self.template.copy_to(path)
         return path
 
-    def connect(self, path: Path | None, owner: str) -> DatabaseClient:
-        """A client on the database at ``path``, or on a new in-memory copy when None."""
+    def connect(self, path: Path | None, url: str, owner: str, *, new: bool) -> DatabaseClient:
+        """A client on the file ``path``, or on the in-memory database at ``url``: filled
+        with the template when ``new``, or when it was gone (its last client closed)."""
         with untracked():
-            if path is None:
+            if path is not None:
                 return DatabaseClient(
-                    ":memory:", owner=owner, pragmas=SCOPE_PRAGMAS, image=self.template.image
+                    str(path), owner=owner, pragmas=SCOPE_PRAGMAS, engine=self.engine
                 )
-            return DatabaseClient(str(path), owner=owner, pragmas=SCOPE_PRAGMAS, engine=self.engine)
+            client = DatabaseClient(url, owner=owner, pragmas=SCOPE_PRAGMAS)
+        try:
+            if new or client.execute("PRAGMA page_count").rows[0][0] == 0:
+                self.template.copy_into(client)
+        except BaseException:
+            client.close()
+            raise
+        return client
 
 
 def keep_database(

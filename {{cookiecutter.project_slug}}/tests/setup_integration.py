@@ -164,7 +164,7 @@ def _engine(config: pytest.Config) -> database.Engine:
     if driver == "libsql" and config.stash[_strategy_key] == "memory":
         raise pytest.UsageError(
             "the memory isolation strategy needs the sqlite3 engine (libsql cannot "
-            "deserialize a database into memory): use --isolation-strategy file with "
+            "copy a database into memory): use --isolation-strategy file with "
             "DATABASE_DRIVER=libsql"
         )
     return driver

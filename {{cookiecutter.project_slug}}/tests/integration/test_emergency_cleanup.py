@@ -7,7 +7,6 @@ error, never a connection to the developer's own database.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +15,7 @@ from lib.database import (
     DatabaseAccessBlockedError,
     DatabaseClient,
     get_database_client,
+    local_database_file,
 )
 from lib.isolation_manager import IsolationError, TestIsolationManager
 from tests.setup_integration import get_db_client, get_isolation_stats
@@ -27,7 +27,7 @@ def test_emergency_cleanup_closes_every_scope(isolation_manager: TestIsolationMa
     second = isolation_manager.create_scope("emergency-test-2")
     client1 = isolation_manager.get_scoped_database_client(first)
     client2 = isolation_manager.get_scoped_database_client(second)
-    paths = [Path(client.path) for client in (own, client1, client2) if client.path != ":memory:"]
+    paths = [local_database_file(client.path) for client in (own, client1, client2)]
     assert len(isolation_manager.active_scopes) >= 3
     emergencies = isolation_manager.performance_metrics["emergency_cleanups"]
 
@@ -41,7 +41,7 @@ def test_emergency_cleanup_closes_every_scope(isolation_manager: TestIsolationMa
         with pytest.raises(ClientClosedError):
             client.execute("SELECT 1")
     for path in paths:
-        assert not path.exists()
+        assert path is None or not path.exists()
     stats = get_isolation_stats()
     assert stats["active_scope_count"] == 0
     assert stats["active_connection_count"] == 0

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lib.database import DatabaseClient, get_database_client, parse_database_url
+from lib.database import (
+    DatabaseClient,
+    get_database_client,
+    local_database_file,
+    parse_database_url,
+)
 from lib.isolation_manager import TestIsolationManager
 from tests.integration.schema import table_names
 from tests.setup_integration import get_db_client, get_isolation_stats
@@ -19,15 +24,18 @@ _SEEN_PATHS: list[Path] = []
 
 def _current_path() -> Path:
     """The current test's database file (skips under the memory strategy)."""
-    path = get_db_client().path
-    if path == ":memory:":
+    path = local_database_file(get_db_client().path)
+    if path is None:
         pytest.skip("the memory strategy has no database file")
-    return Path(path)
+    return path
 
 
 def _check_and_record_path() -> None:
-    """Earlier tests' files are gone and never reused, in whichever order tests run."""
-    path = _current_path()
+    """Earlier tests' files are gone and never reused, in whichever order tests run
+    (nothing to check in memory)."""
+    path = local_database_file(get_db_client().path)
+    if path is None:
+        return
     assert path.exists()
     for earlier in _SEEN_PATHS:
         assert earlier != path
@@ -80,10 +88,16 @@ def test_application_code_sees_the_test_database(db: DatabaseClient) -> None:
     assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 2
 
 
-def test_database_url_points_at_the_scope_database() -> None:
-    url = os.environ["DATABASE_URL"]
-    path = _current_path()
-    assert Path(parse_database_url(url)).resolve() == path.resolve()
+def test_database_url_points_at_the_scope_database(db: DatabaseClient) -> None:
+    """A connection of the test's own, opened from DATABASE_URL, sees the test's rows,
+    in memory too."""
+    assert parse_database_url(os.environ["DATABASE_URL"]) == db.path
+    db.execute("INSERT INTO users (email, name) VALUES ('url@example.com', 'Url')")
+    own = DatabaseClient(db.path, owner="a connection of the test's own", engine=db.engine)
+    try:
+        assert own.execute("SELECT name FROM users").rows[0][0] == "Url"
+    finally:
+        own.close()
     assert "TURSO_DATABASE_URL" not in os.environ
     assert "TURSO_AUTH_TOKEN" not in os.environ
     _check_and_record_path()

@@ -47,7 +47,7 @@ def test_fifty_scopes_created_and_destroyed(isolation_manager: TestIsolationMana
             assert not path.exists()
 
 
-@pytest.mark.sqlite3_only  # in-memory copies need sqlite3 deserialize
+@pytest.mark.sqlite3_only  # in-memory copies need sqlite3's backup
 def test_memory_scopes_under_pressure(isolation_manager: TestIsolationManager) -> None:
     baseline = _counts(get_isolation_stats())
     ids = [isolation_manager.create_scope(f"mem-{i}", strategy="memory") for i in range(50)]

@@ -75,8 +75,6 @@ def test_scope_end_stops_a_query_still_running(isolation_manager: TestIsolationM
 
 def test_locked_database_fails_after_busy_timeout(db: DatabaseClient) -> None:
     """A writer blocked by another connection's transaction waits busy_timeout, then fails."""
-    if db.path == ":memory:":
-        pytest.skip("needs a database file shared by two connections")
     # The same engine as the test's client: two SQLite libraries in one process do not
     # see each other's locks.
     impatient = DatabaseClient(

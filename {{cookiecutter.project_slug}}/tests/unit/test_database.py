@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from lib.database import (
     database_target,
     get_database_client,
     is_remote_url,
+    local_database_file,
     parse_database_url,
 )
 
@@ -82,6 +84,58 @@ def test_parse_database_url_accepts_file_forms(url: str, expected: str) -> None:
 
 def test_parse_database_url_accepts_memory() -> None:
     assert parse_database_url(":memory:") == ":memory:"
+
+
+@pytest.mark.parametrize("url", ["file:/shared?vfs=memdb", "file:./data/app.db?mode=ro"])
+def test_parse_database_url_keeps_sqlite_uris_whole(url: str) -> None:
+    """A query is SQLite's (``vfs=memdb``, ``mode=ro``): dropping it would open a file
+    named after the path instead, such as ``/shared``."""
+    assert parse_database_url(url) == url
+    assert local_database_file(parse_database_url(url)) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("data/app.db", Path("data/app.db")), (":memory:", None), ("libsql://x.turso.io", None)],
+)
+def test_local_database_file(path: str, expected: Path | None) -> None:
+    assert local_database_file(path) == expected
+
+
+def test_client_opens_sqlite_uris(client: DatabaseClient, db_path: Path) -> None:
+    """``file:...?mode=ro`` is opened as a URI: read-only, not a file of that name."""
+    client.execute("INSERT INTO items (name) VALUES ('kept')")
+    reader = DatabaseClient(f"file:{db_path}?mode=ro", owner="reader")
+    try:
+        assert reader.execute("SELECT name FROM items").rows[0][0] == "kept"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.execute("INSERT INTO items (name) VALUES ('refused')")
+    finally:
+        reader.close()
+    assert not Path(f"file:{db_path}?mode=ro").exists()
+
+
+def test_restore_from_fills_a_named_in_memory_database(
+    client: DatabaseClient, tmp_path: Path
+) -> None:
+    """Every connection to the name sees the copy: what ``deserialize`` cannot do. A WAL
+    source (``client``'s) is refused: its copy could not be opened in memory."""
+    url = f"file:/restore-{uuid.uuid4().hex}?vfs=memdb"
+    first = DatabaseClient(url, owner="first")
+    second = DatabaseClient(url, owner="second")
+    try:
+        with (
+            contextlib.closing(sqlite3.connect(str(client.path))) as wal,
+            pytest.raises(DatabaseConfigError, match="WAL"),
+        ):
+            first.restore_from(wal)
+        with contextlib.closing(sqlite3.connect(tmp_path / "rollback.db")) as source:
+            source.executescript(SCHEMA + "INSERT INTO items (name) VALUES ('copied');")
+            first.restore_from(source)
+        assert second.execute("SELECT name FROM items").rows[0][0] == "copied"
+    finally:
+        first.close()
+        second.close()
 
 
 @pytest.mark.parametrize("url", ["", "   ", "postgres://x", "mysql://user@host/db"])

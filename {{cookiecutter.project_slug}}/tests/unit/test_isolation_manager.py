@@ -252,6 +252,34 @@ def test_memory_strategy_scope(manager: TestIsolationManager, data_dir: Path) ->
     assert not client2.closed
 
 
+def test_memory_scope_is_reachable_through_its_url(manager: TestIsolationManager) -> None:
+    """Another connection opened from the scope's URL shares its database from the
+    moment the scope exists; the database is gone with the scope."""
+    scope_id = manager.create_scope("memory url", strategy="memory")
+    url = manager.active_scopes[scope_id].database_url
+    other = DatabaseClient(parse_database_url(url), owner="the application")
+    try:
+        assert _tables(other) >= SCHEMA_TABLES
+        other.execute("INSERT INTO users (email, name) VALUES ('u@example.com', 'U')")
+        client = manager.get_scoped_database_client(scope_id)
+        assert client.execute("SELECT name FROM users").rows[0][0] == "U"
+        client.close()  # ``other`` still holds the database: reopening keeps its rows
+        client = manager.get_scoped_database_client(scope_id)
+        assert client.execute("SELECT COUNT(*) FROM users").rows[0][0] == 1
+    finally:
+        other.close()
+    client.close()  # the last connection: the database is gone, reopening starts afresh
+    client = manager.get_scoped_database_client(scope_id)
+    assert client.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+    client.execute("INSERT INTO users (email, name) VALUES ('v@example.com', 'V')")
+    assert manager.destroy_scope(scope_id)
+    after = DatabaseClient(parse_database_url(url), owner="after the scope")
+    try:
+        assert _tables(after) == set()
+    finally:
+        after.close()
+
+
 def test_unknown_strategy_is_rejected(manager: TestIsolationManager) -> None:
     with pytest.raises(ValueError, match="strategy"):
         manager.create_scope("bad", strategy="postgres")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,11 @@ def test_what_libsql_lacks_is_refused_clearly(client: DatabaseClient, tmp_path: 
         client.execute("SELECT :x", {"x": 1})
     with pytest.raises(NotImplementedError, match="sqlite3 engine"):
         _ = client.db
-    with pytest.raises(DatabaseConfigError, match="file strategy"):
-        DatabaseClient(":memory:", engine="libsql", image=b"")
+    with (
+        closing(sqlite3.connect(":memory:")) as source,
+        pytest.raises(DatabaseConfigError, match="file strategy"),
+    ):
+        client.restore_from(source)
     manager = TestIsolationManager(data_dir=tmp_path / "data", engine="libsql")
     try:
         with pytest.raises(ValueError, match="memory strategy needs the sqlite3 engine"):
