@@ -122,8 +122,9 @@ def remove_run_directory(runs: Path) -> None:
     """Delete this process's test databases and forget its templates (end of session)."""
     with _lock:
         path = _run_dirs.pop((runs, os.getpid()), None)
-        for key in [key for key in _templates if key[0] == runs]:
-            del _templates[key]
+        forgotten = [_templates.pop(key) for key in list(_templates) if key[0] == runs]
+    for template in forgotten:
+        template.close()
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
         with suppress(OSError):  # not empty: another process's run, or the template cache
@@ -258,6 +259,13 @@ class Template:
                 conn.deserialize(bytes(image))
                 self._in_memory = conn
             return self._in_memory
+
+    def close(self) -> None:
+        """Close the in-memory source, if it was opened."""
+        with self._lock:
+            if self._in_memory is not None:
+                self._in_memory.close()
+                self._in_memory = None
 
     def copy_into(self, client: DatabaseClient) -> None:
         """Fill ``client``'s new, empty in-memory database with the template."""

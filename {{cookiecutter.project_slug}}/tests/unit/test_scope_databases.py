@@ -91,6 +91,18 @@ def test_a_copy_of_the_template_is_exact_and_never_overwrites(
     assert taken.read_bytes() == b"someone else's file"
 
 
+def test_the_in_memory_source_is_closed_with_the_run(migrations: Path, tmp_path: Path) -> None:
+    """A session's end closes its template's in-memory source: nothing left for the
+    garbage collector to warn about."""
+    runs = tmp_path / "runs"
+    template = scope_databases.template_for(migrations, tmp_path / "data", runs)
+    source = template.in_memory
+    assert source.execute("SELECT count(*) FROM logs").fetchone() == (0,)
+    remove_run_directory(runs)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        source.execute("SELECT 1")
+
+
 def test_a_copy_that_cannot_be_written_whole_leaves_no_file(
     migrations: Path, tmp_path: Path
 ) -> None:
