@@ -166,13 +166,18 @@ def _template_key(migrations_dir: Path) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Open a template without locks and without creating -wal/-shm files beside it (the
+    path percent-encoded: a ``?``, ``#`` or ``%`` in a directory name is part of it)."""
+    return sqlite3.connect(f"file:{quote(str(path))}?immutable=1", uri=True)
+
+
 def _is_valid_template(path: Path, expected: list[str]) -> bool:
     """A cached template is usable if SQLite finds it sound and it has every migration."""
     if not path.is_file():
         return False
     try:
-        # immutable: read without locks and without creating -wal/-shm files beside it
-        with closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as conn:
+        with closing(_open_read_only(path)) as conn:
             if conn.execute("PRAGMA quick_check").fetchone() != ("ok",):
                 return False
             applied = conn.execute(
@@ -249,13 +254,12 @@ class Template:
     def in_memory(self) -> sqlite3.Connection:
         """The template in a private in-memory database, the source of in-memory copies;
         marked as a rollback-journal database (memory has no WAL)."""
-        with self._lock:
+        with self._lock, untracked():
             if self._in_memory is None:
-                with closing(sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)) as file:
+                with closing(_open_read_only(self.path)) as file:
                     image = bytearray(file.serialize())
                 image[18:20] = b"\x01\x01"
-                with untracked():
-                    conn = sqlite3.connect(":memory:", check_same_thread=False)
+                conn = sqlite3.connect(":memory:", check_same_thread=False)
                 conn.deserialize(bytes(image))
                 self._in_memory = conn
             return self._in_memory

@@ -36,7 +36,8 @@ from lib.isolation_manager import (
     ScopeNotFoundError,
     TestIsolationManager,
 )
-from lib.migrate import pending_migrations
+from lib.migrate import MIGRATIONS_DIR, pending_migrations
+from lib.scope_databases import cached_template
 
 SCOPE_ID = re.compile(r"^test_\d+_[0-9a-f]{8}$")
 SCHEMA_TABLES = {"users", "products", "orders", "order_items", "logs"}
@@ -561,6 +562,12 @@ def test_database_url_names_the_scope_file_whatever_the_directory_is_called(
         ) as own:
             assert own.execute("SELECT name FROM users").fetchall() == [("Odd",)]
         m.complete_test()
+        in_memory = m.create_scope("odd directory, in memory", strategy="memory")
+        client = m.get_scoped_database_client(in_memory)
+        assert client.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+        cached = cached_template(MIGRATIONS_DIR, data_dir)
+        built = cached.stat().st_mtime_ns
+        assert cached_template(MIGRATIONS_DIR, data_dir).stat().st_mtime_ns == built  # reused
     finally:
         m.emergency_cleanup()
         m.shutdown()
