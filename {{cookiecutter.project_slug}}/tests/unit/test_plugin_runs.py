@@ -11,6 +11,8 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 PLUGIN_THAT_MARKS = """
@@ -60,8 +62,6 @@ import sqlite3
 
 import pytest
 
-from lib.database import parse_database_url
-
 pytestmark = pytest.mark.isolated
 OWN_CONNECTIONS = []
 
@@ -87,8 +87,8 @@ def test_collide(db, name):
 
 
 def test_own_connection():
-    conn = sqlite3.connect(parse_database_url(os.environ["DATABASE_URL"]))
-    OWN_CONNECTIONS.append(conn)  # still open when the test ends: its commit is in the WAL
+    conn = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+    OWN_CONNECTIONS.append(conn)  # still open when the test ends: a file's commit is in the WAL
     conn.execute("INSERT INTO users (email, name) VALUES ('own@example.com', 'own')")
     conn.commit()
     assert False
@@ -133,8 +133,13 @@ def test_a_session_fixtures_connection_is_not_the_first_tests_leak(tmp_path: Pat
     assert "2 passed" in child.stdout
 
 
-def test_every_failed_test_keeps_its_own_database_with_its_data(tmp_path: Path) -> None:
-    child = run_suite(tmp_path, FAILED_TESTS, "--isolation-keep-failed")
+@pytest.mark.parametrize("strategy", ["file", "memory"])
+def test_every_failed_test_keeps_its_own_database_with_its_data(
+    tmp_path: Path, strategy: str
+) -> None:
+    child = run_suite(
+        tmp_path, FAILED_TESTS, "--isolation-keep-failed", "--isolation-strategy", strategy
+    )
     assert child.returncode == 1, child.stdout + child.stderr
     kept = re.findall(r"Kept database of a failed test: (\S+)", child.stdout)
     assert len(kept) == 4, child.stdout
