@@ -62,6 +62,15 @@ _NOT_PROJECT = tuple(
 )
 
 
+ModulesState = tuple[int, str | None]
+
+
+def _modules_state() -> ModulesState:
+    """What every import changes: the number of modules and the newest one (an import adds
+    its name last, so removing one module and importing another changes it too)."""
+    return len(sys.modules), next(reversed(sys.modules), None)
+
+
 class IsolationWarning(UserWarning):
     """Something a test left behind that would break a later test."""
 
@@ -191,8 +200,9 @@ class TestIsolationManager:
         self._factories: dict[Strategy, DatabaseFactory] = {}
         self._baseline_modules: frozenset[str] = frozenset(sys.modules)
         self._is_project_module: dict[str, bool] = {}
-        self._project_modules: tuple[int, list[str]] = (0, [])
+        self._project_modules: tuple[ModulesState, list[str]] = ((0, None), [])
         self._last_snapshot: frozenset[str] = frozenset()
+        self._last_snapshot_state: ModulesState = (0, None)
         self._context: _TestContext | None = None
         self._lock = threading.RLock()
 
@@ -450,10 +460,12 @@ class TestIsolationManager:
     # -- modules ------------------------------------------------------------------------
 
     def capture_module_snapshot(self) -> frozenset[str]:
-        """The names of the modules imported so far (reused while ``sys.modules`` keeps its size,
-        as it does between most tests)."""
-        if len(self._last_snapshot) != len(sys.modules):
+        """The names of the modules imported so far (the last snapshot again while no module
+        was imported or removed since, as between most tests)."""
+        state = _modules_state()
+        if state != self._last_snapshot_state:
             self._last_snapshot = frozenset(sys.modules)
+            self._last_snapshot_state = state
         return self._last_snapshot
 
     def _project_module(self, name: str) -> bool:
@@ -477,18 +489,19 @@ class TestIsolationManager:
         return filename.startswith(self._root_prefix)
 
     def _current_project_modules(self) -> list[str]:
-        """Project modules now imported; recomputed only when ``sys.modules`` changes size."""
-        count, names = self._project_modules
-        if count != len(sys.modules):
+        """Project modules now imported; recomputed only when ``sys.modules`` changed."""
+        state = _modules_state()
+        seen, names = self._project_modules
+        if seen != state:
             names = [name for name in list(sys.modules) if self._project_module(name)]
-            self._project_modules = (len(sys.modules), names)
+            self._project_modules = (state, names)
         return names
 
     def clear_module_cache(self, snapshot: frozenset[str] | None = None) -> int:
         """Drop project modules imported since ``snapshot`` (default: test-mode start)."""
         baseline = self._baseline_modules if snapshot is None else snapshot
-        if len(sys.modules) == len(baseline):
-            return 0  # nothing imported since (modules are added, almost never removed)
+        if baseline is self._last_snapshot and _modules_state() == self._last_snapshot_state:
+            return 0  # nothing imported or removed since (the common case)
         dropped = [name for name in sys.modules.keys() - baseline if self._project_module(name)]
         for name in dropped:
             sys.modules.pop(name, None)

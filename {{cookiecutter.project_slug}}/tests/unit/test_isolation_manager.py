@@ -648,6 +648,25 @@ def test_scope_option_isolate_modules_false_keeps_modules(
         m.emergency_cleanup()
 
 
+def test_a_module_imported_after_another_was_removed_is_dropped(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    """As many modules at the end of the scope as at its start does not mean nothing was
+    imported: this test removes one module and imports another."""
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    earlier, later = make_module(""), make_module("")
+    importlib.import_module(earlier)
+    m.initialize_test_mode()
+    try:
+        scope_id = m.create_scope("swap modules")
+        del sys.modules[earlier]
+        importlib.import_module(later)
+        assert m.destroy_scope(scope_id)
+        assert later not in sys.modules
+    finally:
+        m.emergency_cleanup()
+
+
 def test_isolation_core_is_never_dropped(data_dir: Path) -> None:
     m = TestIsolationManager(data_dir=data_dir, module_patterns=["lib", "lib.*"])
     m.initialize_test_mode()
