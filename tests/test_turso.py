@@ -52,7 +52,7 @@ def test_memory_strategy_on_libsql_is_refused_clearly(turso_project: Path) -> No
         env=clean_env(DATABASE_DRIVER="libsql", ISOLATION_STRATEGY="memory"),
     )
     assert result.returncode == 4, result.stdout  # a usage error, before any test runs
-    assert "memory isolation strategy needs the sqlite3 engine" in result.stdout
+    assert "the memory strategy needs the sqlite3 engine" in result.stdout
     assert "Traceback" not in result.stdout
 
 

@@ -298,6 +298,23 @@ def memory_url(name: str) -> str:
     return f"file:/{quote(name)}?vfs=memdb"
 
 
+def check_strategy(strategy: str, engine: Engine) -> None:
+    """Raise ValueError, saying what to use instead, if ``strategy`` cannot run here."""
+    if strategy != "memory":
+        return
+    if engine != "sqlite3":
+        raise ValueError(
+            "the memory strategy needs the sqlite3 engine (libsql cannot copy a database "
+            "into memory): use the file strategy with DATABASE_DRIVER=libsql"
+        )
+    if sqlite3.sqlite_version_info < MEMDB_SQLITE:
+        raise ValueError(
+            f"the memory strategy needs SQLite {'.'.join(map(str, MEMDB_SQLITE))} or newer "
+            f"for named in-memory databases; this Python has {sqlite3.sqlite_version}: "
+            "use the file strategy"
+        )
+
+
 class DatabaseFactory:
     """Makes a fresh copy of the template for each scope, and opens it.
 
@@ -308,17 +325,7 @@ class DatabaseFactory:
     def __init__(
         self, template: Template, strategy: Strategy, directory: Path, engine: Engine = "sqlite3"
     ) -> None:
-        if strategy == "memory" and engine != "sqlite3":
-            raise ValueError(
-                "the memory strategy needs the sqlite3 engine (libsql cannot copy a database "
-                "into memory): use the file strategy with DATABASE_DRIVER=libsql"
-            )
-        if strategy == "memory" and sqlite3.sqlite_version_info < MEMDB_SQLITE:
-            raise ValueError(
-                f"the memory strategy needs SQLite {'.'.join(map(str, MEMDB_SQLITE))} or newer "
-                f"for named in-memory databases; this Python has {sqlite3.sqlite_version}: "
-                "use the file strategy"
-            )
+        check_strategy(strategy, engine)
         self.template = template
         self.strategy = strategy
         self.engine = engine

@@ -36,7 +36,7 @@ from lib.isolation_manager import (
     get_test_isolation_manager,
     install_test_isolation_manager,
 )
-from lib.scope_databases import remove_run_directory, runs_root
+from lib.scope_databases import check_strategy, remove_run_directory, runs_root
 
 __all__ = [
     "async_db",
@@ -156,17 +156,16 @@ def _reset_hooks(spec: str) -> list[Callable[[], object]]:
 
 
 def _engine(config: pytest.Config) -> database.Engine:
-    """``DATABASE_DRIVER=libsql`` runs every test's database on the libsql engine."""
+    """``DATABASE_DRIVER=libsql`` runs every test's database on the libsql engine (never
+    with the memory strategy, which the engine and SQLite must both support)."""
     try:
         driver = database.database_driver()
     except database.DatabaseConfigError as error:
         raise pytest.UsageError(str(error)) from error
-    if driver == "libsql" and config.stash[_strategy_key] == "memory":
-        raise pytest.UsageError(
-            "the memory isolation strategy needs the sqlite3 engine (libsql cannot "
-            "copy a database into memory): use --isolation-strategy file with "
-            "DATABASE_DRIVER=libsql"
-        )
+    try:
+        check_strategy(config.stash[_strategy_key], driver)
+    except ValueError as error:
+        raise pytest.UsageError(f"isolation strategy: {error}") from error
     return driver
 
 

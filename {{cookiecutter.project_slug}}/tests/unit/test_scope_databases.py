@@ -103,6 +103,18 @@ def test_the_in_memory_source_is_closed_with_the_run(migrations: Path, tmp_path:
         source.execute("SELECT 1")
 
 
+def test_the_memory_strategy_names_the_sqlite_it_needs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Named in-memory databases came with SQLite 3.36: an older one is a clear error."""
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 35, 5))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.35.5")
+    template = scope_databases.Template(tmp_path / "template.db")
+    with pytest.raises(ValueError, match=r"SQLite 3\.36\.0 or newer .* has 3\.35\.5: use the file"):
+        scope_databases.DatabaseFactory(template, "memory", tmp_path)
+    scope_databases.DatabaseFactory(template, "file", tmp_path)  # files need nothing new
+
+
 def test_a_copy_that_cannot_be_written_whole_leaves_no_file(
     migrations: Path, tmp_path: Path
 ) -> None:
