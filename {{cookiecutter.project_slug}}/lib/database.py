@@ -21,12 +21,13 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
 from urllib.parse import unquote, urlsplit
 
-import sqlite_utils
-
 from . import libsql_engine
+
+if TYPE_CHECKING:  # imported when first used: it takes longer to import than a test runs
+    import sqlite_utils
 
 logger = logging.getLogger("database")
 
@@ -367,6 +368,8 @@ class DatabaseClient:
                     "lack the sqlite3 API sqlite-utils uses; use client.execute() instead"
                 )
             if self._db is None:
+                import sqlite_utils
+
                 self._db = sqlite_utils.Database(conn, execute_plugins=False)
             return self._db
 

@@ -14,9 +14,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
+from typing import TYPE_CHECKING
 
 from .database import (
     DEFAULT_DATABASE_URL,
@@ -26,8 +24,14 @@ from .database import (
     parse_database_url,
 )
 
+if TYPE_CHECKING:  # imported when migrations run, so that a test session starts faster
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_SET = "app"
+# Where sqlite-utils' Migrations records what it applied (``Migrations.migrations_table``).
+MIGRATIONS_TABLE = "_sqlite_migrations"
 
 
 class MigrationError(RuntimeError):
@@ -82,10 +86,24 @@ def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> Migrations:
     """A ``Migrations`` set with one migration per SQL file, named after the file."""
+    from sqlite_utils.migrations import Migrations
+
     migrations = Migrations(MIGRATION_SET)
     for path in migration_files(directory):
         migrations(name=path.stem)(_sql_migration(path))
     return migrations
+
+
+def applied_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Names of the migrations recorded in ``conn``'s database, in the order they applied
+    (read without sqlite-utils: checking a cached template must not need to import it)."""
+    return [
+        name
+        for (name,) in conn.execute(
+            f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ? ORDER BY id",
+            [MIGRATION_SET],
+        )
+    ]
 
 
 def pending_migrations(db: sqlite_utils.Database, directory: Path = MIGRATIONS_DIR) -> list[str]:

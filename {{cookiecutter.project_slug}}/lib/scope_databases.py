@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import quote
 
-from sqlite_utils.migrations import Migrations
-
 from . import migrate
 from .connection_tracking import untracked
 from .database import DatabaseClient, Engine
@@ -180,14 +178,10 @@ def _is_valid_template(path: Path, expected: list[str]) -> bool:
         with closing(_open_read_only(path)) as conn:
             if conn.execute("PRAGMA quick_check").fetchone() != ("ok",):
                 return False
-            applied = conn.execute(
-                f"SELECT name FROM {Migrations.migrations_table} "
-                "WHERE migration_set = ? ORDER BY id",
-                [migrate.MIGRATION_SET],
-            ).fetchall()
+            applied = migrate.applied_migrations(conn)
     except sqlite3.Error:
         return False
-    return [name for (name,) in applied] == expected
+    return applied == expected
 
 
 def _build_template(path: Path, migrations_dir: Path) -> None:

@@ -13,6 +13,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from sqlite_utils.migrations import Migrations
 
 from lib import migrate, scope_databases
 from lib.isolation_manager import TestIsolationManager
@@ -41,6 +42,39 @@ def test_the_template_is_built_once_and_reused(migrations: Path, tmp_path: Path)
     assert second == first
     assert second.stat().st_mtime_ns == built_at
     assert cache_files(tmp_path / "data") == [first]
+
+
+def test_a_session_with_a_cached_template_never_imports_sqlite_utils(
+    migrations: Path, tmp_path: Path
+) -> None:
+    """sqlite-utils takes longer to import than hundreds of tests take to run: a process
+    whose template is cached (every xdist worker, most runs) checks it without it. The
+    table it reads is the one sqlite-utils' Migrations writes."""
+    assert Migrations.migrations_table == migrate.MIGRATIONS_TABLE
+    cached_template(migrations, tmp_path / "data")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from lib.isolation_manager import TestIsolationManager
+
+        m = TestIsolationManager(
+            migrations_dir=Path({str(migrations)!r}), data_dir=Path({str(tmp_path / "data")!r})
+        )
+        m.initialize_test_mode()
+        for strategy in ("file", "memory"):
+            scope_id = m.create_scope("no sqlite-utils", strategy=strategy)
+            m.get_scoped_database_client(scope_id).execute("SELECT count(*) FROM users")
+            m.destroy_scope(scope_id)
+        m.shutdown()
+        print("sqlite_utils" in sys.modules)
+        """
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "False"
 
 
 def test_a_changed_migration_rebuilds_the_template(migrations: Path, tmp_path: Path) -> None:
