@@ -294,6 +294,8 @@ def db():
 """,
     "migrate-per-test": DATABASES
     + """
+import sqlite_utils  # migrations need it: imported with the suite, not by its first test
+
 
 @pytest.fixture
 def db():
