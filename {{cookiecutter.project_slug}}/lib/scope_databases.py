@@ -267,9 +267,8 @@ class Template:
 
     def copy_into(self, client: DatabaseClient) -> None:
         """Fill ``client``'s new, empty in-memory database with the template."""
-        source = self.in_memory
         with self._lock:  # one backup at a time reads the shared source
-            client.restore_from(source)
+            client.restore_from(self.in_memory)
 
 
 def template_for(migrations_dir: Path, data_dir: Path, runs: Path) -> Template:
@@ -357,11 +356,12 @@ def keep_database(
     client: DatabaseClient | None, path: Path | None, destination: Path, timeout: float
 ) -> Path | None:
     """Save a test's database to ``destination`` for a post-mortem; return where it went
-    (None when there is nothing to save: an in-memory database never opened).
+    (None when there is nothing to save: an in-memory database whose client was closed).
 
     A file is read by a connection of its own, which sees what is committed in the WAL
-    too and never waits for a client another thread still holds; an in-memory database
-    only exists in its client, which gets ``timeout`` seconds to be free.
+    too and never waits for a client another thread still holds. An in-memory database is
+    read through its client, which gets ``timeout`` seconds to be free (a connection of
+    its own would wait as long: without WAL, an open write transaction blocks readers).
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.unlink(missing_ok=True)
