@@ -23,7 +23,7 @@ SHARED_ONLY = ["--modes", "shared", "--steps", "0", "--speedup-size", "0"]
 
 def test_bench_is_copied_verbatim(default_project: Path) -> None:
     """The benchmark holds no template syntax: baking must not change a byte of it."""
-    for name in ("__init__.py", "isolation_bench.py", "steps.py"):
+    for name in ("__init__.py", "isolation_bench.py", "steps.py", "targets.py"):
         source = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "bench" / name
         assert (default_project / "bench" / name).read_bytes() == source.read_bytes(), name
 
@@ -79,6 +79,17 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
     assert "copy the template in (backup)" in steps["memory"]
     assert all(micros > 0 for timed in steps.values() for micros in timed.values()), steps
     assert "| file | **over the shared connection** |" in result.stdout
+
+    # Every target gets a verdict from this run's own figures; a quick run lacks the sizes
+    # of the others, and says so rather than judging them.
+    verdicts = {verdict["target"].partition(":")[0]: verdict for verdict in figures["targets"]}
+    assert len(figures["targets"]) == 5, figures["targets"]
+    for mode, limit in (("file", 0.5), ("memory", 0.2)):
+        assert verdicts[mode]["met"] is (rows[mode]["overhead_ms"] <= limit), verdicts[mode]
+        assert f"{rows[mode]['overhead_ms']:+.3f} ms at {QUICK_SIZE}" in verdicts[mode]["measured"]
+    unmeasured = [verdict for verdict in figures["targets"] if verdict["met"] is None]
+    assert len(unmeasured) == 3, figures["targets"]
+    assert "Targets:\n\n| target | measured | met |" in result.stdout
     assert not (project / ".bench").exists()
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.steps import Steps, steps_table, time_steps
+from bench.targets import check_targets, targets_table
 from lib.scope_databases import (
     SCOPE_PRAGMAS,
     TEMPLATE_PRAGMAS,
@@ -778,6 +779,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if steps is not None:
         print(f"\nWhere a fresh database's time goes (mean of {args.steps}, without pytest):\n")
         print(steps_table(steps))
+    verdicts = check_targets(results, speedup, work_speedup, steps)
+    print(f"\nTargets:\n\n{targets_table(verdicts)}")
     print(f"\nbench wall time: {wall:.1f} s")
     if args.json:
         figures = {
@@ -791,6 +794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "baseline_speedup": asdict(baseline_speedup) if baseline_speedup else None,
             "work_speedup": asdict(work_speedup) if work_speedup else None,
             "steps": steps,
+            "targets": [asdict(verdict) for verdict in verdicts],
             "wall_s": wall,
         }
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
