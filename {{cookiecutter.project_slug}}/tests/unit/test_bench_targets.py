@@ -71,15 +71,20 @@ def test_overhead_shows_sqlite_floor_when_the_steps_were_timed() -> None:
     assert by_start(found, "memory:").met is None  # not run: no verdict either way
 
 
-def test_flatness_compares_the_largest_suite_with_the_smallest_both_ways() -> None:
+def test_flatness_fails_when_the_overhead_grows_with_the_suite() -> None:
     grows = [result("file", 100, 0.5), result("file", 5000, 0.61)]
-    shrinks = [result("memory", 100, 0.5), result("memory", 5000, 0.39)]
     steady = [result("file", 100, 0.5), result("file", 5000, 0.59)]
+    shrinks = [result("memory", 100, 0.5), result("memory", 5000, 0.3)]
     assert by_start(verdicts(grows), "overhead at").met is False
-    assert by_start(verdicts(shrinks), "overhead at").met is False
     flat = by_start(verdicts(steady), "overhead at")
     assert flat.met is True
     assert flat.measured == "file: 1.18x (+0.500 -> +0.590 ms)"
+    assert by_start(verdicts(shrinks), "overhead at").met is True
+    either = by_start(verdicts(grows + shrinks), "overhead at")
+    assert either.met is False
+    assert either.measured == (
+        "file: 1.22x (+0.500 -> +0.610 ms); memory: 0.60x (+0.500 -> +0.300 ms)"
+    )
 
 
 def test_flatness_needs_both_sizes_and_some_overhead() -> None:
