@@ -38,13 +38,14 @@ class Verdict:
     met: bool | None
 
 
-def _overheads(results: Sequence[Result], mode: str) -> dict[int, float]:
-    """``mode``'s overhead over the baseline at each suite size."""
-    return {
-        result.tests: result.overhead_ms
+def _overheads(results: Sequence[Result], mode: str) -> list[tuple[Result, float]]:
+    """``mode``'s results with their overhead over the baseline, smallest suite first."""
+    measured = [
+        (result, result.overhead_ms)
         for result in results
         if result.mode == mode and result.overhead_ms is not None
-    }
+    ]
+    return sorted(measured, key=lambda pair: pair[0].tests)
 
 
 def overhead_verdict(results: Sequence[Result], mode: str, floor_ms: float | None) -> Verdict:
@@ -52,19 +53,17 @@ def overhead_verdict(results: Sequence[Result], mode: str, floor_ms: float | Non
     copy) and SQLite's own floor when they were measured."""
     limit = MAX_OVERHEAD_MS[mode]
     target = f"{mode}: overhead <= {limit} ms per test over one shared connection"
-    figures, overheads = [], []
-    for result in sorted(results, key=lambda result: result.tests):
-        if result.mode != mode or result.overhead_ms is None:
-            continue
-        own = "" if result.over_bare_ms is None else f" (isolation {result.over_bare_ms:+.3f})"
-        figures.append(f"{result.overhead_ms:+.3f} ms at {result.tests}{own}")
-        overheads.append(result.overhead_ms)
+    overheads = _overheads(results, mode)
     if not overheads:
         return Verdict(target, "not measured", None)
+    figures = []
+    for result, ms in overheads:
+        own = "" if result.over_bare_ms is None else f" (isolation {result.over_bare_ms:+.3f})"
+        figures.append(f"{ms:+.3f} ms at {result.tests}{own}")
     measured = ", ".join(figures)
     if floor_ms is not None:
         measured += f"; SQLite's own floor {floor_ms:+.3f} ms"
-    return Verdict(target, measured, all(ms <= limit for ms in overheads))
+    return Verdict(target, measured, all(ms <= limit for _, ms in overheads))
 
 
 def flatness_verdict(results: Sequence[Result], modes: Sequence[str]) -> Verdict:
@@ -73,7 +72,7 @@ def flatness_verdict(results: Sequence[Result], modes: Sequence[str]) -> Verdict
     target = f"overhead at {large:,} tests at most {MAX_GROWTH:.0%} above that at {small}"
     parts, verdicts = [], []
     for mode in modes:
-        overheads = _overheads(results, mode)
+        overheads = {result.tests: ms for result, ms in _overheads(results, mode)}
         if small not in overheads or large not in overheads:
             continue
         first, last = overheads[small], overheads[large]

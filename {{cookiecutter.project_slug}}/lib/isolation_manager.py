@@ -20,9 +20,9 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
 
 from . import connection_tracking, database, libsql_engine, migrate, scope_databases
 from .connection_tracking import Recording, record_connections
@@ -115,14 +115,13 @@ class IsolationScope:
     def owner(self) -> str:
         return f"scope {self.id} (test {self.test_name})"
 
-    @property
+    @cached_property
     def database_url(self) -> str:
-        """``file:`` and the path, percent-encoded: a ``%``, ``?`` or ``#`` in a directory
-        name must not send a connection to another file. In memory: a named database that
-        any connection of this process can open."""
+        """The file's ``file:`` URI, or in memory a named database that any connection of
+        this process can open."""
         if self.database_path is None:
             return scope_databases.memory_url(f"isolation-{self.id}")
-        return f"file:{quote(str(self.database_path))}"
+        return scope_databases.file_url(self.database_path)
 
     @property
     def duration(self) -> float:

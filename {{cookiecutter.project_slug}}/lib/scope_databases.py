@@ -164,10 +164,15 @@ def _template_key(migrations_dir: Path) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
+def file_url(path: Path) -> str:
+    """The ``file:`` URI of ``path``, percent-encoded: a ``%``, ``?`` or ``#`` in a directory
+    name is part of the path, never the start of a query sending SQLite to another file."""
+    return f"file:{quote(str(path))}"
+
+
 def _open_read_only(path: Path) -> sqlite3.Connection:
-    """Open a template without locks and without creating -wal/-shm files beside it (the
-    path percent-encoded: a ``?``, ``#`` or ``%`` in a directory name is part of it)."""
-    return sqlite3.connect(f"file:{quote(str(path))}?immutable=1", uri=True)
+    """Open a template without locks and without creating -wal/-shm files beside it."""
+    return sqlite3.connect(f"{file_url(path)}?immutable=1", uri=True)
 
 
 def _is_valid_template(path: Path, expected: list[str]) -> bool:
@@ -247,7 +252,10 @@ class Template:
     @property
     def in_memory(self) -> sqlite3.Connection:
         """The template in a private in-memory database, the source of in-memory copies;
-        marked as a rollback-journal database (memory has no WAL)."""
+        marked as a rollback-journal database (memory has no WAL). Built on first use."""
+        conn = self._in_memory
+        if conn is not None:  # every memory test after the first: no lock, no tracking
+            return conn
         with self._lock, untracked():
             if self._in_memory is None:
                 with closing(_open_read_only(self.path)) as file:
