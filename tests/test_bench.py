@@ -19,11 +19,20 @@ QUICK_SIZE = 50
 FIGURES = ("per_test_ms_mean", "per_test_ms_median", "overhead_ms", "total_s", "rss_growth_mb")
 BENCH = [sys.executable, "-m", "bench.isolation_bench"]
 SHARED_ONLY = ["--modes", "shared", "--steps", "0", "--speedup-size", "0"]
+BENCH_FILES = (
+    "__init__.py",
+    "isolation_bench.py",
+    "measure.py",
+    "pytest_runs.py",
+    "steps.py",
+    "suites.py",
+    "targets.py",
+)
 
 
 def test_bench_is_copied_verbatim(default_project: Path) -> None:
     """The benchmark holds no template syntax: baking must not change a byte of it."""
-    for name in ("__init__.py", "isolation_bench.py", "steps.py", "targets.py"):
+    for name in BENCH_FILES:
         source = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "bench" / name
         assert (default_project / "bench" / name).read_bytes() == source.read_bytes(), name
 
@@ -97,17 +106,18 @@ FAILING_SUITE = """
 import sys
 from pathlib import Path
 
-from bench import isolation_bench as bench
+from bench.pytest_runs import BenchFailure, check_passed, pytest_command, read_report, run_pytest
+from bench.suites import TEST_FILE, write_suite
 
 directory = Path(sys.argv[1])
-bench.write_suite(directory, "shared", 3)
-test_file = directory / bench.TEST_FILE
+write_suite(directory, "shared", 3)
+test_file = directory / TEST_FILE
 test_file.write_text(test_file.read_text() + PLANTED)
 report = directory / "report.json"
-run = bench.run_pytest(directory, bench.pytest_command(directory, "shared", 0), report)
+run = run_pytest(directory, pytest_command(directory, "shared", 0), report)
 try:
-    bench.check_passed(run, 3, bench.read_report(run, report))
-except bench.BenchFailure as failure:
+    check_passed(run, 3, read_report(run, report))
+except BenchFailure as failure:
     print(failure)
 """
 PLANTED = """
@@ -131,7 +141,7 @@ def test_a_failing_suite_is_reported_with_its_traceback(
 
 def test_keep_reports_runs_pytest_as_ci_does(default_project: Path) -> None:
     script = (
-        "from pathlib import Path; from bench.isolation_bench import pytest_command as c; "
+        "from pathlib import Path; from bench.pytest_runs import pytest_command as c; "
         "print(c(Path('s'), 'file', 0)); print(c(Path('s'), 'file', 0, keep_reports=True))"
     )
     result = run([sys.executable, "-c", script], default_project)
@@ -155,7 +165,7 @@ def test_ctrl_c_lets_pytest_remove_its_databases(bake: Bake, tmp_path: Path) -> 
     suite, and exits 130 without a traceback. A project of its own: no other test's run
     directory can appear in its RAM directory meanwhile."""
     project = bake(tmp_path / "baked")
-    where = "from bench.isolation_bench import RUNS_DIR; print(RUNS_DIR)"
+    where = "from bench.suites import RUNS_DIR; print(RUNS_DIR)"
     runs = Path(run([sys.executable, "-c", where], project).stdout.strip())
     before = names_in(runs)
     bench = subprocess.Popen(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from bench.steps import Steps, floor_us
 
 if TYPE_CHECKING:
-    from bench.isolation_bench import Result, Speedup
+    from bench.measure import Result, Speedup
 
 # Per-test overhead over one shared connection, in ms, for each strategy.
 MAX_OVERHEAD_MS: Mapping[str, float] = {"file": 0.5, "memory": 0.2}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bench.isolation_bench import Result, Speedup
+from bench.measure import Result, Speedup
 from bench.steps import Steps
 from bench.targets import Verdict, check_targets, targets_table
 
