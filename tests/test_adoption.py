@@ -116,14 +116,14 @@ import sqlite3
 _connection: sqlite3.Connection | None = None
 
 
-def database_path() -> str:
-    return os.environ.get("DATABASE_URL", "file:toyshop.db").removeprefix("file:")
+def database_url() -> str:
+    return os.environ.get("DATABASE_URL", "file:toyshop.db")
 
 
 def get_connection() -> sqlite3.Connection:
     global _connection
     if _connection is None:
-        _connection = sqlite3.connect(database_path())
+        _connection = sqlite3.connect(database_url(), uri=True)
     return _connection
 
 
@@ -192,7 +192,7 @@ def test_toyshop_uses_the_tests_database(db, isolation_manager) -> None:
     url = os.environ["DATABASE_URL"]
     assert isolation_manager.data_dir.name == ".toyshop-data"
     assert url.startswith(f"file:{isolation_manager.runs_dir}/")
-    assert toy_db.database_path() == url.removeprefix("file:")
+    assert toy_db.database_url() == url
     assert shop.item_names() == []
     shop.add_item("plum")  # written through toyshop.db, read through the plugin's client
     assert [row["name"] for row in db.execute("SELECT name FROM items").rows] == ["plum"]

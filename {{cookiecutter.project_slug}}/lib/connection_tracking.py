@@ -34,6 +34,7 @@ class TrackedConnection:
 
     @property
     def is_open(self) -> bool:
+        """Whether the connection is still open: a leak if its test has ended."""
         if isinstance(self.connection, TrackedLibsqlConnection):
             return not self.connection.closed
         try:
@@ -51,6 +52,7 @@ class TrackedLibsqlConnection:
         self.closed = False
 
     def close(self) -> None:
+        """Close the connection, and remember it."""
         self.closed = True
         self._connection.close()
 
@@ -98,6 +100,7 @@ class Recording:
         self.opened: list[TrackedConnection] = []
 
     def still_open(self) -> list[TrackedConnection]:
+        """The recorded connections nobody has closed yet."""
         return [tracked for tracked in self.opened if tracked.is_open]
 
     def stop(self) -> list[TrackedConnection]:

@@ -113,6 +113,7 @@ class IsolationScope:
 
     @property
     def owner(self) -> str:
+        """How errors name the scope, e.g. a stale client's ``ClientClosedError``."""
         return f"scope {self.id} (test {self.test_name})"
 
     @cached_property

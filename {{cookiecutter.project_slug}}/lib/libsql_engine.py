@@ -21,6 +21,7 @@ class LibsqlRow(tuple[Any, ...]):
     _index: Mapping[str, int]
 
     def __new__(cls, values: Sequence[Any], index: Mapping[str, int]) -> LibsqlRow:
+        """The row's values, with the column index every row of its result shares."""
         row = super().__new__(cls, values)
         row._index = index
         return row
@@ -31,6 +32,7 @@ class LibsqlRow(tuple[Any, ...]):
         return super().__getitem__(key)
 
     def keys(self) -> list[str]:
+        """The column names, in order: what ``dict(row)`` needs."""
         return list(self._index)
 
 

@@ -86,11 +86,18 @@ def load_baseline(path: Path) -> dict[str, Any]:
     return baseline
 
 
+def averages_judged(summary: dict[str, float], baseline: dict[str, Any]) -> bool:
+    """Whether enough tests ran for their averages to mean something: a few slow tests
+    picked with ``-k`` are not a regression of the suite."""
+    return summary["total_tests"] >= int(baseline.get("min_tests_for_averages", 0))
+
+
 def find_regressions(summary: dict[str, float], baseline: dict[str, Any]) -> list[Regression]:
     """Compare the run with the baseline: above ``baseline * warning`` warns, ``* error`` fails."""
     regressions = []
+    judge_averages = averages_judged(summary, baseline)
     for metric, limits in baseline.get("metrics", {}).items():
-        if metric not in summary:
+        if metric not in summary or (metric.startswith("average_") and not judge_averages):
             continue
         current = summary[metric]
         for severity in ("error", "warning"):
@@ -112,8 +119,8 @@ class IsolationReporter:
         self.performance: dict[str, float] = dict.fromkeys(PERFORMANCE_COUNTERS, 0)
         self.cleanup_time_total = 0.0
         self.kept_databases: list[str] = []
-        baseline_path = Path(config.rootpath, config.getini("isolation_performance_baseline"))
-        self.baseline = load_baseline(baseline_path)
+        self.baseline_path = Path(config.rootpath, config.getini("isolation_performance_baseline"))
+        self.baseline = load_baseline(self.baseline_path)
         self.report_path: str | None = config.getoption("isolation_report")
         self.strict = bool(
             config.getoption("isolation_strict") or config.getini("isolation_strict")
@@ -238,8 +245,7 @@ class IsolationReporter:
         self._leaky = bool(
             summary["scope_leaks"] + summary["connection_leaks"] + summary["stale_bindings"]
         )
-        failed_by_regression = any(r.severity == "error" for r in self.regressions)
-        if failed_by_regression or (self.strict and self._leaky):
+        if self._failed_by_regression() or (self.strict and self._leaky):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.report_path:
             self._write_json(Path(self.report_path), summary)
@@ -286,10 +292,17 @@ class IsolationReporter:
             f"  Emergency Cleanups: {perf['emergency_cleanups']:.0f}",
         ]
 
+    def _failed_by_regression(self) -> bool:
+        return any(r.severity == "error" for r in self.regressions)
+
     def regression_table(self) -> list[str]:
+        lines = []
+        if self._summary is not None and not averages_judged(self._summary, self.baseline):
+            minimum = self.baseline["min_tests_for_averages"]
+            lines.append(f"Averages not checked: fewer than {minimum} isolated tests ran")
         if not self.regressions:
-            return ["No performance regressions detected"] if self.baseline else []
-        lines = [
+            return [*lines, "No performance regressions detected"] if self.baseline else lines
+        lines += [
             f"{len(self.regressions)} performance regression(s) detected:",
             f"  {'metric':<26} {'current':>10} {'baseline':>10} {'threshold':>10}  severity",
         ]
@@ -314,6 +327,12 @@ class IsolationReporter:
             terminalreporter.write_line(line)
         for path in self.kept_databases:
             terminalreporter.write_line(f"Kept database of a failed test: {path}")
+        if self._failed_by_regression():
+            terminalreporter.write_line(
+                "performance regressions of severity error fail this run (thresholds: "
+                f"{self.baseline_path}, the isolation_performance_baseline setting)",
+                red=True,
+            )
         if self.strict and self._leaky:
             terminalreporter.write_line("isolation strict mode: leaks fail this run", red=True)
 

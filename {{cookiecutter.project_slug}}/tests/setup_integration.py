@@ -36,6 +36,7 @@ from lib.isolation_manager import (
     get_test_isolation_manager,
     install_test_isolation_manager,
 )
+from lib.migrate import MigrationError
 from lib.scope_databases import check_strategy, remove_run_directory, runs_root
 
 __all__ = [
@@ -166,6 +167,14 @@ def _engine(config: pytest.Config) -> database.Engine:
         check_strategy(config.stash[_strategy_key], driver)
     except ValueError as error:
         raise pytest.UsageError(f"isolation strategy: {error}") from error
+    if driver == "libsql":
+        try:
+            importlib.import_module("libsql")  # one clear error now, not one per test
+        except ImportError as error:
+            raise pytest.UsageError(
+                "DATABASE_DRIVER=libsql needs the libsql package: pip install libsql, "
+                "or unset DATABASE_DRIVER"
+            ) from error
     return driver
 
 
@@ -214,7 +223,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Force local SQLite, hide Turso credentials, block the singleton, build the template."""
+    """Force local SQLite, hide Turso credentials, block the singleton, build the template.
+
+    pytest skips ``pytest_sessionfinish`` when this fails, so a failure undoes it here.
+    """
+    try:
+        _start_session(session)
+    except BaseException:
+        _end_session()
+        raise
+
+
+def _start_session(session: pytest.Session) -> None:
     for name in [name for name in os.environ if name.startswith("TURSO_")]:
         _environment.delenv(name)
     _environment.setenv("DATABASE_URL", ":memory:")
@@ -225,7 +245,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not hasattr(session.config, "workerinput"):
         shutil.rmtree(_kept_directory(manager), ignore_errors=True)
     if not _is_xdist_controller(session.config):
-        manager.initialize_test_mode()
+        try:
+            manager.initialize_test_mode()
+        except MigrationError as error:
+            raise pytest.UsageError(
+                f"cannot build the template database the isolated tests copy: {error}. Fix "
+                "that migration, or point the isolation_migrations_dir setting at the "
+                f"project's migrations (now {manager.migrations_dir})."
+            ) from error
 
 
 @pytest.hookimpl(trylast=True)  # after other plugins have marked their tests
@@ -301,6 +328,10 @@ def _kept_name(nodeid: str) -> str:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    _end_session()
+
+
+def _end_session() -> None:
     """Clean up whatever is left, delete this run's databases, restore the environment."""
     manager = get_test_isolation_manager()
     manager.complete_test()

@@ -3,6 +3,7 @@ that outlive a test, and the databases ``--isolation-keep-failed`` saves."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -150,3 +151,112 @@ def test_every_failed_test_keeps_its_own_database_with_its_data(
             names |= {name for (name,) in conn.execute("SELECT name FROM users")}
     # a teardown failure is a failure; a commit still in the WAL is kept too
     assert names == {"teardown", "a/b", "a b", "own"}
+
+
+BROKEN_MIGRATION = "CREATE TABLE refunds (id INTEGER PRIMARY KEY);\nINSERT INTO nowhere VALUES (1);"
+
+FAILED_START = """
+import os
+import sys
+
+import pytest
+
+from lib import database
+
+code = pytest.main(sys.argv[1:], plugins=[])
+print("exit", int(code))
+print("DATABASE_URL", os.environ.get("DATABASE_URL"))
+print("TURSO_AUTH_TOKEN", os.environ.get("TURSO_AUTH_TOKEN"))
+client = database.get_database_client()  # blocked during a session, free after it
+print("rows", client.execute("SELECT 1").rows[0][0])
+database.reset_database_instance()
+"""
+
+
+def test_a_broken_migration_stops_the_run_with_one_clear_error_and_restores_the_environment(
+    tmp_path: Path,
+) -> None:
+    """Not an INTERNALERROR traceback, and not a process left pointing at ``:memory:``, with
+    Turso credentials gone and the database blocked: pytest skips the session's end when
+    its start fails."""
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_refunds.sql").write_text(BROKEN_MIGRATION)
+    (tmp_path / "test_suite.py").write_text("def test_nothing():\n    pass\n")
+    developer_db = tmp_path / "dev.db"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    env |= {"DATABASE_URL": f"file:{developer_db}", "TURSO_AUTH_TOKEN": "secret"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)])
+    command = [sys.executable, "-c", FAILED_START, "-p", "no:cacheprovider"]
+    command += ["-p", "no:randomly", "-p", "tests.setup_integration"]
+    command += ["-o", f"isolation_migrations_dir={migrations}"]
+    command += ["-o", f"isolation_data_dir={tmp_path / 'data'}", str(tmp_path / "test_suite.py")]
+    child = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    output = child.stdout + child.stderr
+    assert child.returncode == 0, output
+    assert "INTERNALERROR" not in output
+    assert "ERROR: cannot build the template database" in output
+    assert "0001_refunds.sql" in output
+    assert "isolation_migrations_dir" in output
+    assert "exit 4" in output  # pytest's usage error
+    assert f"DATABASE_URL file:{developer_db}" in output
+    assert "TURSO_AUTH_TOKEN secret" in output
+    assert "rows 1" in output
+
+
+def test_the_libsql_driver_without_libsql_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not one "needs the libsql package" failure per test."""
+    (tmp_path / "without_libsql.py").write_text('import sys\n\nsys.modules["libsql"] = None\n')
+    monkeypatch.setenv("DATABASE_DRIVER", "libsql")
+    child = run_suite(tmp_path, TESTS_MARKED_LATE, "-p", "without_libsql")
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "ERROR: DATABASE_DRIVER=libsql needs the libsql package" in child.stderr
+    assert "INTERNALERROR" not in child.stderr
+
+
+ONE_ISOLATED_TEST = """
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+def test_one(db):
+    assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+"""
+
+
+def baseline_file(tmp_path: Path, error: float, min_tests: int = 0) -> str:
+    """A baseline whose average test duration warns above 1 µs and fails above ``error`` µs."""
+    path = tmp_path / "baseline.json"
+    limits = {"baseline": 0.001, "warning": 1.0, "error": error}
+    metrics = {"average_test_duration_ms": limits}
+    path.write_text(json.dumps({"min_tests_for_averages": min_tests, "metrics": metrics}))
+    return f"isolation_performance_baseline={path}"
+
+
+def test_a_regression_of_severity_error_fails_the_run_and_says_so(tmp_path: Path) -> None:
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", baseline_file(tmp_path, 1.0))
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "1 passed" in child.stdout
+    assert re.search(r"average_test_duration_ms +[\d.]+ +0\.00 +0\.00 +error", child.stdout)
+    assert "performance regressions of severity error fail this run" in child.stdout
+    assert "baseline.json, the isolation_performance_baseline setting" in child.stdout
+
+
+def test_a_regression_of_severity_warning_is_reported_only(tmp_path: Path) -> None:
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", baseline_file(tmp_path, 1e9))
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert re.search(r"average_test_duration_ms +[\d.]+ +0\.00 +[\d.]+ +warning", child.stdout)
+    assert "fail this run" not in child.stdout
+
+
+def test_averages_of_too_few_tests_are_not_judged(tmp_path: Path) -> None:
+    """One slow test picked with ``-k`` does not fail the run as a slow suite would."""
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", baseline_file(tmp_path, 1.0, 2))
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "Averages not checked: fewer than 2 isolated tests ran" in child.stdout
+    assert "No performance regressions detected" in child.stdout
