@@ -1,8 +1,11 @@
 """Schema migrations: ordered ``migrations/*.sql`` files applied with ``sqlite_utils.Migrations``.
 
-``python -m lib.migrate`` applies the pending ones to ``DATABASE_URL`` and says which.
+``python -m lib.migrate`` applies the pending ones to the local SQLite file of
+``DATABASE_URL`` and says which; it refuses a remote Turso database or an embedded replica.
 All pending migrations apply in one transaction: if one fails, the error names its file
-and the database is left exactly as it was.
+and the database is left exactly as it was. Foreign keys are off during the run, so a
+migration can rebuild a referenced table the way SQLite documents, and checked before
+the commit.
 """
 
 from __future__ import annotations
@@ -12,16 +15,17 @@ import hashlib
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .database import (
-    DEFAULT_DATABASE_URL,
     DatabaseClient,
     DatabaseConfigError,
+    database_target,
     local_database_file,
-    parse_database_url,
 )
 
 if TYPE_CHECKING:  # imported when migrations run, so that a test session starts faster
@@ -32,6 +36,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_SET = "app"
 # Where sqlite-utils' Migrations records what it applied (``Migrations.migrations_table``).
 MIGRATIONS_TABLE = "_sqlite_migrations"
+# How many row ids of one table a foreign key error lists before it just counts them.
+SHOWN_ROWIDS = 5
 
 
 class MigrationError(RuntimeError):
@@ -112,15 +118,111 @@ def pending_migrations(db: sqlite_utils.Database, directory: Path = MIGRATIONS_D
 
 
 def apply_migrations(db: sqlite_utils.Database, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply every pending migration atomically; return the names applied."""
+    """Apply every pending migration atomically; return the names applied.
+
+    Foreign keys are off for the run (``PRAGMA foreign_keys`` does nothing inside a
+    transaction, and SQLite's recipe for rebuilding a table needs them off) and checked
+    before the commit: a run that leaves a dangling reference applies nothing.
+    """
     migrations = load_migrations(directory)
     names = [migration.name for migration in migrations.pending(db)]
-    with db.atomic():
+    with foreign_keys_off(db.conn), db.atomic():
         migrations.apply(db)
+        check_foreign_keys(db.conn, [f"{name}.sql" for name in names])
     return names
 
 
+@contextmanager
+def foreign_keys_off(conn: sqlite3.Connection) -> Iterator[None]:
+    """Switch foreign key enforcement off, then back to what it was, whatever happens.
+
+    Only possible outside a transaction: inside one the pragma is silently ignored, so a
+    connection with an open transaction is refused rather than left enforcing.
+    """
+    if conn.in_transaction:
+        raise MigrationError(
+            "migrations need a connection without an open transaction (SQLite cannot "
+            "switch foreign keys off inside one): commit or roll back before migrating"
+        )
+    (enabled,) = conn.execute("PRAGMA foreign_keys").fetchone()
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA foreign_keys={'ON' if enabled else 'OFF'}")
+
+
+def check_foreign_keys(conn: sqlite3.Connection, files: Sequence[str]) -> None:
+    """Raise :class:`MigrationError` if any row references a row that does not exist
+    (what enforcement would have caught, had it been on during the run)."""
+    violations = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if violations:
+        raise MigrationError(
+            f"foreign key check failed after migration(s) {', '.join(files) or '-'}: "
+            f"{_describe_violations(violations)}; no migration of this run was applied. "
+            "Make the migration keep every referenced row (copy all of them when rebuilding "
+            "a table) or update/delete the referencing rows in the same migration"
+        )
+
+
+def _describe_violations(violations: Sequence[Sequence[Any]]) -> str:
+    """``PRAGMA foreign_key_check`` rows, one part per table and parent: ``2 row(s) of
+    orders (rowid 3, 7) reference missing users rows``."""
+    grouped: dict[tuple[str, str], list[int | None]] = {}
+    for table, rowid, parent, _ in violations:
+        grouped.setdefault((table, parent), []).append(rowid)
+    parts = []
+    for (table, parent), rowids in grouped.items():
+        shown = ", ".join(str(rowid) for rowid in rowids[:SHOWN_ROWIDS] if rowid is not None)
+        more = f" and {len(rowids) - SHOWN_ROWIDS} more" if len(rowids) > SHOWN_ROWIDS else ""
+        which = f" (rowid {shown}{more})" if shown else ""
+        parts.append(f"{len(rowids)} row(s) of {table}{which} reference missing {parent} rows")
+    return "; ".join(parts)
+
+
+def _shown(url: str) -> str:
+    """``scheme://host`` of a URL: enough to recognise it, never a token in its query."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}"
+
+
+def _turso_instructions(directory: Path) -> str:
+    with suppress(ValueError):  # relative to where the command runs: shorter to read and type
+        directory = directory.resolve().relative_to(Path.cwd())
+    return (
+        "Apply the migration files to the Turso database with the Turso CLI instead, in "
+        f"file-name order, each one not yet applied: turso db shell <database-name> < "
+        f"{directory}/<file>.sql"
+    )
+
+
+def migration_target(environ: Mapping[str, str], directory: Path = MIGRATIONS_DIR) -> str:
+    """The local SQLite path to migrate, as ``lib.database`` resolves the environment.
+
+    Raises :class:`DatabaseConfigError` for a bad setting, and for a remote database or an
+    embedded replica: migrating through sqlite3 would fail, or change only the local copy.
+    """
+    target = database_target(environ)
+    if target.sync_url is not None:
+        raise DatabaseConfigError(
+            f"DATABASE_URL={target.path} is an embedded replica of TURSO_DATABASE_URL="
+            f"{_shown(target.sync_url)}: migrating the local file would never reach Turso. "
+            f"{_turso_instructions(directory)}; the replica gets the schema at its next "
+            "sync. To migrate a plain local file, unset TURSO_DATABASE_URL"
+        )
+    if target.remote:
+        variable = "TURSO_DATABASE_URL" if environ.get("TURSO_DATABASE_URL") else "DATABASE_URL"
+        raise DatabaseConfigError(
+            f"{variable}={_shown(target.path)} is a remote Turso/libSQL database, and "
+            f"python -m lib.migrate migrates local SQLite files only. "
+            f"{_turso_instructions(directory)}. To migrate a local file instead, set DATABASE_URL "
+            "to its path (file:./data/app.db) with TURSO_DATABASE_URL unset"
+        )
+    return target.path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lib.migrate``: exit 0 when done, 1 when a migration fails, 2 on a bad setting."""
     parser = argparse.ArgumentParser(
         prog="python -m lib.migrate",
         description="Apply pending migrations to the database named by DATABASE_URL.",
@@ -129,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="show pending migrations only")
     args = parser.parse_args(argv)
     try:
-        path = parse_database_url(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+        path = migration_target(os.environ, args.migrations)
     except DatabaseConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

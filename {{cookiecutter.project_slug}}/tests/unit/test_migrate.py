@@ -1,0 +1,247 @@
+"""Migrations on databases that hold data, and where ``python -m lib.migrate`` refuses to go.
+
+The test template is built from empty tables, so a migration that only fails on real rows
+never fails in the integration tests: these tests migrate SQLite files that hold rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from lib import migrate
+from lib.database import DatabaseClient
+from lib.scope_databases import cached_template
+
+PROJECT_ROOT = migrate.MIGRATIONS_DIR.parent
+
+SCHEMA = """
+CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE books (
+    id INTEGER PRIMARY KEY,
+    author_id INTEGER NOT NULL REFERENCES authors (id),
+    title TEXT NOT NULL
+);
+"""
+SEED = """
+INSERT INTO authors (id, name) VALUES (1, 'Le Guin'), (2, 'Calvino');
+INSERT INTO books (id, author_id, title) VALUES
+    (1, 1, 'The Dispossessed'), (2, 2, 'Invisible Cities'), (3, 2, 'Cosmicomics');
+"""
+# SQLite's recipe for a change ALTER TABLE cannot make: new table, copy, drop, rename.
+REBUILD_AUTHORS = """
+CREATE TABLE new_authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE CHECK (name <> ''));
+INSERT INTO new_authors (id, name) SELECT id, name FROM authors;
+DROP TABLE authors;
+ALTER TABLE new_authors RENAME TO authors;
+"""
+# The same rebuild, but it forgets author 2, whom books 2 and 3 still reference.
+REBUILD_LOSING_AN_AUTHOR = REBUILD_AUTHORS.replace("FROM authors;", "FROM authors WHERE id <> 2;")
+BOOKS_BY_AUTHOR = (
+    "SELECT authors.name, books.title FROM books JOIN authors ON authors.id = books.author_id "
+    "ORDER BY books.id"
+)
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Path:
+    """A migrations directory holding only the first migration: authors and their books."""
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    (directory / "0001_authors_and_books.sql").write_text(SCHEMA)
+    return directory
+
+
+@pytest.fixture
+def client(tmp_path: Path, migrations: Path) -> Iterator[DatabaseClient]:
+    """A database file, migrated and holding rows, on a client as the application opens it
+    (foreign keys on)."""
+    client = DatabaseClient(str(tmp_path / "app.db"), owner="test_migrate")
+    migrate.apply_migrations(client.db, migrations)
+    client.executescript(SEED)
+    yield client
+    client.close()
+
+
+def foreign_keys(client: DatabaseClient) -> int:
+    value: int = client.execute("PRAGMA foreign_keys").rows[0][0]
+    return value
+
+
+def books_by_author(client: DatabaseClient) -> list[tuple[str, str]]:
+    return [(row[0], row[1]) for row in client.execute(BOOKS_BY_AUTHOR).rows]
+
+
+def test_rebuilding_a_referenced_table_keeps_its_rows(
+    client: DatabaseClient, migrations: Path
+) -> None:
+    before = books_by_author(client)
+    (migrations / "0002_unique_author_names.sql").write_text(REBUILD_AUTHORS)
+
+    assert migrate.apply_migrations(client.db, migrations) == ["0002_unique_author_names"]
+
+    assert books_by_author(client) == before
+    authors = client.execute("SELECT sql FROM sqlite_master WHERE name = 'authors'").rows[0][0]
+    assert "UNIQUE" in authors
+    assert client.execute("PRAGMA foreign_key_check").rows == []
+    assert foreign_keys(client) == 1
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):  # enforced again
+        client.execute("INSERT INTO books (author_id, title) VALUES (99, 'Nobody')")
+
+
+@pytest.mark.parametrize("enforced", ["ON", "OFF"])
+def test_a_run_leaving_a_dangling_reference_applies_nothing(
+    client: DatabaseClient, migrations: Path, enforced: str
+) -> None:
+    client.execute(f"PRAGMA foreign_keys={enforced}")
+    (migrations / "0002_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
+    (migrations / "0003_unique_author_names.sql").write_text(REBUILD_LOSING_AN_AUTHOR)
+    schema = client.execute("SELECT name, sql FROM sqlite_master ORDER BY name").rows
+
+    with pytest.raises(migrate.MigrationError) as failure:
+        migrate.apply_migrations(client.db, migrations)
+
+    message = str(failure.value)
+    assert "0002_genres.sql, 0003_unique_author_names.sql" in message
+    assert "2 row(s) of books (rowid 2, 3) reference missing authors rows" in message
+    assert "no migration of this run was applied" in message
+    with closing(sqlite3.connect(client.path)) as conn:
+        assert migrate.applied_migrations(conn) == ["0001_authors_and_books"]
+    assert client.execute("SELECT name, sql FROM sqlite_master ORDER BY name").rows == schema
+    assert len(books_by_author(client)) == 3
+    assert foreign_keys(client) == (enforced == "ON")
+    assert not client.get_connection_stats()["in_transaction"]
+
+
+def test_a_failing_statement_names_its_file_and_restores_foreign_keys(
+    client: DatabaseClient, migrations: Path
+) -> None:
+    (migrations / "0002_broken.sql").write_text("CREATE TABLE ok (id INTEGER);\nCREATE TABLE (;")
+    with pytest.raises(migrate.MigrationError, match=r"0002_broken\.sql failed at statement 2"):
+        migrate.apply_migrations(client.db, migrations)
+    assert foreign_keys(client) == 1
+    assert client.execute("SELECT count(*) FROM sqlite_master WHERE name = 'ok'").rows[0][0] == 0
+
+
+def test_migrating_inside_an_open_transaction_is_refused(
+    client: DatabaseClient, migrations: Path
+) -> None:
+    """Foreign keys cannot be switched off inside a transaction: rather than migrate with
+    them on, say so."""
+    (migrations / "0002_unique_author_names.sql").write_text(REBUILD_AUTHORS)
+    with client.transaction(), pytest.raises(migrate.MigrationError, match="open transaction"):
+        migrate.apply_migrations(client.db, migrations)
+    assert migrate.pending_migrations(client.db, migrations) == ["0002_unique_author_names"]
+
+
+def test_the_template_build_can_rebuild_a_table_that_seed_rows_reference(
+    migrations: Path, tmp_path: Path
+) -> None:
+    (migrations / "0002_seed.sql").write_text(SEED)
+    (migrations / "0003_unique_author_names.sql").write_text(REBUILD_AUTHORS)
+    template = cached_template(migrations, tmp_path / "data")
+    with closing(sqlite3.connect(template)) as conn:
+        assert len(conn.execute(BOOKS_BY_AUTHOR).fetchall()) == 3
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def run_cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m lib.migrate`` of this project with only ``env`` set, run in ``cwd``: were
+    the default ``file:./data/app.db`` ever opened, it would be a file of the test's, never
+    the developer's database."""
+    return subprocess.run(
+        [sys.executable, "-m", "lib.migrate", *args],
+        cwd=cwd,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(PROJECT_ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_cli_migrates_a_local_file_holding_rows(
+    client: DatabaseClient, migrations: Path, tmp_path: Path
+) -> None:
+    client.close()
+    (migrations / "0002_unique_author_names.sql").write_text(REBUILD_AUTHORS)
+    env = {"DATABASE_URL": f"file:{client.path}"}
+    result = run_cli(tmp_path, env, "--migrations", str(migrations))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.strip() == (
+        f"Applied 1 migration(s) to {client.path}: 0002_unique_author_names"
+    )
+    with closing(sqlite3.connect(client.path)) as conn:
+        assert len(conn.execute(BOOKS_BY_AUTHOR).fetchall()) == 3
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param(
+            {"DATABASE_URL": "libsql://x.turso.io?authToken=secret-token"},
+            "DATABASE_URL=libsql://x.turso.io is a remote Turso/libSQL database",
+            id="libsql-url",
+        ),
+        pytest.param(
+            {"TURSO_DATABASE_URL": "libsql://x.turso.io", "TURSO_AUTH_TOKEN": "secret-token"},
+            "TURSO_DATABASE_URL=libsql://x.turso.io is a remote Turso/libSQL database",
+            id="turso-url",
+        ),
+        pytest.param(
+            {"DATABASE_URL": "file:REPLICA", "TURSO_DATABASE_URL": "libsql://x.turso.io"},
+            "DATABASE_URL=REPLICA is an embedded replica of TURSO_DATABASE_URL=libsql://x.turso.io",
+            id="embedded-replica",
+        ),
+    ],
+)
+def test_the_cli_refuses_remote_databases_and_says_what_to_do(
+    env: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    replica = tmp_path / "replica.db"
+    env = {name: value.replace("REPLICA", str(replica)) for name, value in env.items()}
+    result = run_cli(tmp_path, env)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {expected.replace('REPLICA', str(replica))}")
+    assert "turso db shell <database-name> <" in result.stderr
+    assert "secret-token" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
+    assert not replica.exists(), "the local replica was left alone"
+    assert not (tmp_path / "data").exists(), "nor was the default database opened"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param(
+            {"DATABASE_URL": "ftp://example.com/app.db"},
+            "DATABASE_URL=ftp://example.com... uses the unsupported scheme",
+            id="unsupported-scheme",
+        ),
+        pytest.param(
+            {"TURSO_DATABASE_URL": "./data/app.db"},
+            "TURSO_DATABASE_URL must be a libsql://",
+            id="turso-url-not-remote",
+        ),
+        pytest.param(
+            {"DATABASE_DRIVER": "postgres"},
+            "DATABASE_DRIVER='postgres' is not one of",
+            id="unknown-driver",
+        ),
+    ],
+)
+def test_the_cli_reports_a_bad_setting_without_a_traceback(
+    env: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    result = run_cli(tmp_path, env, "--list")
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"error: {expected}")
+    assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
+    assert not (tmp_path / "data").exists(), "no database was opened"
