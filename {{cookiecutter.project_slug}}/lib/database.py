@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import libsql_engine
 
@@ -38,6 +38,10 @@ CONNECTION_PRAGMAS: Mapping[str, str] = {
     "foreign_keys": "ON",
     "busy_timeout": str(BUSY_TIMEOUT_MS),
 }
+# Pragmas that write to the database file: a read-only connection reads them instead.
+_WRITING_PRAGMAS = frozenset({"journal_mode"})
+# What sqlite3 counts as DML (its cursor.rowcount rule): the statements that change rows.
+_DML = re.compile(r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.I | re.S)
 
 Engine = Literal["sqlite3", "libsql"]
 ENGINES: tuple[Engine, ...] = ("sqlite3", "libsql")
@@ -133,6 +137,7 @@ class DatabaseTarget:
 
     @property
     def remote(self) -> bool:
+        """Whether the target talks to Turso (remote or embedded replica): no local pragmas."""
         return is_remote_url(self.path) or self.sync_url is not None
 
 
@@ -184,6 +189,93 @@ def _libsql_connect(path: str, sync_url: str | None, auth_token: str | None) -> 
             "the libsql engine (a libsql:// DATABASE_URL, TURSO_DATABASE_URL or "
             "DATABASE_DRIVER=libsql) needs the libsql package: pip install libsql"
         ) from error
+    except ValueError as error:  # libsql reports every database error this way
+        raise libsql_engine.translate_error(error) from error
+
+
+def _is_read_only_uri(path: str) -> bool:
+    """Whether ``path`` is an SQLite URI opened read-only (``mode=ro``, ``immutable=1``):
+    such a connection cannot change the journal mode, which writes to the file."""
+    if not path.startswith("file:") or ("mode=" not in path and "immutable=" not in path):
+        return False  # the per-test URLs (?vfs=memdb) stop here: no parsing on that path
+    query = path.partition("?")[2].partition("#")[0]
+    return any(
+        (key == "mode" and value == "ro") or (key == "immutable" and _uri_true(value))
+        for key, value in parse_qsl(query, keep_blank_values=True)
+    )
+
+
+def _uri_true(value: str) -> bool:
+    """SQLite's reading of a boolean URI parameter (``1``, ``yes``, ``true``, ``on``)."""
+    return value.lower() in ("yes", "true", "on") or (value.isdigit() and int(value) != 0)
+
+
+def _apply_pragmas(conn: Any, pragmas: Mapping[str, str], *, read_only: bool) -> None:
+    """Set ``pragmas``; a read-only connection reads the ones that would write instead,
+    which still fails at once on a file that is not a database."""
+    for name, value in pragmas.items():
+        if read_only and name.lower() in _WRITING_PRAGMAS:
+            conn.execute(f"PRAGMA {name}")
+        else:
+            conn.execute(f"PRAGMA {name}={value}")
+
+
+def _is_contention(error: sqlite3.Error) -> bool:
+    """A busy or locked database: another connection's doing, not a setting to fix."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(error)
+
+
+def _open_error(path: str, source: str | None, error: sqlite3.Error) -> DatabaseConfigError:
+    """The :class:`DatabaseConfigError` for a local database that SQLite could not open or
+    set up: it names the database (and ``source``, the setting it came from) and the fix."""
+    named = f"{path!r}" + (f" (from {source})" if source else "")
+    hint = _open_hint(path, source or "the path", error)
+    return DatabaseConfigError(f"cannot open the SQLite database {named}: {error}; {hint}")
+
+
+def _open_hint(path: str, subject: str, error: sqlite3.Error) -> str:
+    """What to do about ``error``, said in terms of ``subject`` (what the user sets)."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    text = str(error).lower()
+    if name == "SQLITE_NOTADB" or "not a database" in text:
+        return (
+            f"the file is not an SQLite database: point {subject} at a database file, or move "
+            "this file away to start a new database there"
+        )
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return _cannot_open_hint(path, subject)
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return (
+            "the file or its directory is read-only: make them writable, or open it "
+            f"read-only by setting {subject} to a URL such as file:/path/app.db?mode=ro"
+        )
+    return f"check that {subject} names an SQLite database file this process can open"
+
+
+def _cannot_open_hint(path: str, subject: str) -> str:
+    """Why SQLite could not open the file ``path`` names, found by looking at it."""
+    file = Path(unquote(urlsplit(path).path) if path.startswith("file:") else path).absolute()
+    if file.is_dir():
+        return f"it is a directory: point {subject} at a file, such as {str(file / 'app.db')!r}"
+    if not file.parent.is_dir():
+        return (
+            f"its directory {str(file.parent)!r} does not exist (a file: URL is opened as it "
+            f"is, no directory is made): create it, or point {subject} elsewhere"
+        )
+    if not file.exists() and _is_read_only_uri(path):
+        return f"{str(file)!r} does not exist and a read-only URL never creates it: fix {subject}"
+    return f"check that this process may read and write {str(file)!r} and its directory"
+
+
+def _libsql_rows_affected(
+    sql: str, rowcount: int, rows: list[Any], columns: tuple[str, ...]
+) -> int:
+    """libsql's rowcount for a statement that returns rows is the previous statement's;
+    ``INSERT/UPDATE/DELETE ... RETURNING`` gives one row per changed row, so count those."""
+    if not columns:
+        return max(rowcount, 0)
+    return len(rows) if _DML.match(sql) else 0
 
 
 def caller_location() -> str:
@@ -258,11 +350,15 @@ class DatabaseClient:
         engine: Engine = "sqlite3",
         sync_url: str | None = None,
         auth_token: str | None = None,
+        source: str | None = None,
     ) -> None:
         """Open ``path``: a file, ``:memory:``, or an SQLite URI (``file:...?vfs=memdb``).
 
         ``engine="libsql"`` connects with libsql (``path`` may then be a remote URL, or a
-        local embedded replica of ``sync_url``).
+        local embedded replica of ``sync_url``). A read-only URI (``?mode=ro``,
+        ``?immutable=1``) keeps the file's journal mode. ``source`` names the setting
+        ``path`` came from (``DATABASE_URL``): a local database that cannot be opened or
+        set up raises :class:`DatabaseConfigError` naming it, caused by the sqlite3 error.
         """
         self.path = path
         self.owner = owner
@@ -275,22 +371,47 @@ class DatabaseClient:
         remote = is_remote_url(path) or sync_url is not None
         if remote and _remote_blocked_reason is not None:
             raise DatabaseAccessBlockedError(f"{_remote_blocked_reason} ({caller_location()})")
-        self._conn: Any
-        if engine == "libsql":
-            self._conn = _libsql_connect(path, sync_url, auth_token)
+        try:
+            self._conn: Any = self._connect(pragmas, sync_url, auth_token, remote=remote)
+        except sqlite3.Error as error:
+            if remote or _is_contention(error):
+                raise
+            raise _open_error(path, source, error) from error
+        self._db: sqlite_utils.Database | None = None
+
+    def _connect(
+        self,
+        pragmas: Mapping[str, str],
+        sync_url: str | None,
+        auth_token: str | None,
+        *,
+        remote: bool,
+    ) -> Any:
+        """The connection with ``pragmas`` applied; closed again if they fail."""
+        if self.engine == "libsql":
+            conn = _libsql_connect(self.path, sync_url, auth_token)
         else:
-            self._conn = sqlite3.connect(
-                path,
+            conn = sqlite3.connect(
+                self.path,
                 timeout=BUSY_TIMEOUT_MS / 1000,
                 isolation_level=None,
                 check_same_thread=False,
                 factory=_GuardedConnection,
-                uri=path.startswith("file:"),
+                uri=self.path.startswith("file:"),
             )
-        if not remote:
-            for name, value in pragmas.items():
-                self._conn.execute(f"PRAGMA {name}={value}")
-        self._db: sqlite_utils.Database | None = None
+        if remote:
+            return conn
+        try:
+            _apply_pragmas(conn, pragmas, read_only=_is_read_only_uri(self.path))
+        except ValueError as error:  # libsql reports every database error this way
+            conn.close()
+            if self.engine != "libsql":
+                raise
+            raise libsql_engine.translate_error(error) from error
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -298,6 +419,7 @@ class DatabaseClient:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called: every operation then raises ClientClosedError."""
         return self._closed_message is not None
 
     def _raise_if_closed(self) -> None:
@@ -329,17 +451,20 @@ class DatabaseClient:
             if self.engine == "libsql":
                 cursor = conn.execute(sql, libsql_engine.positional(args))
                 rows, columns = libsql_engine.rows(cursor)
+                affected = _libsql_rows_affected(sql, cursor.rowcount, rows, columns)
             else:
                 cursor = conn.cursor()
                 cursor.row_factory = sqlite3.Row
                 cursor.execute(sql, args)
                 rows = cursor.fetchall()
                 columns = tuple(column[0] for column in cursor.description or ())
+                # After fetchall: DML (RETURNING too) has its count, anything else -1.
+                affected = max(cursor.rowcount, 0)
             self.queries_executed += 1
             return ResultSet(
                 rows=rows,
                 columns=columns,
-                rows_affected=max(cursor.rowcount, 0) if not columns else 0,
+                rows_affected=affected,
                 last_insert_rowid=cursor.lastrowid,
             )
 
@@ -472,6 +597,7 @@ class Transaction:
     """An open transaction; holds the client for its thread until commit or rollback."""
 
     def __init__(self, client: DatabaseClient) -> None:
+        """Begin at once, holding the client: other threads wait, this one joins."""
         self._client = client
         client._lock.acquire()
         try:
@@ -498,6 +624,7 @@ class Transaction:
             self.rollback()
 
     def execute(self, sql: str, args: Args = ()) -> ResultSet:
+        """Run one statement inside this transaction."""
         if not self._open:
             raise RuntimeError("this transaction has already been committed or rolled back")
         return self._client.execute(sql, args)
@@ -538,57 +665,88 @@ def _end_transaction(conn: Any, statements: Sequence[str], *, roll_back_on_error
 
 
 class AsyncDatabaseClient:
-    """The client's operations as coroutines; each runs in a worker thread."""
+    """The client's operations as coroutines; each runs in a worker thread.
+
+    As with the sync client's threads, the task that opened a transaction joins it: its
+    ``execute``, ``batch`` and nested ``transaction()`` (a savepoint) run inside it. Every
+    other task, tasks started inside the block included, waits until it ends.
+    """
 
     def __init__(self, client: DatabaseClient) -> None:
+        """Wrap ``client``; calls from different tasks take turns on it."""
         self.client = client
         self._lock = asyncio.Lock()
+        self._transaction_task: asyncio.Task[Any] | None = None
 
     @property
     def closed(self) -> bool:
+        """Whether the wrapped client is closed (every call then raises ClientClosedError)."""
         return self.client.closed
 
+    def _in_own_transaction(self) -> bool:
+        """Whether the calling task holds the client for a transaction it opened."""
+        task = self._transaction_task
+        return task is not None and task is asyncio.current_task()
+
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._in_own_transaction():  # waiting for the lock would wait for ourselves
+            return await asyncio.to_thread(function, *args)
         async with self._lock:
             return await asyncio.to_thread(function, *args)
 
     async def execute(self, sql: str, args: Args = ()) -> ResultSet:
+        """Run one statement (inside this task's open transaction, if any)."""
         result: ResultSet = await self._run(self.client.execute, sql, args)
         return result
 
     async def batch(self, statements: Iterable[Statement]) -> list[ResultSet]:
+        """Run statements atomically, as :meth:`DatabaseClient.batch` does."""
         results: list[ResultSet] = await self._run(self.client.batch, list(statements))
         return results
 
     async def executescript(self, sql: str) -> None:
+        """Run a script of several statements (commits any open transaction first)."""
         await self._run(self.client.executescript, sql)
 
     async def health_check(self) -> dict[str, Any]:
+        """Whether a trivial query succeeds, and how long it took."""
         result: dict[str, Any] = await self._run(self.client.health_check)
         return result
 
     async def close(self, timeout: float = 5.0) -> bool:
+        """Close the wrapped client without blocking the event loop; see DatabaseClient.close."""
         closed: bool = await asyncio.to_thread(self.client.close, timeout)
         return closed
 
     def transaction(self) -> AsyncTransaction:
+        """``async with adb.transaction() as tx``: begins on entry; commits, or rolls back on
+        an exception, on exit."""
         return AsyncTransaction(self)
 
 
 class AsyncTransaction:
-    """``async with adb.transaction() as tx``: other coroutines on the client wait meanwhile."""
+    """``async with adb.transaction() as tx``: holds the client for this task until the
+    block ends (other tasks wait); inside this task's own transaction, a savepoint."""
 
     def __init__(self, owner: AsyncDatabaseClient) -> None:
+        """Prepare; nothing happens until the ``async with`` block is entered."""
         self._owner = owner
         self._open = False
+        self._holds_lock = False
+        self._savepoint: str | None = None
 
     async def __aenter__(self) -> Self:
-        await self._owner._lock.acquire()
+        owner = self._owner
+        if not owner._in_own_transaction():
+            await owner._lock.acquire()
+            self._holds_lock = True
         try:
-            await asyncio.to_thread(self._owner.client.execute, "BEGIN")
+            self._savepoint = await asyncio.to_thread(self._begin)
         except BaseException:
-            self._owner._lock.release()
+            self._let_go()
             raise
+        if self._holds_lock:
+            owner._transaction_task = asyncio.current_task()
         self._open = True
         return self
 
@@ -604,29 +762,64 @@ class AsyncTransaction:
             await self.rollback()
 
     async def execute(self, sql: str, args: Args = ()) -> ResultSet:
+        """Run one statement inside this transaction."""
         if not self._open:
-            raise RuntimeError("this transaction is not open")
+            raise RuntimeError(
+                "this transaction is not open: use it inside `async with adb.transaction() as tx`"
+            )
         result: ResultSet = await asyncio.to_thread(self._owner.client.execute, sql, args)
         return result
 
     async def commit(self) -> None:
-        await self._finish("COMMIT")
+        """Make the changes permanent (or fold a savepoint into its outer transaction)."""
+        savepoint = self._savepoint
+        await self._finish(f"RELEASE {savepoint}" if savepoint else "COMMIT")
 
     async def rollback(self) -> None:
-        await self._finish("ROLLBACK")
+        """Discard every change made in this transaction."""
+        savepoint = self._savepoint
+        if savepoint:
+            await self._finish(f"ROLLBACK TO {savepoint}", f"RELEASE {savepoint}")
+        else:
+            await self._finish("ROLLBACK")
 
-    async def _finish(self, statement: str) -> None:
+    def _begin(self) -> str | None:
+        """BEGIN, or a savepoint inside an open transaction; returns the savepoint's name."""
+        with self._owner.client._connection() as conn:
+            savepoint = f"atx_{id(self):x}" if conn.in_transaction else None
+            conn.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN")
+            return savepoint
+
+    async def _finish(self, *statements: str) -> None:
         if not self._open:
             return
         self._open = False
         try:
-            await asyncio.to_thread(self._end, statement)
+            await asyncio.to_thread(self._end, statements)
         finally:
+            self._let_go()
+
+    def _end(self, statements: Sequence[str]) -> None:
+        with self._owner.client._connection() as conn:
+            _end_transaction(conn, statements, roll_back_on_error=not self._savepoint)
+
+    def _let_go(self) -> None:
+        """Hand the client to the other tasks, if this (outermost) transaction held it."""
+        if self._holds_lock:
+            self._holds_lock = False
+            self._owner._transaction_task = None
             self._owner._lock.release()
 
-    def _end(self, statement: str) -> None:
-        with self._owner.client._connection() as conn:
-            _end_transaction(conn, (statement,), roll_back_on_error=True)
+
+def _create_parent_directory(file: Path) -> None:
+    """Create the directory a ``DATABASE_URL`` path needs; explain why it cannot be made."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatabaseConfigError(
+            f"cannot create the directory of the SQLite database {str(file)!r} (from "
+            f"DATABASE_URL): {error}; create it yourself, or point DATABASE_URL elsewhere"
+        ) from error
 
 
 class DatabaseService:
@@ -654,7 +847,7 @@ class DatabaseService:
         target = database_target(environ)
         file = local_database_file(target.path)
         if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
+            _create_parent_directory(file)
         logger.debug("connecting to %s with %s", target.path, target.engine)
         return DatabaseClient(
             target.path,
@@ -662,6 +855,7 @@ class DatabaseService:
             engine=target.engine,
             sync_url=target.sync_url,
             auth_token=target.auth_token,
+            source="DATABASE_URL",
         )
 
     def initialize(self) -> DatabaseClient:
@@ -674,9 +868,11 @@ class DatabaseService:
             return self._client
 
     def ensure_initialized(self) -> DatabaseClient:
+        """The open client, connecting first if needed (an alias of :meth:`initialize`)."""
         return self.initialize()
 
     def get_client(self) -> DatabaseClient:
+        """The open client; call it where the client is used, never keep the result."""
         return self.initialize()
 
     def close(self, timeout: float = 5.0) -> bool:
@@ -695,13 +891,16 @@ class DatabaseService:
 
     @property
     def active_connections(self) -> frozenset[DatabaseClient]:
+        """The open clients this service owns (none, or its one client)."""
         client = self._client
         return frozenset({client} if client is not None and not client.closed else ())
 
     def health_check(self) -> dict[str, Any]:
+        """The client's health check; connects first if needed, as a readiness probe would."""
         return self.get_client().health_check()
 
     def get_connection_stats(self) -> dict[str, Any]:
+        """Whether the service is connected and closing, with its client's stats; no connect."""
         client = self._client
         return {
             "initialized": client is not None,

@@ -232,13 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = migration_target(os.environ, args.migrations)
+        file = local_database_file(path)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        client = DatabaseClient(path, owner="python -m lib.migrate", source="DATABASE_URL")
     except DatabaseConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    file = local_database_file(path)
-    if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-    client = DatabaseClient(path, owner="python -m lib.migrate")
     try:
         if args.list:
             pending = pending_migrations(client.db, args.migrations)

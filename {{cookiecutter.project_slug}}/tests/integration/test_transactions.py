@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
 
-from lib.database import DatabaseClient
+from lib.database import AsyncDatabaseClient, DatabaseClient
 from tests.integration.schema import table_names
 
 
@@ -158,5 +159,35 @@ def test_application_code_joins_an_open_transaction(db: DatabaseClient) -> None:
     tx.execute("INSERT INTO users (email, name) VALUES ('t@example.com', 'T')")
     db.execute("INSERT INTO logs (level, message) VALUES ('info', 'user created')")
     tx.rollback()
+    assert _count(db, "users") == 0
+    assert _count(db, "logs") == 0
+
+
+def test_returning_statements_report_the_rows_they_changed(db: DatabaseClient) -> None:
+    """``rows_affected`` counts changed rows with RETURNING too, on every engine."""
+    inserted = db.execute(
+        "INSERT INTO logs (level, message) VALUES ('info', 'a'), ('info', 'b') RETURNING id"
+    )
+    assert (inserted.rows_affected, len(inserted.rows)) == (2, 2)
+    assert db.execute("UPDATE logs SET level = 'warning' RETURNING id").rows_affected == 2
+    assert db.execute("SELECT id FROM logs").rows_affected == 0
+    assert db.execute("DELETE FROM logs WHERE message = 'a' RETURNING *").rows_affected == 1
+
+
+async def _log_inside_a_transaction(async_db: AsyncDatabaseClient) -> None:
+    async with async_db.transaction() as tx:
+        await tx.execute("INSERT INTO users (email, name) VALUES ('t@example.com', 'T')")
+        await async_db.execute("INSERT INTO logs (level, message) VALUES ('info', 'created')")
+        async with async_db.transaction() as nested:
+            await nested.execute("INSERT INTO logs (level, message) VALUES ('info', 'nested')")
+        raise LookupError("roll back")
+
+
+async def test_async_application_code_joins_an_open_transaction(
+    async_db: AsyncDatabaseClient, db: DatabaseClient
+) -> None:
+    """``async_db.execute`` from the transaction's own task joins it instead of waiting."""
+    with pytest.raises(LookupError):
+        await asyncio.wait_for(_log_inside_a_transaction(async_db), timeout=10)
     assert _count(db, "users") == 0
     assert _count(db, "logs") == 0

@@ -115,6 +115,51 @@ def test_client_opens_sqlite_uris(client: DatabaseClient, db_path: Path) -> None
     assert not Path(f"file:{db_path}?mode=ro").exists()
 
 
+def _rollback_journal_database(path: Path) -> Path:
+    """A database in the default (rollback journal) mode, as another tool would leave it."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(SCHEMA + "INSERT INTO items (name) VALUES ('kept');")
+    return path
+
+
+@pytest.mark.parametrize(
+    "query", ["mode=ro", "immutable=1", "cache=private&mode=ro", "immutable=yes"]
+)
+def test_read_only_urls_open_a_database_that_is_not_in_wal_mode(tmp_path: Path, query: str) -> None:
+    """Switching to WAL writes to the file: a read-only connection keeps its journal mode
+    and still gets the settings that write nothing."""
+    path = _rollback_journal_database(tmp_path / "shipped.db")
+    reader = DatabaseClient(f"file:{path}?{query}", owner="reader")
+    try:
+        assert reader.execute("SELECT name FROM items").rows[0][0] == "kept"
+        assert reader.execute("PRAGMA journal_mode").rows[0][0] == "delete"
+        assert reader.execute("PRAGMA foreign_keys").rows[0][0] == 1
+        assert reader.execute("PRAGMA busy_timeout").rows[0][0] == 5000
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.execute("INSERT INTO items (name) VALUES ('refused')")
+    finally:
+        reader.close()
+
+
+def test_a_read_write_url_still_switches_to_wal(tmp_path: Path) -> None:
+    path = _rollback_journal_database(tmp_path / "writable.db")
+    writer = DatabaseClient(f"file:{path}?mode=rw", owner="writer")
+    try:
+        assert writer.execute("PRAGMA journal_mode").rows[0][0] == "wal"
+    finally:
+        writer.close()
+
+
+def test_the_service_opens_a_read_only_database_url(tmp_path: Path) -> None:
+    """``DATABASE_URL=file:/path/db.sqlite?mode=ro``, as the README advertises."""
+    path = _rollback_journal_database(tmp_path / "readonly.sqlite")
+    service = DatabaseService(f"file:{path}?mode=ro")
+    try:
+        assert service.get_client().execute("SELECT COUNT(*) FROM items").rows[0][0] == 1
+    finally:
+        service.close()
+
+
 def test_restore_from_fills_a_named_in_memory_database(
     client: DatabaseClient, tmp_path: Path
 ) -> None:
@@ -226,6 +271,90 @@ def test_client_creates_the_file(db_path: Path, client: DatabaseClient) -> None:
     assert db_path.exists()
 
 
+def _not_a_database(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.db"
+    path.write_text("these are notes, not an SQLite database\n" * 100)
+    return path
+
+
+def _open_failure(path: str, **options: Any) -> DatabaseConfigError:
+    """The error opening ``path`` raises; it must keep sqlite3's error as its cause."""
+    with pytest.raises(DatabaseConfigError) as excinfo:
+        DatabaseClient(path, owner="opening", **options)
+    assert isinstance(excinfo.value.__cause__, sqlite3.Error)
+    return excinfo.value
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_file_that_is_not_a_database_is_a_config_error(tmp_path: Path, read_only: bool) -> None:
+    """Found at open (read-only too), not at the first query, and named with the fix."""
+    path = str(_not_a_database(tmp_path))
+    error = _open_failure(f"file:{path}?mode=ro" if read_only else path)
+    assert path in str(error)
+    assert "not an SQLite database" in str(error)
+    assert "move this file away" in str(error)
+    assert isinstance(error.__cause__, sqlite3.DatabaseError)
+
+
+def test_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    error = _open_failure(str(tmp_path))
+    assert repr(str(tmp_path)) in str(error)
+    assert "it is a directory" in str(error)
+
+
+def test_a_file_url_whose_directory_is_missing_is_a_config_error(tmp_path: Path) -> None:
+    url = f"file:{tmp_path}/missing/app.db?cache=private"
+    error = _open_failure(url, source="DATABASE_URL")
+    assert repr(url) in str(error)
+    assert "(from DATABASE_URL)" in str(error)
+    assert f"its directory {str(tmp_path / 'missing')!r} does not exist" in str(error)
+    assert "point DATABASE_URL elsewhere" in str(error)
+
+
+def test_a_missing_file_opened_read_only_is_a_config_error(tmp_path: Path) -> None:
+    error = _open_failure(f"file:{tmp_path}/absent.db?mode=ro")
+    assert "a read-only URL never creates it" in str(error)
+
+
+def test_the_service_names_database_url_when_it_cannot_open_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _not_a_database(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", f"file:{path}")
+    service = DatabaseService()
+    try:
+        with pytest.raises(DatabaseConfigError, match="DATABASE_URL") as excinfo:
+            service.get_client()
+    finally:
+        service.close()
+    assert str(path) in str(excinfo.value)
+    assert "point DATABASE_URL at a database file" in str(excinfo.value)
+    assert isinstance(excinfo.value.__cause__, sqlite3.DatabaseError)
+
+
+def test_the_service_explains_a_directory_it_cannot_create(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the directory should be")
+    service = DatabaseService(str(tmp_path / "taken" / "app.db"))
+    try:
+        with pytest.raises(DatabaseConfigError, match="DATABASE_URL") as excinfo:
+            service.get_client()
+    finally:
+        service.close()
+    assert "cannot create the directory" in str(excinfo.value)
+    assert isinstance(excinfo.value.__cause__, OSError)
+
+
+def test_a_locked_database_at_open_stays_a_sqlite3_error(tmp_path: Path) -> None:
+    """Contention is another connection's doing, not a setting to fix."""
+    path = _rollback_journal_database(tmp_path / "locked.db")
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError, match="locked") as excinfo:
+            DatabaseClient(str(path), pragmas={"busy_timeout": "10", "journal_mode": "WAL"})
+        holder.execute("ROLLBACK")
+    assert not isinstance(excinfo.value, DatabaseConfigError)
+
+
 # --- ResultSet ---------------------------------------------------------------------------
 
 
@@ -251,6 +380,19 @@ def test_result_set_rows_affected_and_last_insert_rowid(client: DatabaseClient) 
     assert updated.rows_affected == 2
     deleted = client.execute("DELETE FROM items WHERE name = 'a'")
     assert deleted.rows_affected == 1
+
+
+def test_rows_affected_counts_rows_changed_by_returning_statements(
+    client: DatabaseClient,
+) -> None:
+    inserted = client.execute("INSERT INTO items (name) VALUES ('a'), ('b'), ('c') RETURNING id")
+    assert (inserted.rows_affected, len(inserted.rows)) == (3, 3)
+    updated = client.execute("UPDATE items SET qty = 5 WHERE name != 'a' RETURNING id, qty")
+    assert updated.rows_affected == 2
+    deleted = client.execute("DELETE FROM items WHERE name = 'c' RETURNING *")
+    assert deleted.rows_affected == 1
+    assert client.execute("SELECT * FROM items").rows_affected == 0
+    assert client.execute("PRAGMA journal_mode").rows_affected == 0
 
 
 def test_select_on_empty_table_has_columns_and_no_rows(client: DatabaseClient) -> None:
@@ -614,6 +756,66 @@ async def test_async_transaction_rolls_back_on_exception(client: DatabaseClient)
     async with adb.transaction() as tx:
         await tx.execute("INSERT INTO items (name) VALUES ('b')")
     assert count(client) == 1
+
+
+async def _client_calls_inside_a_transaction(adb: AsyncDatabaseClient) -> None:
+    async with adb.transaction() as tx:
+        await tx.execute("INSERT INTO items (name) VALUES ('via-tx')")
+        await adb.execute("INSERT INTO items (name) VALUES ('via-client')")
+        await adb.batch([("INSERT INTO items (name) VALUES (?)", ("via-batch",))])
+        async with adb.transaction() as nested:
+            await nested.execute("INSERT INTO items (name) VALUES ('via-nested')")
+        assert (await adb.execute("SELECT COUNT(*) FROM items")).rows[0][0] == 4
+        raise Boom("undo all four")
+
+
+async def test_async_calls_from_the_transactions_task_join_it(client: DatabaseClient) -> None:
+    """As with the sync client: no deadlock, and the rollback undoes all of it."""
+    adb = AsyncDatabaseClient(client)
+    with pytest.raises(Boom):
+        await asyncio.wait_for(_client_calls_inside_a_transaction(adb), timeout=10)
+    assert count(client) == 0
+    await adb.execute("INSERT INTO items (name) VALUES ('after')")  # the client is free again
+    assert count(client) == 1
+
+
+async def test_a_nested_async_transaction_is_a_savepoint(client: DatabaseClient) -> None:
+    adb = AsyncDatabaseClient(client)
+
+    async def inner() -> None:
+        async with adb.transaction() as nested:
+            await nested.execute("INSERT INTO items (name) VALUES ('inner')")
+            raise Boom("undo the savepoint only")
+
+    async def outer() -> None:
+        async with adb.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('outer')")
+            with pytest.raises(Boom):
+                await inner()
+
+    await asyncio.wait_for(outer(), timeout=10)
+    assert [row["name"] for row in client.execute("SELECT name FROM items").rows] == ["outer"]
+
+
+async def test_other_tasks_wait_for_an_async_transaction(client: DatabaseClient) -> None:
+    """A task started inside the block is another task: it neither joins nor interleaves."""
+    adb = AsyncDatabaseClient(client)
+    other: asyncio.Task[Any] | None = None
+
+    async def transaction_started_elsewhere() -> None:
+        nonlocal other
+        async with adb.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('rolled-back')")
+            other = asyncio.create_task(adb.execute("INSERT INTO items (name) VALUES ('other')"))
+            await asyncio.sleep(0.1)
+            assert not other.done()
+            raise Boom("roll back")
+
+    with pytest.raises(Boom):
+        await asyncio.wait_for(transaction_started_elsewhere(), timeout=10)
+    assert other is not None
+    await asyncio.wait_for(other, timeout=10)
+    assert [row["name"] for row in client.execute("SELECT name FROM items").rows] == ["other"]
 
 
 async def test_async_close(db_path: Path) -> None:

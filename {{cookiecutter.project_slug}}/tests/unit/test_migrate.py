@@ -245,3 +245,15 @@ def test_the_cli_reports_a_bad_setting_without_a_traceback(
     assert result.stderr.startswith(f"error: {expected}")
     assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
     assert not (tmp_path / "data").exists(), "no database was opened"
+
+
+def test_the_cli_reports_a_file_that_is_not_a_database_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database, but text long enough to have a header of its own\n" * 2)
+    result = run_cli(tmp_path, {"DATABASE_URL": str(notes)}, "--list")
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"error: cannot open the SQLite database {str(notes)!r}")
+    assert "(from DATABASE_URL)" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
