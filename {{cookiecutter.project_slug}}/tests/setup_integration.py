@@ -192,10 +192,6 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
     )
 
 
-def _is_xdist_controller(config: pytest.Config) -> bool:
-    return config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput")
-
-
 def configure_debug_logging(value: str) -> list[str]:
     """``DEBUG=isolation,database`` (or ``*``) shows those loggers' flow live."""
     names = [name for name in DEBUG_LOGGERS if name in value.split(",") or value == "*"]
@@ -244,15 +240,16 @@ def _start_session(session: pytest.Session) -> None:
     manager = get_test_isolation_manager()
     if not hasattr(session.config, "workerinput"):
         shutil.rmtree(_kept_directory(manager), ignore_errors=True)
-    if not _is_xdist_controller(session.config):
-        try:
-            manager.initialize_test_mode()
-        except MigrationError as error:
-            raise pytest.UsageError(
-                f"cannot build the template database the isolated tests copy: {error}. Fix "
-                "that migration, or point the isolation_migrations_dir setting at the "
-                f"project's migrations (now {manager.migrations_dir})."
-            ) from error
+    # Under xdist the main process builds it too, before it starts the workers: they find
+    # it cached, and a broken migration is one error here, not a crash in every worker.
+    try:
+        manager.initialize_test_mode()
+    except MigrationError as error:
+        raise pytest.UsageError(
+            f"cannot build the template database the isolated tests copy: {error}. Fix "
+            "that migration, or point the isolation_migrations_dir setting at the "
+            f"project's migrations (now {manager.migrations_dir})."
+        ) from error
 
 
 @pytest.hookimpl(trylast=True)  # after other plugins have marked their tests

@@ -260,3 +260,17 @@ def test_averages_of_too_few_tests_are_not_judged(tmp_path: Path) -> None:
     assert child.returncode == 0, child.stdout + child.stderr
     assert "Averages not checked: fewer than 2 isolated tests ran" in child.stdout
     assert "No performance regressions detected" in child.stdout
+
+
+def test_a_broken_migration_under_xdist_is_one_error_before_any_worker_starts(
+    tmp_path: Path,
+) -> None:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_refunds.sql").write_text(BROKEN_MIGRATION)
+    setting = f"isolation_migrations_dir={migrations}"
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-n", "2", "-o", setting)
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "ERROR: cannot build the template database" in child.stderr
+    assert "0001_refunds.sql" in child.stderr
+    assert "Traceback" not in child.stdout + child.stderr
