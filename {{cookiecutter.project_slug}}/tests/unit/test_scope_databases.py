@@ -83,7 +83,7 @@ def test_a_changed_migration_rebuilds_the_template(migrations: Path, tmp_path: P
     new = cached_template(migrations, tmp_path / "data")
     assert new != old
     assert cache_files(tmp_path / "data") == [new]  # the stale one is gone
-    with sqlite3.connect(new) as conn:
+    with closing(sqlite3.connect(new)) as conn:
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'refunds'").fetchone()
 
 
@@ -230,10 +230,17 @@ def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path
     as such, and the cleanup goes on."""
     manager = TestIsolationManager(data_dir=tmp_path / "data")
     manager.ensure_test_isolation("threaded test")
-    opened: list[sqlite3.Connection] = []
-    worker = threading.Thread(target=lambda: opened.append(sqlite3.connect(":memory:")))
+    opened, test_done = threading.Event(), threading.Event()
+
+    def hold_a_connection() -> None:
+        connection = sqlite3.connect(":memory:")
+        opened.set()
+        test_done.wait()
+        connection.close()  # by its own thread, once the test has seen the leak
+
+    worker = threading.Thread(target=hold_a_connection)
     worker.start()
-    worker.join()
+    opened.wait()
     try:
         assert manager.complete_test() is True
         assert [(leak.kind, leak.test) for leak in manager.leaks] == [
@@ -242,6 +249,8 @@ def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path
         assert manager.leaks[0].detail.endswith("(in another thread, which must close it)")
         assert manager.current_test_id is None
     finally:
+        test_done.set()
+        worker.join()
         manager.shutdown()
 
 
