@@ -18,7 +18,7 @@ MAX_PYTHON = 14
 
 SLUG = re.compile(r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
-PYTHON_VERSION = re.compile(r"^3\.(\d+)$")
+PYTHON_VERSION = re.compile(r"^3\.([1-9]\d*)$")  # no leading zero: 3.011 is not 3.11
 CI_CHOICES = ("github", "none")
 MAX_CI_SHARDS = 20
 LAYOUTS = ("full", "isolation-only")

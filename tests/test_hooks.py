@@ -32,6 +32,7 @@ INVALID = [
     ("python_version", "3.15", "from 3.11 to 3.14"),
     ("python_version", "3.11.4", "from 3.11 to 3.14"),
     ("python_version", "", "from 3.11 to 3.14"),
+    ("python_version", "3.011", "from 3.11 to 3.14"),
     ("ci", "gitlab", "must be 'github' (GitHub Actions workflows) or 'none'"),
     ("ci", "GitHub", "must be 'github'"),
     ("ci", "", "must be 'github'"),
@@ -111,6 +112,30 @@ def test_supported_python_versions_bake(bake: Bake, tmp_path: Path, version: str
     assert f'requires-python = ">={version}"' in (project / "pyproject.toml").read_text()
 
 
-def test_project_name_with_punctuation_needs_an_explicit_slug(bake: Bake, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("Café Orders", "cafe-orders"),
+        ("O'Brien Service", "o-brien-service"),
+        ("  Orders   Service ", "orders-service"),
+        ("Orders.Service", "orders-service"),
+        ("Orders & Payments!", "orders-payments"),
+    ],
+)
+def test_the_default_slug_of_any_project_name_is_valid(
+    bake: Bake, tmp_path: Path, name: str, slug: str
+) -> None:
+    assert bake(tmp_path, project_name=name).name == slug
+
+
+def test_a_long_project_name_gets_a_slug_of_at_most_64_characters(
+    bake: Bake, tmp_path: Path
+) -> None:
+    project = bake(tmp_path, project_name="Orders " * 40)
+    assert len(project.name) <= 64
+    assert project.name.startswith("orders-orders-")
+
+
+def test_an_explicit_slug_wins_over_the_name(bake: Bake, tmp_path: Path) -> None:
     project = bake(tmp_path, project_name="Orders & Payments!", project_slug="orders-payments")
     assert project.name == "orders-payments"
