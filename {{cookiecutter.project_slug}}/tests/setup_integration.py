@@ -246,10 +246,21 @@ def _start_session(session: pytest.Session) -> None:
         manager.initialize_test_mode()
     except MigrationError as error:
         raise pytest.UsageError(
-            f"cannot build the template database the isolated tests copy: {error}. Fix "
-            "that migration, or point the isolation_migrations_dir setting at the "
-            f"project's migrations (now {manager.migrations_dir})."
+            f"cannot build the template database the isolated tests copy: {error}. "
+            + _migrations_hint(manager.migrations_dir)
         ) from error
+
+
+def _migrations_hint(directory: Path) -> str:
+    if not directory.is_dir():
+        return (
+            "Put the schema there as ordered *.sql migration files, or set "
+            "isolation_migrations_dir to the directory that holds them."
+        )
+    return (
+        "Fix that migration, or point the isolation_migrations_dir setting at the "
+        f"project's migrations (now {directory})."
+    )
 
 
 @pytest.hookimpl(trylast=True)  # after other plugins have marked their tests

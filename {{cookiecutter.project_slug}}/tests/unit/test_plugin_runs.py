@@ -274,3 +274,11 @@ def test_a_broken_migration_under_xdist_is_one_error_before_any_worker_starts(
     assert "ERROR: cannot build the template database" in child.stderr
     assert "0001_refunds.sql" in child.stderr
     assert "Traceback" not in child.stdout + child.stderr
+
+
+def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Path) -> None:
+    setting = f"isolation_migrations_dir={tmp_path / 'db' / 'migrations'}"
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert f"migrations directory {tmp_path / 'db' / 'migrations'} does not exist" in child.stderr
+    assert "Put the schema there as ordered *.sql migration files" in child.stderr
