@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableSet, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import cached_property
@@ -69,6 +69,35 @@ def _modules_state() -> ModulesState:
     """What every import changes: the number of modules and the newest one (an import adds
     its name last, so removing one module and importing another changes it too)."""
     return len(sys.modules), next(reversed(sys.modules), None)
+
+
+class OpenClients(MutableSet[DatabaseClient]):
+    """The open clients among those added: one closed anywhere (by its test, say) leaves
+    the set by itself, so ``client in registry`` and ``len`` are never stale."""
+
+    def __init__(self) -> None:
+        self._clients: set[DatabaseClient] = set()
+
+    def __contains__(self, client: object) -> bool:
+        return client in self._clients and not getattr(client, "closed", True)
+
+    def __iter__(self) -> Iterator[DatabaseClient]:
+        return iter([client for client in self._clients if not client.closed])
+
+    def __len__(self) -> int:
+        return sum(not client.closed for client in self._clients)
+
+    def add(self, client: DatabaseClient) -> None:
+        """Track ``client`` until it closes, or until it is discarded."""
+        self._clients.add(client)
+
+    def discard(self, client: DatabaseClient) -> None:
+        """Stop tracking ``client``."""
+        self._clients.discard(client)
+
+    def clear(self) -> None:
+        """Stop tracking every client."""
+        self._clients.clear()
 
 
 class IsolationWarning(UserWarning):
@@ -184,7 +213,7 @@ class TestIsolationManager:
         self.engine = engine
         self._root_prefix = f"{self.project_root}{os.sep}"
         self.active_scopes: dict[str, IsolationScope] = {}
-        self.global_connection_registry: set[DatabaseClient] = set()
+        self.global_connection_registry = OpenClients()
         self.performance_metrics: dict[str, float] = {
             "scopes_created": 0,
             "scopes_destroyed": 0,
@@ -318,8 +347,9 @@ class TestIsolationManager:
             scope.database_path, lambda: self._close_connections(scope)
         )
         if scope.options.isolate_modules:
-            self.clear_module_cache(scope.module_snapshot)
+            # Before the modules go: one imported during the test may hold the client too.
             self._report_stale_bindings(scope)
+            self.clear_module_cache(scope.module_snapshot)
         scope.connections.clear()
         scope.client = None
         elapsed = (time.perf_counter() - started) * 1000
@@ -558,10 +588,9 @@ class TestIsolationManager:
 
     @property
     def active_connection_count(self) -> int:
-        """Tracked clients still open (cheap: closed ones leave the registry)."""
+        """Tracked clients still open."""
         with self._lock:
-            registry = list(self.global_connection_registry)
-        return sum(not client.closed for client in registry)
+            return len(self.global_connection_registry)
 
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of scopes and connections, for assertions and reports."""

@@ -405,6 +405,19 @@ def test_a_hung_client_is_given_up_after_the_connection_timeout(
     assert not holder.is_alive()
 
 
+def test_a_client_closed_by_its_test_leaves_the_registry(manager: TestIsolationManager) -> None:
+    scope_id = manager.create_scope("closes its own client")
+    client = manager.get_scoped_database_client(scope_id)
+    client.close()
+    assert client not in manager.global_connection_registry
+    assert len(manager.global_connection_registry) == 0
+    reopened = manager.get_scoped_database_client(scope_id)
+    assert list(manager.global_connection_registry) == [reopened]
+    assert manager.get_stats()["active_connection_count"] == 1
+    manager.destroy_scope(scope_id)
+    assert len(manager.global_connection_registry) == 0
+
+
 def test_untracked_connections_stay_out_of_the_registry(manager: TestIsolationManager) -> None:
     scope_id = manager.create_scope("untracked", track_connections=False)
     client = manager.get_scoped_database_client(scope_id)
@@ -719,6 +732,27 @@ def test_module_global_holding_the_client_is_reported(
         assert any(scope_id in message for message in messages)
         with pytest.raises(ClientClosedError):
             client.execute("SELECT 1")
+    finally:
+        m.emergency_cleanup()
+
+
+def test_a_module_imported_during_the_test_holding_the_client_is_named(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    """The classic import-time ``CLIENT = get_database_client()``: the module is dropped at
+    scope end, but named first (a module imported earlier may still hold it)."""
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m.initialize_test_mode()
+    try:
+        handover = importlib.import_module(make_module("CLIENT = None\n"))
+        scope_id = m.create_scope("imports a module that keeps the client")
+        vars(handover)["CLIENT"] = m.get_scoped_database_client(scope_id)
+        name = make_module(f"from {handover.__name__} import CLIENT\n")
+        importlib.import_module(name)
+        with pytest.warns(IsolationWarning):  # for the handover module too
+            m.destroy_scope(scope_id)
+        assert f"{name}.CLIENT" in m.stale_bindings
+        assert name not in sys.modules
     finally:
         m.emergency_cleanup()
 
