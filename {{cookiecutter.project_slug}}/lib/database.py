@@ -16,7 +16,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +100,8 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
     value = url.strip()
     if not value:
         raise DatabaseConfigError(
-            f"{variable} is empty: set it to a SQLite path such as file:./data/app.db or :memory:"
+            f"{variable} is set but empty: unset it to use the default ({DEFAULT_DATABASE_URL}), "
+            "or set it to a database URL such as file:./data/app.db, :memory: or libsql://..."
         )
     if value == ":memory:":
         return value
@@ -170,7 +171,7 @@ def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
         if local is None or is_remote_url(local):
             return DatabaseTarget(turso, "libsql", auth_token=token)
         return DatabaseTarget(local, "libsql", sync_url=turso, auth_token=token)
-    path = parse_database_url(url or DEFAULT_DATABASE_URL)
+    path = parse_database_url(DEFAULT_DATABASE_URL if url is None else url)  # "" is an error
     if is_remote_url(path):
         return DatabaseTarget(path, "libsql", auth_token=token)
     return DatabaseTarget(path, driver)
@@ -286,11 +287,65 @@ def caller_location() -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
+_next_row = sqlite3.Cursor.__next__
+
+
+class _GuardedCursor(sqlite3.Cursor):
+    """A cursor that raises :class:`ClientClosedError` once its client closed: sqlite-utils
+    keeps cursors in generators (``db["t"].rows``) that are read after the client is gone."""
+
+    connection: _GuardedConnection
+
+    def _closed(self, error: sqlite3.Error) -> None:
+        """Replace sqlite3's error by ClientClosedError if a close (maybe another thread's)
+        caused it; only runs when a read failed, so open reads pay nothing for it."""
+        message = self.connection.closed_message
+        if message is not None:
+            raise ClientClosedError(message) from error
+
+    def fetchone(self) -> Any:
+        """The next row, or None; ClientClosedError once the client closed."""
+        self.connection._guard()
+        try:
+            return sqlite3.Cursor.fetchone(self)
+        except sqlite3.Error as error:
+            self._closed(error)
+            raise
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        """Up to ``size`` rows (the cursor's ``arraysize`` by default)."""
+        self.connection._guard()
+        try:
+            return sqlite3.Cursor.fetchmany(self, self.arraysize if size is None else size)
+        except sqlite3.Error as error:
+            self._closed(error)
+            raise
+
+    def fetchall(self) -> list[Any]:
+        """The remaining rows; ClientClosedError once the client closed."""
+        self.connection._guard()
+        try:
+            return sqlite3.Cursor.fetchall(self)
+        except sqlite3.Error as error:
+            self._closed(error)
+            raise
+
+    def __next__(self) -> Any:
+        if self.connection.closed_message is not None:  # inline: this runs once per row
+            raise ClientClosedError(self.connection.closed_message)
+        try:
+            return _next_row(self)
+        except sqlite3.Error as error:
+            self._closed(error)
+            raise
+
+
 class _GuardedConnection(sqlite3.Connection):
     """A sqlite3 connection that raises :class:`ClientClosedError` once its client closed it.
 
     ``DatabaseClient.db`` (sqlite-utils) talks to this connection directly, so the guard
-    lives here rather than in the client.
+    lives here rather than in the client. Its cursors are :class:`_GuardedCursor`; the
+    ``execute*`` shortcuts go through :meth:`cursor`, which Python 3.11's C versions skip.
     """
 
     closed_message: str | None = None
@@ -304,21 +359,21 @@ class _GuardedConnection(sqlite3.Connection):
         self._guard()
         return bool(sqlite3.Connection.in_transaction.__get__(self))
 
-    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+    def cursor(self, factory: Any = None) -> Any:
         self._guard()
-        return super().cursor(*args, **kwargs)
+        return super().cursor(_GuardedCursor if factory is None else factory)
 
     def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        self._guard()
-        return super().execute(*args, **kwargs)
+        cursor: sqlite3.Cursor = self.cursor()
+        return cursor.execute(*args, **kwargs)
 
     def executemany(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        self._guard()
-        return super().executemany(*args, **kwargs)
+        cursor: sqlite3.Cursor = self.cursor()
+        return cursor.executemany(*args, **kwargs)
 
     def executescript(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        self._guard()
-        return super().executescript(*args, **kwargs)
+        cursor: sqlite3.Cursor = self.cursor()
+        return cursor.executescript(*args, **kwargs)
 
     def commit(self) -> None:
         self._guard()
@@ -442,6 +497,10 @@ class DatabaseClient:
                 yield self._conn
             except ValueError as error:  # libsql reports every database error this way
                 raise libsql_engine.translate_error(error) from error
+        except sqlite3.Error as error:  # e.g. "interrupted": another thread closed us
+            if self._closed_message is None:
+                raise
+            raise ClientClosedError(self._closed_message) from error
         finally:
             self._lock.release()
 
@@ -713,6 +772,11 @@ class AsyncDatabaseClient:
         result: dict[str, Any] = await self._run(self.client.health_check)
         return result
 
+    async def get_connection_stats(self) -> dict[str, Any]:
+        """The wrapped client's stats; no I/O, so no worker thread and no waiting for a
+        transaction another task holds."""
+        return self.client.get_connection_stats()
+
     async def close(self, timeout: float = 5.0) -> bool:
         """Close the wrapped client without blocking the event loop; see DatabaseClient.close."""
         closed: bool = await asyncio.to_thread(self.client.close, timeout)
@@ -720,22 +784,30 @@ class AsyncDatabaseClient:
 
     def transaction(self) -> AsyncTransaction:
         """``async with adb.transaction() as tx``: begins on entry; commits, or rolls back on
-        an exception, on exit."""
+        an exception, on exit. Or ``tx = await adb.transaction()``, as the sync client's:
+        begins at once; end it with ``await tx.commit()`` or ``await tx.rollback()``."""
         return AsyncTransaction(self)
 
 
 class AsyncTransaction:
-    """``async with adb.transaction() as tx``: holds the client for this task until the
-    block ends (other tasks wait); inside this task's own transaction, a savepoint."""
+    """``async with adb.transaction() as tx`` or ``tx = await adb.transaction()``: holds the
+    client for this task until it ends (other tasks wait); inside this task's own
+    transaction, a savepoint."""
 
     def __init__(self, owner: AsyncDatabaseClient) -> None:
-        """Prepare; nothing happens until the ``async with`` block is entered."""
+        """Prepare; nothing happens until it is awaited or the ``async with`` is entered."""
         self._owner = owner
         self._open = False
         self._holds_lock = False
         self._savepoint: str | None = None
 
+    def __await__(self) -> Generator[Any, None, Self]:
+        """``tx = await adb.transaction()``: begin now, as ``async with`` would on entry."""
+        return self.__aenter__().__await__()
+
     async def __aenter__(self) -> Self:
+        if self._open:  # `async with await adb.transaction()`: already begun
+            return self
         owner = self._owner
         if not owner._in_own_transaction():
             await owner._lock.acquire()
@@ -766,6 +838,7 @@ class AsyncTransaction:
         if not self._open:
             raise RuntimeError(
                 "this transaction is not open: use it inside `async with adb.transaction() as tx`"
+                " or after `tx = await adb.transaction()`, before its commit or rollback"
             )
         result: ResultSet = await asyncio.to_thread(self._owner.client.execute, sql, args)
         return result

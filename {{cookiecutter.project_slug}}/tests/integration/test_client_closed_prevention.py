@@ -120,3 +120,21 @@ def test_client_usable_after_transaction_rollback(db: DatabaseClient) -> None:
 def test_repeated_get_db_client_returns_the_same_client(db: DatabaseClient) -> None:
     assert get_db_client() is db
     assert get_db_client() is get_db_client()
+
+
+@pytest.mark.sqlite3_only  # client.db is sqlite-utils on a sqlite3 connection
+def test_stale_half_read_rows_raise_client_closed(
+    isolation_manager: TestIsolationManager,
+) -> None:
+    """A sqlite-utils generator read halfway before its scope ended: the next row says why."""
+    scope_id = isolation_manager.create_scope("half-read rows")
+    client = isolation_manager.get_scoped_database_client(scope_id)
+    client.executescript("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('a'), ('b');")
+    rows = client.db["notes"].rows
+    assert next(rows)["body"] == "a"
+    cursor = client.db.execute("SELECT body FROM notes")
+    isolation_manager.destroy_scope(scope_id)
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*half-read rows"):
+        next(rows)
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*half-read rows"):
+        cursor.fetchall()

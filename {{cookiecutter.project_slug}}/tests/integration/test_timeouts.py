@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lib.database import CONNECTION_PRAGMAS, DatabaseClient
+from lib.database import CONNECTION_PRAGMAS, ClientClosedError, DatabaseClient
 from lib.isolation_manager import TestIsolationManager
 
 # Never finishes on its own: only an interrupt stops it.
@@ -68,7 +68,8 @@ def test_scope_end_stops_a_query_still_running(isolation_manager: TestIsolationM
     assert scope_id not in isolation_manager.active_scopes
     assert client.closed
     assert len(errors) == 1
-    assert isinstance(errors[0], sqlite3.OperationalError)
+    assert isinstance(errors[0], ClientClosedError)  # not sqlite3's bare 'interrupted'
+    assert str(errors[0]).startswith("CLIENT_CLOSED:")
     if path is not None:
         assert not path.exists()
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from lib.database import (
+    DEFAULT_DATABASE_URL,
     AsyncDatabaseClient,
     ClientClosedError,
     DatabaseAccessBlockedError,
@@ -239,6 +240,15 @@ def test_database_target_reads_the_environment(
 def test_database_target_names_the_bad_variable(environ: dict[str, str], variable: str) -> None:
     with pytest.raises(DatabaseConfigError, match=variable):
         database_target(environ)
+
+
+@pytest.mark.parametrize("url", ["", "   "])
+def test_an_empty_database_url_is_an_error_not_the_default(url: str) -> None:
+    """Set but empty is a mistake (a blank line in .env), never a silent fallback."""
+    with pytest.raises(DatabaseConfigError, match="DATABASE_URL") as excinfo:
+        database_target({"DATABASE_URL": url})
+    assert "unset it" in str(excinfo.value)
+    assert DEFAULT_DATABASE_URL in str(excinfo.value)
 
 
 def test_tests_never_connect_to_a_remote_database() -> None:
@@ -574,6 +584,71 @@ def test_sqlite_utils_view_taken_before_close_raises_client_closed(db_path: Path
         view.execute("SELECT 1")
 
 
+KEPT_CURSOR_READS: dict[str, Callable[[Any], object]] = {
+    "fetchone": lambda cursor: cursor.fetchone(),
+    "fetchmany": lambda cursor: cursor.fetchmany(2),
+    "fetchall": lambda cursor: cursor.fetchall(),
+    "iteration": lambda cursor: next(iter(cursor)),
+}
+
+
+@pytest.mark.parametrize("read", sorted(KEPT_CURSOR_READS))
+def test_a_cursor_taken_before_close_raises_client_closed(db_path: Path, read: str) -> None:
+    """A half-read cursor kept across close fails with the owner's name, not sqlite3's."""
+    c = DatabaseClient(str(db_path), owner="kept-cursor")
+    c.executescript(SCHEMA)
+    c.batch([("INSERT INTO items (name) VALUES (?)", (f"i{i}",)) for i in range(5)])
+    cursor = c.db.execute("SELECT name FROM items")
+    assert cursor.fetchone() is not None
+    c.close()
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*kept-cursor") as excinfo:
+        KEPT_CURSOR_READS[read](cursor)
+    assert not isinstance(excinfo.value, sqlite3.ProgrammingError)
+
+
+def test_a_sqlite_utils_generator_read_across_close_raises_client_closed(db_path: Path) -> None:
+    """``db["t"].rows`` is a generator over a cursor: the next row after close is stale."""
+    c = DatabaseClient(str(db_path), owner="kept-rows")
+    c.executescript(SCHEMA)
+    c.batch([("INSERT INTO items (name) VALUES (?)", (f"i{i}",)) for i in range(5)])
+    rows = c.db["items"].rows
+    assert next(rows)["name"] == "i0"
+    c.close()
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*kept-rows"):
+        next(rows)
+
+
+def test_a_query_interrupted_by_close_raises_client_closed(client: DatabaseClient) -> None:
+    """Closed from another thread mid-query: the caller learns the client was closed."""
+    running = threading.Event()
+
+    def mark_running() -> int:
+        running.set()
+        return 1
+
+    client.db.register_function(mark_running, name="running")
+    errors: list[BaseException] = []
+
+    def endless() -> None:
+        try:
+            client.execute(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+                "SELECT COUNT(*) FROM c WHERE running()"
+            )
+        except BaseException as error:  # asserted on below
+            errors.append(error)
+
+    thread = threading.Thread(target=endless, daemon=True)
+    thread.start()
+    assert running.wait(timeout=5)
+    assert client.close(timeout=5) is True
+    thread.join(timeout=5)
+    assert len(errors) == 1
+    assert isinstance(errors[0], ClientClosedError)
+    assert str(errors[0]).startswith("CLIENT_CLOSED:")
+    assert isinstance(errors[0].__cause__, sqlite3.OperationalError)
+
+
 def test_open_transaction_on_closed_client_raises_client_closed(db_path: Path) -> None:
     c = DatabaseClient(str(db_path), owner="tx-owner")
     c.executescript(SCHEMA)
@@ -816,6 +891,38 @@ async def test_other_tasks_wait_for_an_async_transaction(client: DatabaseClient)
     assert other is not None
     await asyncio.wait_for(other, timeout=10)
     assert [row["name"] for row in client.execute("SELECT name FROM items").rows] == ["other"]
+
+
+async def test_an_awaited_async_transaction_commits_or_rolls_back(
+    client: DatabaseClient,
+) -> None:
+    """``tx = await adb.transaction()`` works like the sync ``db.transaction()``."""
+    adb = AsyncDatabaseClient(client)
+    tx = await adb.transaction()
+    await tx.execute("INSERT INTO items (name) VALUES ('kept')")
+    await adb.execute("INSERT INTO items (name) VALUES ('joined')")  # this task joins it
+    nested = await adb.transaction()  # a savepoint
+    await nested.execute("INSERT INTO items (name) VALUES ('savepoint')")
+    await nested.rollback()
+    await tx.commit()
+    undone = await adb.transaction()
+    await undone.execute("INSERT INTO items (name) VALUES ('undone')")
+    await undone.rollback()
+    async with await adb.transaction() as entered:  # entering it later: commit on exit
+        await entered.execute("INSERT INTO items (name) VALUES ('entered')")
+    # Another task is not kept waiting: the transactions let go of the client.
+    await asyncio.wait_for(asyncio.create_task(adb.execute("SELECT 1")), timeout=5)
+    names = [row["name"] for row in client.execute("SELECT name FROM items ORDER BY id").rows]
+    assert names == ["kept", "joined", "entered"]
+
+
+async def test_async_get_connection_stats(client: DatabaseClient) -> None:
+    adb = AsyncDatabaseClient(client)
+    await adb.execute("SELECT 1")
+    stats = await adb.get_connection_stats()
+    assert stats["owner"] == "unit-test"
+    assert stats["queries_executed"] == client.get_connection_stats()["queries_executed"]
+    assert stats["closed"] is False
 
 
 async def test_async_close(db_path: Path) -> None:
