@@ -40,8 +40,6 @@ CONNECTION_PRAGMAS: Mapping[str, str] = {
 }
 # Pragmas that write to the database file: a read-only connection reads them instead.
 _WRITING_PRAGMAS = frozenset({"journal_mode"})
-# What sqlite3 counts as DML (its cursor.rowcount rule): the statements that change rows.
-_DML = re.compile(r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.I | re.S)
 
 Engine = Literal["sqlite3", "libsql"]
 ENGINES: tuple[Engine, ...] = ("sqlite3", "libsql")
@@ -190,8 +188,6 @@ def _libsql_connect(path: str, sync_url: str | None, auth_token: str | None) -> 
             "the libsql engine (a libsql:// DATABASE_URL, TURSO_DATABASE_URL or "
             "DATABASE_DRIVER=libsql) needs the libsql package: pip install libsql"
         ) from error
-    except ValueError as error:  # libsql reports every database error this way
-        raise libsql_engine.translate_error(error) from error
 
 
 def _is_read_only_uri(path: str) -> bool:
@@ -269,16 +265,6 @@ def _cannot_open_hint(path: str, subject: str) -> str:
     return f"check that this process may read and write {str(file)!r} and its directory"
 
 
-def _libsql_rows_affected(
-    sql: str, rowcount: int, rows: list[Any], columns: tuple[str, ...]
-) -> int:
-    """libsql's rowcount for a statement that returns rows is the previous statement's;
-    ``INSERT/UPDATE/DELETE ... RETURNING`` gives one row per changed row, so count those."""
-    if not columns:
-        return max(rowcount, 0)
-    return len(rows) if _DML.match(sql) else 0
-
-
 def caller_location() -> str:
     """``file:line`` of the nearest caller outside ``lib/`` (cheap: no traceback objects)."""
     frame = sys._getframe(1)
@@ -287,57 +273,44 @@ def caller_location() -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
-_next_row = sqlite3.Cursor.__next__
-
-
 class _GuardedCursor(sqlite3.Cursor):
     """A cursor that raises :class:`ClientClosedError` once its client closed: sqlite-utils
     keeps cursors in generators (``db["t"].rows``) that are read after the client is gone."""
 
     connection: _GuardedConnection
 
-    def _closed(self, error: sqlite3.Error) -> None:
-        """Replace sqlite3's error by ClientClosedError if a close (maybe another thread's)
-        caused it; only runs when a read failed, so open reads pay nothing for it."""
+    def _read(self, read: Callable[..., Any], *args: Any) -> Any:
+        """``read(self, *args)``, or ClientClosedError once the client closed, also when a
+        close (maybe another thread's) makes the read itself fail."""
         message = self.connection.closed_message
-        if message is not None:
-            raise ClientClosedError(message) from error
+        if message is None:
+            try:
+                return read(self, *args)
+            except sqlite3.Error as error:
+                message = self.connection.closed_message
+                if message is None:
+                    raise
+                raise ClientClosedError(message) from error
+        raise ClientClosedError(message)
 
     def fetchone(self) -> Any:
-        """The next row, or None; ClientClosedError once the client closed."""
-        self.connection._guard()
-        try:
-            return sqlite3.Cursor.fetchone(self)
-        except sqlite3.Error as error:
-            self._closed(error)
-            raise
+        """The next row, or None."""
+        return self._read(sqlite3.Cursor.fetchone)
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         """Up to ``size`` rows (the cursor's ``arraysize`` by default)."""
-        self.connection._guard()
-        try:
-            return sqlite3.Cursor.fetchmany(self, self.arraysize if size is None else size)
-        except sqlite3.Error as error:
-            self._closed(error)
-            raise
+        rows: list[Any] = self._read(
+            sqlite3.Cursor.fetchmany, self.arraysize if size is None else size
+        )
+        return rows
 
     def fetchall(self) -> list[Any]:
-        """The remaining rows; ClientClosedError once the client closed."""
-        self.connection._guard()
-        try:
-            return sqlite3.Cursor.fetchall(self)
-        except sqlite3.Error as error:
-            self._closed(error)
-            raise
+        """The remaining rows."""
+        rows: list[Any] = self._read(sqlite3.Cursor.fetchall)
+        return rows
 
     def __next__(self) -> Any:
-        if self.connection.closed_message is not None:  # inline: this runs once per row
-            raise ClientClosedError(self.connection.closed_message)
-        try:
-            return _next_row(self)
-        except sqlite3.Error as error:
-            self._closed(error)
-            raise
+        return self._read(sqlite3.Cursor.__next__)
 
 
 class _GuardedConnection(sqlite3.Connection):
@@ -510,9 +483,10 @@ class DatabaseClient:
             if self.engine == "libsql":
                 cursor = conn.execute(sql, libsql_engine.positional(args))
                 rows, columns = libsql_engine.rows(cursor)
-                affected = _libsql_rows_affected(sql, cursor.rowcount, rows, columns)
+                affected = libsql_engine.rows_affected(sql, cursor.rowcount, rows, columns)
             else:
-                cursor = conn.cursor()
+                # A plain cursor: the client itself raises ClientClosedError here.
+                cursor = conn.cursor(sqlite3.Cursor)
                 cursor.row_factory = sqlite3.Row
                 cursor.execute(sql, args)
                 rows = cursor.fetchall()

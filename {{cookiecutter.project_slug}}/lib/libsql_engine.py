@@ -10,9 +10,13 @@ here into what the sqlite3 engine gives: rows that read like ``sqlite3.Row`` and
 from __future__ import annotations
 
 import importlib
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+# What sqlite3 counts as DML (its cursor.rowcount rule): the statements that change rows.
+_DML = re.compile(r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.I | re.S)
 
 
 class LibsqlRow(tuple[Any, ...]):
@@ -44,7 +48,10 @@ def connect(path: str, *, timeout: float, sync_url: str | None, auth_token: str 
         options["sync_url"] = sync_url
     if auth_token:
         options["auth_token"] = auth_token
-    return libsql.connect(path, timeout=timeout, **options)
+    try:
+        return libsql.connect(path, timeout=timeout, **options)
+    except ValueError as error:  # libsql reports every database error this way
+        raise translate_error(error) from error
 
 
 def positional(args: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...]:
@@ -71,3 +78,12 @@ def rows(cursor: Any) -> tuple[list[LibsqlRow], tuple[str, ...]]:
     index = {name: position for position, name in enumerate(columns)}
     fetched = cursor.fetchall() or []  # libsql gives None for statements without rows
     return [LibsqlRow(values, index) for values in fetched], columns
+
+
+def rows_affected(sql: str, rowcount: int, rows: list[Any], columns: tuple[str, ...]) -> int:
+    """sqlite3's ``rowcount`` for ``sql``: libsql's, for a statement that returns rows, is
+    the previous statement's; ``INSERT/UPDATE/DELETE ... RETURNING`` gives one row per
+    changed row, so those are counted."""
+    if not columns:
+        return max(rowcount, 0)
+    return len(rows) if _DML.match(sql) else 0

@@ -96,6 +96,14 @@ def test_own_connection():
 """
 
 
+def child_environment(tmp_path: Path) -> dict[str, str]:
+    """This environment without pytest's variables, importing from ``tmp_path`` and the
+    project."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)])
+    return env
+
+
 def run_suite(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``source`` as a test module with the plugin, confined to ``tmp_path`` (where a
     plugin of the test's own can be written: ``args`` come first, so a ``-p`` there is
@@ -106,8 +114,7 @@ def run_suite(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedPr
         f"isolation_migrations_dir = {PROJECT_ROOT / 'migrations'}\n"
         f"isolation_data_dir = {tmp_path / 'data'}\n"
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)])
+    env = child_environment(tmp_path)
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly"]
     command += [*args, "-p", "tests.setup_integration", "-p", "tests.isolation_reporter"]
     command += ["-c", str(tmp_path / "pytest.ini")]
@@ -155,6 +162,15 @@ def test_every_failed_test_keeps_its_own_database_with_its_data(
 
 BROKEN_MIGRATION = "CREATE TABLE refunds (id INTEGER PRIMARY KEY);\nINSERT INTO nowhere VALUES (1);"
 
+
+def broken_migrations(tmp_path: Path) -> Path:
+    """A migrations directory whose one migration fails at its second statement."""
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_refunds.sql").write_text(BROKEN_MIGRATION)
+    return migrations
+
+
 FAILED_START = """
 import os
 import sys
@@ -179,14 +195,11 @@ def test_a_broken_migration_stops_the_run_with_one_clear_error_and_restores_the_
     """Not an INTERNALERROR traceback, and not a process left pointing at ``:memory:``, with
     Turso credentials gone and the database blocked: pytest skips the session's end when
     its start fails."""
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    (migrations / "0001_refunds.sql").write_text(BROKEN_MIGRATION)
+    migrations = broken_migrations(tmp_path)
     (tmp_path / "test_suite.py").write_text("def test_nothing():\n    pass\n")
     developer_db = tmp_path / "dev.db"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    env = child_environment(tmp_path)
     env |= {"DATABASE_URL": f"file:{developer_db}", "TURSO_AUTH_TOKEN": "secret"}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)])
     command = [sys.executable, "-c", FAILED_START, "-p", "no:cacheprovider"]
     command += ["-p", "no:randomly", "-p", "tests.setup_integration"]
     command += ["-o", f"isolation_migrations_dir={migrations}"]
@@ -265,9 +278,7 @@ def test_averages_of_too_few_tests_are_not_judged(tmp_path: Path) -> None:
 def test_a_broken_migration_under_xdist_is_one_error_before_any_worker_starts(
     tmp_path: Path,
 ) -> None:
-    migrations = tmp_path / "migrations"
-    migrations.mkdir()
-    (migrations / "0001_refunds.sql").write_text(BROKEN_MIGRATION)
+    migrations = broken_migrations(tmp_path)
     setting = f"isolation_migrations_dir={migrations}"
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-n", "2", "-o", setting)
     assert child.returncode == 4, child.stdout + child.stderr
