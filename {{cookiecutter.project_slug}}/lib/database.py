@@ -858,8 +858,12 @@ class AsyncTransaction:
             self._owner._lock.release()
 
 
-def _create_parent_directory(file: Path) -> None:
-    """Create the directory a ``DATABASE_URL`` path needs; explain why it cannot be made."""
+def create_database_directory(path: str) -> None:
+    """Create the directory the local file ``path`` (from ``DATABASE_URL``) needs, if it names
+    one; a :class:`DatabaseConfigError` says why it cannot be made."""
+    file = local_database_file(path)
+    if file is None:
+        return
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -892,9 +896,7 @@ class DatabaseService:
         if self._url is not None:
             environ = {**os.environ, "DATABASE_URL": self._url}
         target = database_target(environ)
-        file = local_database_file(target.path)
-        if file is not None:
-            _create_parent_directory(file)
+        create_database_directory(target.path)
         logger.debug("connecting to %s with %s", target.path, target.engine)
         return DatabaseClient(
             target.path,

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 from .database import (
     DatabaseClient,
     DatabaseConfigError,
+    create_database_directory,
     database_target,
-    local_database_file,
 )
 
 if TYPE_CHECKING:  # imported when migrations run, so that a test session starts faster
@@ -232,9 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = migration_target(os.environ, args.migrations)
-        file = local_database_file(path)
-        if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
+        create_database_directory(path)
         client = DatabaseClient(path, owner="python -m lib.migrate", source="DATABASE_URL")
     except DatabaseConfigError as error:
         print(f"error: {error}", file=sys.stderr)
