@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lib.scope_databases import (
+    MEMORY_PRAGMAS,
     SCOPE_PRAGMAS,
     Template,
     delete_database_files,
@@ -65,15 +66,16 @@ def _use_and_close(
     conn: sqlite3.Connection,
     number: int,
     *,
-    first: str,
-    close: str,
+    pragmas: Mapping[str, str],
+    labels: tuple[str, str, str],
     path: Path | None = None,
 ) -> None:
-    """What every fresh database goes through once it is open, each step under its label;
-    a file's database is closed and deleted as the plugin does it."""
+    """What every fresh database goes through once it is open, each step under its label
+    (pragmas, work, close); a file's database is closed and deleted as the plugin does it."""
+    first, work, close = labels
     with clock.step(first):
-        _set_pragmas(conn, SCOPE_PRAGMAS)
-    with clock.step("the test's insert and count"):
+        _set_pragmas(conn, pragmas)
+    with clock.step(work):
         _work(conn, number)
     with clock.step(close):
         discard_database(path, conn.close)
@@ -89,8 +91,12 @@ def _file_steps(clock: _Clock, template: Template, directory: Path, number: int)
         clock,
         conn,
         number,
-        first="pragmas (the first statement reads the schema, opens WAL and -shm)",
-        close="delete the files, then close (no checkpoint: the database is gone)",
+        pragmas=SCOPE_PRAGMAS,
+        labels=(
+            "pragmas (the first statement reads the schema, opens WAL and -shm)",
+            "the test's insert and count",
+            "delete the files, then close (no checkpoint: the database is gone)",
+        ),
         path=path,
     )
 
@@ -101,7 +107,15 @@ def _memory_steps(clock: _Clock, template: Template, number: int) -> None:
     with clock.step("copy the template in (backup)"):
         template.in_memory.backup(conn)
     _use_and_close(
-        clock, conn, number, first="pragmas (the first statement reads the schema)", close="close"
+        clock,
+        conn,
+        number,
+        pragmas=MEMORY_PRAGMAS,
+        labels=(
+            "foreign keys on",
+            "the test's insert and count (the first statement reads the schema)",
+            "close",
+        ),
     )
 
 

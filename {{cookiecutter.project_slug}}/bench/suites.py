@@ -129,6 +129,7 @@ from bench.suites import DATA_DIR, MIGRATIONS_DIR, RUNS_DIR, scope_pragmas
 from lib.database import DatabaseClient
 from lib.migrate import apply_migrations
 from lib.scope_databases import (
+    MEMORY_PRAGMAS,
     SCOPE_PRAGMAS,
     delete_database_files,
     discard_database,
@@ -223,7 +224,7 @@ def db():
 @pytest.fixture
 def db():
     url = memory_url(f"bench-{next(_numbers)}")
-    client = DatabaseClient(url, owner="one benchmark test", pragmas=SCOPE_PRAGMAS)
+    client = DatabaseClient(url, owner="one benchmark test", pragmas=MEMORY_PRAGMAS)
     _template[0].copy_into(client)
     yield client
     client.close()

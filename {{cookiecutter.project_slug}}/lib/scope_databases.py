@@ -49,6 +49,9 @@ TEMPLATE_PRAGMAS: Mapping[str, str] = {"journal_mode": "WAL", "foreign_keys": "O
 # the per-connection settings are set again. Test databases are deleted after their
 # test, so durability buys nothing: synchronous=OFF skips fsync.
 SCOPE_PRAGMAS: Mapping[str, str] = {"synchronous": "OFF", "foreign_keys": "ON"}
+# An in-memory database never syncs, so it only gets foreign keys: setting synchronous
+# there would read the schema of the still empty database before the copy, for nothing.
+MEMORY_PRAGMAS: Mapping[str, str] = {"foreign_keys": "ON"}
 
 # Named in-memory databases that other connections can open (the memdb VFS).
 MEMDB_SQLITE = (3, 36, 0)
@@ -350,7 +353,7 @@ class DatabaseFactory:
                 return DatabaseClient(
                     str(path), owner=owner, pragmas=SCOPE_PRAGMAS, engine=self.engine
                 )
-            client = DatabaseClient(url, owner=owner, pragmas=SCOPE_PRAGMAS)
+            client = DatabaseClient(url, owner=owner, pragmas=MEMORY_PRAGMAS)
         try:
             if new or client.execute("PRAGMA page_count").rows[0][0] == 0:
                 self.template.copy_into(client)
