@@ -7,6 +7,7 @@ runs a baked project's benchmark; ``nox -s lint`` checks this repository's Pytho
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,10 @@ nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "tests"]
+# uv installs packages without compiling their bytecode (pip compiles it). Where Python
+# may not write it either (PYTHONDONTWRITEBYTECODE=1, common in containers and CI), every
+# pytest process and xdist worker would compile pytest and its plugins again on start.
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 PYTHON = "3.11"
 TEST_REQUIREMENTS = [

@@ -74,7 +74,7 @@ def custom_project(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def clean_env(**overrides: str) -> dict[str, str]:
     """The environment for a tool run in a baked project: no pytest, color or database leftovers."""
-    drop = ("PYTEST_", "DATABASE_URL", "TURSO_", "FORCE_COLOR", "PY_COLORS")
+    drop = ("PYTEST_", "DATABASE_URL", "TURSO_", "FORCE_COLOR", "PY_COLORS", "UV_COMPILE_BYTECODE")
     env = {key: value for key, value in os.environ.items() if not key.startswith(drop)}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(overrides)

@@ -7,12 +7,18 @@ The project is not installed as a package: pytest finds ``lib`` through
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "typecheck", "unit", "integration"]
+# uv installs packages without compiling their bytecode (pip compiles it). Where Python
+# may not write it either (PYTHONDONTWRITEBYTECODE=1, common in containers and CI), every
+# pytest process and xdist worker would compile pytest and its plugins again on start.
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHON = "{{ cookiecutter.python_version }}"
