@@ -56,6 +56,14 @@ def test_default_bake_has_the_app_its_tests_and_dependencies(default_project: Pa
     assert "## Example application" in (default_project / "README.md").read_text()
 
 
+def test_default_bake_leaves_anyio_plugin_off(default_project: Path) -> None:
+    """Starlette and httpx bring anyio, whose pytest plugin the async tests do not use."""
+    result = run([sys.executable, "-m", "pytest", "-VV"], default_project)
+    assert result.returncode == 0, result.stdout
+    assert "pytest-asyncio" in result.stdout
+    assert "anyio" not in result.stdout
+
+
 def test_no_app_bake_has_none_of_it(no_app_project: Path) -> None:
     for relative in APP_PATHS:
         assert not (no_app_project / relative).exists(), relative
