@@ -144,8 +144,10 @@ def test_noxfile_sessions(default_project: Path) -> None:
     assert 'PYTHON = "3.11"' in text
 
 
-def test_gitignore_and_no_data_dir(default_project: Path) -> None:
-    ignored = (default_project / ".gitignore").read_text().splitlines()
+def test_gitignore_and_no_data_dir(bake: Bake, tmp_path: Path) -> None:
+    """A fresh bake: the shared one gets a data/ from the suites other tests run in it."""
+    project = bake(tmp_path)
+    ignored = (project / ".gitignore").read_text().splitlines()
     for pattern in ("data/", ".nox/", "*.db", "__pycache__/", ".mypy_cache/"):
         assert pattern in ignored
-    assert not (default_project / "data").exists()
+    assert not (project / "data").exists()

@@ -106,6 +106,7 @@ def test_api_suite_passes_on_two_workers_with_in_memory_databases(
         "--isolation-strategy",
         "memory",
         "-o",
-        f"isolation_data_dir={tmp_path / 'data'}",  # the shared bake keeps no data/
+        f"isolation_data_dir={tmp_path / 'data'}",
     )
-    assert not (default_project / "data").exists()
+    # The setting was followed: the migrated template was cached there.
+    assert list((tmp_path / "data" / ".isolation" / "templates").glob("*.db"))
