@@ -17,7 +17,7 @@ nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "typecheck", "unit", "integration"]
 # uv installs packages without compiling their bytecode (pip compiles it). Where Python
 # may not write it either (PYTHONDONTWRITEBYTECODE=1, common in containers and CI), every
-# pytest process and xdist worker would compile pytest and its plugins again on start.
+# pytest process and xdist worker would compile pytest and what it imports again on start.
 os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
