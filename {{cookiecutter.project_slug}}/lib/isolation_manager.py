@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableSet, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -168,6 +169,15 @@ class Leak:
     detail: str
 
 
+@dataclass(frozen=True)
+class _DeferredScan:
+    """The clients of an ended scope, to look for in module globals later if still alive."""
+
+    clients: tuple[weakref.ref[DatabaseClient], ...]
+    test_name: str
+    owner: str
+
+
 @dataclass
 class _TestContext:
     """What a test changed while it runs, and what to put back afterwards."""
@@ -196,6 +206,7 @@ class TestIsolationManager:
         reset_hooks: Sequence[Callable[[], object]] = (),
         engine: Engine = "sqlite3",
         runs_dir: Path | None = None,
+        defer_binding_scan: bool = False,
     ) -> None:
         """``module_patterns``: fnmatch patterns of module names to isolate (default: every
         module whose file lies in ``project_root``). ``reset_hooks``: called
@@ -203,7 +214,12 @@ class TestIsolationManager:
         singleton reconnects (e.g. an existing app's ``reset_database_instance``).
         ``engine``: how scopes connect to their databases (``libsql`` needs the file
         strategy). ``runs_dir``: where each process's directory of test databases goes
-        (default ``<data_dir>/.isolation``; see ``scope_databases.runs_root``)."""
+        (default ``<data_dir>/.isolation``; see ``scope_databases.runs_root``).
+        ``defer_binding_scan``: when a scope ends, look for its clients only in the modules
+        imported during it (dropped next); the other modules are searched when
+        :meth:`scan_deferred_bindings` is called, and only for a client still alive then.
+        The pytest plugin calls it once pytest has let go of the test's fixtures, so a test
+        whose clients were all freed costs no search of the project's module globals."""
         self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
         self.runs_dir = runs_dir or self.data_dir / RUNS_DIR_NAME
@@ -211,6 +227,7 @@ class TestIsolationManager:
         self.project_root = project_root.resolve()
         self.reset_hooks = tuple(reset_hooks)
         self.engine = engine
+        self.defer_binding_scan = defer_binding_scan
         self._root_prefix = f"{self.project_root}{os.sep}"
         self.active_scopes: dict[str, IsolationScope] = {}
         self.global_connection_registry = OpenClients()
@@ -233,6 +250,7 @@ class TestIsolationManager:
         self._last_snapshot: frozenset[str] = frozenset()
         self._last_snapshot_state: ModulesState = (0, None)
         self._context: _TestContext | None = None
+        self._deferred_scans: list[_DeferredScan] = []
         self._lock = threading.RLock()
 
     @property
@@ -348,7 +366,7 @@ class TestIsolationManager:
         )
         if scope.options.isolate_modules:
             # Before the modules go: one imported during the test may hold the client too.
-            self._report_stale_bindings(scope)
+            self._look_for_stale_bindings(scope)
             self.clear_module_cache(scope.module_snapshot)
         scope.connections.clear()
         scope.client = None
@@ -527,12 +545,15 @@ class TestIsolationManager:
             self._project_modules = (state, names)
         return names
 
+    def _imported_since(self, snapshot: frozenset[str]) -> list[str]:
+        """Project modules imported since ``snapshot``."""
+        if snapshot is self._last_snapshot and _modules_state() == self._last_snapshot_state:
+            return []  # nothing imported or removed since (the common case)
+        return [name for name in sys.modules.keys() - snapshot if self._project_module(name)]
+
     def clear_module_cache(self, snapshot: frozenset[str] | None = None) -> int:
         """Drop project modules imported since ``snapshot`` (default: test-mode start)."""
-        baseline = self._baseline_modules if snapshot is None else snapshot
-        if baseline is self._last_snapshot and _modules_state() == self._last_snapshot_state:
-            return 0  # nothing imported or removed since (the common case)
-        dropped = [name for name in sys.modules.keys() - baseline if self._project_module(name)]
+        dropped = self._imported_since(self._baseline_modules if snapshot is None else snapshot)
         for name in dropped:
             sys.modules.pop(name, None)
         self.performance_metrics["modules_cleared"] += len(dropped)
@@ -540,13 +561,39 @@ class TestIsolationManager:
             logger.debug("modules cleared: %s", ", ".join(sorted(dropped)))
         return len(dropped)
 
-    def _report_stale_bindings(self, scope: IsolationScope) -> None:
-        """Warn about module globals that still hold one of the scope's clients."""
+    def _look_for_stale_bindings(self, scope: IsolationScope) -> None:
+        """Name module globals that still hold the scope's clients: in every project module,
+        or with ``defer_binding_scan`` in those imported during the scope, the rest later."""
         if not scope.connections:
             return
-        stale_ids = {id(client) for client in scope.connections}
+        if not self.defer_binding_scan:
+            modules = self._current_project_modules()
+            self._report_stale_bindings(scope.connections, scope.test_name, scope.owner, modules)
+            return
+        imported = self._imported_since(scope.module_snapshot)
+        self._report_stale_bindings(scope.connections, scope.test_name, scope.owner, imported)
+        clients = tuple(weakref.ref(client) for client in scope.connections)
+        with self._lock:
+            self._deferred_scans.append(_DeferredScan(clients, scope.test_name, scope.owner))
+
+    def scan_deferred_bindings(self) -> None:
+        """Search every project module for the clients of the scopes ended since the last
+        call that are still alive (see ``defer_binding_scan``): something holds them."""
+        with self._lock:
+            deferred, self._deferred_scans = self._deferred_scans, []
+        for scan in deferred:
+            alive = [client for ref in scan.clients if (client := ref()) is not None]
+            if alive:
+                modules = self._current_project_modules()
+                self._report_stale_bindings(alive, scan.test_name, scan.owner, modules)
+
+    def _report_stale_bindings(
+        self, clients: Iterable[DatabaseClient], test_name: str, owner: str, modules: list[str]
+    ) -> None:
+        """Warn about the globals of ``modules`` that hold one of ``clients``."""
+        stale_ids = {id(client) for client in clients}
         wrapper = database.AsyncDatabaseClient
-        for name in self._current_project_modules():
+        for name in modules:
             module = sys.modules.get(name)
             if module is None:
                 continue
@@ -557,9 +604,9 @@ class TestIsolationManager:
                 held = value.client if type(value) is wrapper else value
                 if id(held) in stale_ids:
                     binding = f"{name}.{attribute}"
-                    self._leak("stale_binding", scope.test_name, binding)
+                    self._leak("stale_binding", test_name, binding)
                     warnings.warn(
-                        f"{binding} still holds the database client of {scope.owner}; "
+                        f"{binding} still holds the database client of {owner}; "
                         "using it later raises ClientClosedError. Ask for the client where it is "
                         "used (get_database_client() at call time) instead of keeping it.",
                         IsolationWarning,

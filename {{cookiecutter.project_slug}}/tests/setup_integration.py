@@ -189,6 +189,7 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
         project_root=config.rootpath,
         reset_hooks=_reset_hooks(config.getini("isolation_database_module")),
         engine=_engine(config),
+        defer_binding_scan=True,  # see pytest_runtest_logfinish
     )
 
 
@@ -323,6 +324,14 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
             manager.complete_test(keep_database=keep)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish() -> None:
+    """pytest has let go of the test's fixtures: a client of the test's scopes still alive
+    now is held elsewhere, maybe in a module global, which is then named. A test whose
+    clients were all freed costs no search of the project's module globals."""
+    get_test_isolation_manager().scan_deferred_bindings()
+
+
 def _kept_directory(manager: TestIsolationManager) -> Path:
     return manager.data_dir / RUNS_DIR_NAME / "kept"
 
@@ -344,6 +353,7 @@ def _end_session() -> None:
     manager = get_test_isolation_manager()
     manager.complete_test()
     manager.shutdown()
+    manager.scan_deferred_bindings()
     remove_run_directory(manager.runs_dir)
     database.block_database_access(None)
     database.forbid_remote_databases(None)

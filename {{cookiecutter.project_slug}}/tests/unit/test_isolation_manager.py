@@ -736,12 +736,15 @@ def test_module_global_holding_the_client_is_reported(
         m.emergency_cleanup()
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["now", "deferred"])
 def test_a_module_imported_during_the_test_holding_the_client_is_named(
-    data_dir: Path, make_module: Callable[[str], str]
+    data_dir: Path, make_module: Callable[[str], str], defer: bool
 ) -> None:
     """The classic import-time ``CLIENT = get_database_client()``: the module is dropped at
     scope end, but named first (a module imported earlier may still hold it)."""
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m = TestIsolationManager(
+        data_dir=data_dir, module_patterns=["isoprobe_*"], defer_binding_scan=defer
+    )
     m.initialize_test_mode()
     try:
         handover = importlib.import_module(make_module("CLIENT = None\n"))
@@ -753,6 +756,34 @@ def test_a_module_imported_during_the_test_holding_the_client_is_named(
             m.destroy_scope(scope_id)
         assert f"{name}.CLIENT" in m.stale_bindings
         assert name not in sys.modules
+    finally:
+        m.emergency_cleanup()
+
+
+def test_deferred_scan_names_an_earlier_module_holding_the_client_when_asked(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    """With ``defer_binding_scan`` a module imported before the scope is searched when
+    ``scan_deferred_bindings()`` runs (the plugin: once pytest lets go of the test)."""
+    m = TestIsolationManager(
+        data_dir=data_dir, module_patterns=["isoprobe_*"], defer_binding_scan=True
+    )
+    m.initialize_test_mode()
+    try:
+        module = importlib.import_module(make_module("CLIENT = None\n"))
+        scope_id = m.create_scope("keeps the client")
+        vars(module)["CLIENT"] = m.get_scoped_database_client(scope_id)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            m.destroy_scope(scope_id)
+        assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+        assert m.stale_bindings == []
+
+        with pytest.warns(IsolationWarning, match=rf"{module.__name__}\.CLIENT .*{scope_id}"):
+            m.scan_deferred_bindings()
+        assert m.stale_bindings == [f"{module.__name__}.CLIENT"]
+        m.scan_deferred_bindings()  # each ended scope is searched once
+        assert m.stale_bindings == [f"{module.__name__}.CLIENT"]
     finally:
         m.emergency_cleanup()
 
