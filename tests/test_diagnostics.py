@@ -144,6 +144,19 @@ def test_leaks_are_reported_with_test_and_culprit(planted: Path, tmp_path: Path)
     assert data["summary"]["connection_leaks"] == 1
 
 
+def test_a_binding_found_after_the_test_is_shown_even_where_warnings_are_errors(
+    planted: Path,
+) -> None:
+    """planted.cache was imported before the test, so its global is looked for once pytest
+    has made the test's reports: raised as an error then, it would crash the run."""
+    leaks = "tests/integration/test_planted_leaks.py"
+    error = "error::lib.isolation_manager.IsolationWarning"
+    code, output = pytest_in(planted, leaks, "-k", "module_global", "-W", error)
+    assert code == 0, output
+    assert "INTERNALERROR" not in output
+    assert "IsolationWarning: planted.cache.CLIENT still holds the database client" in output
+
+
 def test_strict_mode_fails_the_same_run(planted: Path) -> None:
     leaks = "tests/integration/test_planted_leaks.py"
     code, output = pytest_in(planted, leaks, "--isolation-strict")

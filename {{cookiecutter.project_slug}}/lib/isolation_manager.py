@@ -568,31 +568,42 @@ class TestIsolationManager:
             return
         if not self.defer_binding_scan:
             modules = self._current_project_modules()
-            self._report_stale_bindings(scope.connections, scope.test_name, scope.owner, modules)
+            stale = self._stale_bindings_in(modules, scope.connections, scope.test_name)
+            _warn_stale(stale, scope.owner)
             return
         imported = self._imported_since(scope.module_snapshot)
-        self._report_stale_bindings(scope.connections, scope.test_name, scope.owner, imported)
+        stale = self._stale_bindings_in(imported, scope.connections, scope.test_name)
         clients = tuple(weakref.ref(client) for client in scope.connections)
         with self._lock:
             self._deferred_scans.append(_DeferredScan(clients, scope.test_name, scope.owner))
+        _warn_stale(stale, scope.owner)
 
     def scan_deferred_bindings(self) -> None:
         """Search every project module for the clients of the scopes ended since the last
-        call that are still alive (see ``defer_binding_scan``): something holds them."""
+        call that are still alive (see ``defer_binding_scan``): something holds them.
+
+        Every finding is recorded in :attr:`leaks` before the first is warned about, so a
+        warning that ``filterwarnings`` turns into an error loses none.
+        """
         with self._lock:
             deferred, self._deferred_scans = self._deferred_scans, []
+        findings = []
         for scan in deferred:
             alive = [client for ref in scan.clients if (client := ref()) is not None]
             if alive:
                 modules = self._current_project_modules()
-                self._report_stale_bindings(alive, scan.test_name, scan.owner, modules)
+                findings.append((self._stale_bindings_in(modules, alive, scan.test_name), scan))
+        for stale, scan in findings:
+            _warn_stale(stale, scan.owner)
 
-    def _report_stale_bindings(
-        self, clients: Iterable[DatabaseClient], test_name: str, owner: str, modules: list[str]
-    ) -> None:
-        """Warn about the globals of ``modules`` that hold one of ``clients``."""
+    def _stale_bindings_in(
+        self, modules: list[str], clients: Iterable[DatabaseClient], test_name: str
+    ) -> list[str]:
+        """Record as leaks of ``test_name`` and return the globals of ``modules``
+        (``module.attribute``) that hold one of ``clients``, or an async wrapper of one."""
         stale_ids = {id(client) for client in clients}
         wrapper = database.AsyncDatabaseClient
+        found = []
         for name in modules:
             module = sys.modules.get(name)
             if module is None:
@@ -603,15 +614,9 @@ class TestIsolationManager:
             for attribute, value in list(vars(module).items()):
                 held = value.client if type(value) is wrapper else value
                 if id(held) in stale_ids:
-                    binding = f"{name}.{attribute}"
-                    self._leak("stale_binding", test_name, binding)
-                    warnings.warn(
-                        f"{binding} still holds the database client of {owner}; "
-                        "using it later raises ClientClosedError. Ask for the client where it is "
-                        "used (get_database_client() at call time) instead of keeping it.",
-                        IsolationWarning,
-                        stacklevel=2,
-                    )
+                    found.append(f"{name}.{attribute}")
+                    self._leak("stale_binding", test_name, found[-1])
+        return found
 
     # -- failure handling and reporting -------------------------------------------------
 
@@ -662,6 +667,17 @@ class TestIsolationManager:
             ],
             "performance_metrics": dict(self.performance_metrics),
         }
+
+
+def _warn_stale(bindings: list[str], owner: str) -> None:
+    for binding in bindings:
+        warnings.warn(
+            f"{binding} still holds the database client of {owner}; using it later raises "
+            "ClientClosedError. Ask for the client where it is used (get_database_client() "
+            "at call time) instead of keeping it.",
+            IsolationWarning,
+            stacklevel=3,
+        )
 
 
 _manager: TestIsolationManager | None = None

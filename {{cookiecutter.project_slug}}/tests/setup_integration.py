@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -329,7 +330,27 @@ def pytest_runtest_logfinish() -> None:
     """pytest has let go of the test's fixtures: a client of the test's scopes still alive
     now is held elsewhere, maybe in a module global, which is then named. A test whose
     clients were all freed costs no search of the project's module globals."""
-    get_test_isolation_manager().scan_deferred_bindings()
+    _name_stale_bindings()
+
+
+def _name_stale_bindings() -> None:
+    """Warn about the module globals still holding a client of an ended scope."""
+    with warnings.catch_warnings(record=True) as findings:
+        warnings.simplefilter("always")
+        get_test_isolation_manager().scan_deferred_bindings()
+    for finding in findings:
+        try:
+            _warn_again(finding)  # under the run's own filters
+        except Warning:
+            # filterwarnings makes it an error, but the test's reports are made: raised
+            # now, it would crash the run. Shown instead; --isolation-strict fails on it.
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                _warn_again(finding)
+
+
+def _warn_again(finding: warnings.WarningMessage) -> None:
+    warnings.warn_explicit(str(finding.message), finding.category, finding.filename, finding.lineno)
 
 
 def _kept_directory(manager: TestIsolationManager) -> Path:
@@ -353,7 +374,7 @@ def _end_session() -> None:
     manager = get_test_isolation_manager()
     manager.complete_test()
     manager.shutdown()
-    manager.scan_deferred_bindings()
+    _name_stale_bindings()
     remove_run_directory(manager.runs_dir)
     database.block_database_access(None)
     database.forbid_remote_databases(None)
