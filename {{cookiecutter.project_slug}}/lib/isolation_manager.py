@@ -364,9 +364,10 @@ class TestIsolationManager:
         closed_cleanly = scope_databases.discard_database(
             scope.database_path, lambda: self._close_connections(scope)
         )
+        stale: list[str] = []
         if scope.options.isolate_modules:
             # Before the modules go: one imported during the test may hold the client too.
-            self._look_for_stale_bindings(scope)
+            stale = self._look_for_stale_bindings(scope)
             self.clear_module_cache(scope.module_snapshot)
         scope.connections.clear()
         scope.client = None
@@ -377,6 +378,7 @@ class TestIsolationManager:
             count = metrics["scopes_destroyed"]
             metrics["average_cleanup_time"] += (elapsed - metrics["average_cleanup_time"]) / count
         logger.debug("scope destroyed: %s (%.2f ms)", scope_id, elapsed)
+        _warn_stale(stale, scope.owner)  # last: filterwarnings may make it an error
         return closed_cleanly
 
     def _keep(self, scope: IsolationScope, destination: Path) -> None:
@@ -561,22 +563,19 @@ class TestIsolationManager:
             logger.debug("modules cleared: %s", ", ".join(sorted(dropped)))
         return len(dropped)
 
-    def _look_for_stale_bindings(self, scope: IsolationScope) -> None:
-        """Name module globals that still hold the scope's clients: in every project module,
+    def _look_for_stale_bindings(self, scope: IsolationScope) -> list[str]:
+        """The module globals that still hold the scope's clients: in every project module,
         or with ``defer_binding_scan`` in those imported during the scope, the rest later."""
         if not scope.connections:
-            return
+            return []
         if not self.defer_binding_scan:
             modules = self._current_project_modules()
-            stale = self._stale_bindings_in(modules, scope.connections, scope.test_name)
-            _warn_stale(stale, scope.owner)
-            return
-        imported = self._imported_since(scope.module_snapshot)
-        stale = self._stale_bindings_in(imported, scope.connections, scope.test_name)
+            return self._stale_bindings_in(modules, scope.connections, scope.test_name)
         clients = tuple(weakref.ref(client) for client in scope.connections)
         with self._lock:
             self._deferred_scans.append(_DeferredScan(clients, scope.test_name, scope.owner))
-        _warn_stale(stale, scope.owner)
+        imported = self._imported_since(scope.module_snapshot)
+        return self._stale_bindings_in(imported, scope.connections, scope.test_name)
 
     def scan_deferred_bindings(self) -> None:
         """Search every project module for the clients of the scopes ended since the last

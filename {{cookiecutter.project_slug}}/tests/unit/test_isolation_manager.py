@@ -788,6 +788,28 @@ def test_deferred_scan_names_an_earlier_module_holding_the_client_when_asked(
         m.emergency_cleanup()
 
 
+def test_a_stale_binding_raised_as_an_error_still_ends_the_scope(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    """With filterwarnings "error" the warning fails the caller, after the scope is gone
+    and the modules it imported are dropped, not instead."""
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m.initialize_test_mode()
+    try:
+        scope_id = m.create_scope("imports a module that keeps the client")
+        name = make_module("CLIENT = None\n")
+        vars(importlib.import_module(name))["CLIENT"] = m.get_scoped_database_client(scope_id)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", IsolationWarning)
+            with pytest.raises(IsolationWarning, match=rf"{name}\.CLIENT"):
+                m.destroy_scope(scope_id)
+        assert name not in sys.modules
+        assert m.active_scopes == {}
+        assert m.performance_metrics["scopes_destroyed"] == 1
+    finally:
+        m.emergency_cleanup()
+
+
 def test_no_warning_when_nothing_holds_the_client(
     data_dir: Path, make_module: Callable[[str], str]
 ) -> None:
