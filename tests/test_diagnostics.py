@@ -78,6 +78,19 @@ def test_b_uses_the_kept_client() -> None:
     KEPT[0].execute("SELECT 1")
 """
 
+IMPORT_TIME_HOLDER = """
+from lib.database import get_database_client
+
+CLIENT = get_database_client()
+"""
+
+INTERRUPTED_TEST = """
+def test_imports_a_holder_then_is_interrupted(db) -> None:
+    import planted.import_time  # noqa: F401
+
+    raise KeyboardInterrupt
+"""
+
 UNIT_TEST = """
 from tests.setup_integration import get_db_client
 
@@ -107,6 +120,8 @@ def planted(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> Path:
     write(project / "tests" / "integration" / "test_planted_leaks.py", LEAKY_TESTS)
     write(project / "tests" / "integration" / "test_planted_import.py", IMPORT_TIME_TEST)
     write(project / "tests" / "integration" / "test_planted_stale.py", STALE_CLIENT_TESTS)
+    write(project / "planted" / "import_time.py", IMPORT_TIME_HOLDER)
+    write(project / "tests" / "integration" / "test_planted_interrupt.py", INTERRUPTED_TEST)
     write(project / "tests" / "unit" / "test_planted_unit.py", UNIT_TEST)
     return project
 
@@ -155,6 +170,23 @@ def test_a_binding_found_after_the_test_is_shown_even_where_warnings_are_errors(
     assert code == 0, output
     assert "INTERNALERROR" not in output
     assert "IsolationWarning: planted.cache.CLIENT still holds the database client" in output
+
+
+def test_a_binding_found_at_session_end_never_stops_the_cleanup(
+    planted: Path, tmp_path: Path
+) -> None:
+    """Interrupted (Ctrl-C) while a module the test imported holds its client: the session
+    end ends the scope, shows the finding and still deletes the run's databases."""
+    interrupted = "tests/integration/test_planted_interrupt.py"
+    error = "error::lib.isolation_manager.IsolationWarning"
+    data = tmp_path / "data"
+    settings = ["-o", "isolation_use_dev_shm=false", "-o", f"isolation_data_dir={data}"]
+    code, output = pytest_in(planted, interrupted, "-W", error, *settings)
+    assert code == pytest.ExitCode.INTERRUPTED, output
+    assert "planted.import_time.CLIENT still holds the database client" in output
+    assert "shown, not raised" in output
+    assert "Traceback" not in output
+    assert [path.name for path in (data / ".isolation").iterdir()] == ["templates"]
 
 
 def test_strict_mode_fails_the_same_run(planted: Path) -> None:

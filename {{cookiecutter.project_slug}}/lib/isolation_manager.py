@@ -217,9 +217,10 @@ class TestIsolationManager:
         (default ``<data_dir>/.isolation``; see ``scope_databases.runs_root``).
         ``defer_binding_scan``: when a scope ends, look for its clients only in the modules
         imported during it (dropped next); the other modules are searched when
-        :meth:`scan_deferred_bindings` is called, and only for a client still alive then.
-        The pytest plugin calls it once pytest has let go of the test's fixtures, so a test
-        whose clients were all freed costs no search of the project's module globals."""
+        :meth:`scan_deferred_bindings` is called (the ended scopes wait until then), and
+        only for a client still alive then. The pytest plugin calls it once pytest has let
+        go of each test's fixtures, so a test whose clients were all freed costs no search
+        of the project's module globals."""
         self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
         self.runs_dir = runs_dir or self.data_dir / RUNS_DIR_NAME
@@ -351,12 +352,20 @@ class TestIsolationManager:
         False if the scope is unknown or a client did not close cleanly; the scope is gone
         either way.
         """
+        closed_cleanly, stale = self._end_scope(scope_id, keep_as)
+        _warn_stale(stale)
+        return closed_cleanly
+
+    def _end_scope(self, scope_id: str, keep_as: Path | None = None) -> tuple[bool, list[str]]:
+        """:meth:`destroy_scope`'s work; the warnings about stale bindings are returned, to
+        be given once the caller has cleaned up everything (filterwarnings may make them
+        errors)."""
         started = time.perf_counter()
         with self._lock:
             scope = self.active_scopes.pop(scope_id, None)
             if scope is None:
                 logger.warning("scope %s not found for destruction", scope_id)
-                return False
+                return False, []
             if self._context is not None and self._context.scope_id == scope_id:
                 self._point_at_nothing(f"the scope of test {scope.test_name} was destroyed")
         if keep_as is not None:
@@ -378,8 +387,7 @@ class TestIsolationManager:
             count = metrics["scopes_destroyed"]
             metrics["average_cleanup_time"] += (elapsed - metrics["average_cleanup_time"]) / count
         logger.debug("scope destroyed: %s (%.2f ms)", scope_id, elapsed)
-        _warn_stale(stale, scope.owner)  # last: filterwarnings may make it an error
-        return closed_cleanly
+        return closed_cleanly, [_stale_warning(binding, scope.owner) for binding in stale]
 
     def _keep(self, scope: IsolationScope, destination: Path) -> None:
         try:
@@ -436,21 +444,25 @@ class TestIsolationManager:
         if context is None:
             return True
         cleaned = True
+        stale: list[str] = []
         if context.scope_id is not None:
-            context_scope, context.scope_id = context.scope_id, None
-            cleaned = self.destroy_scope(context_scope, keep_as=keep_database)
+            scope_id, context.scope_id = context.scope_id, None
+            cleaned, stale = self._end_scope(scope_id, keep_database)
         self._restore(context)
-        self._clean_up_leaks(context)
+        stale += self._clean_up_leaks(context)
+        _warn_stale(stale)  # last: filterwarnings may make them errors
         return cleaned
 
-    def _clean_up_leaks(self, context: _TestContext) -> None:
-        """Record and close what the test left open: scopes it created, connections."""
+    def _clean_up_leaks(self, context: _TestContext) -> list[str]:
+        """Record and close what the test left open: scopes it created, connections.
+        Returns the warnings about stale bindings of the scopes it ended."""
+        stale = []
         for scope_id in self.active_scopes.keys() - context.scopes_before:
             leaked = self.active_scopes[scope_id]
             if not leaked.options.auto_cleanup:
                 continue
             self._leak("scope", context.test_name, f"{leaked.id} ({leaked.test_name})")
-            self.destroy_scope(scope_id)
+            stale += self._end_scope(scope_id)[1]
         if context.recording is not None:
             for tracked in context.recording.stop():
                 detail = f"opened at {tracked.location}"
@@ -459,6 +471,7 @@ class TestIsolationManager:
                 except sqlite3.ProgrammingError:  # opened in another thread: only it may close it
                     detail += " (in another thread, which must close it)"
                 self._leak("connection", context.test_name, detail)
+        return stale
 
     def _leak(
         self, kind: Literal["scope", "connection", "stale_binding"], test: str, detail: str
@@ -586,14 +599,14 @@ class TestIsolationManager:
         """
         with self._lock:
             deferred, self._deferred_scans = self._deferred_scans, []
-        findings = []
+        stale = []
         for scan in deferred:
             alive = [client for ref in scan.clients if (client := ref()) is not None]
             if alive:
                 modules = self._current_project_modules()
-                findings.append((self._stale_bindings_in(modules, alive, scan.test_name), scan))
-        for stale, scan in findings:
-            _warn_stale(stale, scan.owner)
+                found = self._stale_bindings_in(modules, alive, scan.test_name)
+                stale += [_stale_warning(binding, scan.owner) for binding in found]
+        _warn_stale(stale)
 
     def _stale_bindings_in(
         self, modules: list[str], clients: Iterable[DatabaseClient], test_name: str
@@ -624,13 +637,14 @@ class TestIsolationManager:
         self.performance_metrics["emergency_cleanups"] += 1
         if scope_id is not None:
             return self.destroy_scope(scope_id)
-        results = [self.destroy_scope(active) for active in list(self.active_scopes)]
-        cleaned = all(results)
+        ended = [self._end_scope(active) for active in list(self.active_scopes)]
+        cleaned = all(closed for closed, _ in ended)
         for client in list(self.global_connection_registry):
             cleaned = client.close(timeout=1.0) and cleaned
         self.global_connection_registry.clear()
         scope_databases.remove_stale_runs(self.runs_dir)
         logger.debug("emergency cleanup done (clean: %s)", cleaned)
+        _warn_stale([warning for _, stale in ended for warning in stale])
         return cleaned
 
     def shutdown(self) -> bool:
@@ -668,15 +682,17 @@ class TestIsolationManager:
         }
 
 
-def _warn_stale(bindings: list[str], owner: str) -> None:
-    for binding in bindings:
-        warnings.warn(
-            f"{binding} still holds the database client of {owner}; using it later raises "
-            "ClientClosedError. Ask for the client where it is used (get_database_client() "
-            "at call time) instead of keeping it.",
-            IsolationWarning,
-            stacklevel=3,
-        )
+def _stale_warning(binding: str, owner: str) -> str:
+    return (
+        f"{binding} still holds the database client of {owner}; using it later raises "
+        "ClientClosedError. Ask for the client where it is used (get_database_client() at "
+        "call time) instead of keeping it."
+    )
+
+
+def _warn_stale(messages: list[str]) -> None:
+    for message in messages:
+        warnings.warn(message, IsolationWarning, stacklevel=3)
 
 
 _manager: TestIsolationManager | None = None

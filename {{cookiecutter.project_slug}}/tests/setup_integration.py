@@ -330,27 +330,28 @@ def pytest_runtest_logfinish() -> None:
     """pytest has let go of the test's fixtures: a client of the test's scopes still alive
     now is held elsewhere, maybe in a module global, which is then named. A test whose
     clients were all freed costs no search of the project's module globals."""
-    _name_stale_bindings()
+    _warn_without_raising(get_test_isolation_manager().scan_deferred_bindings)
 
 
-def _name_stale_bindings() -> None:
-    """Warn about the module globals still holding a client of an ended scope."""
-    with warnings.catch_warnings(record=True) as findings:
+def _warn_without_raising(action: Callable[[], object]) -> None:
+    """Run ``action``, then give its warnings under the run's own filters. One that they
+    make an error is shown instead: the test's reports are made, and raised now it would
+    crash the run (--isolation-strict fails the run on what the manager recorded)."""
+    with warnings.catch_warnings(record=True) as found:
         warnings.simplefilter("always")
-        get_test_isolation_manager().scan_deferred_bindings()
-    for finding in findings:
+        action()
+    for finding in found:
         try:
-            _warn_again(finding)  # under the run's own filters
+            _warn_again(finding)
         except Warning:
-            # filterwarnings makes it an error, but the test's reports are made: raised
-            # now, it would crash the run. Shown instead; --isolation-strict fails on it.
             with warnings.catch_warnings():
                 warnings.simplefilter("default")
-                _warn_again(finding)
+                _warn_again(finding, " (found after the test ended: shown, not raised)")
 
 
-def _warn_again(finding: warnings.WarningMessage) -> None:
-    warnings.warn_explicit(str(finding.message), finding.category, finding.filename, finding.lineno)
+def _warn_again(finding: warnings.WarningMessage, note: str = "") -> None:
+    message = f"{finding.message}{note}"
+    warnings.warn_explicit(message, finding.category, finding.filename, finding.lineno)
 
 
 def _kept_directory(manager: TestIsolationManager) -> Path:
@@ -372,9 +373,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def _end_session() -> None:
     """Clean up whatever is left, delete this run's databases, restore the environment."""
     manager = get_test_isolation_manager()
-    manager.complete_test()
-    manager.shutdown()
-    _name_stale_bindings()
+    _warn_without_raising(manager.complete_test)
+    _warn_without_raising(manager.shutdown)
+    _warn_without_raising(manager.scan_deferred_bindings)
     remove_run_directory(manager.runs_dir)
     database.block_database_access(None)
     database.forbid_remote_databases(None)

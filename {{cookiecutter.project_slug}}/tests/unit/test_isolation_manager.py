@@ -810,6 +810,32 @@ def test_a_stale_binding_raised_as_an_error_still_ends_the_scope(
         m.emergency_cleanup()
 
 
+def test_complete_test_puts_everything_back_before_a_stale_binding_error(
+    data_dir: Path, make_module: Callable[[str], str]
+) -> None:
+    """The test's environment is restored and its other leaks recorded and closed first."""
+    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m.initialize_test_mode()
+    url_before = os.environ.get("DATABASE_URL")
+    try:
+        m.ensure_test_isolation("keeps its client, forgets a scope")
+        name = make_module("CLIENT = None\n")
+        vars(importlib.import_module(name))["CLIENT"] = m.get_scoped_database_client()
+        m.create_scope("forgotten")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", IsolationWarning)
+            with pytest.raises(IsolationWarning, match=rf"{name}\.CLIENT"):
+                m.complete_test()
+        assert os.environ.get("DATABASE_URL") == url_before
+        assert m.active_scopes == {}
+        assert [leak.kind for leak in m.leaks] == ["stale_binding", "scope"]
+        with pytest.raises(DatabaseAccessBlockedError):
+            database.get_database_client()
+    finally:
+        m.complete_test()
+        m.emergency_cleanup()
+
+
 def test_no_warning_when_nothing_holds_the_client(
     data_dir: Path, make_module: Callable[[str], str]
 ) -> None:
