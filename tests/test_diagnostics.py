@@ -131,10 +131,15 @@ def pytest_in(project: Path, *args: str) -> tuple[int, str]:
     return result.returncode, result.stdout
 
 
-def test_leaks_are_reported_with_test_and_culprit(planted: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two workers"])
+def test_leaks_are_reported_with_test_and_culprit(
+    planted: Path, tmp_path: Path, workers: list[str]
+) -> None:
+    """Also on xdist workers: a module global holding a client is found once pytest lets
+    go of the test, and reported with the test's other findings."""
     report = tmp_path / "report.json"
     leaks = "tests/integration/test_planted_leaks.py"
-    code, output = pytest_in(planted, leaks, f"--isolation-report={report}")
+    code, output = pytest_in(planted, leaks, f"--isolation-report={report}", *workers)
 
     assert code == 0, output
     assert f"Scope leak detected in test: {leaks}::test_forgets_a_scope" in output
