@@ -375,9 +375,10 @@ class TestIsolationManager:
         )
         stale: list[str] = []
         if scope.options.isolate_modules:
-            # Before the modules go: one imported during the test may hold the client too.
-            stale = self._look_for_stale_bindings(scope)
-            self.clear_module_cache(scope.module_snapshot)
+            imported = self._imported_since(scope.module_snapshot)
+            # Before they go: a module imported during the test may hold the client too.
+            stale = self._look_for_stale_bindings(scope, imported)
+            self._drop_modules(imported)
         scope.connections.clear()
         scope.client = None
         elapsed = (time.perf_counter() - started) * 1000
@@ -568,7 +569,10 @@ class TestIsolationManager:
 
     def clear_module_cache(self, snapshot: frozenset[str] | None = None) -> int:
         """Drop project modules imported since ``snapshot`` (default: test-mode start)."""
-        dropped = self._imported_since(self._baseline_modules if snapshot is None else snapshot)
+        baseline = self._baseline_modules if snapshot is None else snapshot
+        return self._drop_modules(self._imported_since(baseline))
+
+    def _drop_modules(self, dropped: list[str]) -> int:
         for name in dropped:
             sys.modules.pop(name, None)
         self.performance_metrics["modules_cleared"] += len(dropped)
@@ -576,9 +580,10 @@ class TestIsolationManager:
             logger.debug("modules cleared: %s", ", ".join(sorted(dropped)))
         return len(dropped)
 
-    def _look_for_stale_bindings(self, scope: IsolationScope) -> list[str]:
+    def _look_for_stale_bindings(self, scope: IsolationScope, imported: list[str]) -> list[str]:
         """The module globals that still hold the scope's clients: in every project module,
-        or with ``defer_binding_scan`` in those imported during the scope, the rest later."""
+        or with ``defer_binding_scan`` in those ``imported`` during the scope, the rest
+        later."""
         if not scope.connections:
             return []
         if not self.defer_binding_scan:
@@ -587,16 +592,17 @@ class TestIsolationManager:
         clients = tuple(weakref.ref(client) for client in scope.connections)
         with self._lock:
             self._deferred_scans.append(_DeferredScan(clients, scope.test_name, scope.owner))
-        imported = self._imported_since(scope.module_snapshot)
         return self._stale_bindings_in(imported, scope.connections, scope.test_name)
 
     def scan_deferred_bindings(self) -> None:
+        """Warn about what :meth:`deferred_stale_bindings` finds."""
+        _warn_stale(self.deferred_stale_bindings())
+
+    def deferred_stale_bindings(self) -> list[str]:
         """Search every project module for the clients of the scopes ended since the last
         call that are still alive (see ``defer_binding_scan``): something holds them.
-
-        Every finding is recorded in :attr:`leaks` before the first is warned about, so a
-        warning that ``filterwarnings`` turns into an error loses none.
-        """
+        Returns the warnings about the globals found, recorded in :attr:`leaks`, not given:
+        the caller decides how (the plugin, after a test's reports, never raises them)."""
         with self._lock:
             deferred, self._deferred_scans = self._deferred_scans, []
         stale = []
@@ -606,7 +612,7 @@ class TestIsolationManager:
                 modules = self._current_project_modules()
                 found = self._stale_bindings_in(modules, alive, scan.test_name)
                 stale += [_stale_warning(binding, scan.owner) for binding in found]
-        _warn_stale(stale)
+        return stale
 
     def _stale_bindings_in(
         self, modules: list[str], clients: Iterable[DatabaseClient], test_name: str

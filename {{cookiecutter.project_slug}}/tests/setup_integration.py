@@ -33,6 +33,7 @@ from lib.connection_tracking import untracked
 from lib.database import AsyncDatabaseClient, DatabaseClient
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
+    IsolationWarning,
     TestIsolationManager,
     get_test_isolation_manager,
     install_test_isolation_manager,
@@ -330,28 +331,30 @@ def pytest_runtest_logfinish() -> None:
     """pytest has let go of the test's fixtures: a client of the test's scopes still alive
     now is held elsewhere, maybe in a module global, which is then named. A test whose
     clients were all freed costs no search of the project's module globals."""
-    _warn_without_raising(get_test_isolation_manager().scan_deferred_bindings)
+    for message in get_test_isolation_manager().deferred_stale_bindings():
+        _warn_late(message)
 
 
-def _warn_without_raising(action: Callable[[], object]) -> None:
-    """Run ``action``, then give its warnings under the run's own filters. One that they
-    make an error is shown instead: the test's reports are made, and raised now it would
-    crash the run (--isolation-strict fails the run on what the manager recorded)."""
+def _warn_late(message: str, category: type[Warning] = IsolationWarning) -> None:
+    """Warn under the run's own filters; where they make it an error, show it instead: the
+    test's reports are made, and raised now it would crash the run (--isolation-strict
+    fails the run on what the manager recorded)."""
+    try:
+        warnings.warn(message, category, stacklevel=2)
+    except Warning:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            note = " (found after the test ended: shown, not raised)"
+            warnings.warn(f"{message}{note}", category, stacklevel=2)
+
+
+def _warned_late(action: Callable[[], object]) -> None:
+    """Run ``action``, then give its warnings with :func:`_warn_late`."""
     with warnings.catch_warnings(record=True) as found:
         warnings.simplefilter("always")
         action()
     for finding in found:
-        try:
-            _warn_again(finding)
-        except Warning:
-            with warnings.catch_warnings():
-                warnings.simplefilter("default")
-                _warn_again(finding, " (found after the test ended: shown, not raised)")
-
-
-def _warn_again(finding: warnings.WarningMessage, note: str = "") -> None:
-    message = f"{finding.message}{note}"
-    warnings.warn_explicit(message, finding.category, finding.filename, finding.lineno)
+        _warn_late(str(finding.message), finding.category)
 
 
 def _kept_directory(manager: TestIsolationManager) -> Path:
@@ -373,9 +376,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def _end_session() -> None:
     """Clean up whatever is left, delete this run's databases, restore the environment."""
     manager = get_test_isolation_manager()
-    _warn_without_raising(manager.complete_test)
-    _warn_without_raising(manager.shutdown)
-    _warn_without_raising(manager.scan_deferred_bindings)
+    _warned_late(manager.complete_test)
+    _warned_late(manager.shutdown)
+    for message in manager.deferred_stale_bindings():
+        _warn_late(message)
     remove_run_directory(manager.runs_dir)
     database.block_database_access(None)
     database.forbid_remote_databases(None)

@@ -85,6 +85,29 @@ def make_module(module_dir: Path) -> Iterator[Callable[[str], str]]:
         sys.modules.pop(name, None)
 
 
+ProbeManager = Callable[..., TestIsolationManager]
+
+
+@pytest.fixture
+def probe_manager(data_dir: Path) -> Iterator[ProbeManager]:
+    """Make managers in test mode that isolate only the throwaway ``isoprobe_*`` modules
+    (see ``make_module``); each one's test and scopes are ended afterwards."""
+    made: list[TestIsolationManager] = []
+
+    def make(*, defer_binding_scan: bool = False) -> TestIsolationManager:
+        m = TestIsolationManager(
+            data_dir=data_dir, module_patterns=["isoprobe_*"], defer_binding_scan=defer_binding_scan
+        )
+        m.initialize_test_mode()
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.complete_test()
+        m.emergency_cleanup()
+
+
 def _tables(client: DatabaseClient) -> set[str]:
     return set(client.db.table_names())
 
@@ -132,22 +155,18 @@ def test_scope_cleanup_is_complete(manager: TestIsolationManager) -> None:
 
 
 def test_module_cache_clearing_counts_what_it_drops(
-    data_dir: Path, make_module: Callable[[str], str]
+    probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
-    m.initialize_test_mode()
-    try:
-        before = m.performance_metrics["modules_cleared"]
-        names = [make_module("VALUE = 1\n") for _ in range(3)]
-        for name in names:
-            importlib.import_module(name)
-        assert m.clear_module_cache() == 3
-        assert m.performance_metrics["modules_cleared"] == before + 3
-        assert not set(names) & set(sys.modules)
-        assert m.clear_module_cache() == 0
-        assert m.performance_metrics["modules_cleared"] == before + 3
-    finally:
-        m.emergency_cleanup()
+    m = probe_manager()
+    before = m.performance_metrics["modules_cleared"]
+    names = [make_module("VALUE = 1\n") for _ in range(3)]
+    for name in names:
+        importlib.import_module(name)
+    assert m.clear_module_cache() == 3
+    assert m.performance_metrics["modules_cleared"] == before + 3
+    assert not set(names) & set(sys.modules)
+    assert m.clear_module_cache() == 0
+    assert m.performance_metrics["modules_cleared"] == before + 3
 
 
 def test_metrics_are_accurate(manager: TestIsolationManager) -> None:
@@ -605,26 +624,22 @@ def test_complete_test_without_a_test_is_harmless(manager: TestIsolationManager)
 
 
 def test_modules_imported_during_a_scope_are_dropped_at_its_end(
-    data_dir: Path, make_module: Callable[[str], str]
+    probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
-    m.initialize_test_mode()
-    try:
-        kept = make_module("STATE = []\n")
-        importlib.import_module(kept)  # imported before the scope: stays
-        scope_id = m.create_scope("imports")
-        dropped = make_module("STATE = []\n")
-        module = importlib.import_module(dropped)
-        module.STATE.append("import-time state")
-        assert dropped in sys.modules
+    m = probe_manager()
+    kept = make_module("STATE = []\n")
+    importlib.import_module(kept)  # imported before the scope: stays
+    scope_id = m.create_scope("imports")
+    dropped = make_module("STATE = []\n")
+    module = importlib.import_module(dropped)
+    module.STATE.append("import-time state")
+    assert dropped in sys.modules
 
-        m.destroy_scope(scope_id)
+    m.destroy_scope(scope_id)
 
-        assert dropped not in sys.modules
-        assert kept in sys.modules
-        assert importlib.import_module(dropped).STATE == []  # fresh on next import
-    finally:
-        m.emergency_cleanup()
+    assert dropped not in sys.modules
+    assert kept in sys.modules
+    assert importlib.import_module(dropped).STATE == []  # fresh on next import
 
 
 def test_project_root_selects_modules_by_file(
@@ -647,18 +662,14 @@ def test_project_root_selects_modules_by_file(
 
 
 def test_scope_option_isolate_modules_false_keeps_modules(
-    data_dir: Path, make_module: Callable[[str], str]
+    probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
-    m.initialize_test_mode()
-    try:
-        scope_id = m.create_scope("keep modules", isolate_modules=False)
-        name = make_module("")
-        importlib.import_module(name)
-        m.destroy_scope(scope_id)
-        assert name in sys.modules
-    finally:
-        m.emergency_cleanup()
+    m = probe_manager()
+    scope_id = m.create_scope("keep modules", isolate_modules=False)
+    name = make_module("")
+    importlib.import_module(name)
+    m.destroy_scope(scope_id)
+    assert name in sys.modules
 
 
 def test_a_module_imported_after_another_was_removed_is_dropped(
@@ -708,147 +719,118 @@ def test_stdlib_and_third_party_are_never_dropped(data_dir: Path) -> None:
 
 
 def test_module_global_holding_the_client_is_reported(
-    data_dir: Path, make_module: Callable[[str], str]
+    probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
     """The root cause of CLIENT_CLOSED, named by module and attribute."""
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
-    m.initialize_test_mode()
-    try:
-        name = make_module("CACHED_CLIENT = None\nASYNC_CLIENT = None\nOTHER = 1\n")
-        module = importlib.import_module(name)
-        scope_id = m.create_scope("caches the client")
-        client = m.get_scoped_database_client(scope_id)
-        vars(module)["CACHED_CLIENT"] = client
-        vars(module)["ASYNC_CLIENT"] = AsyncDatabaseClient(client)
+    m = probe_manager()
+    name = make_module("CACHED_CLIENT = None\nASYNC_CLIENT = None\nOTHER = 1\n")
+    module = importlib.import_module(name)
+    scope_id = m.create_scope("caches the client")
+    client = m.get_scoped_database_client(scope_id)
+    vars(module)["CACHED_CLIENT"] = client
+    vars(module)["ASYNC_CLIENT"] = AsyncDatabaseClient(client)
 
-        with pytest.warns(IsolationWarning) as record:
-            m.destroy_scope(scope_id)
+    with pytest.warns(IsolationWarning) as record:
+        m.destroy_scope(scope_id)
 
-        messages = [str(w.message) for w in record]
-        assert any(f"{name}.CACHED_CLIENT" in message for message in messages)
-        assert any(f"{name}.ASYNC_CLIENT" in message for message in messages)
-        assert not any(f"{name}.OTHER" in message for message in messages)
-        assert f"{name}.CACHED_CLIENT" in m.stale_bindings
-        assert any(scope_id in message for message in messages)
-        with pytest.raises(ClientClosedError):
-            client.execute("SELECT 1")
-    finally:
-        m.emergency_cleanup()
+    messages = [str(w.message) for w in record]
+    assert any(f"{name}.CACHED_CLIENT" in message for message in messages)
+    assert any(f"{name}.ASYNC_CLIENT" in message for message in messages)
+    assert not any(f"{name}.OTHER" in message for message in messages)
+    assert f"{name}.CACHED_CLIENT" in m.stale_bindings
+    assert any(scope_id in message for message in messages)
+    with pytest.raises(ClientClosedError):
+        client.execute("SELECT 1")
 
 
 @pytest.mark.parametrize("defer", [False, True], ids=["now", "deferred"])
 def test_a_module_imported_during_the_test_holding_the_client_is_named(
-    data_dir: Path, make_module: Callable[[str], str], defer: bool
+    probe_manager: ProbeManager, make_module: Callable[[str], str], defer: bool
 ) -> None:
     """The classic import-time ``CLIENT = get_database_client()``: the module is dropped at
     scope end, but named first (a module imported earlier may still hold it)."""
-    m = TestIsolationManager(
-        data_dir=data_dir, module_patterns=["isoprobe_*"], defer_binding_scan=defer
-    )
-    m.initialize_test_mode()
-    try:
-        handover = importlib.import_module(make_module("CLIENT = None\n"))
-        scope_id = m.create_scope("imports a module that keeps the client")
-        vars(handover)["CLIENT"] = m.get_scoped_database_client(scope_id)
-        name = make_module(f"from {handover.__name__} import CLIENT\n")
-        importlib.import_module(name)
-        with pytest.warns(IsolationWarning):  # for the handover module too
-            m.destroy_scope(scope_id)
-        assert f"{name}.CLIENT" in m.stale_bindings
-        assert name not in sys.modules
-    finally:
-        m.emergency_cleanup()
+    m = probe_manager(defer_binding_scan=defer)
+    handover = importlib.import_module(make_module("CLIENT = None\n"))
+    scope_id = m.create_scope("imports a module that keeps the client")
+    vars(handover)["CLIENT"] = m.get_scoped_database_client(scope_id)
+    name = make_module(f"from {handover.__name__} import CLIENT\n")
+    importlib.import_module(name)
+    with pytest.warns(IsolationWarning):  # for the handover module too
+        m.destroy_scope(scope_id)
+    assert f"{name}.CLIENT" in m.stale_bindings
+    assert name not in sys.modules
 
 
 def test_deferred_scan_names_an_earlier_module_holding_the_client_when_asked(
-    data_dir: Path, make_module: Callable[[str], str]
+    probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
     """With ``defer_binding_scan`` a module imported before the scope is searched when
     ``scan_deferred_bindings()`` runs (the plugin: once pytest lets go of the test)."""
-    m = TestIsolationManager(
-        data_dir=data_dir, module_patterns=["isoprobe_*"], defer_binding_scan=True
-    )
-    m.initialize_test_mode()
-    try:
-        module = importlib.import_module(make_module("CLIENT = None\n"))
-        scope_id = m.create_scope("keeps the client")
-        vars(module)["CLIENT"] = m.get_scoped_database_client(scope_id)
-        with warnings.catch_warnings(record=True) as record:
-            warnings.simplefilter("always")
-            m.destroy_scope(scope_id)
-        assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
-        assert m.stale_bindings == []
+    m = probe_manager(defer_binding_scan=True)
+    module = importlib.import_module(make_module("CLIENT = None\n"))
+    scope_id = m.create_scope("keeps the client")
+    vars(module)["CLIENT"] = m.get_scoped_database_client(scope_id)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        m.destroy_scope(scope_id)
+    assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+    assert m.stale_bindings == []
 
-        with pytest.warns(IsolationWarning, match=rf"{module.__name__}\.CLIENT .*{scope_id}"):
-            m.scan_deferred_bindings()
-        assert m.stale_bindings == [f"{module.__name__}.CLIENT"]
-        m.scan_deferred_bindings()  # each ended scope is searched once
-        assert m.stale_bindings == [f"{module.__name__}.CLIENT"]
-    finally:
-        m.emergency_cleanup()
+    with pytest.warns(IsolationWarning, match=rf"{module.__name__}\.CLIENT .*{scope_id}"):
+        m.scan_deferred_bindings()
+    assert m.stale_bindings == [f"{module.__name__}.CLIENT"]
+    m.scan_deferred_bindings()  # each ended scope is searched once
+    assert m.stale_bindings == [f"{module.__name__}.CLIENT"]
 
 
 def test_a_stale_binding_raised_as_an_error_still_ends_the_scope(
-    data_dir: Path, make_module: Callable[[str], str]
+    probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
     """With filterwarnings "error" the warning fails the caller, after the scope is gone
     and the modules it imported are dropped, not instead."""
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
-    m.initialize_test_mode()
-    try:
-        scope_id = m.create_scope("imports a module that keeps the client")
-        name = make_module("CLIENT = None\n")
-        vars(importlib.import_module(name))["CLIENT"] = m.get_scoped_database_client(scope_id)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", IsolationWarning)
-            with pytest.raises(IsolationWarning, match=rf"{name}\.CLIENT"):
-                m.destroy_scope(scope_id)
-        assert name not in sys.modules
-        assert m.active_scopes == {}
-        assert m.performance_metrics["scopes_destroyed"] == 1
-    finally:
-        m.emergency_cleanup()
+    m = probe_manager()
+    scope_id = m.create_scope("imports a module that keeps the client")
+    name = make_module("CLIENT = None\n")
+    vars(importlib.import_module(name))["CLIENT"] = m.get_scoped_database_client(scope_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IsolationWarning)
+        with pytest.raises(IsolationWarning, match=rf"{name}\.CLIENT"):
+            m.destroy_scope(scope_id)
+    assert name not in sys.modules
+    assert m.active_scopes == {}
+    assert m.performance_metrics["scopes_destroyed"] == 1
 
 
 def test_complete_test_puts_everything_back_before_a_stale_binding_error(
-    data_dir: Path, make_module: Callable[[str], str]
+    probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
     """The test's environment is restored and its other leaks recorded and closed first."""
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
-    m.initialize_test_mode()
+    m = probe_manager()
     url_before = os.environ.get("DATABASE_URL")
-    try:
-        m.ensure_test_isolation("keeps its client, forgets a scope")
-        name = make_module("CLIENT = None\n")
-        vars(importlib.import_module(name))["CLIENT"] = m.get_scoped_database_client()
-        m.create_scope("forgotten")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", IsolationWarning)
-            with pytest.raises(IsolationWarning, match=rf"{name}\.CLIENT"):
-                m.complete_test()
-        assert os.environ.get("DATABASE_URL") == url_before
-        assert m.active_scopes == {}
-        assert [leak.kind for leak in m.leaks] == ["stale_binding", "scope"]
-        with pytest.raises(DatabaseAccessBlockedError):
-            database.get_database_client()
-    finally:
-        m.complete_test()
-        m.emergency_cleanup()
+    m.ensure_test_isolation("keeps its client, forgets a scope")
+    name = make_module("CLIENT = None\n")
+    vars(importlib.import_module(name))["CLIENT"] = m.get_scoped_database_client()
+    m.create_scope("forgotten")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IsolationWarning)
+        with pytest.raises(IsolationWarning, match=rf"{name}\.CLIENT"):
+            m.complete_test()
+    assert os.environ.get("DATABASE_URL") == url_before
+    assert m.active_scopes == {}
+    assert [leak.kind for leak in m.leaks] == ["stale_binding", "scope"]
+    with pytest.raises(DatabaseAccessBlockedError):
+        database.get_database_client()
 
 
 def test_no_warning_when_nothing_holds_the_client(
-    data_dir: Path, make_module: Callable[[str], str]
+    probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
-    m.initialize_test_mode()
-    try:
-        importlib.import_module(make_module("CLIENT = None\n"))
-        scope_id = m.create_scope("clean")
-        m.get_scoped_database_client(scope_id).execute("SELECT 1")
-        with warnings.catch_warnings(record=True) as record:
-            warnings.simplefilter("always")
-            m.destroy_scope(scope_id)
-        assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
-        assert m.stale_bindings == []
-    finally:
-        m.emergency_cleanup()
+    m = probe_manager()
+    importlib.import_module(make_module("CLIENT = None\n"))
+    scope_id = m.create_scope("clean")
+    m.get_scoped_database_client(scope_id).execute("SELECT 1")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        m.destroy_scope(scope_id)
+    assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+    assert m.stale_bindings == []
