@@ -91,6 +91,16 @@ def test_imports_a_holder_then_is_interrupted(db) -> None:
     raise KeyboardInterrupt
 """
 
+OUTLIVING_SCOPE_TEST = """
+from lib.isolation_manager import TestIsolationManager
+from planted import cache
+
+
+def test_keeps_a_scope_for_later(isolation_manager: TestIsolationManager) -> None:
+    scope = isolation_manager.create_scope("kept for later", auto_cleanup=False)
+    cache.CLIENT = isolation_manager.get_scoped_database_client(scope)
+"""
+
 UNIT_TEST = """
 from tests.setup_integration import get_db_client
 
@@ -122,6 +132,7 @@ def planted(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> Path:
     write(project / "tests" / "integration" / "test_planted_stale.py", STALE_CLIENT_TESTS)
     write(project / "planted" / "import_time.py", IMPORT_TIME_HOLDER)
     write(project / "tests" / "integration" / "test_planted_interrupt.py", INTERRUPTED_TEST)
+    write(project / "tests" / "integration" / "test_planted_outliving.py", OUTLIVING_SCOPE_TEST)
     write(project / "tests" / "unit" / "test_planted_unit.py", UNIT_TEST)
     return project
 
@@ -192,6 +203,32 @@ def test_a_binding_found_at_session_end_never_stops_the_cleanup(
     assert "shown, not raised" in output
     assert "Traceback" not in output
     assert [path.name for path in (data / ".isolation").iterdir()] == ["templates"]
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two workers"])
+def test_a_binding_found_at_session_end_is_reported_and_fails_strict_mode(
+    planted: Path, tmp_path: Path, workers: list[str]
+) -> None:
+    """A scope allowed to outlive its test is ended with the session; a global still
+    holding its client then counts like any other leak, in the report and in strict mode."""
+    report = tmp_path / "report.json"
+    outliving = "tests/integration/test_planted_outliving.py"
+    args = [outliving, "--isolation-strict", f"--isolation-report={report}", *workers]
+    code, output = pytest_in(planted, *args)
+    assert code == 1, output
+    assert "1 passed" in output
+    assert (
+        "Stale client binding in test: kept for later "
+        "(planted.cache.CLIENT, found at the end of the session)" in output
+    )
+    assert "isolation strict mode: leaks fail this run" in output
+    data = json.loads(report.read_text())
+    assert data["leaks"] == [
+        {"kind": "stale_binding", "test": "kept for later", "detail": "planted.cache.CLIENT"}
+    ]
+    assert data["summary"]["stale_bindings"] == 1
+    metrics = data["performance_metrics"]
+    assert metrics["scopes_destroyed"] == metrics["scopes_created"] == 2
 
 
 def test_strict_mode_fails_the_same_run(planted: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from lib.isolation_manager import get_test_isolation_manager
+from lib.isolation_manager import TestIsolationManager, get_test_isolation_manager
 from tests.setup_integration import is_isolated
 
 FINDING_PREFIXES = {
@@ -116,6 +116,7 @@ class IsolationReporter:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.records: list[TestRecord] = []
+        self.session_leaks: list[dict[str, str]] = []  # of scopes that outlived their test
         self.performance: dict[str, float] = dict.fromkeys(PERFORMANCE_COUNTERS, 0)
         self.cleanup_time_total = 0.0
         self.kept_databases: list[str] = []
@@ -129,6 +130,7 @@ class IsolationReporter:
         self._summary: dict[str, float] | None = None  # the run's, once it has ended
         self._leaky = False
         self._current: dict[str, TestRecord] = {}
+        self._leaks_taken = 0  # how many of the manager's leaks the records hold
 
     # -- collecting ---------------------------------------------------------------------
 
@@ -146,6 +148,7 @@ class IsolationReporter:
             record.end = self._counts()
             record.memory_growth_mb = (record.end["rss"] - record.start["rss"]) / _MB
             record.leaks = [asdict(leak) for leak in manager.leaks[first_leak:]]
+            self._leaks_taken = len(manager.leaks)
             self.records.append(self._current.pop(item.nodeid))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -162,8 +165,7 @@ class IsolationReporter:
             "rss": current_rss(),
         }
 
-    def _own_performance(self) -> None:
-        manager = get_test_isolation_manager()
+    def _own_performance(self, manager: TestIsolationManager) -> None:
         metrics = manager.performance_metrics
         for counter in PERFORMANCE_COUNTERS:
             self.performance[counter] += metrics[counter]
@@ -178,6 +180,7 @@ class IsolationReporter:
             "performance": self.performance,
             "cleanup_time_total": self.cleanup_time_total,
             "kept_databases": self.kept_databases,
+            "session_leaks": self.session_leaks,
         }
 
     @pytest.hookimpl(optionalhook=True)
@@ -190,6 +193,7 @@ class IsolationReporter:
             self.performance[counter] += value
         self.cleanup_time_total += data["cleanup_time_total"]
         self.kept_databases += data["kept_databases"]
+        self.session_leaks += data["session_leaks"]
 
     # -- reporting ----------------------------------------------------------------------
 
@@ -211,7 +215,8 @@ class IsolationReporter:
         }
 
     def _tests_with(self, kind: str) -> int:
-        return sum(any(leak["kind"] == kind for leak in r.leaks) for r in self.records)
+        tests = {r.nodeid for r in self.records if any(leak["kind"] == kind for leak in r.leaks)}
+        return len(tests | {leak["test"] for leak in self.session_leaks if leak["kind"] == kind})
 
     def findings(self) -> list[str]:
         """One greppable line per leak, slow test or memory jump, naming the test."""
@@ -231,15 +236,28 @@ class IsolationReporter:
             if record.duration_ms > slow_ms:
                 duration = f"{record.duration_ms:.0f} ms > {slow_ms} ms"
                 lines.append(f"Slow test detected: {record.nodeid} ({duration})")
+        for leak in self.session_leaks:
+            where = f"{leak['detail']}, found at the end of the session"
+            lines.append(f"{FINDING_PREFIXES[leak['kind']]}: {leak['test']} ({where})")
         return lines
 
-    @pytest.hookimpl(tryfirst=True)  # before the isolation plugin shuts its manager down
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self._own_performance()
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> Iterator[None]:
+        """Reports once the isolation plugin has ended the scopes left for the session's
+        end, so that what it finds there counts too. Trylast: the innermost wrapper, so a
+        worker's data is ready before xdist sends it and the summary before it is shown."""
+        manager = get_test_isolation_manager()  # the plugin lets go of it at the end
+        result = yield
+        self.session_leaks += [asdict(leak) for leak in manager.leaks[self._leaks_taken :]]
+        self._own_performance(manager)
         workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:
             workeroutput["isolation_report"] = self._data()
-            return
+        else:
+            self._report(session)
+        return result
+
+    def _report(self, session: pytest.Session) -> None:
         summary = self._summary = self.summary()
         self.regressions = find_regressions(summary, self.baseline)
         self._leaky = bool(
@@ -262,7 +280,10 @@ class IsolationReporter:
                 "average_cleanup_time_ms": summary["average_cleanup_time_ms"],
             },
             "findings": self.findings(),
-            "leaks": [leak | {"test": r.nodeid} for r in self.records for leak in r.leaks],
+            "leaks": [
+                *(leak | {"test": r.nodeid} for r in self.records for leak in r.leaks),
+                *self.session_leaks,
+            ],
             "regressions": [asdict(regression) for regression in self.regressions],
             "kept_databases": self.kept_databases,
             "tests": [asdict(record) for record in self.records],
