@@ -16,7 +16,7 @@ import json
 import os
 import resource
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,15 +75,42 @@ class Regression:
     severity: str
 
 
-def load_baseline(path: Path) -> dict[str, Any]:
-    """The thresholds file; an empty one (no checks) when it does not exist."""
+def load_baseline(path: Path, metrics: Iterable[str]) -> dict[str, Any]:
+    """The thresholds file; an empty one (no checks) when it does not exist. Checked before
+    the tests run (``metrics``: the names it may judge), not found broken after them."""
     if not path.is_file():
         return {}
     try:
         baseline: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise pytest.UsageError(f"{path} is not valid JSON: {error}") from error
+    problem = _baseline_problem(baseline, set(metrics))
+    if problem:
+        raise pytest.UsageError(f"{path} (isolation_performance_baseline): {problem}")
     return baseline
+
+
+def _baseline_problem(baseline: Any, metrics: set[str]) -> str | None:
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    if not isinstance(baseline, dict):
+        return "it must be a JSON object"
+    for key in ("slow_test_ms", "high_memory_growth_mb", "min_tests_for_averages"):
+        if key in baseline and not number(baseline[key]):
+            return f"{key} must be a number, not {baseline[key]!r}"
+    judged = baseline.get("metrics", {})
+    if not isinstance(judged, dict):
+        return "metrics must be an object of metric names"
+    for metric, limits in judged.items():
+        if metric not in metrics:
+            return f"unknown metric {metric!r}; known: {', '.join(sorted(metrics))}"
+        if not isinstance(limits, dict) or not number(limits.get("baseline")):
+            return f"metrics.{metric} needs a number under 'baseline'"
+        factors = [severity for severity in ("warning", "error") if severity in limits]
+        if not factors or not all(number(limits[severity]) for severity in factors):
+            return f"metrics.{metric} needs a number under 'warning', 'error' or both"
+    return None
 
 
 def averages_judged(summary: dict[str, float], baseline: dict[str, Any]) -> bool:
@@ -101,6 +128,8 @@ def find_regressions(summary: dict[str, float], baseline: dict[str, Any]) -> lis
             continue
         current = summary[metric]
         for severity in ("error", "warning"):
+            if severity not in limits:
+                continue
             threshold = limits["baseline"] * limits[severity]
             if current > threshold:
                 regressions.append(
@@ -121,8 +150,11 @@ class IsolationReporter:
         self.cleanup_time_total = 0.0
         self.kept_databases: list[str] = []
         self.baseline_path = Path(config.rootpath, config.getini("isolation_performance_baseline"))
-        self.baseline = load_baseline(self.baseline_path)
+        self.baseline = load_baseline(self.baseline_path, self.summary())
         self.report_path: str | None = config.getoption("isolation_report")
+        if self.report_path:
+            check_report_path(Path(self.report_path))
+        self.unwritten: list[str] = []  # reports asked for that could not be written
         self.strict = bool(
             config.getoption("isolation_strict") or config.getini("isolation_strict")
         )
@@ -263,13 +295,29 @@ class IsolationReporter:
         self._leaky = bool(
             summary["scope_leaks"] + summary["connection_leaks"] + summary["stale_bindings"]
         )
-        if self._failed_by_regression() or (self.strict and self._leaky):
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.report_path:
-            self._write_json(Path(self.report_path), summary)
-        if os.environ.get("GITHUB_STEP_SUMMARY") and self.records:
-            with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as step_summary:
-                step_summary.write(self.markdown(summary))
+            report = Path(self.report_path)
+            self._write(
+                "the JSON report (--isolation-report)", lambda: self._write_json(report, summary)
+            )
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if step_summary and self.records:
+            markdown = self.markdown(summary)
+            self._write(
+                "the step summary (GITHUB_STEP_SUMMARY)",
+                lambda: _append(Path(step_summary), markdown),
+            )
+        failed = self._failed_by_regression() or (self.strict and self._leaky) or self.unwritten
+        if failed and session.exitstatus == pytest.ExitCode.OK:  # keep "interrupted" and others
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _write(self, what: str, write: Callable[[], object]) -> None:
+        """A report that cannot be written fails the run and says why; it never hides the
+        tests' own results, which pytest prints after this."""
+        try:
+            write()
+        except OSError as error:
+            self.unwritten.append(f"could not write {what}: {error}")
 
     def _write_json(self, path: Path, summary: dict[str, float]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,8 +389,14 @@ class IsolationReporter:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         summary = self._summary
-        if hasattr(self.config, "workerinput") or not self.records or summary is None:
+        if hasattr(self.config, "workerinput") or summary is None:
             return
+        if self.records:
+            self._write_section(terminalreporter, summary)
+        for line in self.unwritten:
+            terminalreporter.write_line(f"isolation report: {line}", red=True)
+
+    def _write_section(self, terminalreporter: Any, summary: dict[str, float]) -> None:
         terminalreporter.section("isolation metrics")
         for line in [*self.findings(), *self.text_blocks(summary), *self.regression_table()]:
             terminalreporter.write_line(line)
@@ -356,6 +410,25 @@ class IsolationReporter:
             )
         if self.strict and self._leaky:
             terminalreporter.write_line("isolation strict mode: leaks fail this run", red=True)
+
+
+def check_report_path(path: Path) -> None:
+    """Fail at start, not after the tests, where the JSON report could not be written."""
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if path.is_dir():
+        problem = "it is a directory"
+    elif existing != path and not existing.is_dir():
+        problem = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK):
+        problem = "this process may not write there"
+    else:
+        return
+    raise pytest.UsageError(f"--isolation-report={path}: {problem}; give a file path")
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as file:
+        file.write(text)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

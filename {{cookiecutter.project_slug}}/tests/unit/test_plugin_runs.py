@@ -11,6 +11,7 @@ import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -273,6 +274,89 @@ def test_averages_of_too_few_tests_are_not_judged(tmp_path: Path) -> None:
     assert child.returncode == 0, child.stdout + child.stderr
     assert "Averages not checked: fewer than 2 isolated tests ran" in child.stdout
     assert "No performance regressions detected" in child.stdout
+
+
+def test_a_baseline_of_warnings_only_is_judged(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.json"
+    metrics = {"average_test_duration_ms": {"baseline": 0.001, "warning": 1.0}}
+    path.write_text(json.dumps({"metrics": metrics}))
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f"isolation_performance_baseline={path}")
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert re.search(r"average_test_duration_ms +[\d.]+ +0\.00 +0\.00 +warning", child.stdout)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "problem"),
+    [
+        ({"average_test_duration_ms": {"baseline": "50", "error": 4}}, "under 'baseline'"),
+        ({"average_test_duration_ms": {"baseline": 50}}, "under 'warning', 'error' or both"),
+        ({"avg_duration": {"baseline": 50, "error": 4}}, "unknown metric 'avg_duration'"),
+    ],
+)
+def test_a_broken_baseline_stops_the_run_before_the_tests(
+    tmp_path: Path, metrics: dict[str, Any], problem: str
+) -> None:
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"metrics": metrics}))
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f"isolation_performance_baseline={path}")
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "baseline.json (isolation_performance_baseline): " in child.stderr
+    assert problem in child.stderr
+    assert "Traceback" not in child.stdout + child.stderr
+
+
+def test_a_report_path_that_cannot_be_written_stops_the_run_before_the_tests(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "notes.txt").write_text("")
+    for report, problem in [
+        (tmp_path, "it is a directory"),
+        (tmp_path / "notes.txt" / "report.json", f"{tmp_path / 'notes.txt'} is not a directory"),
+    ]:
+        child = run_suite(tmp_path, ONE_ISOLATED_TEST, f"--isolation-report={report}")
+        assert child.returncode == 4, child.stdout + child.stderr
+        assert f"--isolation-report={report}: {problem}" in child.stderr
+
+
+def test_a_step_summary_that_cannot_be_written_fails_the_run_after_its_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "missing" / "summary.md"))
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "1 passed" in child.stdout
+    assert "Isolation Metrics Report" in child.stdout
+    assert "could not write the step summary (GITHUB_STEP_SUMMARY): [Errno 2]" in child.stdout
+    assert "Traceback" not in child.stdout + child.stderr
+
+
+LEAK_THEN_EXIT = """
+import os
+import sqlite3
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+KEPT = []
+
+
+def test_leaks_a_connection():
+    KEPT.append(sqlite3.connect(os.environ["DATABASE_URL"], uri=True))
+
+
+def test_stops_the_run(db):
+    pytest.exit("stopped", returncode=7)
+"""
+
+
+def test_strict_mode_keeps_an_exit_code_other_than_success(tmp_path: Path) -> None:
+    """Only a run that would pass is failed by a leak: "interrupted" and the like stay."""
+    report = tmp_path / "report.json"
+    child = run_suite(
+        tmp_path, LEAK_THEN_EXIT, "--isolation-strict", f"--isolation-report={report}"
+    )
+    assert child.returncode == 7, child.stdout + child.stderr
+    assert json.loads(report.read_text())["summary"]["connection_leaks"] == 1
 
 
 def test_a_broken_migration_under_xdist_is_one_error_before_any_worker_starts(
