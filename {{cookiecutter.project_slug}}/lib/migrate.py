@@ -78,16 +78,39 @@ def split_statements(sql: str) -> list[str]:
 
 def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:
     def run(db: sqlite_utils.Database) -> None:
-        for number, statement in enumerate(split_statements(path.read_text()), start=1):
-            try:
-                db.execute(statement)
-            except sqlite3.Error as error:
-                raise MigrationError(
-                    f"migration {path.name} failed at statement {number}: {error}; "
-                    "no migration of this run was applied"
-                ) from error
+        refused: list[str] = []
+
+        def no_transaction_control(action: int, verb: str | None, *_: str | None) -> int:
+            """Checked as each statement is compiled, before it runs: a COMMIT in a
+            migration would apply part of the run, a ROLLBACK undo it behind the runner."""
+            if action == sqlite3.SQLITE_TRANSACTION:
+                refused.append(verb or "")
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        db.conn.set_authorizer(no_transaction_control)
+        try:
+            for number, statement in enumerate(split_statements(path.read_text()), start=1):
+                try:
+                    db.execute(statement)
+                except sqlite3.Error as error:
+                    raise MigrationError(
+                        f"migration {path.name} failed at statement {number}: "
+                        f"{_transaction_control(refused[0]) if refused else error}; "
+                        "no migration of this run was applied"
+                    ) from error
+        finally:
+            db.conn.set_authorizer(None)
 
     return run
+
+
+def _transaction_control(verb: str) -> str:
+    return (
+        f"{verb} is not allowed in a migration: all pending migrations apply in one "
+        "transaction, which the runner begins and commits; remove the statement "
+        "(SAVEPOINT, RELEASE and ROLLBACK TO are allowed)"
+    )
 
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> Migrations:

@@ -130,6 +130,38 @@ def test_a_failing_statement_names_its_file_and_restores_foreign_keys(
     assert client.execute("SELECT count(*) FROM sqlite_master WHERE name = 'ok'").rows[0][0] == 0
 
 
+@pytest.mark.parametrize("control", ["COMMIT", "END", "ROLLBACK", "BEGIN"])
+def test_a_migration_controlling_the_transaction_applies_nothing(
+    client: DatabaseClient, migrations: Path, control: str
+) -> None:
+    """A COMMIT in a migration would apply part of the run behind the runner, a ROLLBACK
+    undo it: refused as the statement is compiled, before anything is committed."""
+    (migrations / "0002_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
+    source = f"CREATE TABLE refunds (id INTEGER PRIMARY KEY);\n{control};\n"
+    (migrations / "0003_refunds.sql").write_text(source)
+    verb = {"END": "COMMIT"}.get(control, control)
+    expected = f"0003_refunds.sql failed at statement 2: {verb} is not allowed in a migration"
+    with pytest.raises(migrate.MigrationError, match=expected):
+        migrate.apply_migrations(client.db, migrations)
+
+    with closing(sqlite3.connect(client.path)) as conn:
+        assert migrate.applied_migrations(conn) == ["0001_authors_and_books"]
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert not tables & {"genres", "refunds"}
+    assert foreign_keys(client) == 1
+    client.execute("SAVEPOINT later")  # the guard is gone once the migrations are done
+    client.execute("RELEASE later")
+    client.execute("BEGIN")
+    client.execute("COMMIT")
+
+
+def test_a_migration_may_use_its_own_savepoints(client: DatabaseClient, migrations: Path) -> None:
+    source = "SAVEPOINT step;\nCREATE TABLE genres (id INTEGER PRIMARY KEY);\nRELEASE step;\n"
+    (migrations / "0002_genres.sql").write_text(source)
+    assert migrate.apply_migrations(client.db, migrations) == ["0002_genres"]
+    assert client.execute("SELECT count(*) FROM genres").rows[0][0] == 0
+
+
 def test_migrating_inside_an_open_transaction_is_refused(
     client: DatabaseClient, migrations: Path
 ) -> None:
