@@ -33,6 +33,7 @@ from lib.connection_tracking import untracked
 from lib.database import AsyncDatabaseClient, DatabaseClient
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
+    IsolationError,
     IsolationWarning,
     TestIsolationManager,
     get_test_isolation_manager,
@@ -306,7 +307,28 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
     if fixturedef.scope == "function":
         return (yield)
     with untracked():
-        return (yield)
+        value = yield
+    _refuse_a_tests_client(fixturedef, value)
+    return value
+
+
+def _refuse_a_tests_client(fixturedef: pytest.FixtureDef[Any], value: object) -> None:
+    """A test's own client closes with that test: as the value of a wider fixture it would
+    fail the next test that got it, and which test that is changes with order and xdist.
+    The error is kept as the fixture's result, so every test using it gets the same."""
+    client = value.client if isinstance(value, AsyncDatabaseClient) else value
+    registry = get_test_isolation_manager().global_connection_registry
+    if not isinstance(client, DatabaseClient) or client not in registry:
+        return
+    error = IsolationError(
+        f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} returned the "
+        f"database client of {client.owner}, which closes when that test ends: every "
+        "later test would get CLIENT_CLOSED. Make the fixture function-scoped, or take "
+        "the `db` fixture in the tests that need the database"
+    )
+    assert fixturedef.cached_result is not None  # set by pytest's own setup
+    fixturedef.cached_result = (None, fixturedef.cached_result[1], (error, None))
+    raise error
 
 
 @pytest.hookimpl(wrapper=True)

@@ -58,6 +58,45 @@ def test_second(reference, db):
     assert reference.execute("SELECT 2").fetchone() == (2,)
 """
 
+SESSION_CLIENT = """
+import pytest
+
+from lib.database import AsyncDatabaseClient, get_database_client
+
+pytestmark = pytest.mark.isolated
+
+
+@pytest.fixture(scope="module")
+def kept_client():
+    return get_database_client()
+
+
+@pytest.fixture(scope="session")
+def kept_async_client():
+    yield AsyncDatabaseClient(get_database_client())
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return {"unhashable": ["values", "are", "fine"]}
+
+
+def test_first(kept_client):
+    pass
+
+
+def test_second(kept_client):
+    pass
+
+
+def test_async(kept_async_client):
+    pass
+
+
+def test_settings(settings):
+    assert settings["unhashable"]
+"""
+
 FAILED_TESTS = """
 import os
 import sqlite3
@@ -140,6 +179,21 @@ def test_a_session_fixtures_connection_is_not_the_first_tests_leak(tmp_path: Pat
     child = run_suite(tmp_path, SESSION_CONNECTION, "--isolation-strict")
     assert child.returncode == 0, child.stdout + child.stderr
     assert "2 passed" in child.stdout
+
+
+def test_a_wider_fixture_keeping_a_tests_client_is_an_error_in_every_test_using_it(
+    tmp_path: Path,
+) -> None:
+    """Not only in the second test that gets the closed client: the outcome must not depend
+    on the order of the tests or on how xdist shares them out."""
+    child = run_suite(tmp_path, SESSION_CLIENT)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "1 passed, 3 errors" in child.stdout
+    assert child.stdout.count("IsolationError: the module-scoped fixture 'kept_client'") == 2
+    message = "IsolationError: the session-scoped fixture 'kept_async_client' returned the "
+    assert message in child.stdout
+    assert "test_suite.py::test_first), which closes when that test ends" in child.stdout
+    assert "CLIENT_CLOSED:" not in child.stdout
 
 
 @pytest.mark.parametrize("strategy", ["file", "memory"])
