@@ -53,6 +53,18 @@ def _keep_only(directory: Path, kept: tuple[str, ...], prefix: str = "") -> None
             _remove(path)
 
 
+def _forget_removed_tests(project: Path) -> None:
+    """Keep in ``.test_durations`` (pytest-split's timings) only tests that were generated."""
+    path = project / ".test_durations"
+    if not path.is_file():
+        return
+    durations = json.loads(path.read_text())
+    kept = {
+        test: time for test, time in durations.items() if (project / test.split("::")[0]).is_file()
+    }
+    path.write_text(json.dumps(kept, indent=4, sort_keys=True) + "\n")
+
+
 def main() -> None:
     project = Path.cwd()  # cookiecutter runs this hook in the generated project
     for (question, answer), paths in PRUNE.items():
@@ -63,6 +75,7 @@ def main() -> None:
     for (question, answer), kept in KEEP_ONLY.items():
         if str(ANSWERS.get(question, "")) == answer:
             _keep_only(project, kept)
+    _forget_removed_tests(project)
 
 
 if __name__ == "__main__":

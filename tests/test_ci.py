@@ -180,14 +180,47 @@ def _pytest(project: Path, *args: str) -> tuple[int, str]:
     return result.returncode, result.stdout
 
 
+def _splitting(project: Path) -> list[str]:
+    """The pytest-split algorithm the workflow's shards use, as pytest arguments."""
+    steps = _integration_job(project)["steps"]
+    assert isinstance(steps, list)
+    commands = " ".join(str(step.get("run", "")) for step in steps)
+    algorithm = re.search(r"--splitting-algorithm (\S+)", commands)
+    assert algorithm, commands
+    return ["--splitting-algorithm", algorithm[1]]
+
+
+def _collected(project: Path, *args: str) -> list[str]:
+    code, output = _pytest(project, "tests/integration", "--collect-only", "-q", *args)
+    assert code == 0, output
+    return [line for line in output.splitlines() if "::" in line]
+
+
+def test_the_last_of_the_most_shards_still_gets_tests(ci_variants: list[Path]) -> None:
+    """pytest-split's default algorithm left the last groups of many shards empty, and a
+    shard that selects no test fails its job (pytest exits 5)."""
+    project = ci_variants[1]
+    shards = _integration_job(project)["strategy"]["matrix"]["group"]  # type: ignore[index]
+    last = str(max(shards))
+    assert _collected(project, "--splits", last, "--group", last, *_splitting(project))
+
+
+@pytest.mark.parametrize("answers", [{}, {"example_app": "no"}], ids=["default", "no-app"])
+def test_test_durations_name_exactly_the_generated_tests(
+    bake: Bake, tmp_path: Path, answers: dict[str, str]
+) -> None:
+    """Shards are balanced by these timings: none for a test that was not generated."""
+    project = bake(tmp_path, **answers)
+    durations = json.loads((project / ".test_durations").read_text())
+    assert sorted(durations) == sorted(_collected(project))
+
+
 @pytest.fixture(scope="module")
 def shard_run(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> ShardRun:
     """A fresh default project with two tests .test_durations does not know, run as 2 shards."""
     project = bake(tmp_path_factory.mktemp("shards"))
     (project / "tests" / "integration" / "test_added_later.py").write_text(ADDED_LATER)
-    code, output = _pytest(project, "tests/integration", "--collect-only", "-q")
-    assert code == 0, output
-    collected = [line for line in output.splitlines() if "::" in line]
+    collected = _collected(project)
     assert any("test_added_later" in nodeid for nodeid in collected)
     shards = []
     logs = tmp_path_factory.mktemp("shard-logs")
@@ -201,6 +234,7 @@ def shard_run(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> ShardRun:
             "2",
             "--group",
             str(group),
+            *_splitting(project),
             f"--isolation-report={report}",
         )
         log.write_text(output)

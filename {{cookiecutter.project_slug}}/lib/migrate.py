@@ -245,7 +245,8 @@ def migration_target(environ: Mapping[str, str], directory: Path = MIGRATIONS_DI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lib.migrate``: exit 0 when done, 1 when a migration fails, 2 on a bad setting."""
+    """``python -m lib.migrate``: exit 0 when done, 1 when a migration fails, 2 on a bad
+    setting or a missing package."""
     parser = argparse.ArgumentParser(
         prog="python -m lib.migrate",
         description="Apply pending migrations to the database named by DATABASE_URL.",
@@ -269,6 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MigrationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as error:  # sqlite-utils, which runs the migrations
+        print(
+            f"error: migrations run with {error.name}, which is not installed here: install "
+            "the project's dependencies (uv sync)",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         client.close()
     if applied:

@@ -1,6 +1,6 @@
 """Check an integration test log (and its JSON report) for isolation failures.
 
-The CI workflow runs this after ``nox -s integration``; run it locally the same way::
+Run it after ``nox -s integration``, as a CI job would::
 
     nox -s integration -- --isolation-report=isolation-report.json 2>&1 | tee integration-tests.log
     python scripts/check_isolation_log.py integration-tests.log --report isolation-report.json

@@ -253,6 +253,12 @@ def _start_session(session: pytest.Session) -> None:
             f"cannot build the template database the isolated tests copy: {error}. "
             + _migrations_hint(manager.migrations_dir)
         ) from error
+    except ModuleNotFoundError as error:  # sqlite-utils, which runs the migrations
+        raise pytest.UsageError(
+            "cannot build the template database the isolated tests copy: the migrations run "
+            f"with {error.name}, which is not installed here. Install the project's "
+            "dependencies with the tests' (uv sync --group test)"
+        ) from error
 
 
 def _migrations_hint(directory: Path) -> str:

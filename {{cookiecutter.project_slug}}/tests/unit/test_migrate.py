@@ -249,6 +249,22 @@ def test_the_cli_refuses_remote_databases_and_says_what_to_do(
     assert not (tmp_path / "data").exists(), "nor was the default database opened"
 
 
+def test_the_cli_names_a_missing_sqlite_utils(tmp_path: Path) -> None:
+    without = "import runpy, sys; sys.modules['sqlite_utils'] = None; "
+    without += "runpy.run_module('lib.migrate', run_name='__main__')"
+    result = subprocess.run(
+        [sys.executable, "-c", without],
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: migrations run with sqlite_utils, which is not")
+    assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

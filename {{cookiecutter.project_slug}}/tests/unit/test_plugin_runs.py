@@ -425,6 +425,18 @@ def test_a_broken_migration_under_xdist_is_one_error_before_any_worker_starts(
     assert "Traceback" not in child.stdout + child.stderr
 
 
+def test_a_missing_sqlite_utils_is_one_error_naming_it(tmp_path: Path) -> None:
+    """A session without the project's dependencies cannot build the template."""
+    (tmp_path / "without_sqlite_utils.py").write_text(
+        "import sys\n\nsys.modules['sqlite_utils'] = None  # what import finds missing\n"
+    )
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-p", "without_sqlite_utils")
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "the migrations run with sqlite_utils, which is not installed here" in child.stderr
+    assert "uv sync --group test" in child.stderr
+    assert "INTERNALERROR" not in child.stdout + child.stderr
+
+
 def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Path) -> None:
     setting = f"isolation_migrations_dir={tmp_path / 'db' / 'migrations'}"
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
