@@ -565,13 +565,19 @@ class DatabaseClient:
 
     def backup(self, destination: str | Path, timeout: float | None = None) -> None:
         """Copy this database, in-memory ones included, into the file ``destination``;
-        ``timeout``: give up (TimeoutError) if another thread holds the client that long."""
+        ``timeout``: give up (TimeoutError) if another thread holds the client that long.
+
+        Inside a transaction of this client the copy is what the client sees, its changes
+        not yet committed included: SQLite's backup cannot read a database its own
+        connection is writing (and Python's would wait for it forever)."""
         with self._connection(timeout) as conn:
             if self.engine == "libsql":
                 conn.execute("VACUUM INTO ?", (str(destination),))
-                return
-            with closing(sqlite3.connect(destination)) as target:
-                conn.backup(target)
+            elif conn.in_transaction:
+                Path(destination).write_bytes(conn.serialize())
+            else:
+                with closing(sqlite3.connect(destination)) as target:
+                    conn.backup(target)
 
     def restore_from(self, source: sqlite3.Connection) -> None:
         """Replace this database with a copy of ``source``: how a named in-memory database

@@ -724,6 +724,33 @@ def test_a_backup_gives_up_on_a_client_another_thread_holds(
     assert (tmp_path / "copy.db").stat().st_size > 0
 
 
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_a_backup_inside_the_clients_own_transaction_copies_what_it_sees(
+    tmp_path: Path, where: str
+) -> None:
+    """A failed test's database is kept while its transaction is still open: SQLite's
+    backup would wait for that transaction forever, deaf to Ctrl-C and pytest-timeout (so
+    it runs in a thread here, which the test does not wait for long)."""
+    url = str(tmp_path / "app.db") if where == "file" else f"file:/{uuid.uuid4().hex}?vfs=memdb"
+    client = DatabaseClient(url)
+    client.execute("CREATE TABLE t (a INTEGER)")
+    client.execute("INSERT INTO t VALUES (1)")
+
+    def fail_inside_a_transaction_and_keep_the_database() -> None:
+        transaction = client.transaction()
+        transaction.execute("INSERT INTO t VALUES (2)")
+        client.backup(tmp_path / "copy.db")
+        transaction.rollback()
+
+    test = threading.Thread(target=fail_inside_a_transaction_and_keep_the_database, daemon=True)
+    test.start()
+    test.join(timeout=10)
+    assert not test.is_alive(), "the backup waits for the client's own transaction"
+    client.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "copy.db")) as copy:
+        assert copy.execute("SELECT a FROM t ORDER BY a").fetchall() == [(1,), (2,)]
+
+
 def test_health_check(client: DatabaseClient, db_path: Path) -> None:
     health = client.health_check()
     assert health["healthy"] is True
