@@ -769,6 +769,9 @@ class AsyncDatabaseClient:
         return AsyncTransaction(self)
 
 
+_background_rollbacks: set[asyncio.Future[None]] = set()  # kept until done (asyncio keeps none)
+
+
 class AsyncTransaction:
     """``async with adb.transaction() as tx`` or ``tx = await adb.transaction()``: holds the
     client for this task until it ends (other tasks wait); inside this task's own
@@ -792,10 +795,11 @@ class AsyncTransaction:
         if not owner._in_own_transaction():
             await owner._lock.acquire()
             self._holds_lock = True
+        began = asyncio.ensure_future(asyncio.to_thread(self._begin))
         try:
-            self._savepoint = await asyncio.to_thread(self._begin)
-        except BaseException:
-            self._let_go()
+            self._savepoint = await asyncio.shield(began)
+        except BaseException:  # cancelled, the thread may still begin: see _undo_begin
+            began.add_done_callback(self._undo_begin)
             raise
         if self._holds_lock:
             owner._transaction_task = asyncio.current_task()
@@ -855,6 +859,19 @@ class AsyncTransaction:
     def _end(self, statements: Sequence[str]) -> None:
         with self._owner.client._connection() as conn:
             _end_transaction(conn, statements, roll_back_on_error=not self._savepoint)
+
+    def _undo_begin(self, began: asyncio.Future[str | None]) -> None:
+        """The task entering the transaction was cancelled (a timeout, a failed TaskGroup
+        sibling) or BEGIN failed: roll back whatever the thread began, in the background,
+        and only then let go of the client, so that no later call runs inside it."""
+        if began.cancelled() or began.exception() is not None:
+            self._let_go()
+            return
+        self._savepoint = began.result()
+        self._open = True
+        rollback = asyncio.ensure_future(self.rollback())
+        _background_rollbacks.add(rollback)
+        rollback.add_done_callback(_background_rollbacks.discard)
 
     def _let_go(self) -> None:
         """Hand the client to the other tasks, if this (outermost) transaction held it."""

@@ -860,6 +860,28 @@ async def test_async_transaction_rolls_back_on_exception(client: DatabaseClient)
     assert count(client) == 1
 
 
+async def test_a_task_cancelled_as_its_transaction_begins_leaves_none_open(
+    client: DatabaseClient, db_path: Path
+) -> None:
+    """A timeout or a failed TaskGroup sibling cancels the task while BEGIN runs in its
+    thread: left open, that transaction would swallow every later write of the client."""
+    adb = AsyncDatabaseClient(client)
+
+    async def insert() -> None:
+        async with adb.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('cancelled')")
+
+    task = asyncio.create_task(insert())
+    await asyncio.sleep(0)  # the task is in BEGIN now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await adb.execute("INSERT INTO items (name) VALUES ('later')")  # waits for the rollback
+    assert not client.get_connection_stats()["in_transaction"]
+    with contextlib.closing(sqlite3.connect(db_path)) as other:
+        assert other.execute("SELECT name FROM items").fetchall() == [("later",)]
+
+
 async def _client_calls_inside_a_transaction(adb: AsyncDatabaseClient) -> None:
     async with adb.transaction() as tx:
         await tx.execute("INSERT INTO items (name) VALUES ('via-tx')")
