@@ -512,8 +512,16 @@ class DatabaseClient:
         return Transaction(self)
 
     def executescript(self, sql: str) -> None:
-        """Run a script of several statements (commits any open transaction first)."""
+        """Run a script of several statements, outside any transaction: sqlite3 commits an
+        open one first, which its rollback could then no longer undo, so that is refused."""
         with self._connection() as conn:
+            if conn.in_transaction:
+                raise RuntimeError(
+                    "executescript() inside a transaction would commit it first (sqlite3 "
+                    "does), so a rollback could no longer undo its changes: run the "
+                    "statements with tx.execute() or db.batch() instead, or the script "
+                    "outside the transaction"
+                )
             conn.executescript(sql)
 
     @property

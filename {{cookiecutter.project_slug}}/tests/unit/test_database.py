@@ -860,6 +860,21 @@ async def test_async_transaction_rolls_back_on_exception(client: DatabaseClient)
     assert count(client) == 1
 
 
+def test_a_script_inside_a_transaction_is_refused_before_it_commits(
+    client: DatabaseClient,
+) -> None:
+    """sqlite3's executescript commits the open transaction first: the rollback that
+    follows would then undo nothing."""
+    tx = client.transaction()
+    tx.execute("INSERT INTO items (name) VALUES ('a')")
+    with pytest.raises(RuntimeError, match="would commit it first"):
+        client.executescript("INSERT INTO items (name) VALUES ('b');")
+    tx.rollback()
+    assert count(client) == 0
+    client.executescript("INSERT INTO items (name) VALUES ('c');")  # outside one: runs
+    assert count(client) == 1
+
+
 async def test_a_task_cancelled_as_its_transaction_begins_leaves_none_open(
     client: DatabaseClient, db_path: Path
 ) -> None:
