@@ -293,6 +293,18 @@ class _GuardedCursor(sqlite3.Cursor):
                 raise ClientClosedError(message) from error
         raise ClientClosedError(message)
 
+    def execute(self, *args: Any, **kwargs: Any) -> Self:
+        with self.connection.lock:
+            return super().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Self:
+        with self.connection.lock:
+            return super().executemany(*args, **kwargs)
+
+    def executescript(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+        with self.connection.lock:
+            return super().executescript(*args, **kwargs)
+
     def fetchone(self) -> Any:
         """The next row, or None."""
         return self._read(sqlite3.Cursor.fetchone)
@@ -319,9 +331,12 @@ class _GuardedConnection(sqlite3.Connection):
     ``DatabaseClient.db`` (sqlite-utils) talks to this connection directly, so the guard
     lives here rather than in the client. Its cursors are :class:`_GuardedCursor`; the
     ``execute*`` shortcuts go through :meth:`cursor`, which Python 3.11's C versions skip.
+    Their statements take the client's lock, so that one sqlite-utils handle used from
+    several threads waits for another thread's transaction as the client's calls do.
     """
 
     closed_message: str | None = None
+    lock: threading.RLock = threading.RLock()  # the client's own, set when it connects
 
     def _guard(self) -> None:
         if self.closed_message is not None:
@@ -427,6 +442,7 @@ class DatabaseClient:
                 factory=_GuardedConnection,
                 uri=self.path.startswith("file:"),
             )
+            conn.lock = self._lock
         if remote:
             return conn
         try:

@@ -860,6 +860,29 @@ async def test_async_transaction_rolls_back_on_exception(client: DatabaseClient)
     assert count(client) == 1
 
 
+def test_sqlite_utils_in_another_thread_waits_for_an_open_transaction(
+    client: DatabaseClient,
+) -> None:
+    """As the client's own calls do: its statements never land inside (and vanish with)
+    another thread's transaction."""
+    handle = client.db  # fetched once, as one does, then used from another thread
+    inserted = threading.Event()
+
+    def insert_elsewhere() -> None:
+        handle.table("items").insert({"name": "other thread"})
+        inserted.set()
+
+    tx = client.transaction()
+    tx.execute("INSERT INTO items (name) VALUES ('rolled back')")
+    other = threading.Thread(target=insert_elsewhere, daemon=True)
+    other.start()
+    assert not inserted.wait(timeout=0.3), "it did not wait for the transaction"
+    tx.rollback()
+    other.join(timeout=10)
+    names = [row[0] for row in client.execute("SELECT name FROM items").rows]
+    assert names == ["other thread"]
+
+
 def test_a_script_inside_a_transaction_is_refused_before_it_commits(
     client: DatabaseClient,
 ) -> None:
