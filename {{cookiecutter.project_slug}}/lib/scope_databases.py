@@ -205,20 +205,27 @@ def _build_template(path: Path, migrations_dir: Path) -> None:
 
 
 def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
-    """The migrated template for these migrations, built only when missing or unsound."""
+    """The migrated template for these migrations, built only when missing or unsound.
+
+    A sound cache is used without a lock, or a write (a read-only data directory will do).
+    Otherwise the build runs under a file lock, which also clears what other templates
+    and builds killed half-way left behind: no other build can be running then.
+    """
     cache_dir = data_dir / RUNS_DIR_NAME / "templates"
-    cache_dir.mkdir(parents=True, exist_ok=True)
     key = _template_key(migrations_dir)
     path = cache_dir / f"{key}.db"
     expected = [path.stem for path in migrate.migration_files(migrations_dir)]
+    if _is_valid_template(path, expected) and not any(cache_dir.glob("*.partial*")):
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache_dir / ".lock"):
         if not _is_valid_template(path, expected):
             logger.debug("building template %s", path)
             path.unlink(missing_ok=True)
             _build_template(path, migrations_dir)
-            for stale in cache_dir.glob("*.db"):
-                if stale != path:
-                    stale.unlink(missing_ok=True)
+        for stale in [*cache_dir.glob("*.db"), *cache_dir.glob("*.partial*")]:
+            if stale != path:
+                stale.unlink(missing_ok=True)
     return path
 
 

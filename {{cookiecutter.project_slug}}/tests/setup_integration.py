@@ -253,6 +253,11 @@ def _start_session(session: pytest.Session) -> None:
             f"cannot build the template database the isolated tests copy: {error}. "
             + _migrations_hint(manager.migrations_dir)
         ) from error
+    except OSError as error:  # a data directory it may not write, a full disk
+        raise pytest.UsageError(
+            f"cannot prepare the isolated tests' databases: {error}. The isolation_data_dir "
+            f"setting (now {manager.data_dir}) must be a directory this process may write"
+        ) from error
     except ModuleNotFoundError as error:  # sqlite-utils, which runs the migrations
         raise pytest.UsageError(
             "cannot build the template database the isolated tests copy: the migrations run "

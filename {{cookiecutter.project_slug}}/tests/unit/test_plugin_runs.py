@@ -437,6 +437,20 @@ def test_a_missing_sqlite_utils_is_one_error_naming_it(tmp_path: Path) -> None:
     assert "INTERNALERROR" not in child.stdout + child.stderr
 
 
+def test_a_data_directory_that_cannot_be_written_is_one_error_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    data = tmp_path / "a-file" / "data"
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f"isolation_data_dir={data}")
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "cannot prepare the isolated tests' databases: [Errno 20] Not a directory" in (
+        child.stderr
+    )
+    assert f"The isolation_data_dir setting (now {data}) must be a directory" in child.stderr
+    assert "INTERNALERROR" not in child.stdout + child.stderr
+
+
 def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Path) -> None:
     setting = f"isolation_migrations_dir={tmp_path / 'db' / 'migrations'}"
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)

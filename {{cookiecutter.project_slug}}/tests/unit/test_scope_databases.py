@@ -287,6 +287,27 @@ def test_a_failed_template_build_leaves_no_partial_file(migrations: Path, tmp_pa
     ]
 
 
+def test_a_sound_cache_is_used_without_a_lock_or_any_write(
+    migrations: Path, tmp_path: Path
+) -> None:
+    """So a read-only data directory holding a sound cache will do."""
+    path = cached_template(migrations, tmp_path / "data")
+    (path.parent / ".lock").unlink()
+    assert cached_template(migrations, tmp_path / "data") == path
+    assert sorted(path.parent.iterdir()) == [path]
+
+
+def test_what_a_build_killed_half_way_left_is_cleared_by_the_next_session(
+    migrations: Path, tmp_path: Path
+) -> None:
+    path = cached_template(migrations, tmp_path / "data")
+    left = [path.parent / f"{path.stem}-0badf00d.partial{suffix}" for suffix in ("", "-wal")]
+    for leftover in left:
+        leftover.write_bytes(b"half a build")
+    assert cached_template(migrations, tmp_path / "data") == path
+    assert sorted(path.parent.iterdir()) == [path.parent / ".lock", path]
+
+
 def test_a_forgotten_scope_is_a_leak_unless_it_may_outlive_the_test(tmp_path: Path) -> None:
     manager = TestIsolationManager(data_dir=tmp_path / "data")
     manager.ensure_test_isolation("creates scopes")
