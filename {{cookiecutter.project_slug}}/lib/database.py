@@ -103,7 +103,8 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         )
     if value == ":memory:":
         return value
-    scheme_match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
+    # A scheme, with or without "//" (sqlite:data/app.db); one letter is a Windows drive.
+    scheme_match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):(//)?", value)
     if value.startswith("file:"):
         parts = urlsplit(value)
         path = unquote(parts.path)
@@ -114,10 +115,10 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
             )
         return value if parts.query else path
     if scheme_match:
-        scheme = scheme_match.group(1).lower()
-        if scheme in REMOTE_SCHEMES:
+        scheme, slashes = scheme_match.group(1).lower(), scheme_match.group(2)
+        if scheme in REMOTE_SCHEMES and slashes:
             return value
-        shown = f"{scheme}://{urlsplit(value).hostname or ''}"
+        shown = f"{scheme}://{urlsplit(value).hostname or ''}" if slashes else f"{scheme}:"
         raise DatabaseConfigError(
             f"{variable}={shown}... uses the unsupported scheme {scheme!r}: use a SQLite path "
             "such as file:./data/app.db, a plain path, or :memory:"
@@ -142,11 +143,16 @@ class DatabaseTarget:
 
 def database_driver(environ: Mapping[str, str] = os.environ) -> Engine:
     """The engine ``DATABASE_DRIVER`` asks for local files (``sqlite3`` when unset)."""
-    driver = environ.get("DATABASE_DRIVER") or "sqlite3"
+    driver = environ.get("DATABASE_DRIVER")
+    if driver is None:
+        return "sqlite3"
     for engine in ENGINES:
-        if driver == engine:
+        if driver.strip().lower() == engine:
             return engine
-    raise DatabaseConfigError(f"DATABASE_DRIVER={driver!r} is not one of {', '.join(ENGINES)}")
+    raise DatabaseConfigError(
+        f"DATABASE_DRIVER={driver!r} is not one of {', '.join(ENGINES)}: set it to one of "
+        "them, or unset it to use sqlite3"
+    )
 
 
 def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
@@ -163,9 +169,10 @@ def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
     if turso:
         if not is_remote_url(turso):
             raise DatabaseConfigError(
-                "TURSO_DATABASE_URL must be a libsql:// or https:// URL of a Turso database"
+                f"TURSO_DATABASE_URL={turso.partition('?')[0]!r} must be a libsql:// or "
+                "https:// URL of a Turso database"
             )
-        local = parse_database_url(url) if url else None
+        local = parse_database_url(url) if url is not None else None  # "" is an error
         if local is None or is_remote_url(local):
             return DatabaseTarget(turso, "libsql", auth_token=token)
         return DatabaseTarget(local, "libsql", sync_url=turso, auth_token=token)

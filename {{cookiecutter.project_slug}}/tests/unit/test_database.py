@@ -184,11 +184,17 @@ def test_restore_from_fills_a_named_in_memory_database(
         second.close()
 
 
-@pytest.mark.parametrize("url", ["", "   ", "postgres://x", "mysql://user@host/db"])
+@pytest.mark.parametrize(
+    "url", ["", "   ", "postgres://x", "mysql://user@host/db", "sqlite:data/app.db", "libsql:db"]
+)
 def test_parse_database_url_rejects_bad_values_naming_the_variable(url: str) -> None:
     """A bad URL is a configuration error that says which variable to fix."""
     with pytest.raises(DatabaseConfigError, match="DATABASE_URL"):
         parse_database_url(url)
+
+
+def test_a_windows_drive_is_a_path_not_a_scheme() -> None:
+    assert parse_database_url(r"C:\data\app.db") == r"C:\data\app.db"
 
 
 def test_parse_database_url_names_a_custom_variable() -> None:
@@ -208,6 +214,7 @@ def test_parse_database_url_keeps_remote_libsql_urls() -> None:
     [
         ({}, DatabaseTarget("./data/app.db")),
         ({"DATABASE_DRIVER": "libsql"}, DatabaseTarget("./data/app.db", "libsql")),
+        ({"DATABASE_DRIVER": " LibSQL "}, DatabaseTarget("./data/app.db", "libsql")),
         (
             {"DATABASE_URL": "libsql://db.turso.io", "TURSO_AUTH_TOKEN": "t"},
             DatabaseTarget("libsql://db.turso.io", "libsql", auth_token="t"),
@@ -233,6 +240,8 @@ def test_database_target_reads_the_environment(
     ("environ", "variable"),
     [
         ({"DATABASE_DRIVER": "postgres"}, "DATABASE_DRIVER"),
+        ({"DATABASE_DRIVER": ""}, "DATABASE_DRIVER=.. is not one of sqlite3, libsql: set it"),
+        ({"DATABASE_URL": "", "TURSO_DATABASE_URL": "libsql://db"}, "DATABASE_URL is set but"),
         ({"TURSO_DATABASE_URL": "./local.db"}, "TURSO_DATABASE_URL"),
         ({"DATABASE_URL": "mysql://db"}, "DATABASE_URL"),
     ],

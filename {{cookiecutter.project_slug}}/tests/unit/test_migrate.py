@@ -275,8 +275,13 @@ def test_the_cli_names_a_missing_sqlite_utils(tmp_path: Path) -> None:
         ),
         pytest.param(
             {"TURSO_DATABASE_URL": "./data/app.db"},
-            "TURSO_DATABASE_URL must be a libsql://",
+            "TURSO_DATABASE_URL='./data/app.db' must be a libsql://",
             id="turso-url-not-remote",
+        ),
+        pytest.param(
+            {"DATABASE_URL": "sqlite:data/app.db"},
+            "DATABASE_URL=sqlite:... uses the unsupported scheme 'sqlite'",
+            id="scheme-without-slashes",
         ),
         pytest.param(
             {"DATABASE_DRIVER": "postgres"},
