@@ -370,6 +370,22 @@ class _GuardedConnection(sqlite3.Connection):
         cursor: sqlite3.Cursor = self.cursor()
         return cursor.executescript(*args, **kwargs)
 
+    def __enter__(self) -> Self:  # `with conn:`, as sqlite-utils writes
+        self._guard()
+        return super().__enter__()
+
+    def iterdump(self) -> Generator[str, None, None]:  # sqlite-utils' db.iterdump()
+        self._guard()
+        return super().iterdump()
+
+    def create_function(self, *args: Any, **kwargs: Any) -> None:  # db.register_function
+        self._guard()
+        super().create_function(*args, **kwargs)
+
+    def blobopen(self, *args: Any, **kwargs: Any) -> sqlite3.Blob:
+        self._guard()
+        return super().blobopen(*args, **kwargs)
+
     def commit(self) -> None:
         self._guard()
         super().commit()

@@ -591,6 +591,14 @@ def test_sqlite_utils_view_taken_before_close_raises_client_closed(db_path: Path
         view.table("items").insert({"name": "late"})
     with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
         view.execute("SELECT 1")
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"), view.conn:
+        pass
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
+        list(view.iterdump())
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
+        view.register_function(lambda: 1, name="one")
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
+        view.conn.blobopen("items", "name", 1)
 
 
 KEPT_CURSOR_READS: dict[str, Callable[[Any], object]] = {
