@@ -432,6 +432,7 @@ class DatabaseClient:
         self.opened_at = time.time()
         self.queries_executed = 0
         self._lock = threading.RLock()
+        self._transaction_thread: int | None = None  # the thread of the open transaction
         self._close_pending = False
         self._closed_message: str | None = None
         remote = is_remote_url(path) or sync_url is not None
@@ -693,6 +694,8 @@ class Transaction:
         except BaseException:
             client._release()
             raise
+        if self._savepoint is None:
+            client._transaction_thread = threading.get_ident()
         self._open = True
 
     def __enter__(self) -> Self:
@@ -734,6 +737,8 @@ class Transaction:
             with self._client._connection() as conn:
                 _end_transaction(conn, statements, roll_back_on_error=not self._savepoint)
         finally:
+            if self._savepoint is None:
+                self._client._transaction_thread = None
             self._client._release()
 
 
@@ -774,7 +779,18 @@ class AsyncDatabaseClient:
         task = self._transaction_task
         return task is not None and task is asyncio.current_task()
 
+    def _refuse_inside_a_sync_transaction(self) -> None:
+        """A worker thread would wait for the event loop's own open ``db.transaction()``,
+        which cannot end while the loop waits: a hang until pytest-timeout, made an error."""
+        if self.client._transaction_thread == threading.get_ident():
+            raise RuntimeError(
+                "async_db cannot be used inside this thread's open db.transaction(): its "
+                "worker thread would wait for that transaction forever. Inside it, use "
+                "tx.execute() or db.execute(); or use `async with async_db.transaction()`"
+            )
+
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        self._refuse_inside_a_sync_transaction()
         if self._in_own_transaction():  # waiting for the lock would wait for ourselves
             return await asyncio.to_thread(function, *args)
         async with self._lock:
@@ -791,7 +807,7 @@ class AsyncDatabaseClient:
         return results
 
     async def executescript(self, sql: str) -> None:
-        """Run a script of several statements (commits any open transaction first)."""
+        """Run a script of several statements (refused inside an open transaction)."""
         await self._run(self.client.executescript, sql)
 
     async def health_check(self) -> dict[str, Any]:
@@ -839,6 +855,7 @@ class AsyncTransaction:
         if self._open:  # `async with await adb.transaction()`: already begun
             return self
         owner = self._owner
+        owner._refuse_inside_a_sync_transaction()
         if not owner._in_own_transaction():
             await owner._lock.acquire()
             self._holds_lock = True

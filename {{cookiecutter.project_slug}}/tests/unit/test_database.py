@@ -915,6 +915,21 @@ def test_a_script_inside_a_transaction_is_refused_before_it_commits(
     assert count(client) == 1
 
 
+async def test_async_calls_inside_the_loops_own_sync_transaction_are_an_error(
+    client: DatabaseClient,
+) -> None:
+    """Their worker thread would wait for that transaction, which cannot end while the
+    event loop waits for the worker: a hang until pytest-timeout, made an error."""
+    adb = AsyncDatabaseClient(client)
+    with client.transaction() as tx:
+        tx.execute("INSERT INTO items (name) VALUES ('sync')")
+        with pytest.raises(RuntimeError, match=r"inside this thread's open db\.transaction"):
+            await asyncio.wait_for(adb.execute("SELECT 1"), timeout=5)
+        with pytest.raises(RuntimeError, match=r"inside this thread's open db\.transaction"):
+            await asyncio.wait_for(adb.transaction().__aenter__(), timeout=5)
+    assert (await adb.execute("SELECT COUNT(*) FROM items")).rows[0][0] == 1  # free again
+
+
 async def test_a_task_cancelled_as_its_transaction_begins_leaves_none_open(
     client: DatabaseClient, db_path: Path
 ) -> None:
