@@ -374,10 +374,6 @@ class _GuardedConnection(sqlite3.Connection):
         self._guard()
         return super().__enter__()
 
-    def iterdump(self) -> Generator[str, None, None]:  # sqlite-utils' db.iterdump()
-        self._guard()
-        return super().iterdump()
-
     def create_function(self, *args: Any, **kwargs: Any) -> None:  # db.register_function
         self._guard()
         super().create_function(*args, **kwargs)
