@@ -264,12 +264,18 @@ class TestIsolationManager:
         """The id of the current test's scope, if it has one."""
         return self._context.scope_id if self._context else None
 
-    def initialize_test_mode(self) -> None:
-        """Build the template and forget killed runs' files, so the first test is not slower."""
+    def initialize_test_mode(self, *, build_template: bool = True) -> None:
+        """Enter test mode; with ``build_template``, :meth:`prepare_template` now, so that
+        the first test is not slower (without, the first scope prepares it)."""
         self.is_test_mode = True
+        self._baseline_modules = self.capture_module_snapshot()
+        if build_template:
+            self.prepare_template()
+
+    def prepare_template(self) -> None:
+        """Forget killed runs' files, and build (or check) the cached migrated template."""
         scope_databases.remove_stale_runs(self.runs_dir)
         self._template()
-        self._baseline_modules = self.capture_module_snapshot()
 
     def _template(self) -> Template:
         return scope_databases.template_for(self.migrations_dir, self.data_dir, self.runs_dir)

@@ -223,7 +223,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Force local SQLite, hide Turso credentials, block the singleton, build the template.
+    """Force local SQLite, hide Turso credentials, block the singleton (under xdist, build
+    the template too).
 
     pytest skips ``pytest_sessionfinish`` when this fails, so a failure undoes it here.
     """
@@ -244,10 +245,17 @@ def _start_session(session: pytest.Session) -> None:
     manager = get_test_isolation_manager()
     if not hasattr(session.config, "workerinput"):
         shutil.rmtree(_kept_directory(manager), ignore_errors=True)
-    # Under xdist the main process builds it too, before it starts the workers: they find
-    # it cached, and a broken migration is one error here, not a crash in every worker.
+    manager.initialize_test_mode(build_template=False)  # built once tests need it
+    # Under xdist the main process builds it, before it starts the workers: they find it
+    # cached, and a broken migration is one error here, not a crash in every worker.
+    if session.config.pluginmanager.has_plugin("dsession"):
+        _prepare_template(manager)
+
+
+def _prepare_template(manager: TestIsolationManager) -> None:
+    """Build (or check) the template the isolated tests copy; a problem is one clear error."""
     try:
-        manager.initialize_test_mode()
+        manager.prepare_template()
     except MigrationError as error:
         raise pytest.UsageError(
             f"cannot build the template database the isolated tests copy: {error}. "
@@ -291,6 +299,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[_isolated_key] = item.get_closest_marker("isolated") is not None
         if libsql and item.get_closest_marker("sqlite3_only"):
             item.add_marker(needs_sqlite3)
+    # Unit tests alone, or only collecting, need no template: nothing is built or written.
+    if not config.option.collectonly and any(item.stash[_isolated_key] for item in items):
+        _prepare_template(get_test_isolation_manager())
 
 
 @pytest.hookimpl(wrapper=True)

@@ -244,21 +244,23 @@ database.reset_database_instance()
 """
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two workers"])
 def test_a_broken_migration_stops_the_run_with_one_clear_error_and_restores_the_environment(
-    tmp_path: Path,
+    tmp_path: Path, workers: list[str]
 ) -> None:
     """Not an INTERNALERROR traceback, and not a process left pointing at ``:memory:``, with
-    Turso credentials gone and the database blocked: pytest skips the session's end when
-    its start fails."""
+    Turso credentials gone and the database blocked: found once the isolated tests are
+    collected, or under xdist at the session's start (whose end pytest then skips)."""
     migrations = broken_migrations(tmp_path)
-    (tmp_path / "test_suite.py").write_text("def test_nothing():\n    pass\n")
+    (tmp_path / "test_suite.py").write_text(ONE_ISOLATED_TEST)
     developer_db = tmp_path / "dev.db"
     env = child_environment(tmp_path)
     env |= {"DATABASE_URL": f"file:{developer_db}", "TURSO_AUTH_TOKEN": "secret"}
     command = [sys.executable, "-c", FAILED_START, "-p", "no:cacheprovider"]
     command += ["-p", "no:randomly", "-p", "tests.setup_integration"]
     command += ["-o", f"isolation_migrations_dir={migrations}"]
-    command += ["-o", f"isolation_data_dir={tmp_path / 'data'}", str(tmp_path / "test_suite.py")]
+    command += ["-o", f"isolation_data_dir={tmp_path / 'data'}", *workers]
+    command.append(str(tmp_path / "test_suite.py"))
     child = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -423,6 +425,26 @@ def test_a_broken_migration_under_xdist_is_one_error_before_any_worker_starts(
     assert "ERROR: cannot build the template database" in child.stderr
     assert "0001_refunds.sql" in child.stderr
     assert "Traceback" not in child.stdout + child.stderr
+
+
+UNIT_TEST = """
+def test_unit():
+    assert 1 + 1 == 2
+"""
+
+
+def test_a_run_of_unit_tests_alone_builds_nothing_and_needs_no_sqlite_utils(
+    tmp_path: Path,
+) -> None:
+    """No isolated test, no template: nothing written, as when only collecting."""
+    (tmp_path / "without_sqlite_utils.py").write_text(
+        "import sys\n\nsys.modules['sqlite_utils'] = None  # what import finds missing\n"
+    )
+    for args in (["-p", "without_sqlite_utils"], ["--collect-only"]):
+        suite = UNIT_TEST if args[0] == "-p" else ONE_ISOLATED_TEST
+        child = run_suite(tmp_path, suite, *args)
+        assert child.returncode == 0, child.stdout + child.stderr
+        assert not (tmp_path / "data").exists()
 
 
 def test_a_missing_sqlite_utils_is_one_error_naming_it(tmp_path: Path) -> None:
