@@ -186,7 +186,7 @@ def test_a_wider_fixture_keeping_a_tests_client_is_an_error_in_every_test_using_
 ) -> None:
     """Not only in the second test that gets the closed client: the outcome must not depend
     on the order of the tests or on how xdist shares them out."""
-    child = run_suite(tmp_path, SESSION_CLIENT)
+    child = run_suite(tmp_path, SESSION_CLIENT, "-rN")  # errors counted in their sections
     assert child.returncode == 1, child.stdout + child.stderr
     assert "1 passed, 3 errors" in child.stdout
     assert child.stdout.count("IsolationError: the module-scoped fixture 'kept_client'") == 2
