@@ -16,8 +16,16 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import (
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -302,14 +310,17 @@ class _GuardedCursor(sqlite3.Cursor):
 
     def execute(self, *args: Any, **kwargs: Any) -> Self:
         with self.connection.lock:
+            self.connection._guard()  # closed while this thread waited for the lock
             return super().execute(*args, **kwargs)
 
     def executemany(self, *args: Any, **kwargs: Any) -> Self:
         with self.connection.lock:
+            self.connection._guard()  # closed while this thread waited for the lock
             return super().executemany(*args, **kwargs)
 
     def executescript(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
         with self.connection.lock:
+            self.connection._guard()  # closed while this thread waited for the lock
             return super().executescript(*args, **kwargs)
 
     def fetchone(self) -> Any:
@@ -428,7 +439,7 @@ class DatabaseClient:
         self.opened_at = time.time()
         self.queries_executed = 0
         self._lock = threading.RLock()
-        self._transaction_thread: int | None = None  # the thread of the open transaction
+        self._transaction_thread: int | None = None  # the thread of the innermost open one
         self._close_pending = False
         self._closed_message: str | None = None
         remote = is_remote_url(path) or sync_url is not None
@@ -690,8 +701,8 @@ class Transaction:
         except BaseException:
             client._release()
             raise
-        if self._savepoint is None:
-            client._transaction_thread = threading.get_ident()
+        self._outer_thread = client._transaction_thread  # put back when this one ends
+        client._transaction_thread = threading.get_ident()
         self._open = True
 
     def __enter__(self) -> Self:
@@ -733,8 +744,7 @@ class Transaction:
             with self._client._connection() as conn:
                 _end_transaction(conn, statements, roll_back_on_error=not self._savepoint)
         finally:
-            if self._savepoint is None:
-                self._client._transaction_thread = None
+            self._client._transaction_thread = self._outer_thread
             self._client._release()
 
 
@@ -828,7 +838,15 @@ class AsyncDatabaseClient:
         return AsyncTransaction(self)
 
 
-_background_rollbacks: set[asyncio.Future[None]] = set()  # kept until done (asyncio keeps none)
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even if this task is cancelled again meanwhile (the caller
+    re-raises the first cancellation afterwards); a failure is logged, not raised."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        with suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("undoing a cancelled transaction's start failed: %r", task.exception())
 
 
 class AsyncTransaction:
@@ -859,7 +877,7 @@ class AsyncTransaction:
         try:
             self._savepoint = await asyncio.shield(began)
         except BaseException:  # cancelled, the thread may still begin: see _undo_begin
-            began.add_done_callback(self._undo_begin)
+            await _to_the_end(self._undo_begin(began))
             raise
         if self._holds_lock:
             owner._transaction_task = asyncio.current_task()
@@ -920,18 +938,18 @@ class AsyncTransaction:
         with self._owner.client._connection() as conn:
             _end_transaction(conn, statements, roll_back_on_error=not self._savepoint)
 
-    def _undo_begin(self, began: asyncio.Future[str | None]) -> None:
+    async def _undo_begin(self, began: asyncio.Future[str | None]) -> None:
         """The task entering the transaction was cancelled (a timeout, a failed TaskGroup
-        sibling) or BEGIN failed: roll back whatever the thread began, in the background,
-        and only then let go of the client, so that no later call runs inside it."""
-        if began.cancelled() or began.exception() is not None:
+        sibling) or BEGIN failed: wait for the thread, roll back whatever it began, then
+        let go of the client, all before the task goes on: nothing it or another task does
+        next may land inside that transaction or savepoint."""
+        try:
+            self._savepoint = await began
+        except Exception:  # BEGIN failed: nothing began
             self._let_go()
             return
-        self._savepoint = began.result()
         self._open = True
-        rollback = asyncio.ensure_future(self.rollback())
-        _background_rollbacks.add(rollback)
-        rollback.add_done_callback(_background_rollbacks.discard)
+        await self.rollback()
 
     def _let_go(self) -> None:
         """Hand the client to the other tasks, if this (outermost) transaction held it."""

@@ -106,8 +106,9 @@ def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:
 
 
 def _transaction_control(verb: str) -> str:
+    shown = "COMMIT or END" if verb == "COMMIT" else verb  # SQLite reports END as COMMIT
     return (
-        f"{verb} is not allowed in a migration: all pending migrations apply in one "
+        f"{shown} is not allowed in a migration: all pending migrations apply in one "
         "transaction, which the runner begins and commits; remove the statement "
         "(SAVEPOINT, RELEASE and ROLLBACK TO are allowed)"
     )

@@ -1,8 +1,9 @@
 """The pytest plugin: every integration test runs in its own isolated database scope.
 
 At session start the environment is made safe (local SQLite only, no ``TURSO_*``
-variables, the process-wide database blocked outside test scopes) and the migrated
-template is built. Each test under ``tests/integration/`` (or marked
+variables, the process-wide database blocked outside test scopes); once the tests to run
+include an isolated one, the migrated template is built (under xdist, by the main
+process at the start). Each test under ``tests/integration/`` (or marked
 ``@pytest.mark.isolated``) gets a scope before its fixtures are set up and loses it
 after they are torn down. At session end everything is cleaned up and restored.
 
@@ -299,8 +300,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[_isolated_key] = item.get_closest_marker("isolated") is not None
         if libsql and item.get_closest_marker("sqlite3_only"):
             item.add_marker(needs_sqlite3)
-    # Unit tests alone, or only collecting, need no template: nothing is built or written.
-    if not config.option.collectonly and any(item.stash[_isolated_key] for item in items):
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the template once the tests to run are known (after every deselection, --lf
+    included): unit tests alone, or only collecting, need none, so nothing is written."""
+    if not session.config.option.collectonly and any(map(is_isolated, session.items)):
         _prepare_template(get_test_isolation_manager())
 
 
@@ -339,9 +344,11 @@ def _refuse_a_tests_client(fixturedef: pytest.FixtureDef[Any], value: object) ->
     fail the next test that got it, and which test that is changes with order and xdist.
     The error is kept as the fixture's result, so every test using it gets the same."""
     client = value.client if isinstance(value, AsyncDatabaseClient) else value
-    registry = get_test_isolation_manager().global_connection_registry
-    if not isinstance(client, DatabaseClient) or client not in registry:
-        return
+    if not isinstance(client, DatabaseClient) or not any(
+        scope.options.auto_cleanup and client in scope.connections
+        for scope in get_test_isolation_manager().active_scopes.values()
+    ):
+        return  # not a client, or one of a scope allowed to outlive its test
     error = IsolationError(
         f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} returned the "
         f"database client of {client.owner}, which closes when that test ends: every "

@@ -898,6 +898,30 @@ def test_sqlite_utils_in_another_thread_waits_for_an_open_transaction(
     assert names == ["other thread"]
 
 
+def test_a_sqlite_utils_call_that_waited_for_a_closing_client_raises_client_closed(
+    client: DatabaseClient,
+) -> None:
+    handle = client.db
+    outcome: list[BaseException] = []
+
+    def insert_elsewhere() -> None:
+        try:
+            handle.execute("INSERT INTO items (name) VALUES ('late')")
+        except BaseException as error:
+            outcome.append(error)
+
+    tx = client.transaction()
+    other = threading.Thread(target=insert_elsewhere, daemon=True)
+    other.start()
+    other.join(timeout=0.3)  # it waits for the transaction
+    client.close(reason="by the test")
+    with contextlib.suppress(ClientClosedError):
+        tx.rollback()
+    other.join(timeout=10)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ClientClosedError), outcome
+
+
 def test_a_script_inside_a_transaction_is_refused_before_it_commits(
     client: DatabaseClient,
 ) -> None:
@@ -926,6 +950,10 @@ async def test_async_calls_inside_the_loops_own_sync_transaction_are_an_error(
         with pytest.raises(RuntimeError, match=r"inside this thread's open db\.transaction"):
             await asyncio.wait_for(adb.transaction().__aenter__(), timeout=5)
     assert (await adb.execute("SELECT COUNT(*) FROM items")).rows[0][0] == 1  # free again
+    refused = pytest.raises(RuntimeError, match=r"inside this thread's open db\.transaction")
+    async with adb.transaction():  # the sync one inside is a savepoint: the same holds
+        with client.transaction(), refused:
+            await asyncio.wait_for(adb.execute("SELECT 1"), timeout=5)
 
 
 async def test_a_task_cancelled_as_its_transaction_begins_leaves_none_open(
@@ -948,6 +976,34 @@ async def test_a_task_cancelled_as_its_transaction_begins_leaves_none_open(
     assert not client.get_connection_stats()["in_transaction"]
     with contextlib.closing(sqlite3.connect(db_path)) as other:
         assert other.execute("SELECT name FROM items").fetchall() == [("later",)]
+
+
+async def test_a_savepoint_cancelled_as_it_begins_loses_nothing_written_after(
+    client: DatabaseClient,
+) -> None:
+    """Its rollback happens before the task goes on: done later, in the background, it
+    would undo what the task wrote into the outer transaction meanwhile."""
+    adb = AsyncDatabaseClient(client)
+    release = threading.Event()
+
+    def busy() -> None:  # another thread holds the client: the SAVEPOINT waits for it
+        with client.transaction():
+            release.wait(timeout=10)
+
+    async with adb.transaction() as outer:
+        await outer.execute("INSERT INTO items (name) VALUES ('before')")
+        holder = threading.Thread(target=busy, daemon=True)
+        holder.start()
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1), adb.transaction():
+                pass
+        release.set()
+        await outer.execute("INSERT INTO items (name) VALUES ('after')")
+        await asyncio.sleep(0.1)
+    holder.join(timeout=10)
+    names = [row[0] for row in client.execute("SELECT name FROM items ORDER BY id").rows]
+    assert names == ["before", "after"]
 
 
 async def _client_calls_inside_a_transaction(adb: AsyncDatabaseClient) -> None:

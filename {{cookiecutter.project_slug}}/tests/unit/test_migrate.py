@@ -139,8 +139,8 @@ def test_a_migration_controlling_the_transaction_applies_nothing(
     (migrations / "0002_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
     source = f"CREATE TABLE refunds (id INTEGER PRIMARY KEY);\n{control};\n"
     (migrations / "0003_refunds.sql").write_text(source)
-    verb = {"END": "COMMIT"}.get(control, control)
-    expected = f"0003_refunds.sql failed at statement 2: {verb} is not allowed in a migration"
+    shown = "COMMIT or END" if control in ("COMMIT", "END") else control
+    expected = f"0003_refunds.sql failed at statement 2: {shown} is not allowed in a migration"
     with pytest.raises(migrate.MigrationError, match=expected):
         migrate.apply_migrations(client.db, migrations)
 

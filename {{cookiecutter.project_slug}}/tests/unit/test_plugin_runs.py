@@ -97,6 +97,30 @@ def test_settings(settings):
     assert settings["unhashable"]
 """
 
+OUTLIVING_SCOPE_FIXTURE = """
+import pytest
+
+from tests.setup_integration import get_test_isolation_manager
+
+pytestmark = pytest.mark.isolated
+
+
+@pytest.fixture(scope="module")
+def shared_client():
+    manager = get_test_isolation_manager()
+    scope = manager.create_scope("shared by the module", auto_cleanup=False)
+    yield manager.get_scoped_database_client(scope)
+    manager.destroy_scope(scope)
+
+
+def test_first(shared_client):
+    shared_client.execute("INSERT INTO users (email, name) VALUES ('a@b.c', 'A')")
+
+
+def test_second(shared_client):
+    assert shared_client.execute("SELECT COUNT(*) FROM users").rows[0][0] == 1
+"""
+
 FAILED_TESTS = """
 import os
 import sqlite3
@@ -194,6 +218,14 @@ def test_a_wider_fixture_keeping_a_tests_client_is_an_error_in_every_test_using_
     assert message in child.stdout
     assert "test_suite.py::test_first), which closes when that test ends" in child.stdout
     assert "CLIENT_CLOSED:" not in child.stdout
+
+
+def test_a_wider_fixture_may_keep_the_client_of_a_scope_allowed_to_outlive_its_test(
+    tmp_path: Path,
+) -> None:
+    child = run_suite(tmp_path, OUTLIVING_SCOPE_FIXTURE, "--isolation-strict")
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "2 passed" in child.stdout
 
 
 @pytest.mark.parametrize("strategy", ["file", "memory"])
@@ -432,6 +464,32 @@ def test_unit():
     assert 1 + 1 == 2
 """
 
+MIXED_TESTS = """
+import pytest
+
+
+@pytest.mark.isolated
+def test_isolated(db):
+    assert db.execute("SELECT 1").rows[0][0] == 1
+
+
+def test_unit():
+    assert 1 + 1 == 2
+"""
+
+# Deselects as --lf does: after every other plugin has seen the collected tests.
+DESELECT_ISOLATED = """
+import pytest
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    yield
+    deselected = [item for item in items if item.get_closest_marker("isolated")]
+    items[:] = [item for item in items if item not in deselected]
+    config.hook.pytest_deselected(items=deselected)
+"""
+
 
 def test_a_run_of_unit_tests_alone_builds_nothing_and_needs_no_sqlite_utils(
     tmp_path: Path,
@@ -440,11 +498,15 @@ def test_a_run_of_unit_tests_alone_builds_nothing_and_needs_no_sqlite_utils(
     (tmp_path / "without_sqlite_utils.py").write_text(
         "import sys\n\nsys.modules['sqlite_utils'] = None  # what import finds missing\n"
     )
-    for args in (["-p", "without_sqlite_utils"], ["--collect-only"]):
-        suite = UNIT_TEST if args[0] == "-p" else ONE_ISOLATED_TEST
+    (tmp_path / "deselect_isolated.py").write_text(DESELECT_ISOLATED)
+    for suite, args in [
+        (UNIT_TEST, ["-p", "without_sqlite_utils"]),
+        (ONE_ISOLATED_TEST, ["--collect-only"]),
+        (MIXED_TESTS, ["-p", "deselect_isolated"]),
+    ]:
         child = run_suite(tmp_path, suite, *args)
         assert child.returncode == 0, child.stdout + child.stderr
-        assert not (tmp_path / "data").exists()
+        assert not (tmp_path / "data").exists(), args
 
 
 def test_a_missing_sqlite_utils_is_one_error_naming_it(tmp_path: Path) -> None:
