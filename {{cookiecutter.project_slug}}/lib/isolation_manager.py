@@ -660,8 +660,14 @@ class TestIsolationManager:
         return cleaned
 
     def shutdown(self) -> bool:
-        """End of session: clean up whatever scopes are left."""
-        return self.emergency_cleanup() if self.active_scopes else True
+        """End of session: clean up whatever scopes are left, then delete this process's
+        directory of test databases and its copy of the template (a later scope makes new
+        ones), so that nothing of the session stays behind."""
+        try:
+            return self.emergency_cleanup() if self.active_scopes else True
+        finally:
+            self._factories.clear()
+            scope_databases.remove_run_directory(self.runs_dir)
 
     @property
     def active_connection_count(self) -> int:

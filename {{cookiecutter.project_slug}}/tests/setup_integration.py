@@ -41,7 +41,7 @@ from lib.isolation_manager import (
     install_test_isolation_manager,
 )
 from lib.migrate import MigrationError
-from lib.scope_databases import check_strategy, remove_run_directory, runs_root
+from lib.scope_databases import check_strategy, runs_root
 
 __all__ = [
     "async_db",
@@ -431,7 +431,6 @@ def _end_session() -> None:
     _warned_late(manager.shutdown)
     for message in manager.deferred_stale_bindings():
         _warn_late(message)
-    remove_run_directory(manager.runs_dir)
     database.block_database_access(None)
     database.forbid_remote_databases(None)
     database.reset_database_instance()

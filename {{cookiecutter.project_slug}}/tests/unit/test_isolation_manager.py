@@ -521,6 +521,28 @@ def test_emergency_cleanup_removes_a_killed_runs_files(
     manager.create_scope("after cleanup")
 
 
+@pytest.mark.parametrize("strategy", ["file", "memory"])
+def test_shutdown_leaves_nothing_of_the_process_behind_and_the_manager_usable(
+    manager: TestIsolationManager, data_dir: Path, strategy: str
+) -> None:
+    """Not only under pytest: a script that drives the manager and ends with shutdown()
+    leaves no directory of its own (in /dev/shm, say) for the next run to find."""
+
+    def process_directories() -> list[str]:
+        runs = data_dir / RUNS_DIR_NAME  # beside the template cache, which stays
+        return [path.name.split("-")[0] for path in runs.iterdir() if path.name != "templates"]
+
+    manager.destroy_scope(manager.create_scope("first", strategy=strategy))
+    assert process_directories() == [str(os.getpid())]
+
+    manager.shutdown()
+
+    assert process_directories() == []
+    manager.destroy_scope(manager.create_scope("after shutdown", strategy=strategy))
+    manager.shutdown()
+    assert process_directories() == []
+
+
 def test_initialize_removes_a_killed_runs_files(data_dir: Path) -> None:
     stale_run = data_dir / RUNS_DIR_NAME / f"{_dead_pid()}-0badf00d"
     stale_run.mkdir(parents=True)
