@@ -477,6 +477,9 @@ def test_unit():
     assert 1 + 1 == 2
 """
 
+# A plugin for run_suite's -p: sqlite-utils is then missing, as if not installed.
+WITHOUT_SQLITE_UTILS = "import sys\n\nsys.modules['sqlite_utils'] = None\n"
+
 # Deselects as --lf does: after every other plugin has seen the collected tests.
 DESELECT_ISOLATED = """
 import pytest
@@ -495,9 +498,7 @@ def test_a_run_of_unit_tests_alone_builds_nothing_and_needs_no_sqlite_utils(
     tmp_path: Path,
 ) -> None:
     """No isolated test, no template: nothing written, as when only collecting."""
-    (tmp_path / "without_sqlite_utils.py").write_text(
-        "import sys\n\nsys.modules['sqlite_utils'] = None  # what import finds missing\n"
-    )
+    (tmp_path / "without_sqlite_utils.py").write_text(WITHOUT_SQLITE_UTILS)
     (tmp_path / "deselect_isolated.py").write_text(DESELECT_ISOLATED)
     for suite, args in [
         (UNIT_TEST, ["-p", "without_sqlite_utils"]),
@@ -511,9 +512,7 @@ def test_a_run_of_unit_tests_alone_builds_nothing_and_needs_no_sqlite_utils(
 
 def test_a_missing_sqlite_utils_is_one_error_naming_it(tmp_path: Path) -> None:
     """A session without the project's dependencies cannot build the template."""
-    (tmp_path / "without_sqlite_utils.py").write_text(
-        "import sys\n\nsys.modules['sqlite_utils'] = None  # what import finds missing\n"
-    )
+    (tmp_path / "without_sqlite_utils.py").write_text(WITHOUT_SQLITE_UTILS)
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-p", "without_sqlite_utils")
     assert child.returncode == 4, child.stdout + child.stderr
     assert "the migrations run with sqlite_utils, which is not installed here" in child.stderr
