@@ -68,6 +68,7 @@ _environment = pytest.MonkeyPatch()
 _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
 _isolated_key = pytest.StashKey[bool]()
+_test_paths_key = pytest.StashKey[list[Path]]()
 
 
 def get_db_client() -> DatabaseClient:
@@ -219,6 +220,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "interrupt, in-memory copies); skipped with DATABASE_DRIVER=libsql",
     )
     config.stash[_strategy_key] = _strategy(config)
+    config.stash[_test_paths_key] = [
+        Path(config.rootpath, path).resolve() for path in config.getini("isolation_test_paths")
+    ]
     install_test_isolation_manager(_manager_from_ini(config))
 
 
@@ -287,16 +291,18 @@ def _migrations_hint(directory: Path) -> str:
     )
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Tests under ``isolation_test_paths`` are marked as they are collected, before any
+    selection, so that ``-m isolated`` (or ``-m "not isolated"``) finds them."""
+    if any(item.path.is_relative_to(root) for root in item.config.stash[_test_paths_key]):
+        item.add_marker(pytest.mark.isolated)
+
+
 @pytest.hookimpl(trylast=True)  # after other plugins have marked their tests
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    roots = [
-        Path(config.rootpath, path).resolve() for path in config.getini("isolation_test_paths")
-    ]
     needs_sqlite3 = pytest.mark.skip(reason="needs the sqlite3 engine, not DATABASE_DRIVER=libsql")
     libsql = get_test_isolation_manager().engine == "libsql"
     for item in items:
-        if any(item.path.is_relative_to(root) for root in roots):
-            item.add_marker(pytest.mark.isolated)
         item.stash[_isolated_key] = item.get_closest_marker("isolated") is not None
         if libsql and item.get_closest_marker("sqlite3_only"):
             item.add_marker(needs_sqlite3)

@@ -197,6 +197,27 @@ def test_a_marker_another_plugin_adds_at_collection_counts(tmp_path: Path) -> No
     assert "1 passed" in child.stdout
 
 
+UNMARKED_TESTS = """
+def test_one(db):
+    assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+
+
+def test_two(db):
+    assert db.execute("SELECT COUNT(*) FROM products").rows[0][0] == 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("selection", "summary"), [("isolated", "2 passed"), ("not isolated", "2 deselected")]
+)
+def test_tests_isolated_by_their_path_are_selected_by_the_marker(
+    tmp_path: Path, selection: str, summary: str
+) -> None:
+    """The marker is there before pytest selects: ``-m isolated`` runs them all."""
+    child = run_suite(tmp_path, UNMARKED_TESTS, "-o", "isolation_test_paths=.", "-m", selection)
+    assert summary in child.stdout, child.stdout + child.stderr
+
+
 def test_a_session_fixtures_connection_is_not_the_first_tests_leak(tmp_path: Path) -> None:
     """Opened while the first test is set up, it stays open for the second, and strict mode
     (which fails on any leak) has nothing to report."""
