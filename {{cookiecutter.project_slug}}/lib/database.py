@@ -4,42 +4,86 @@ Application code calls :func:`get_database_client` at call time. Tests get a fre
 client per test from ``lib.isolation_manager``; a client kept beyond its test raises
 :class:`ClientClosedError` naming who owned it and where it was closed, instead of
 sqlite3's anonymous "Cannot operate on a closed database".
+
+The settings (read by ``lib.database_config``) and the asyncio wrapper
+(``lib.async_database``) have modules of their own; their public names can be imported
+from here too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import re
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import (
-    Callable,
-    Coroutine,
-    Generator,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
-from contextlib import closing, contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from . import libsql_engine
+from .async_database import AsyncDatabaseClient, AsyncTransaction
+from .database_config import (
+    DEFAULT_DATABASE_URL,
+    ENGINES,
+    REMOTE_SCHEMES,
+    DatabaseConfigError,
+    DatabaseTarget,
+    Engine,
+    create_database_directory,
+    database_driver,
+    database_target,
+    is_read_only_uri,
+    is_remote_url,
+    local_database_file,
+    open_error,
+    parse_database_url,
+)
 
 if TYPE_CHECKING:  # imported when first used: it takes longer to import than a test runs
     import sqlite_utils
 
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "CONNECTION_PRAGMAS",
+    "DEFAULT_DATABASE_URL",
+    "ENGINES",
+    "REMOTE_SCHEMES",
+    "Args",
+    "AsyncDatabaseClient",
+    "AsyncTransaction",
+    "ClientClosedError",
+    "DatabaseAccessBlockedError",
+    "DatabaseClient",
+    "DatabaseConfigError",
+    "DatabaseService",
+    "DatabaseShuttingDownError",
+    "DatabaseTarget",
+    "Engine",
+    "ResultSet",
+    "Statement",
+    "Transaction",
+    "block_database_access",
+    "caller_location",
+    "create_database_directory",
+    "database_driver",
+    "database_target",
+    "forbid_remote_databases",
+    "get_database_client",
+    "get_database_service",
+    "is_remote_url",
+    "local_database_file",
+    "parse_database_url",
+    "reset_database_instance",
+    "swap_database_service",
+]
+
 logger = logging.getLogger("database")
 
-DEFAULT_DATABASE_URL = "file:./data/app.db"
 BUSY_TIMEOUT_MS = 5_000
 CONNECTION_PRAGMAS: Mapping[str, str] = {
     "journal_mode": "WAL",
@@ -48,10 +92,6 @@ CONNECTION_PRAGMAS: Mapping[str, str] = {
 }
 # Pragmas that write to the database file: a read-only connection reads them instead.
 _WRITING_PRAGMAS = frozenset({"journal_mode"})
-
-Engine = Literal["sqlite3", "libsql"]
-ENGINES: tuple[Engine, ...] = ("sqlite3", "libsql")
-REMOTE_SCHEMES = frozenset({"libsql", "http", "https", "ws", "wss"})
 
 Args: TypeAlias = Sequence[Any] | Mapping[str, Any]
 Statement: TypeAlias = str | tuple[str, Args] | Mapping[str, Any]
@@ -63,10 +103,6 @@ class ClientClosedError(RuntimeError):
 
 class DatabaseShuttingDownError(RuntimeError):
     """The service is closing; no new work is accepted until it is done."""
-
-
-class DatabaseConfigError(ValueError):
-    """A database setting such as ``DATABASE_URL`` has a value we cannot use."""
 
 
 class DatabaseAccessBlockedError(RuntimeError):
@@ -81,113 +117,6 @@ class ResultSet:
     columns: tuple[str, ...]
     rows_affected: int
     last_insert_rowid: int | None
-
-
-def is_remote_url(value: str) -> bool:
-    """Whether ``value`` names a remote libSQL/Turso database rather than a local file."""
-    scheme, separator, _ = value.partition("://")
-    return bool(separator) and scheme.lower() in REMOTE_SCHEMES
-
-
-def local_database_file(path: str) -> Path | None:
-    """The file that the SQLite ``path`` names, or None for ``:memory:``, an SQLite URI
-    (``file:...?...``) and a remote URL: what may need its directory created first."""
-    if path == ":memory:" or path.startswith("file:") or is_remote_url(path):
-        return None
-    return Path(path)
-
-
-def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
-    """Return the SQLite path (or ``:memory:``) that ``url`` names; explain a bad value.
-
-    A remote libSQL URL (``libsql://``, ``https://``, ...) is returned as it is, and so is
-    a ``file:`` URL with a query (``?mode=ro``, ``?vfs=memdb``): SQLite opens it as a URI.
-    """
-    value = url.strip()
-    if not value:
-        raise DatabaseConfigError(
-            f"{variable} is set but empty: unset it to use the default ({DEFAULT_DATABASE_URL}), "
-            "or set it to a database URL such as file:./data/app.db, :memory: or libsql://..."
-        )
-    if value == ":memory:":
-        return value
-    # A scheme, with or without "//" (sqlite:data/app.db); one letter is a Windows drive.
-    scheme_match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):(//)?", value)
-    if value.startswith("file:"):
-        parts = urlsplit(value)
-        path = unquote(parts.path)
-        if parts.netloc not in ("", "localhost") or not path:
-            raise DatabaseConfigError(
-                f"{variable}={value!r} is not a local SQLite file URL: "
-                "use file:./relative/path.db or file:///absolute/path.db"
-            )
-        return value if parts.query else path
-    if scheme_match:
-        scheme, slashes = scheme_match.group(1).lower(), scheme_match.group(2)
-        if scheme in REMOTE_SCHEMES and slashes:
-            return value
-        shown = f"{scheme}://{urlsplit(value).hostname or ''}" if slashes else f"{scheme}:"
-        raise DatabaseConfigError(
-            f"{variable}={shown}... uses the unsupported scheme {scheme!r}: use a SQLite path "
-            "such as file:./data/app.db, a plain path, or :memory:"
-        )
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class DatabaseTarget:
-    """Where to connect and with which engine, as the environment says."""
-
-    path: str
-    engine: Engine = "sqlite3"
-    sync_url: str | None = None
-    auth_token: str | None = None
-
-    @property
-    def remote(self) -> bool:
-        """Whether the target talks to Turso (remote or embedded replica): no local pragmas."""
-        return is_remote_url(self.path) or self.sync_url is not None
-
-
-def database_driver(environ: Mapping[str, str] = os.environ) -> Engine:
-    """The engine ``DATABASE_DRIVER`` asks for local files (``sqlite3`` when unset)."""
-    driver = environ.get("DATABASE_DRIVER")
-    if driver is None:
-        return "sqlite3"
-    for engine in ENGINES:
-        if driver.strip().lower() == engine:
-            return engine
-    raise DatabaseConfigError(
-        f"DATABASE_DRIVER={driver!r} is not one of {', '.join(ENGINES)}: set it to one of "
-        "them, or unset it to use sqlite3"
-    )
-
-
-def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
-    """Read ``DATABASE_URL``, ``DATABASE_DRIVER``, ``TURSO_DATABASE_URL``, ``TURSO_AUTH_TOKEN``.
-
-    A ``libsql://`` URL or ``TURSO_DATABASE_URL`` selects the libsql engine; with both a
-    local ``DATABASE_URL`` and ``TURSO_DATABASE_URL``, the local file is an embedded
-    replica synced from Turso. ``DATABASE_DRIVER=libsql`` uses libsql for local files too.
-    """
-    driver = database_driver(environ)
-    token = environ.get("TURSO_AUTH_TOKEN") or None
-    turso = environ.get("TURSO_DATABASE_URL")
-    url = environ.get("DATABASE_URL")
-    if turso:
-        if not is_remote_url(turso):
-            raise DatabaseConfigError(
-                f"TURSO_DATABASE_URL={turso.partition('?')[0]!r} must be a libsql:// or "
-                "https:// URL of a Turso database"
-            )
-        local = parse_database_url(url) if url is not None else None  # "" is an error
-        if local is None or is_remote_url(local):
-            return DatabaseTarget(turso, "libsql", auth_token=token)
-        return DatabaseTarget(local, "libsql", sync_url=turso, auth_token=token)
-    path = parse_database_url(DEFAULT_DATABASE_URL if url is None else url)  # "" is an error
-    if is_remote_url(path):
-        return DatabaseTarget(path, "libsql", auth_token=token)
-    return DatabaseTarget(path, driver)
 
 
 _LIB_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -205,23 +134,6 @@ def _libsql_connect(path: str, sync_url: str | None, auth_token: str | None) -> 
         ) from error
 
 
-def _is_read_only_uri(path: str) -> bool:
-    """Whether ``path`` is an SQLite URI opened read-only (``mode=ro``, ``immutable=1``):
-    such a connection cannot change the journal mode, which writes to the file."""
-    if not path.startswith("file:") or ("mode=" not in path and "immutable=" not in path):
-        return False  # the per-test URLs (?vfs=memdb) stop here: no parsing on that path
-    query = path.partition("?")[2].partition("#")[0]
-    return any(
-        (key == "mode" and value == "ro") or (key == "immutable" and _uri_true(value))
-        for key, value in parse_qsl(query, keep_blank_values=True)
-    )
-
-
-def _uri_true(value: str) -> bool:
-    """SQLite's reading of a boolean URI parameter (``1``, ``yes``, ``true``, ``on``)."""
-    return value.lower() in ("yes", "true", "on") or (value.isdigit() and int(value) != 0)
-
-
 def _apply_pragmas(conn: Any, pragmas: Mapping[str, str], *, read_only: bool) -> None:
     """Set ``pragmas``; a read-only connection reads the ones that would write instead,
     which still fails at once on a file that is not a database."""
@@ -236,48 +148,6 @@ def _is_contention(error: sqlite3.Error) -> bool:
     """A busy or locked database: another connection's doing, not a setting to fix."""
     name = getattr(error, "sqlite_errorname", None) or ""
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(error)
-
-
-def _open_error(path: str, source: str | None, error: sqlite3.Error) -> DatabaseConfigError:
-    """The :class:`DatabaseConfigError` for a local database that SQLite could not open or
-    set up: it names the database (and ``source``, the setting it came from) and the fix."""
-    named = f"{path!r}" + (f" (from {source})" if source else "")
-    hint = _open_hint(path, source or "the path", error)
-    return DatabaseConfigError(f"cannot open the SQLite database {named}: {error}; {hint}")
-
-
-def _open_hint(path: str, subject: str, error: sqlite3.Error) -> str:
-    """What to do about ``error``, said in terms of ``subject`` (what the user sets)."""
-    name = getattr(error, "sqlite_errorname", None) or ""
-    text = str(error).lower()
-    if name == "SQLITE_NOTADB" or "not a database" in text:
-        return (
-            f"the file is not an SQLite database: point {subject} at a database file, or move "
-            "this file away to start a new database there"
-        )
-    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
-        return _cannot_open_hint(path, subject)
-    if name.startswith("SQLITE_READONLY") or "readonly" in text:
-        return (
-            "the file or its directory is read-only: make them writable, or open it "
-            f"read-only by setting {subject} to a URL such as file:/path/app.db?mode=ro"
-        )
-    return f"check that {subject} names an SQLite database file this process can open"
-
-
-def _cannot_open_hint(path: str, subject: str) -> str:
-    """Why SQLite could not open the file ``path`` names, found by looking at it."""
-    file = Path(unquote(urlsplit(path).path) if path.startswith("file:") else path).absolute()
-    if file.is_dir():
-        return f"it is a directory: point {subject} at a file, such as {str(file / 'app.db')!r}"
-    if not file.parent.is_dir():
-        return (
-            f"its directory {str(file.parent)!r} does not exist (a file: URL is opened as it "
-            f"is, no directory is made): create it, or point {subject} elsewhere"
-        )
-    if not file.exists() and _is_read_only_uri(path):
-        return f"{str(file)!r} does not exist and a read-only URL never creates it: fix {subject}"
-    return f"check that this process may read and write {str(file)!r} and its directory"
 
 
 def caller_location() -> str:
@@ -450,7 +320,7 @@ class DatabaseClient:
         except sqlite3.Error as error:
             if remote or _is_contention(error):
                 raise
-            raise _open_error(path, source, error) from error
+            raise open_error(path, source, error) from error
         self._db: sqlite_utils.Database | None = None
 
     def _connect(
@@ -477,7 +347,7 @@ class DatabaseClient:
         if remote:
             return conn
         try:
-            _apply_pragmas(conn, pragmas, read_only=_is_read_only_uri(self.path))
+            _apply_pragmas(conn, pragmas, read_only=is_read_only_uri(self.path))
         except ValueError as error:  # libsql reports every database error this way
             conn.close()
             if self.engine != "libsql":
@@ -654,6 +524,27 @@ class DatabaseClient:
         with self._connection() as conn:
             source.backup(conn)
 
+    def _begin(self, savepoint: str) -> str | None:
+        """BEGIN, or ``SAVEPOINT savepoint`` inside an open transaction; returns the
+        savepoint's name, or None for a transaction of its own."""
+        with self._connection() as conn:
+            name = savepoint if conn.in_transaction else None
+            conn.execute(f"SAVEPOINT {name}" if name else "BEGIN")
+            return name
+
+    def _end(self, statements: Sequence[str], *, roll_back_on_error: bool) -> None:
+        """Commit, release or roll back; a failed commit does not leave the transaction open."""
+        with self._connection() as conn:
+            if not conn.in_transaction:
+                return
+            try:
+                for statement in statements:
+                    conn.execute(statement)
+            except sqlite3.Error:
+                if roll_back_on_error and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
     def _release(self) -> None:
         """Let go of the lock held across a transaction; finish a close that had to wait."""
         self._lock.release()
@@ -695,9 +586,7 @@ class Transaction:
         self._client = client
         client._lock.acquire()
         try:
-            with client._connection() as conn:
-                self._savepoint = f"tx_{id(self):x}" if conn.in_transaction else None
-                conn.execute(f"SAVEPOINT {self._savepoint}" if self._savepoint else "BEGIN")
+            self._savepoint = client._begin(f"tx_{id(self):x}")
         except BaseException:
             client._release()
             raise
@@ -741,237 +630,10 @@ class Transaction:
             return
         self._open = False
         try:
-            with self._client._connection() as conn:
-                _end_transaction(conn, statements, roll_back_on_error=not self._savepoint)
+            self._client._end(statements, roll_back_on_error=not self._savepoint)
         finally:
             self._client._transaction_thread = self._outer_thread
             self._client._release()
-
-
-def _end_transaction(conn: Any, statements: Sequence[str], *, roll_back_on_error: bool) -> None:
-    """Commit, release or roll back; a failed commit does not leave the transaction open."""
-    if not conn.in_transaction:
-        return
-    try:
-        for statement in statements:
-            conn.execute(statement)
-    except sqlite3.Error:
-        if roll_back_on_error and conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-class AsyncDatabaseClient:
-    """The client's operations as coroutines; each runs in a worker thread.
-
-    As with the sync client's threads, the task that opened a transaction joins it: its
-    ``execute``, ``batch`` and nested ``transaction()`` (a savepoint) run inside it. Every
-    other task, tasks started inside the block included, waits until it ends.
-    """
-
-    def __init__(self, client: DatabaseClient) -> None:
-        """Wrap ``client``; calls from different tasks take turns on it."""
-        self.client = client
-        self._lock = asyncio.Lock()
-        self._transaction_task: asyncio.Task[Any] | None = None
-
-    @property
-    def closed(self) -> bool:
-        """Whether the wrapped client is closed (every call then raises ClientClosedError)."""
-        return self.client.closed
-
-    def _in_own_transaction(self) -> bool:
-        """Whether the calling task holds the client for a transaction it opened."""
-        task = self._transaction_task
-        return task is not None and task is asyncio.current_task()
-
-    def _refuse_inside_a_sync_transaction(self) -> None:
-        """A worker thread would wait for the event loop's own open ``db.transaction()``,
-        which cannot end while the loop waits: a hang until pytest-timeout, made an error."""
-        if self.client._transaction_thread == threading.get_ident():
-            raise RuntimeError(
-                "async_db cannot be used inside this thread's open db.transaction(): its "
-                "worker thread would wait for that transaction forever. Inside it, use "
-                "tx.execute() or db.execute(); or use `async with async_db.transaction()`"
-            )
-
-    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
-        self._refuse_inside_a_sync_transaction()
-        if self._in_own_transaction():  # waiting for the lock would wait for ourselves
-            return await asyncio.to_thread(function, *args)
-        async with self._lock:
-            return await asyncio.to_thread(function, *args)
-
-    async def execute(self, sql: str, args: Args = ()) -> ResultSet:
-        """Run one statement (inside this task's open transaction, if any)."""
-        result: ResultSet = await self._run(self.client.execute, sql, args)
-        return result
-
-    async def batch(self, statements: Iterable[Statement]) -> list[ResultSet]:
-        """Run statements atomically, as :meth:`DatabaseClient.batch` does."""
-        results: list[ResultSet] = await self._run(self.client.batch, list(statements))
-        return results
-
-    async def executescript(self, sql: str) -> None:
-        """Run a script of several statements (refused inside an open transaction)."""
-        await self._run(self.client.executescript, sql)
-
-    async def health_check(self) -> dict[str, Any]:
-        """Whether a trivial query succeeds, and how long it took."""
-        result: dict[str, Any] = await self._run(self.client.health_check)
-        return result
-
-    async def get_connection_stats(self) -> dict[str, Any]:
-        """The wrapped client's stats; no I/O, so no worker thread and no waiting for a
-        transaction another task holds."""
-        return self.client.get_connection_stats()
-
-    async def close(self, timeout: float = 5.0) -> bool:
-        """Close the wrapped client without blocking the event loop; see DatabaseClient.close."""
-        closed: bool = await asyncio.to_thread(self.client.close, timeout)
-        return closed
-
-    def transaction(self) -> AsyncTransaction:
-        """``async with adb.transaction() as tx``: begins on entry; commits, or rolls back on
-        an exception, on exit. Or ``tx = await adb.transaction()``, as the sync client's:
-        begins at once; end it with ``await tx.commit()`` or ``await tx.rollback()``."""
-        return AsyncTransaction(self)
-
-
-async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` to its end even if this task is cancelled again meanwhile (the caller
-    re-raises the first cancellation afterwards); a failure is logged, not raised."""
-    task = asyncio.ensure_future(work)
-    while not task.done():
-        with suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("undoing a cancelled transaction's start failed: %r", task.exception())
-
-
-class AsyncTransaction:
-    """``async with adb.transaction() as tx`` or ``tx = await adb.transaction()``: holds the
-    client for this task until it ends (other tasks wait); inside this task's own
-    transaction, a savepoint."""
-
-    def __init__(self, owner: AsyncDatabaseClient) -> None:
-        """Prepare; nothing happens until it is awaited or the ``async with`` is entered."""
-        self._owner = owner
-        self._open = False
-        self._holds_lock = False
-        self._savepoint: str | None = None
-
-    def __await__(self) -> Generator[Any, None, Self]:
-        """``tx = await adb.transaction()``: begin now, as ``async with`` would on entry."""
-        return self.__aenter__().__await__()
-
-    async def __aenter__(self) -> Self:
-        if self._open:  # `async with await adb.transaction()`: already begun
-            return self
-        owner = self._owner
-        owner._refuse_inside_a_sync_transaction()
-        if not owner._in_own_transaction():
-            await owner._lock.acquire()
-            self._holds_lock = True
-        began = asyncio.ensure_future(asyncio.to_thread(self._begin))
-        try:
-            self._savepoint = await asyncio.shield(began)
-        except BaseException:  # cancelled, the thread may still begin: see _undo_begin
-            await _to_the_end(self._undo_begin(began))
-            raise
-        if self._holds_lock:
-            owner._transaction_task = asyncio.current_task()
-        self._open = True
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            await self.commit()
-        else:
-            await self.rollback()
-
-    async def execute(self, sql: str, args: Args = ()) -> ResultSet:
-        """Run one statement inside this transaction."""
-        if not self._open:
-            raise RuntimeError(
-                "this transaction is not open: use it inside `async with adb.transaction() as tx`"
-                " or after `tx = await adb.transaction()`, before its commit or rollback"
-            )
-        result: ResultSet = await asyncio.to_thread(self._owner.client.execute, sql, args)
-        return result
-
-    async def commit(self) -> None:
-        """Make the changes permanent (or fold a savepoint into its outer transaction)."""
-        savepoint = self._savepoint
-        await self._finish(f"RELEASE {savepoint}" if savepoint else "COMMIT")
-
-    async def rollback(self) -> None:
-        """Discard every change made in this transaction."""
-        savepoint = self._savepoint
-        if savepoint:
-            await self._finish(f"ROLLBACK TO {savepoint}", f"RELEASE {savepoint}")
-        else:
-            await self._finish("ROLLBACK")
-
-    def _begin(self) -> str | None:
-        """BEGIN, or a savepoint inside an open transaction; returns the savepoint's name."""
-        with self._owner.client._connection() as conn:
-            savepoint = f"atx_{id(self):x}" if conn.in_transaction else None
-            conn.execute(f"SAVEPOINT {savepoint}" if savepoint else "BEGIN")
-            return savepoint
-
-    async def _finish(self, *statements: str) -> None:
-        if not self._open:
-            return
-        self._open = False
-        try:
-            await asyncio.to_thread(self._end, statements)
-        finally:
-            self._let_go()
-
-    def _end(self, statements: Sequence[str]) -> None:
-        with self._owner.client._connection() as conn:
-            _end_transaction(conn, statements, roll_back_on_error=not self._savepoint)
-
-    async def _undo_begin(self, began: asyncio.Future[str | None]) -> None:
-        """The task entering the transaction was cancelled (a timeout, a failed TaskGroup
-        sibling) or BEGIN failed: wait for the thread, roll back whatever it began, then
-        let go of the client, all before the task goes on: nothing it or another task does
-        next may land inside that transaction or savepoint."""
-        try:
-            self._savepoint = await began
-        except Exception:  # BEGIN failed: nothing began
-            self._let_go()
-            return
-        self._open = True
-        await self.rollback()
-
-    def _let_go(self) -> None:
-        """Hand the client to the other tasks, if this (outermost) transaction held it."""
-        if self._holds_lock:
-            self._holds_lock = False
-            self._owner._transaction_task = None
-            self._owner._lock.release()
-
-
-def create_database_directory(path: str) -> None:
-    """Create the directory the local file ``path`` (from ``DATABASE_URL``) needs, if it names
-    one; a :class:`DatabaseConfigError` says why it cannot be made."""
-    file = local_database_file(path)
-    if file is None:
-        return
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DatabaseConfigError(
-            f"cannot create the directory of the SQLite database {str(file)!r} (from "
-            f"DATABASE_URL): {error}; create it yourself, or point DATABASE_URL elsewhere"
-        ) from error
 
 
 class DatabaseService:

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import connection_tracking, database, libsql_engine, migrate, scope_databases
+from .async_database import AsyncDatabaseClient
 from .connection_tracking import Recording, record_connections
-from .database import DatabaseClient, DatabaseService, Engine
+from .database import DatabaseClient, DatabaseService
+from .database_config import Engine
 from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
 
 __all__ = [
@@ -626,7 +628,7 @@ class TestIsolationManager:
         """Record as leaks of ``test_name`` and return the globals of ``modules``
         (``module.attribute``) that hold one of ``clients``, or an async wrapper of one."""
         stale_ids = {id(client) for client in clients}
-        wrapper = database.AsyncDatabaseClient
+        wrapper = AsyncDatabaseClient
         found = []
         for name in modules:
             module = sys.modules.get(name)

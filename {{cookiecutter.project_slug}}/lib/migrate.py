@@ -21,12 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .database import (
-    DatabaseClient,
-    DatabaseConfigError,
-    create_database_directory,
-    database_target,
-)
+from .database import DatabaseClient
+from .database_config import DatabaseConfigError, create_database_directory, database_target
 
 if TYPE_CHECKING:  # imported when migrations run, so that a test session starts faster
     import sqlite_utils

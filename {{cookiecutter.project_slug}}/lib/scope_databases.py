@@ -28,7 +28,8 @@ from urllib.parse import quote
 
 from . import migrate
 from .connection_tracking import untracked
-from .database import DatabaseClient, Engine
+from .database import DatabaseClient
+from .database_config import Engine
 
 try:
     import fcntl

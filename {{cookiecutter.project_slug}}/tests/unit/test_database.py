@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from lib.database import (
-    DEFAULT_DATABASE_URL,
     AsyncDatabaseClient,
     ClientClosedError,
     DatabaseAccessBlockedError,
@@ -23,12 +22,7 @@ from lib.database import (
     DatabaseConfigError,
     DatabaseService,
     DatabaseShuttingDownError,
-    DatabaseTarget,
-    database_target,
     get_database_client,
-    is_remote_url,
-    local_database_file,
-    parse_database_url,
 )
 
 SCHEMA = """
@@ -65,42 +59,7 @@ def count(client: DatabaseClient, table: str = "items") -> int:
     return value
 
 
-# --- URL parsing -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("file:./data/app.db", "data/app.db"),
-        ("file:data/app.db", "data/app.db"),
-        ("file:///abs/x.db", "/abs/x.db"),
-        ("./data/app.db", "data/app.db"),
-        ("/abs/y.db", "/abs/y.db"),
-    ],
-)
-def test_parse_database_url_accepts_file_forms(url: str, expected: str) -> None:
-    """Every documented spelling of a local file resolves to the same path."""
-    assert Path(parse_database_url(url)).resolve() == Path(expected).resolve()
-
-
-def test_parse_database_url_accepts_memory() -> None:
-    assert parse_database_url(":memory:") == ":memory:"
-
-
-@pytest.mark.parametrize("url", ["file:/shared?vfs=memdb", "file:./data/app.db?mode=ro"])
-def test_parse_database_url_keeps_sqlite_uris_whole(url: str) -> None:
-    """A query is SQLite's (``vfs=memdb``, ``mode=ro``): dropping it would open a file
-    named after the path instead, such as ``/shared``."""
-    assert parse_database_url(url) == url
-    assert local_database_file(parse_database_url(url)) is None
-
-
-@pytest.mark.parametrize(
-    ("path", "expected"),
-    [("data/app.db", Path("data/app.db")), (":memory:", None), ("libsql://x.turso.io", None)],
-)
-def test_local_database_file(path: str, expected: Path | None) -> None:
-    assert local_database_file(path) == expected
+# --- URIs and read-only databases --------------------------------------------------------
 
 
 def test_client_opens_sqlite_uris(client: DatabaseClient, db_path: Path) -> None:
@@ -182,82 +141,6 @@ def test_restore_from_fills_a_named_in_memory_database(
     finally:
         first.close()
         second.close()
-
-
-@pytest.mark.parametrize(
-    "url", ["", "   ", "postgres://x", "mysql://user@host/db", "sqlite:data/app.db", "libsql:db"]
-)
-def test_parse_database_url_rejects_bad_values_naming_the_variable(url: str) -> None:
-    """A bad URL is a configuration error that says which variable to fix."""
-    with pytest.raises(DatabaseConfigError, match="DATABASE_URL"):
-        parse_database_url(url)
-
-
-def test_a_windows_drive_is_a_path_not_a_scheme() -> None:
-    assert parse_database_url(r"C:\data\app.db") == r"C:\data\app.db"
-
-
-def test_parse_database_url_names_a_custom_variable() -> None:
-    with pytest.raises(DatabaseConfigError, match="TURSO_DATABASE_URL"):
-        parse_database_url("postgres://x", variable="TURSO_DATABASE_URL")
-
-
-def test_parse_database_url_keeps_remote_libsql_urls() -> None:
-    """A remote libSQL URL is not a path: it is handed to the libsql engine as it is."""
-    assert parse_database_url("libsql://example.turso.io") == "libsql://example.turso.io"
-    assert is_remote_url("https://example.turso.io")
-    assert not is_remote_url("file:./data/app.db")
-
-
-@pytest.mark.parametrize(
-    ("environ", "expected"),
-    [
-        ({}, DatabaseTarget("./data/app.db")),
-        ({"DATABASE_DRIVER": "libsql"}, DatabaseTarget("./data/app.db", "libsql")),
-        ({"DATABASE_DRIVER": " LibSQL "}, DatabaseTarget("./data/app.db", "libsql")),
-        (
-            {"DATABASE_URL": "libsql://db.turso.io", "TURSO_AUTH_TOKEN": "t"},
-            DatabaseTarget("libsql://db.turso.io", "libsql", auth_token="t"),
-        ),
-        (
-            {"TURSO_DATABASE_URL": "libsql://db.turso.io"},
-            DatabaseTarget("libsql://db.turso.io", "libsql"),
-        ),
-        (
-            {"DATABASE_URL": "file:replica.db", "TURSO_DATABASE_URL": "libsql://db.turso.io"},
-            DatabaseTarget("replica.db", "libsql", sync_url="libsql://db.turso.io"),
-        ),
-    ],
-)
-def test_database_target_reads_the_environment(
-    environ: dict[str, str], expected: DatabaseTarget
-) -> None:
-    """libsql:// or TURSO_DATABASE_URL pick libsql; a local file plus Turso is a replica."""
-    assert database_target(environ) == expected
-
-
-@pytest.mark.parametrize(
-    ("environ", "variable"),
-    [
-        ({"DATABASE_DRIVER": "postgres"}, "DATABASE_DRIVER"),
-        ({"DATABASE_DRIVER": ""}, "DATABASE_DRIVER=.. is not one of sqlite3, libsql: set it"),
-        ({"DATABASE_URL": "", "TURSO_DATABASE_URL": "libsql://db"}, "DATABASE_URL is set but"),
-        ({"TURSO_DATABASE_URL": "./local.db"}, "TURSO_DATABASE_URL"),
-        ({"DATABASE_URL": "mysql://db"}, "DATABASE_URL"),
-    ],
-)
-def test_database_target_names_the_bad_variable(environ: dict[str, str], variable: str) -> None:
-    with pytest.raises(DatabaseConfigError, match=variable):
-        database_target(environ)
-
-
-@pytest.mark.parametrize("url", ["", "   "])
-def test_an_empty_database_url_is_an_error_not_the_default(url: str) -> None:
-    """Set but empty is a mistake (a blank line in .env), never a silent fallback."""
-    with pytest.raises(DatabaseConfigError, match="DATABASE_URL") as excinfo:
-        database_target({"DATABASE_URL": url})
-    assert "unset it" in str(excinfo.value)
-    assert DEFAULT_DATABASE_URL in str(excinfo.value)
 
 
 def test_tests_never_connect_to_a_remote_database() -> None:

@@ -1,0 +1,207 @@
+"""Where the database is and which engine opens it, as the environment says.
+
+``DATABASE_URL``, ``DATABASE_DRIVER``, ``TURSO_DATABASE_URL`` and ``TURSO_AUTH_TOKEN`` are
+interpreted here. A value we cannot use, or a database SQLite cannot open, is a
+:class:`DatabaseConfigError` that names the setting and says what to set instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+DEFAULT_DATABASE_URL = "file:./data/app.db"
+Engine = Literal["sqlite3", "libsql"]
+ENGINES: tuple[Engine, ...] = ("sqlite3", "libsql")
+REMOTE_SCHEMES = frozenset({"libsql", "http", "https", "ws", "wss"})
+
+
+class DatabaseConfigError(ValueError):
+    """A database setting such as ``DATABASE_URL`` has a value we cannot use."""
+
+
+def is_remote_url(value: str) -> bool:
+    """Whether ``value`` names a remote libSQL/Turso database rather than a local file."""
+    scheme, separator, _ = value.partition("://")
+    return bool(separator) and scheme.lower() in REMOTE_SCHEMES
+
+
+def local_database_file(path: str) -> Path | None:
+    """The file that the SQLite ``path`` names, or None for ``:memory:``, an SQLite URI
+    (``file:...?...``) and a remote URL: what may need its directory created first."""
+    if path == ":memory:" or path.startswith("file:") or is_remote_url(path):
+        return None
+    return Path(path)
+
+
+def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
+    """Return the SQLite path (or ``:memory:``) that ``url`` names; explain a bad value.
+
+    A remote libSQL URL (``libsql://``, ``https://``, ...) is returned as it is, and so is
+    a ``file:`` URL with a query (``?mode=ro``, ``?vfs=memdb``): SQLite opens it as a URI.
+    """
+    value = url.strip()
+    if not value:
+        raise DatabaseConfigError(
+            f"{variable} is set but empty: unset it to use the default ({DEFAULT_DATABASE_URL}), "
+            "or set it to a database URL such as file:./data/app.db, :memory: or libsql://..."
+        )
+    if value == ":memory:":
+        return value
+    # A scheme, with or without "//" (sqlite:data/app.db); one letter is a Windows drive.
+    scheme_match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):(//)?", value)
+    if value.startswith("file:"):
+        parts = urlsplit(value)
+        path = unquote(parts.path)
+        if parts.netloc not in ("", "localhost") or not path:
+            raise DatabaseConfigError(
+                f"{variable}={value!r} is not a local SQLite file URL: "
+                "use file:./relative/path.db or file:///absolute/path.db"
+            )
+        return value if parts.query else path
+    if scheme_match:
+        scheme, slashes = scheme_match.group(1).lower(), scheme_match.group(2)
+        if scheme in REMOTE_SCHEMES and slashes:
+            return value
+        shown = f"{scheme}://{urlsplit(value).hostname or ''}" if slashes else f"{scheme}:"
+        raise DatabaseConfigError(
+            f"{variable}={shown}... uses the unsupported scheme {scheme!r}: use a SQLite path "
+            "such as file:./data/app.db, a plain path, or :memory:"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseTarget:
+    """Where to connect and with which engine, as the environment says."""
+
+    path: str
+    engine: Engine = "sqlite3"
+    sync_url: str | None = None
+    auth_token: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        """Whether the target talks to Turso (remote or embedded replica): no local pragmas."""
+        return is_remote_url(self.path) or self.sync_url is not None
+
+
+def database_driver(environ: Mapping[str, str] = os.environ) -> Engine:
+    """The engine ``DATABASE_DRIVER`` asks for local files (``sqlite3`` when unset)."""
+    driver = environ.get("DATABASE_DRIVER")
+    if driver is None:
+        return "sqlite3"
+    for engine in ENGINES:
+        if driver.strip().lower() == engine:
+            return engine
+    raise DatabaseConfigError(
+        f"DATABASE_DRIVER={driver!r} is not one of {', '.join(ENGINES)}: set it to one of "
+        "them, or unset it to use sqlite3"
+    )
+
+
+def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
+    """Read ``DATABASE_URL``, ``DATABASE_DRIVER``, ``TURSO_DATABASE_URL``, ``TURSO_AUTH_TOKEN``.
+
+    A ``libsql://`` URL or ``TURSO_DATABASE_URL`` selects the libsql engine; with both a
+    local ``DATABASE_URL`` and ``TURSO_DATABASE_URL``, the local file is an embedded
+    replica synced from Turso. ``DATABASE_DRIVER=libsql`` uses libsql for local files too.
+    """
+    driver = database_driver(environ)
+    token = environ.get("TURSO_AUTH_TOKEN") or None
+    turso = environ.get("TURSO_DATABASE_URL")
+    url = environ.get("DATABASE_URL")
+    if turso:
+        if not is_remote_url(turso):
+            raise DatabaseConfigError(
+                f"TURSO_DATABASE_URL={turso.partition('?')[0]!r} must be a libsql:// or "
+                "https:// URL of a Turso database"
+            )
+        local = parse_database_url(url) if url is not None else None  # "" is an error
+        if local is None or is_remote_url(local):
+            return DatabaseTarget(turso, "libsql", auth_token=token)
+        return DatabaseTarget(local, "libsql", sync_url=turso, auth_token=token)
+    path = parse_database_url(DEFAULT_DATABASE_URL if url is None else url)  # "" is an error
+    if is_remote_url(path):
+        return DatabaseTarget(path, "libsql", auth_token=token)
+    return DatabaseTarget(path, driver)
+
+
+def create_database_directory(path: str) -> None:
+    """Create the directory the local file ``path`` (from ``DATABASE_URL``) needs, if it names
+    one; a :class:`DatabaseConfigError` says why it cannot be made."""
+    file = local_database_file(path)
+    if file is None:
+        return
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatabaseConfigError(
+            f"cannot create the directory of the SQLite database {str(file)!r} (from "
+            f"DATABASE_URL): {error}; create it yourself, or point DATABASE_URL elsewhere"
+        ) from error
+
+
+def is_read_only_uri(path: str) -> bool:
+    """Whether ``path`` is an SQLite URI opened read-only (``mode=ro``, ``immutable=1``):
+    such a connection cannot change the journal mode, which writes to the file."""
+    if not path.startswith("file:") or ("mode=" not in path and "immutable=" not in path):
+        return False  # the per-test URLs (?vfs=memdb) stop here: no parsing on that path
+    query = path.partition("?")[2].partition("#")[0]
+    return any(
+        (key == "mode" and value == "ro") or (key == "immutable" and _uri_true(value))
+        for key, value in parse_qsl(query, keep_blank_values=True)
+    )
+
+
+def _uri_true(value: str) -> bool:
+    """SQLite's reading of a boolean URI parameter (``1``, ``yes``, ``true``, ``on``)."""
+    return value.lower() in ("yes", "true", "on") or (value.isdigit() and int(value) != 0)
+
+
+def open_error(path: str, source: str | None, error: sqlite3.Error) -> DatabaseConfigError:
+    """The :class:`DatabaseConfigError` for a local database that SQLite could not open or
+    set up: it names the database (and ``source``, the setting it came from) and the fix."""
+    named = f"{path!r}" + (f" (from {source})" if source else "")
+    hint = _open_hint(path, source or "the path", error)
+    return DatabaseConfigError(f"cannot open the SQLite database {named}: {error}; {hint}")
+
+
+def _open_hint(path: str, subject: str, error: sqlite3.Error) -> str:
+    """What to do about ``error``, said in terms of ``subject`` (what the user sets)."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    text = str(error).lower()
+    if name == "SQLITE_NOTADB" or "not a database" in text:
+        return (
+            f"the file is not an SQLite database: point {subject} at a database file, or move "
+            "this file away to start a new database there"
+        )
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return _cannot_open_hint(path, subject)
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return (
+            "the file or its directory is read-only: make them writable, or open it "
+            f"read-only by setting {subject} to a URL such as file:/path/app.db?mode=ro"
+        )
+    return f"check that {subject} names an SQLite database file this process can open"
+
+
+def _cannot_open_hint(path: str, subject: str) -> str:
+    """Why SQLite could not open the file ``path`` names, found by looking at it."""
+    file = Path(unquote(urlsplit(path).path) if path.startswith("file:") else path).absolute()
+    if file.is_dir():
+        return f"it is a directory: point {subject} at a file, such as {str(file / 'app.db')!r}"
+    if not file.parent.is_dir():
+        return (
+            f"its directory {str(file.parent)!r} does not exist (a file: URL is opened as it "
+            f"is, no directory is made): create it, or point {subject} elsewhere"
+        )
+    if not file.exists() and is_read_only_uri(path):
+        return f"{str(file)!r} does not exist and a read-only URL never creates it: fix {subject}"
+    return f"check that this process may read and write {str(file)!r} and its directory"
