@@ -5,28 +5,36 @@ client per test from ``lib.isolation_manager``; a client kept beyond its test ra
 :class:`ClientClosedError` naming who owned it and where it was closed, instead of
 sqlite3's anonymous "Cannot operate on a closed database".
 
-The settings (read by ``lib.database_config``) and the asyncio wrapper
-(``lib.async_database``) have modules of their own; their public names can be imported
-from here too.
+The settings are read by ``lib.database_config``, whose public names can be imported from
+here too; ``lib.client_lock`` decides which thread or task may use a client at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import (
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from . import libsql_engine
-from .async_database import AsyncDatabaseClient, AsyncTransaction
+from .client_lock import ClientLock, run_for
 from .database_config import (
     DEFAULT_DATABASE_URL,
     ENGINES,
@@ -220,11 +228,12 @@ class _GuardedConnection(sqlite3.Connection):
     lives here rather than in the client. Its cursors are :class:`_GuardedCursor`; the
     ``execute*`` shortcuts go through :meth:`cursor`, which Python 3.11's C versions skip.
     Their statements take the client's lock, so that one sqlite-utils handle used from
-    several threads waits for another thread's transaction as the client's calls do.
+    several threads waits for another thread's or task's transaction as the client's
+    calls do.
     """
 
     closed_message: str | None = None
-    lock: threading.RLock = threading.RLock()  # the client's own, set when it connects
+    lock: ClientLock = ClientLock()  # the client's own, set when it connects
 
     def _guard(self) -> None:
         if self.closed_message is not None:
@@ -308,9 +317,8 @@ class DatabaseClient:
         self.engine = engine
         self.opened_at = time.time()
         self.queries_executed = 0
-        self._lock = threading.RLock()
+        self._lock = ClientLock()
         self._transaction_thread: int | None = None  # the thread of the innermost open one
-        self._close_pending = False
         self._closed_message: str | None = None
         remote = is_remote_url(path) or sync_url is not None
         if remote and _remote_blocked_reason is not None:
@@ -376,7 +384,7 @@ class DatabaseClient:
         """The connection, held for this thread; ``timeout``: seconds to wait for another
         thread to let go (TimeoutError after that; None waits as long as it takes)."""
         self._raise_if_closed()  # fail at once, not after whoever holds the lock lets go
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+        if not self._lock.acquire(timeout):
             raise TimeoutError(f"{self!r} was still busy in another thread after {timeout}s")
         try:
             self._raise_if_closed()
@@ -464,7 +472,7 @@ class DatabaseClient:
         another thread is interrupted, and the connection closes when that thread lets go.
         """
         if self.closed:
-            return not self._close_pending
+            return not self._lock.close_pending
         how = f"closed at {caller_location()}" + (f" {reason}" if reason else "")
         self._closed_message = (
             f"CLIENT_CLOSED: this database client belonged to {self.owner} and was {how}. "
@@ -474,15 +482,15 @@ class DatabaseClient:
         )
         if self.engine == "sqlite3":
             self._conn.closed_message = self._closed_message  # guards client.db users too
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire_to_close(0):
             if self.engine == "sqlite3":
                 self._conn.interrupt()
-            if not self._lock.acquire(timeout=timeout):
+            if not self._lock.acquire_to_close(timeout):
                 logger.warning("%r still busy after %.1fs; it closes when released", self, timeout)
-                self._close_pending = True
-                return False
+                self._lock.close_when_free(self._close_now)
+                return not self._lock.close_pending
         try:
-            self._conn.close()
+            self._close_now()
         finally:
             self._lock.release()
         logger.debug("client closed: %s (%s)", self.path, how)
@@ -545,15 +553,11 @@ class DatabaseClient:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _release(self) -> None:
-        """Let go of the lock held across a transaction; finish a close that had to wait."""
-        self._lock.release()
-        if self._close_pending and self._lock.acquire(blocking=False):
-            try:
-                self._conn.close()
-                self._close_pending = False
-            finally:
-                self._lock.release()
+    def _close_now(self) -> None:
+        """Close the connection, with the lock held; threads waiting for an async
+        transaction to end go on (to ClientClosedError): closing ended it."""
+        self._conn.close()
+        self._lock.end_reservation()
 
     def health_check(self) -> dict[str, Any]:
         """Whether a trivial query succeeds, and how long it took."""
@@ -584,12 +588,14 @@ class Transaction:
     def __init__(self, client: DatabaseClient) -> None:
         """Begin at once, holding the client: other threads wait, this one joins."""
         self._client = client
+        client._raise_if_closed()  # fail at once, not after whoever holds the lock lets go
         client._lock.acquire()
         try:
             self._savepoint = client._begin(f"tx_{id(self):x}")
         except BaseException:
-            client._release()
+            client._lock.release()
             raise
+        self._thread = threading.get_ident()
         self._outer_thread = client._transaction_thread  # put back when this one ends
         client._transaction_thread = threading.get_ident()
         self._open = True
@@ -612,6 +618,7 @@ class Transaction:
         """Run one statement inside this transaction."""
         if not self._open:
             raise RuntimeError("this transaction has already been committed or rolled back")
+        self._refuse_another_thread()
         return self._client.execute(sql, args)
 
     def commit(self) -> None:
@@ -625,15 +632,239 @@ class Transaction:
         else:
             self._finish("ROLLBACK")
 
+    def _refuse_another_thread(self) -> None:
+        """The transaction's thread holds the client until it ends: another thread would
+        wait for it, and for itself if the transaction's thread waits for that one."""
+        if threading.get_ident() != self._thread:
+            raise RuntimeError(
+                "this transaction belongs to the thread that began it, which holds the client "
+                "until it ends: use it there, or begin a transaction in this thread (it "
+                "waits for that one to end)"
+            )
+
     def _finish(self, *statements: str) -> None:
         if not self._open:
             return
+        self._refuse_another_thread()
         self._open = False
         try:
             self._client._end(statements, roll_back_on_error=not self._savepoint)
         finally:
             self._client._transaction_thread = self._outer_thread
-            self._client._release()
+            self._client._lock.release()
+
+
+class AsyncDatabaseClient:
+    """The client's operations as coroutines; each runs in a worker thread.
+
+    As with the sync client's threads, the task that opened a transaction joins it: its
+    ``execute``, ``batch`` and nested ``transaction()`` (a savepoint) run inside it, and so
+    do its own direct calls to the sync client. Every other task, tasks started inside the
+    block included, and every other thread waits until it ends.
+    """
+
+    def __init__(self, client: DatabaseClient) -> None:
+        """Wrap ``client``; calls from different tasks take turns on it."""
+        self.client = client
+        self._lock = asyncio.Lock()
+        self._transaction_task: asyncio.Task[Any] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the wrapped client is closed (every call then raises ClientClosedError)."""
+        return self.client.closed
+
+    def _in_own_transaction(self) -> bool:
+        """Whether the calling task holds the client for a transaction it opened."""
+        task = self._transaction_task
+        return task is not None and task is asyncio.current_task()
+
+    def _refuse_inside_a_sync_transaction(self) -> None:
+        """A worker thread would wait for the event loop's own open ``db.transaction()``,
+        which cannot end while the loop waits: a hang until pytest-timeout, made an error."""
+        if self.client._transaction_thread == threading.get_ident():
+            raise RuntimeError(
+                "async_db cannot be used inside this thread's open db.transaction(): its "
+                "worker thread would wait for that transaction forever. Inside it, use "
+                "tx.execute() or db.execute(); or use `async with async_db.transaction()`"
+            )
+
+    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        self._refuse_inside_a_sync_transaction()
+        if self._in_own_transaction():  # waiting for the lock would wait for ourselves
+            return await asyncio.to_thread(run_for, asyncio.current_task(), function, *args)
+        async with self._lock:
+            return await asyncio.to_thread(function, *args)
+
+    async def execute(self, sql: str, args: Args = ()) -> ResultSet:
+        """Run one statement (inside this task's open transaction, if any)."""
+        result: ResultSet = await self._run(self.client.execute, sql, args)
+        return result
+
+    async def batch(self, statements: Iterable[Statement]) -> list[ResultSet]:
+        """Run statements atomically, as :meth:`DatabaseClient.batch` does."""
+        results: list[ResultSet] = await self._run(self.client.batch, list(statements))
+        return results
+
+    async def executescript(self, sql: str) -> None:
+        """Run a script of several statements (refused inside an open transaction)."""
+        await self._run(self.client.executescript, sql)
+
+    async def health_check(self) -> dict[str, Any]:
+        """Whether a trivial query succeeds, and how long it took."""
+        result: dict[str, Any] = await self._run(self.client.health_check)
+        return result
+
+    async def get_connection_stats(self) -> dict[str, Any]:
+        """The wrapped client's stats; no I/O, so no worker thread and no waiting for a
+        transaction another task holds."""
+        return self.client.get_connection_stats()
+
+    async def close(self, timeout: float = 5.0) -> bool:
+        """Close the wrapped client without blocking the event loop; see DatabaseClient.close."""
+        closed: bool = await asyncio.to_thread(self.client.close, timeout)
+        return closed
+
+    def transaction(self) -> AsyncTransaction:
+        """``async with adb.transaction() as tx``: begins on entry; commits, or rolls back on
+        an exception, on exit. Or ``tx = await adb.transaction()``, as the sync client's:
+        begins at once; end it with ``await tx.commit()`` or ``await tx.rollback()``."""
+        return AsyncTransaction(self)
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even if this task is cancelled again meanwhile (the caller
+    re-raises the first cancellation afterwards); a failure is logged, not raised."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        with suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("undoing a cancelled transaction's start failed: %r", task.exception())
+
+
+class AsyncTransaction:
+    """``async with adb.transaction() as tx`` or ``tx = await adb.transaction()``: holds the
+    client for this task until it ends (other tasks wait); inside this task's own
+    transaction, a savepoint."""
+
+    def __init__(self, owner: AsyncDatabaseClient) -> None:
+        """Prepare; nothing happens until it is awaited or the ``async with`` is entered."""
+        self._owner = owner
+        self._open = False
+        self._holds_lock = False
+        self._savepoint: str | None = None
+        self._task: asyncio.Task[Any] | None = None  # the task that began it
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        """``tx = await adb.transaction()``: begin now, as ``async with`` would on entry."""
+        return self.__aenter__().__await__()
+
+    async def __aenter__(self) -> Self:
+        if self._open:  # `async with await adb.transaction()`: already begun
+            return self
+        owner = self._owner
+        owner._refuse_inside_a_sync_transaction()
+        self._task = asyncio.current_task()
+        if not owner._in_own_transaction():
+            await owner._lock.acquire()
+            self._holds_lock = True
+        loop_thread = threading.get_ident()
+        began = asyncio.ensure_future(
+            asyncio.to_thread(run_for, self._task, self._begin, self._holds_lock, loop_thread)
+        )
+        try:
+            self._savepoint = await asyncio.shield(began)
+        except BaseException:  # cancelled, the thread may still begin: see _undo_begin
+            await _to_the_end(self._undo_begin(began))
+            raise
+        if self._holds_lock:
+            owner._transaction_task = asyncio.current_task()
+        self._open = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.commit()
+        else:
+            await self.rollback()
+
+    async def execute(self, sql: str, args: Args = ()) -> ResultSet:
+        """Run one statement inside this transaction."""
+        if not self._open:
+            raise RuntimeError(
+                "this transaction is not open: use it inside `async with adb.transaction() as tx`"
+                " or after `tx = await adb.transaction()`, before its commit or rollback"
+            )
+        self._owner._refuse_inside_a_sync_transaction()
+        execute = self._owner.client.execute
+        result: ResultSet = await asyncio.to_thread(run_for, self._task, execute, sql, args)
+        return result
+
+    async def commit(self) -> None:
+        """Make the changes permanent (or fold a savepoint into its outer transaction)."""
+        savepoint = self._savepoint
+        await self._finish(f"RELEASE {savepoint}" if savepoint else "COMMIT")
+
+    async def rollback(self) -> None:
+        """Discard every change made in this transaction."""
+        savepoint = self._savepoint
+        if savepoint:
+            await self._finish(f"ROLLBACK TO {savepoint}", f"RELEASE {savepoint}")
+        else:
+            await self._finish("ROLLBACK")
+
+    def _begin(self, outermost: bool, loop_thread: int) -> str | None:
+        """BEGIN, or a savepoint inside an open transaction; returns the savepoint's name.
+        The outermost then reserves the client for this task until it ends."""
+        client = self._owner.client
+        with client._connection():  # held from BEGIN to the reservation: no one slips in
+            savepoint = client._begin(f"atx_{id(self):x}")
+            if outermost:
+                client._lock.reserve_for(self._task, loop_thread)
+        return savepoint
+
+    async def _finish(self, *statements: str) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            await asyncio.to_thread(run_for, self._task, self._end, statements, self._holds_lock)
+        finally:
+            self._let_go()
+
+    def _end(self, statements: Sequence[str], outermost: bool) -> None:
+        client = self._owner.client
+        try:
+            client._end(statements, roll_back_on_error=not self._savepoint)
+        finally:
+            if outermost:
+                client._lock.end_reservation()
+
+    async def _undo_begin(self, began: asyncio.Future[str | None]) -> None:
+        """The task entering the transaction was cancelled (a timeout, a failed TaskGroup
+        sibling) or BEGIN failed: wait for the thread, roll back whatever it began, then
+        let go of the client, all before the task goes on: nothing it or another task does
+        next may land inside that transaction or savepoint."""
+        try:
+            self._savepoint = await began
+        except Exception:  # BEGIN failed: nothing began
+            self._let_go()
+            return
+        self._open = True
+        await self.rollback()
+
+    def _let_go(self) -> None:
+        """Hand the client to the other tasks, if this (outermost) transaction held it."""
+        if self._holds_lock:
+            self._holds_lock = False
+            self._owner._transaction_task = None
+            self._owner._lock.release()
 
 
 class DatabaseService:

@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import connection_tracking, database, libsql_engine, migrate, scope_databases
-from .async_database import AsyncDatabaseClient
 from .connection_tracking import Recording, record_connections
-from .database import DatabaseClient, DatabaseService
+from .database import AsyncDatabaseClient, DatabaseClient, DatabaseService
 from .database_config import Engine
 from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
 

@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from lib.client_lock import run_for
 from lib.database import (
     AsyncDatabaseClient,
     ClientClosedError,
@@ -22,6 +24,7 @@ from lib.database import (
     DatabaseConfigError,
     DatabaseService,
     DatabaseShuttingDownError,
+    Transaction,
     get_database_client,
 )
 
@@ -587,11 +590,62 @@ def test_closed_client_fails_at_once_while_another_thread_holds_it(
     try:
         with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
             client.execute("SELECT 1")
+        with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
+            client.batch(["SELECT 1"])  # a transaction of its own
         assert time.monotonic() - started < 1.0
     finally:
         release.set()
         holder.join(timeout=10)
     assert client.close() is True  # the holder let go: the waiting close is done
+
+
+def test_a_close_that_waited_for_a_statement_happens_when_it_lets_go(db_path: Path) -> None:
+    """Any statement, not only a transaction's end: else the connection stays open (a file
+    handle on a deleted database, or an in-memory database that never goes away)."""
+    client = DatabaseClient(str(db_path), owner="unit-test", pragmas={"busy_timeout": "500"})
+    client.executescript(SCHEMA)
+    writer = sqlite3.connect(db_path)
+    writer.execute("BEGIN IMMEDIATE")  # the client's INSERT waits 0.5 s for this lock
+    outcome: list[BaseException] = []
+
+    def insert() -> None:
+        try:
+            client.execute("INSERT INTO items (name) VALUES ('waits')")
+        except BaseException as error:
+            outcome.append(error)
+
+    inserting = threading.Thread(target=insert, daemon=True)
+    inserting.start()
+    time.sleep(0.1)
+    try:
+        assert client.close(timeout=0.1) is False  # the INSERT still holds the client
+        inserting.join(timeout=10)
+        assert client.close(timeout=0.1) is True  # it let go: the waiting close is done
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], ClientClosedError), outcome
+    finally:
+        writer.close()
+
+
+def test_a_transaction_used_from_another_thread_is_an_error(client: DatabaseClient) -> None:
+    """Its thread holds the client until it ends: another thread would wait forever."""
+    errors: list[BaseException] = []
+
+    def use(tx: Transaction) -> None:
+        try:
+            tx.execute("INSERT INTO items (name) VALUES ('elsewhere')")
+        except RuntimeError as error:
+            errors.append(error)
+
+    with client.transaction() as tx:
+        other = threading.Thread(target=use, args=(tx,), daemon=True)
+        other.start()
+        other.join(timeout=5)
+        assert not other.is_alive(), "it waited for the transaction's own thread"
+        tx.execute("INSERT INTO items (name) VALUES ('here')")
+    assert len(errors) == 1
+    assert "belongs to the thread that began it" in str(errors[0])
+    assert count(client) == 1
 
 
 def test_a_backup_gives_up_on_a_client_another_thread_holds(
@@ -869,13 +923,14 @@ async def test_a_savepoint_cancelled_as_it_begins_loses_nothing_written_after(
     adb = AsyncDatabaseClient(client)
     release = threading.Event()
 
-    def busy() -> None:  # another thread holds the client: the SAVEPOINT waits for it
+    def busy() -> None:  # a thread working for the task holds the client: the SAVEPOINT waits
         with client.transaction():
             release.wait(timeout=10)
 
     async with adb.transaction() as outer:
         await outer.execute("INSERT INTO items (name) VALUES ('before')")
-        holder = threading.Thread(target=busy, daemon=True)
+        task = asyncio.current_task()
+        holder = threading.Thread(target=run_for, args=(task, busy), daemon=True)
         holder.start()
         await asyncio.sleep(0.05)
         with pytest.raises(TimeoutError):
@@ -898,6 +953,63 @@ async def _client_calls_inside_a_transaction(adb: AsyncDatabaseClient) -> None:
             await nested.execute("INSERT INTO items (name) VALUES ('via-nested')")
         assert (await adb.execute("SELECT COUNT(*) FROM items")).rows[0][0] == 4
         raise Boom("undo all four")
+
+
+async def test_an_async_transaction_holds_other_threads_out(client: DatabaseClient) -> None:
+    """Their statements wait for it to end, instead of landing inside it and vanishing with
+    its rollback: an in-process server's request, a sqlite-utils handle."""
+    adb = AsyncDatabaseClient(client)
+    handle = client.db
+    written: list[str] = []
+
+    def write(name: str) -> None:
+        client.execute("INSERT INTO items (name) VALUES (?)", (name,))
+        written.append(name)
+
+    def write_with_sqlite_utils() -> None:
+        handle.table("items").insert({"name": "sqlite-utils"})
+        written.append("sqlite-utils")
+
+    others = [
+        threading.Thread(target=write, args=("request",), daemon=True),
+        threading.Thread(target=write_with_sqlite_utils, daemon=True),
+    ]
+    tx = await adb.transaction()
+    await tx.execute("INSERT INTO items (name) VALUES ('rolled back')")
+    for other in others:
+        other.start()
+    await asyncio.sleep(0.3)
+    assert written == [], "another thread wrote inside the transaction"
+    await tx.rollback()
+    for other in others:
+        await asyncio.to_thread(other.join, 10)
+    names = sorted(row[0] for row in client.execute("SELECT name FROM items").rows)
+    assert names == ["request", "sqlite-utils"]
+
+
+async def test_sync_calls_on_the_loop_inside_an_async_transaction(client: DatabaseClient) -> None:
+    """The transaction's own task joins it; another task would block the loop that the
+    transaction needs to end, so it gets an error instead of a hang."""
+    adb = AsyncDatabaseClient(client)
+
+    async def another_task() -> None:
+        client.execute("SELECT 1")
+
+    tx = await adb.transaction()
+    client.execute("INSERT INTO items (name) VALUES ('joined')")
+    assert count(client) == 1
+    with pytest.raises(RuntimeError, match="async transaction of another task"):
+        await asyncio.create_task(another_task())
+    await tx.rollback()
+    assert count(client) == 0  # the task's own statement was inside the transaction
+
+
+def test_the_clients_type_hints_resolve_at_run_time() -> None:
+    """For tools that read annotations at run time (typeguard, pydantic, Sphinx)."""
+    for cls in (DatabaseClient, AsyncDatabaseClient, Transaction, DatabaseService):
+        for name, member in vars(cls).items():
+            if callable(member) and not name.startswith("__"):
+                typing.get_type_hints(member)
 
 
 async def test_async_calls_from_the_transactions_task_join_it(client: DatabaseClient) -> None:

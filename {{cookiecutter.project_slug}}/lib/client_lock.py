@@ -1,0 +1,144 @@
+"""Who may use a database client's connection at a given moment.
+
+A client is shared by threads (a test and the server it calls, the workers of
+``asyncio.to_thread``), and SQLite has one transaction per connection: a statement from
+any thread lands in whatever transaction is open. :class:`ClientLock` keeps other callers
+out while a transaction is open, whichever kind it is:
+
+- a sync transaction holds the lock, as a re-entrant lock, from BEGIN to its end;
+- an async transaction runs each statement in a worker thread, so between statements no
+  thread holds the lock; instead it is *reserved* for the transaction's task. Worker
+  threads that run for that task (:func:`run_for`) and the task itself on the event loop
+  get in; every other thread waits until the reservation ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_working_for = threading.local()  # .task: the task a worker thread is running a call for
+
+
+def run_for(task: asyncio.Task[Any] | None, function: Callable[..., T], *args: Any) -> T:
+    """Call ``function(*args)`` in this (worker) thread on behalf of ``task``, so that a lock
+    reserved for ``task`` lets it in: pass it to ``asyncio.to_thread``."""
+    _working_for.task = task
+    try:
+        return function(*args)
+    finally:
+        _working_for.task = None
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no event loop runs in this thread
+        return None
+
+
+class ClientLock:
+    """A client's re-entrant lock, which an async transaction can reserve for its task.
+
+    A close that could not wait for the lock is handed over with :meth:`close_when_free`
+    and runs as soon as the lock is let go.
+    """
+
+    def __init__(self) -> None:
+        """Free, reserved for no one."""
+        self._rlock = threading.RLock()
+        self._turn = threading.Condition(self._rlock)
+        self._task: asyncio.Task[Any] | None = None  # the reservation's task, if any
+        self._loop_thread: int | None = None  # the thread of that task's event loop
+        self._pending_close: Callable[[], None] | None = None
+
+    def _admits(self, task: asyncio.Task[Any]) -> bool:
+        """Whether this thread works for ``task``: a worker running a call for it, or the
+        task itself on its event loop."""
+        if getattr(_working_for, "task", None) is task:
+            return True
+        return threading.get_ident() == self._loop_thread and _current_task() is task
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock for this thread, waiting at most ``timeout`` seconds (None: as long
+        as it takes) for other threads and for another task's async transaction.
+
+        Raises RuntimeError on that task's own event loop, which would wait for itself."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._rlock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        if self._task is None or self._admits(self._task):
+            return True
+        try:
+            return self._wait_for_the_reservation(deadline)
+        except BaseException:
+            self._rlock.release()
+            raise
+
+    def _wait_for_the_reservation(self, deadline: float | None) -> bool:
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError(
+                "this database client is inside an async transaction of another task on this "
+                "event loop, which cannot end while the loop waits here: await async_db calls "
+                "(they wait their turn) instead of calling the client directly, or end the "
+                "transaction first"
+            )
+        while self._task is not None and not self._admits(self._task):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or not self._turn.wait(remaining):
+                self._rlock.release()
+                return False
+        return True
+
+    def acquire_to_close(self, timeout: float) -> bool:
+        """Take the lock whatever the reservation (closing ends any transaction); ``timeout``
+        0 does not wait."""
+        if timeout <= 0:
+            return self._rlock.acquire(blocking=False)
+        return self._rlock.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        """Let go once; run a close handed over by :meth:`close_when_free`, if any."""
+        self._rlock.release()
+        if self._pending_close is not None and self._rlock.acquire(blocking=False):
+            try:
+                close, self._pending_close = self._pending_close, None
+                if close is not None:
+                    close()
+            finally:
+                self._rlock.release()
+
+    def close_when_free(self, close: Callable[[], None]) -> None:
+        """Run ``close`` (with the lock held) as soon as no thread holds the lock."""
+        self._pending_close = close
+        if self._rlock.acquire(blocking=False):  # let go meanwhile: nobody else will run it
+            self.release()
+
+    @property
+    def close_pending(self) -> bool:
+        """Whether a close handed over by :meth:`close_when_free` has yet to run."""
+        return self._pending_close is not None
+
+    def reserve_for(self, task: asyncio.Task[Any] | None, loop_thread: int) -> None:
+        """Keep every thread but ``task``'s out until :meth:`end_reservation`; call with the
+        lock held, right after the transaction began."""
+        with self._rlock:
+            self._task, self._loop_thread = task, loop_thread
+
+    def end_reservation(self) -> None:
+        """Let the waiting threads in again."""
+        with self._turn:
+            self._task = self._loop_thread = None
+            self._turn.notify_all()
+
+    def __enter__(self) -> ClientLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
