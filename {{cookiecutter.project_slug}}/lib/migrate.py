@@ -15,6 +15,7 @@ import hashlib
 import os
 import sqlite3
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -22,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .database import DatabaseClient
-from .database_config import DatabaseConfigError, create_database_directory, database_target
+from .database_config import (
+    DatabaseConfigError,
+    create_database_directory,
+    database_target,
+    local_database_file,
+    open_error,
+)
 
 if TYPE_CHECKING:  # imported when migrations run, so that a test session starts faster
     import sqlite_utils
@@ -59,16 +66,16 @@ def migrations_fingerprint(directory: Path = MIGRATIONS_DIR) -> str:
 
 
 def split_statements(sql: str) -> list[str]:
-    """Split a script into complete statements (triggers' ``BEGIN ... END`` stay whole)."""
+    """Split a script into complete statements, also several on one line; a ``;`` inside a
+    string, a comment or a trigger's ``BEGIN ... END`` does not end one."""
     statements: list[str] = []
-    pending = ""
-    for line in sql.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            statements.append(pending.strip())
-            pending = ""
-    if pending.strip():
-        statements.append(pending.strip())
+    start = end = 0
+    while (end := sql.find(";", end) + 1) > 0:
+        if sqlite3.complete_statement(sql[start:end]):
+            statements.append(sql[start:end].strip())
+            start = end
+    if sql[start:].strip():
+        statements.append(sql[start:].strip())
     return statements
 
 
@@ -90,6 +97,8 @@ def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:
                 try:
                     db.execute(statement)
                 except sqlite3.Error as error:
+                    if _locked(error):  # another connection's doing, said as such by main()
+                        raise
                     raise MigrationError(
                         f"migration {path.name} failed at statement {number}: "
                         f"{_transaction_control(refused[0]) if refused else error}; "
@@ -147,8 +156,9 @@ def apply_migrations(db: sqlite_utils.Database, directory: Path = MIGRATIONS_DIR
     migrations = load_migrations(directory)
     names = [migration.name for migration in migrations.pending(db)]
     with foreign_keys_off(db.conn), db.atomic():
+        before = db.conn.execute("PRAGMA foreign_key_check").fetchall()
         migrations.apply(db)
-        check_foreign_keys(db.conn, [f"{name}.sql" for name in names])
+        check_foreign_keys(db.conn, [f"{name}.sql" for name in names], already=before)
     return names
 
 
@@ -172,10 +182,19 @@ def foreign_keys_off(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute(f"PRAGMA foreign_keys={'ON' if enabled else 'OFF'}")
 
 
-def check_foreign_keys(conn: sqlite3.Connection, files: Sequence[str]) -> None:
-    """Raise :class:`MigrationError` if any row references a row that does not exist
-    (what enforcement would have caught, had it been on during the run)."""
-    violations = conn.execute("PRAGMA foreign_key_check").fetchall()
+def check_foreign_keys(
+    conn: sqlite3.Connection, files: Sequence[str], already: Sequence[Sequence[Any]] = ()
+) -> None:
+    """Raise :class:`MigrationError` if more rows reference rows that do not exist than
+    ``already`` did before the run (what enforcement would have caught, had it been on):
+    dangling references the database had before are its data's, not the migration's."""
+    before = Counter((table, parent) for table, _, parent, _ in already)
+    after = conn.execute("PRAGMA foreign_key_check").fetchall()
+    counts = Counter((table, parent) for table, _, parent, _ in after)
+    grown = [row for row in after if counts[row[0], row[2]] > before[row[0], row[2]]]
+    old = {(table, rowid, parent) for table, rowid, parent, _ in already}
+    # The new rows, unless a rebuilt table renumbered them all: then every row of its kind.
+    violations = [row for row in grown if (row[0], row[1], row[2]) not in old] or grown
     if violations:
         raise MigrationError(
             f"foreign key check failed after migration(s) {', '.join(files) or '-'}: "
@@ -251,21 +270,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--migrations", type=Path, default=MIGRATIONS_DIR, help="SQL files")
     parser.add_argument("--list", action="store_true", help="show pending migrations only")
     args = parser.parse_args(argv)
+    if not args.migrations.is_dir():
+        print(
+            f"error: migrations directory {args.migrations} does not exist: pass --migrations "
+            "with the directory of the project's .sql migration files",
+            file=sys.stderr,
+        )
+        return 2
+    path = ""
     try:
         path = migration_target(os.environ, args.migrations)
-        create_database_directory(path)
-        client = DatabaseClient(path, owner="python -m lib.migrate", source="DATABASE_URL")
+        if args.list:
+            pending = _pending_read_only(path, args.migrations)
+            print(f"{len(pending)} pending migration(s) for {path}: {', '.join(pending) or '-'}")
+            return 0
+        applied = _migrate(path, args.migrations)
     except DatabaseConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:
-        if args.list:
-            pending = pending_migrations(client.db, args.migrations)
-            print(f"{len(pending)} pending migration(s) for {path}: {', '.join(pending) or '-'}")
-            return 0
-        applied = apply_migrations(client.db, args.migrations)
     except MigrationError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as error:  # not a migration's statement: the database itself
+        print(f"error: {_database_problem(path, error)}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as error:  # sqlite-utils, which runs the migrations
         print(
@@ -274,13 +301,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    finally:
-        client.close()
     if applied:
         print(f"Applied {len(applied)} migration(s) to {path}: {', '.join(applied)}")
     else:
         print(f"No pending migrations for {path}")
     return 0
+
+
+def _migrate(path: str, directory: Path) -> list[str]:
+    create_database_directory(path)
+    client = DatabaseClient(path, owner="python -m lib.migrate", source="DATABASE_URL")
+    try:
+        return apply_migrations(client.db, directory)
+    finally:
+        client.close()
+
+
+def _pending_read_only(path: str, directory: Path) -> list[str]:
+    """The pending migrations, without writing anything: a database file that does not
+    exist yet has them all pending (and is not created), one that does is only read (not
+    even switched to WAL)."""
+    file = local_database_file(path)
+    if file is not None and not file.exists():
+        return [migration.stem for migration in migration_files(directory)]
+    client = DatabaseClient(path, owner="python -m lib.migrate --list", pragmas={})
+    try:
+        return pending_migrations(client.db, directory)
+    except sqlite3.DatabaseError as error:  # unopened until read: a file that is no database
+        if getattr(error, "sqlite_errorname", None) != "SQLITE_NOTADB":
+            raise
+        raise open_error(path, "DATABASE_URL", error) from error
+    finally:
+        client.close()
+
+
+def _database_problem(path: str, error: sqlite3.Error) -> str:
+    """What to do when the database itself (not a migration) refused: locked, read-only."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    if _locked(error):
+        hint = (
+            "another connection holds a write lock on it (a running application, a sqlite3 "
+            "shell): stop it or let it finish, then run the migrations again"
+        )
+    elif name.startswith("SQLITE_READONLY"):
+        hint = "it cannot be written here: point DATABASE_URL at a writable file"
+    else:
+        hint = "check that DATABASE_URL names the database to migrate"
+    return f"cannot migrate {path!r} (from DATABASE_URL): {error}; {hint}"
+
+
+def _locked(error: sqlite3.Error) -> bool:
+    """Another connection's lock: nothing wrong with the migration or the setting."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 if __name__ == "__main__":

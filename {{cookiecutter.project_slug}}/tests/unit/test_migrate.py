@@ -120,6 +120,45 @@ def test_a_run_leaving_a_dangling_reference_applies_nothing(
     assert not client.get_connection_stats()["in_transaction"]
 
 
+def test_dangling_references_the_database_already_had_do_not_fail_a_migration(
+    client: DatabaseClient, migrations: Path
+) -> None:
+    """Rows written with enforcement off (sqlite3's default) belong to the data: an
+    unrelated migration applies, and one adding dangling references still fails."""
+    client.execute("PRAGMA foreign_keys=OFF")
+    client.execute("INSERT INTO books (author_id, title) VALUES (42, 'Orphan')")
+    (migrations / "0002_index.sql").write_text("CREATE INDEX books_title ON books (title);")
+    assert migrate.apply_migrations(client.db, migrations) == ["0002_index"]
+
+    (migrations / "0003_unique_author_names.sql").write_text(REBUILD_LOSING_AN_AUTHOR)
+    with pytest.raises(migrate.MigrationError, match=r"2 row\(s\) of books \(rowid 2, 3\)"):
+        migrate.apply_migrations(client.db, migrations)
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        pytest.param(
+            "CREATE INDEX a ON t (x); CREATE INDEX b ON t (y);",
+            ["CREATE INDEX a ON t (x);", "CREATE INDEX b ON t (y);"],
+            id="two-on-one-line",
+        ),
+        pytest.param(
+            "INSERT INTO t VALUES ('a;b'); -- one; two\nSELECT 1;",
+            ["INSERT INTO t VALUES ('a;b');", "-- one; two\nSELECT 1;"],
+            id="semicolons-in-a-string-and-a-comment",
+        ),
+        pytest.param(
+            "CREATE TRIGGER t AFTER INSERT ON t BEGIN SELECT 1; SELECT 2; END; SELECT 3",
+            ["CREATE TRIGGER t AFTER INSERT ON t BEGIN SELECT 1; SELECT 2; END;", "SELECT 3"],
+            id="a-trigger-and-no-final-semicolon",
+        ),
+    ],
+)
+def test_split_statements(script: str, expected: list[str]) -> None:
+    assert migrate.split_statements(script) == expected
+
+
 def test_a_failing_statement_names_its_file_and_restores_foreign_keys(
     client: DatabaseClient, migrations: Path
 ) -> None:
@@ -300,13 +339,58 @@ def test_the_cli_reports_a_bad_setting_without_a_traceback(
     assert not (tmp_path / "data").exists(), "no database was opened"
 
 
+@pytest.mark.parametrize("command", [(), ("--list",)])
 def test_the_cli_reports_a_file_that_is_not_a_database_without_a_traceback(
-    tmp_path: Path,
+    tmp_path: Path, command: tuple[str, ...]
 ) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database, but text long enough to have a header of its own\n" * 2)
-    result = run_cli(tmp_path, {"DATABASE_URL": str(notes)}, "--list")
+    result = run_cli(tmp_path, {"DATABASE_URL": str(notes)}, *command)
     assert result.returncode == 2, result
-    assert result.stderr.startswith(f"error: cannot open the SQLite database {str(notes)!r}")
+    assert result.stderr.startswith("error: cannot open the SQLite database ")
+    assert str(notes) in result.stderr
     assert "(from DATABASE_URL)" in result.stderr
     assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
+
+
+def test_listing_pending_migrations_writes_nothing(
+    client: DatabaseClient, migrations: Path, tmp_path: Path
+) -> None:
+    """Not a directory or database for a mistyped DATABASE_URL, not a byte of one that exists."""
+    missing = run_cli(tmp_path, {"DATABASE_URL": "file:./dta/app.db"}, "--list")
+    assert (missing.returncode, missing.stderr) == (0, ""), missing
+    assert missing.stdout.startswith("3 pending migration(s) for ./dta/app.db: 0001_")
+    assert not (tmp_path / "dta").exists()
+
+    client.close()
+    (migrations / "0002_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
+    files = {path.name: path.read_bytes() for path in tmp_path.glob("app.db*")}
+    env = {"DATABASE_URL": client.path}
+    result = run_cli(tmp_path, env, "--list", "--migrations", str(migrations))
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.strip() == f"1 pending migration(s) for {client.path}: 0002_genres"
+    assert {path.name: path.read_bytes() for path in tmp_path.glob("app.db*")} == files
+
+
+def test_the_cli_explains_a_locked_database_without_a_traceback(
+    client: DatabaseClient, migrations: Path, tmp_path: Path
+) -> None:
+    (migrations / "0002_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
+    client.execute("BEGIN IMMEDIATE")  # a writer that does not let go
+    try:
+        env = {"DATABASE_URL": client.path}
+        result = run_cli(tmp_path, env, "--migrations", str(migrations))
+    finally:
+        client.execute("ROLLBACK")
+    assert result.returncode == 1, result
+    assert result.stderr.startswith(f"error: cannot migrate {client.path!r} (from DATABASE_URL)")
+    assert "another connection holds a write lock on it" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
+
+
+def test_the_cli_names_a_missing_migrations_directory(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": str(tmp_path / "app.db")}
+    result = run_cli(tmp_path, env, "--migrations", str(tmp_path / "db" / "migrations"))
+    assert result.returncode == 2, result
+    assert "does not exist: pass --migrations" in result.stderr
+    assert not (tmp_path / "app.db").exists()
