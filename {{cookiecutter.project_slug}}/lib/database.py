@@ -50,6 +50,7 @@ from .database_config import (
     local_database_file,
     open_error,
     parse_database_url,
+    url_target,
 )
 
 if TYPE_CHECKING:  # imported when first used: it takes longer to import than a test runs
@@ -88,6 +89,7 @@ __all__ = [
     "parse_database_url",
     "reset_database_instance",
     "swap_database_service",
+    "url_target",
 ]
 
 logger = logging.getLogger("database")
@@ -876,7 +878,10 @@ class DatabaseService:
         *,
         client_factory: Callable[[], DatabaseClient] | None = None,
     ) -> None:
-        """Connect to ``url`` (default: ``DATABASE_URL`` at first use) or via ``client_factory``."""
+        """Connect to ``url`` (default: ``DATABASE_URL`` at first use) or via ``client_factory``.
+
+        A ``url`` given here is the database: ``TURSO_DATABASE_URL`` does not make it a
+        replica, and errors name ``DatabaseService(url)``."""
         self._url = url
         self._client_factory = client_factory
         self._client: DatabaseClient | None = None
@@ -886,11 +891,12 @@ class DatabaseService:
     def _connect(self) -> DatabaseClient:
         if self._client_factory is not None:
             return self._client_factory()
-        environ: Mapping[str, str] = os.environ
-        if self._url is not None:
-            environ = {**os.environ, "DATABASE_URL": self._url}
-        target = database_target(environ)
-        create_database_directory(target.path)
+        if self._url is None:
+            source, target = "DATABASE_URL", database_target()
+        else:
+            source = "DatabaseService(url)"
+            target = url_target(self._url, variable=source)
+        create_database_directory(target.path, source)
         logger.debug("connecting to %s with %s", target.path, target.engine)
         return DatabaseClient(
             target.path,
@@ -898,7 +904,7 @@ class DatabaseService:
             engine=target.engine,
             sync_url=target.sync_url,
             auth_token=target.auth_token,
-            source="DATABASE_URL",
+            source=source,
         )
 
     def initialize(self) -> DatabaseClient:

@@ -113,7 +113,7 @@ def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
     local ``DATABASE_URL`` and ``TURSO_DATABASE_URL``, the local file is an embedded
     replica synced from Turso. ``DATABASE_DRIVER=libsql`` uses libsql for local files too.
     """
-    driver = database_driver(environ)
+    database_driver(environ)  # a bad DATABASE_DRIVER is an error whatever the URL
     token = environ.get("TURSO_AUTH_TOKEN") or None
     turso = environ.get("TURSO_DATABASE_URL")
     url = environ.get("DATABASE_URL")
@@ -127,14 +127,24 @@ def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
         if local is None or is_remote_url(local):
             return DatabaseTarget(turso, "libsql", auth_token=token)
         return DatabaseTarget(local, "libsql", sync_url=turso, auth_token=token)
-    path = parse_database_url(DEFAULT_DATABASE_URL if url is None else url)  # "" is an error
+    return url_target(DEFAULT_DATABASE_URL if url is None else url, environ)  # "" is an error
+
+
+def url_target(
+    url: str, environ: Mapping[str, str] = os.environ, variable: str = "DATABASE_URL"
+) -> DatabaseTarget:
+    """The target of ``url`` alone (named ``variable`` in errors): ``DATABASE_DRIVER`` and
+    ``TURSO_AUTH_TOKEN`` apply, ``TURSO_DATABASE_URL`` does not (a local file given in code
+    never becomes a replica of a Turso database)."""
+    path = parse_database_url(url, variable)
+    token = environ.get("TURSO_AUTH_TOKEN") or None
     if is_remote_url(path):
         return DatabaseTarget(path, "libsql", auth_token=token)
-    return DatabaseTarget(path, driver)
+    return DatabaseTarget(path, database_driver(environ))
 
 
-def create_database_directory(path: str) -> None:
-    """Create the directory the local file ``path`` (from ``DATABASE_URL``) needs, if it names
+def create_database_directory(path: str, source: str = "DATABASE_URL") -> None:
+    """Create the directory the local file ``path`` (from ``source``) needs, if it names
     one; a :class:`DatabaseConfigError` says why it cannot be made."""
     file = local_database_file(path)
     if file is None:
@@ -144,7 +154,7 @@ def create_database_directory(path: str) -> None:
     except OSError as error:
         raise DatabaseConfigError(
             f"cannot create the directory of the SQLite database {str(file)!r} (from "
-            f"DATABASE_URL): {error}; create it yourself, or point DATABASE_URL elsewhere"
+            f"{source}): {error}; create it yourself, or point {source} elsewhere"
         ) from error
 
 

@@ -241,12 +241,27 @@ def test_the_service_explains_a_directory_it_cannot_create(tmp_path: Path) -> No
     (tmp_path / "taken").write_text("a file where the directory should be")
     service = DatabaseService(str(tmp_path / "taken" / "app.db"))
     try:
-        with pytest.raises(DatabaseConfigError, match="DATABASE_URL") as excinfo:
+        with pytest.raises(DatabaseConfigError, match=r"DatabaseService\(url\)") as excinfo:
             service.get_client()
     finally:
         service.close()
     assert "cannot create the directory" in str(excinfo.value)
     assert isinstance(excinfo.value.__cause__, OSError)
+
+
+def test_a_url_given_to_the_service_is_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a replica of TURSO_DATABASE_URL, and its errors name it, not DATABASE_URL."""
+    monkeypatch.setenv("TURSO_DATABASE_URL", "libsql://production.turso.io")
+    service = DatabaseService(str(tmp_path / "local.db"))
+    try:
+        client = service.get_client()
+        assert (client.engine, client.path) == ("sqlite3", str(tmp_path / "local.db"))
+    finally:
+        service.close()
+    with pytest.raises(DatabaseConfigError, match=r"^DatabaseService\(url\)=postgres://"):
+        DatabaseService("postgres://db.example/app").get_client()
 
 
 def test_a_locked_database_at_open_stays_a_sqlite3_error(tmp_path: Path) -> None:

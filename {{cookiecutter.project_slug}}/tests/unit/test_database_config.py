@@ -14,6 +14,7 @@ from lib.database_config import (
     is_remote_url,
     local_database_file,
     parse_database_url,
+    url_target,
 )
 
 
@@ -126,3 +127,13 @@ def test_an_empty_database_url_is_an_error_not_the_default(url: str) -> None:
         database_target({"DATABASE_URL": url})
     assert "unset it" in str(excinfo.value)
     assert DEFAULT_DATABASE_URL in str(excinfo.value)
+
+
+def test_url_target_reads_one_url_without_turso_replicas() -> None:
+    environ = {"TURSO_DATABASE_URL": "libsql://db.turso.io", "DATABASE_DRIVER": "libsql"}
+    assert url_target("file:local.db", environ) == DatabaseTarget("local.db", "libsql")
+    assert url_target("libsql://other.turso.io", {"TURSO_AUTH_TOKEN": "t"}) == DatabaseTarget(
+        "libsql://other.turso.io", "libsql", auth_token="t"
+    )
+    with pytest.raises(DatabaseConfigError, match=r"^settings\.url="):
+        url_target("mysql://db", {}, variable="settings.url")
