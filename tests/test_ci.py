@@ -341,6 +341,27 @@ def test_check_exit_code_for_a_missing_log(shard_run: ShardRun, tmp_path: Path) 
     code, output = _check(shard_run.project, tmp_path / "missing.log")
     assert code == 2, output
     assert "cannot read the log" in output
+    assert "UNCHECKED Connection leaks" in output  # not "passed" on nothing
+    assert "Isolation checks passed." not in output
+
+
+def test_check_of_inputs_that_prove_nothing_is_not_a_pass(
+    shard_run: ShardRun, tmp_path: Path
+) -> None:
+    """An empty log (the run died before its report) or an empty report says nothing."""
+    empty_log = tmp_path / "empty.log"
+    empty_log.write_text("")
+    code, output = _check(shard_run.project, empty_log)
+    assert code == 2, output
+    assert "holds no Isolation Metrics Report" in output
+    assert "Isolation checks passed." not in output
+
+    empty_report = tmp_path / "empty.json"
+    empty_report.write_text("{}")
+    code, output = _check(shard_run.project, shard_run.shards[0].log, empty_report)
+    assert code == 2, output
+    assert "it has no summary" in output
+    assert "UNCHECKED Performance regressions" in output
 
 
 def test_durations_session_command_covers_every_test(shard_run: ShardRun, tmp_path: Path) -> None:

@@ -310,7 +310,7 @@ class TestIsolationManager:
                 self._open_client(scope, new=True)
             self.active_scopes[scope_id] = scope
             self.performance_metrics["scopes_created"] += 1
-        logger.debug("scope created: %s for %s (%s)", scope_id, test_name, scope_options.strategy)
+        logger.debug("scope created: %s for %s at %s", scope_id, test_name, scope.database_url)
         return scope_id
 
     def _scope(self, scope_id: str | None) -> IsolationScope:

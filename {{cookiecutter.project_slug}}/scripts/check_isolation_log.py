@@ -20,7 +20,9 @@ Every failure and warning is printed with the offending lines and as a GitHub an
 (the checks and the Isolation Metrics Report) is appended to it.
 
 Exit codes: 0 every check passed (warnings allowed); 1 at least one check failed;
-2 no check failed but the log or the report could not be read.
+2 no check failed but the log or the report could not be read, or proves nothing: a log
+without the Isolation Metrics Report (the run ended before it, or it is another log), a
+report without its summary.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ def check_connection_leaks(
     log_lines: Sequence[str] | None, log_name: str, report: dict[str, Any] | None
 ) -> Check:
     check = Check("Connection leaks")
+    if log_lines is None and report is None:
+        check.status, check.message = UNCHECKED, "neither the log nor the report could be read"
+        return check
     found = _grep(log_lines, CONNECTION_LEAK, log_name)
     if report is not None:
         leaks = [
@@ -114,6 +119,9 @@ def check_memory_growth(
     log_lines: Sequence[str] | None, log_name: str, report: dict[str, Any] | None
 ) -> Check:
     check = Check("High memory growth")
+    if log_lines is None and report is None:
+        check.status, check.message = UNCHECKED, "neither the log nor the report could be read"
+        return check
     found = _grep(log_lines, HIGH_MEMORY, log_name)
     found += _missing_from_log(found, _report_lines(report, HIGH_MEMORY))
     check.lines = found
@@ -123,10 +131,13 @@ def check_memory_growth(
     return check
 
 
-def check_regressions(report: dict[str, Any] | None) -> Check:
+def check_regressions(report: dict[str, Any] | None, *, asked: bool) -> Check:
+    """``asked``: a report was passed (None then means it could not be read)."""
     check = Check("Performance regressions")
     if report is None:
         check.message = "not checked (no report)"
+        if asked:
+            check.status, check.message = UNCHECKED, "the report could not be read"
         return check
     regressions = [r for r in report.get("regressions", []) if isinstance(r, dict)]
     check.lines = [
@@ -214,6 +225,8 @@ def _read_report(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ValueError("the report is not a JSON object")
+    if not isinstance(data.get("summary"), dict):
+        raise ValueError("it has no summary: it is not the JSON of a finished run's report")
     return data
 
 
@@ -233,6 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_lines = args.log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as error:
         unreadable.append(f"cannot read the log {args.log}: {error.strerror or error}")
+    if log_lines is not None and not any(line.strip() == REPORT_HEADING for line in log_lines):
+        unreadable.append(
+            f"the log {args.log} holds no {REPORT_HEADING}: the test run ended before its "
+            "end-of-run report, or this is not its output (pass the tests' stdout and stderr)"
+        )
     report: dict[str, Any] | None = None
     if args.report is not None:
         try:
@@ -245,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_client_closed(log_lines, log_name),
         check_connection_leaks(log_lines, log_name, report),
         check_memory_growth(log_lines, log_name, report),
-        check_regressions(report),
+        check_regressions(report, asked=args.report is not None),
     ]
     for check in checks:
         print_check(check)
@@ -262,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Isolation checks failed: {failed}")
         return EXIT_FAILED
     if unreadable:
+        print(f"Isolation checks incomplete: {'; '.join(unreadable)}")
         return EXIT_UNREADABLE
     print("Isolation checks passed.")
     return EXIT_OK

@@ -39,6 +39,7 @@ PERFORMANCE_COUNTERS = (
     "emergency_cleanups",
 )
 _MB = 1024 * 1024
+DEFAULT_BASELINE = "tests/performance-baseline.json"
 
 
 def current_rss() -> int:
@@ -75,11 +76,17 @@ class Regression:
     severity: str
 
 
-def load_baseline(path: Path, metrics: Iterable[str]) -> dict[str, Any]:
-    """The thresholds file; an empty one (no checks) when it does not exist. Checked before
-    the tests run (``metrics``: the names it may judge), not found broken after them."""
-    if not path.is_file():
+def load_baseline(path: Path | None, metrics: Iterable[str]) -> dict[str, Any]:
+    """The thresholds file (None: no checks). Checked before the tests run (``metrics``:
+    the names it may judge), not found missing or broken after them."""
+    if path is None:
         return {}
+    if not path.is_file():
+        raise pytest.UsageError(
+            f"{path} (isolation_performance_baseline) does not exist: fix the path, or set "
+            "isolation_performance_baseline to an empty value to turn the performance "
+            "regression check off"
+        )
     try:
         baseline: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -149,8 +156,16 @@ class IsolationReporter:
         self.performance: dict[str, float] = dict.fromkeys(PERFORMANCE_COUNTERS, 0)
         self.cleanup_time_total = 0.0
         self.kept_databases: list[str] = []
-        self.baseline_path = Path(config.rootpath, config.getini("isolation_performance_baseline"))
-        self.baseline = load_baseline(self.baseline_path, self.summary())
+        setting = str(config.getini("isolation_performance_baseline")).strip()
+        self.baseline_path = Path(config.rootpath, setting) if setting else None
+        # The default file may be left out (a repository that adopted the plugin without
+        # it): the report says so. A path someone set must exist.
+        self.baseline_missing = (
+            setting == DEFAULT_BASELINE and not Path(config.rootpath, setting).is_file()
+        )
+        self.baseline = (
+            {} if self.baseline_missing else load_baseline(self.baseline_path, self.summary())
+        )
         self.report_path: str | None = config.getoption("isolation_report")
         if self.report_path:
             check_report_path(Path(self.report_path))
@@ -369,6 +384,8 @@ class IsolationReporter:
         if self._summary is not None and not averages_judged(self._summary, self.baseline):
             minimum = self.baseline["min_tests_for_averages"]
             lines.append(f"Averages not checked: fewer than {minimum} isolated tests ran")
+        if self.baseline_missing:
+            lines.append(f"Performance regressions not checked: {DEFAULT_BASELINE} does not exist")
         if not self.regressions:
             return [*lines, "No performance regressions detected"] if self.baseline else lines
         lines += [
@@ -442,8 +459,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "isolation_performance_baseline",
-        "JSON thresholds for the performance regression check",
-        default="tests/performance-baseline.json",
+        "JSON thresholds for the performance regression check (empty: no check)",
+        default=DEFAULT_BASELINE,
     )
 
 

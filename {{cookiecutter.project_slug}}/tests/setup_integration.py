@@ -69,6 +69,7 @@ _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
 _isolated_key = pytest.StashKey[bool]()
 _test_paths_key = pytest.StashKey[list[Path]]()
+_debug_loggers_key = pytest.StashKey[list[str]]()  # live at DEBUG, set by DEBUG=...
 
 
 def get_db_client() -> DatabaseClient:
@@ -206,9 +207,23 @@ def configure_debug_logging(value: str) -> list[str]:
     return names
 
 
+class _OnlyTheseLoggers(logging.Filter):
+    """Live logging at DEBUG for ``DEBUG=isolation``, without every other library's debug
+    lines (httpx, asyncio...): theirs show from WARNING, as without live logging."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = frozenset(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] in self.names
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if configure_debug_logging(os.environ.get("DEBUG", "")) and not config.option.log_cli_level:
+    debug_loggers = configure_debug_logging(os.environ.get("DEBUG", ""))
+    if debug_loggers and not config.option.log_cli_level:
         config.option.log_cli_level = "DEBUG"
+        config.stash[_debug_loggers_key] = debug_loggers
     config.addinivalue_line(
         "markers",
         "isolated: run the test in its own database scope (automatic for tests "
@@ -238,6 +253,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     except BaseException:
         _end_session()
         raise
+    _show_only_debug_loggers(session.config)
+
+
+def _show_only_debug_loggers(config: pytest.Config) -> None:
+    """Filter pytest's live log (set up after ``pytest_configure``) for ``DEBUG=...``."""
+    names = config.stash.get(_debug_loggers_key, [])
+    live = getattr(config.pluginmanager.get_plugin("logging-plugin"), "log_cli_handler", None)
+    if names and live is not None:
+        live.addFilter(_OnlyTheseLoggers(names))
 
 
 def _start_session(session: pytest.Session) -> None:

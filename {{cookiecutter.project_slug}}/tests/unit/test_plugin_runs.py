@@ -168,17 +168,19 @@ def child_environment(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_suite(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_suite(
+    tmp_path: Path, source: str, *args: str, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``source`` as a test module with the plugin, confined to ``tmp_path`` (where a
     plugin of the test's own can be written: ``args`` come first, so a ``-p`` there is
-    registered before the isolation plugin)."""
+    registered before the isolation plugin), with ``environ`` added to the environment."""
     (tmp_path / "test_suite.py").write_text(source)
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
         f"isolation_migrations_dir = {PROJECT_ROOT / 'migrations'}\n"
         f"isolation_data_dir = {tmp_path / 'data'}\n"
     )
-    env = child_environment(tmp_path)
+    env = {**child_environment(tmp_path), **(environ or {})}
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly"]
     command += [*args, "-p", "tests.setup_integration", "-p", "tests.isolation_reporter"]
     command += ["-c", str(tmp_path / "pytest.ini")]
@@ -412,6 +414,59 @@ def test_a_broken_baseline_stops_the_run_before_the_tests(
     assert "baseline.json (isolation_performance_baseline): " in child.stderr
     assert problem in child.stderr
     assert "Traceback" not in child.stdout + child.stderr
+
+
+def test_a_baseline_path_that_does_not_exist_stops_the_run_before_the_tests(
+    tmp_path: Path,
+) -> None:
+    """A typo in the path must not turn the regression check off without a word."""
+    setting = f"isolation_performance_baseline={tmp_path / 'baseline.jsn'}"
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "baseline.jsn (isolation_performance_baseline) does not exist" in child.stderr
+    assert "set isolation_performance_baseline to an empty value" in child.stderr
+
+
+def test_a_missing_default_baseline_is_reported_as_not_checked(tmp_path: Path) -> None:
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST)  # its pytest.ini sets no baseline
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert (
+        "Performance regressions not checked: tests/performance-baseline.json does not exist"
+        in child.stdout
+    )
+
+
+def test_an_empty_baseline_setting_turns_the_check_off(tmp_path: Path) -> None:
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", "isolation_performance_baseline=")
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "1 passed" in child.stdout
+    assert "Isolation Metrics Report" in child.stdout
+    assert "performance regressions" not in child.stdout.lower()
+
+
+CHATTY_TEST = """
+import logging
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+def test_one(db):
+    logging.getLogger("chatty.client").debug("a library's debug line")
+    logging.getLogger("chatty.client").warning("a library's warning")
+    db.execute("SELECT 1")
+"""
+
+
+def test_debug_isolation_shows_its_own_loggers_live_and_no_others_debug(tmp_path: Path) -> None:
+    child = run_suite(tmp_path, CHATTY_TEST, environ={"DEBUG": "isolation"})
+    assert child.returncode == 0, child.stdout + child.stderr
+    created = re.search(r"scope created: test_\S+ for \S+test_one at (\S+)", child.stdout)
+    assert created, child.stdout
+    assert created.group(1).startswith("file:")  # where the test's database is
+    assert "a library's warning" in child.stdout
+    assert "a library's debug line" not in child.stdout
 
 
 def test_a_report_path_that_cannot_be_written_stops_the_run_before_the_tests(
