@@ -36,12 +36,18 @@ def _check_project_name(value: str) -> str | None:
         return "must not be empty"
     if UNSAFE_IN_TOML.search(value):
         return "must be one line without double quotes or backslashes"
+    if not any(character.isalnum() for character in value):
+        return "must hold a letter or a digit (the default project_slug is made from it)"
     return None
 
 
 def _check_project_slug(value: str) -> str | None:
     if not SLUG.fullmatch(value):
-        return "use lowercase letters, digits, '-' or '_', starting with a letter"
+        name = _text("project_name")
+        return (
+            "use lowercase letters, digits, '-' or '_', starting with a letter (unless given, "
+            f"it is made from project_name {name!r}: give project_slug, or change the name)"
+        )
     return None
 
 

@@ -21,6 +21,7 @@ INVALID = [
     ("project_name", "", "must not be empty"),
     ("project_name", "   ", "must not be empty"),
     ("project_name", 'The "Best" Service', "without double quotes"),
+    ("project_name", "!!!", "must hold a letter or a digit"),
     ("description", "a\\b", "without double quotes or backslashes"),
     ("author_name", "", "must not be empty"),
     ("author_email", "nobody", "must be an email address"),
@@ -84,6 +85,17 @@ def test_an_empty_project_name_alone_is_named_by_the_hook(
         bake(tmp_path, project_name=name)
     errors = capfd.readouterr().err
     assert f"ERROR: project_name {name!r} is invalid: must not be empty" in errors
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_slug_made_from_the_name_says_so(
+    bake: Bake, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, project_name="123 Orders")
+    errors = capfd.readouterr().err
+    assert "ERROR: project_slug '123-orders' is invalid" in errors
+    assert "it is made from project_name '123 Orders'" in errors
     assert list(tmp_path.iterdir()) == []
 
 

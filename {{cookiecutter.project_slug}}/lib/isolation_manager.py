@@ -478,6 +478,11 @@ class TestIsolationManager:
                     tracked.connection.close()
                 except sqlite3.ProgrammingError:  # opened in another thread: only it may close it
                     detail += " (in another thread, which must close it)"
+                if not self.reset_hooks:
+                    detail += (
+                        "; if that module keeps your application's connection, name it in "
+                        "isolation_database_module so that it reconnects for each test"
+                    )
                 self._leak("connection", context.test_name, detail)
         return stale
 

@@ -309,10 +309,7 @@ def _migrations_hint(directory: Path) -> str:
             "Put the schema there as ordered *.sql migration files, or set "
             "isolation_migrations_dir to the directory that holds them."
         )
-    return (
-        "Fix that migration, or point the isolation_migrations_dir setting at the "
-        f"project's migrations (now {directory})."
-    )
+    return f"Fix that migration in {directory} (the isolation_migrations_dir setting)."
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

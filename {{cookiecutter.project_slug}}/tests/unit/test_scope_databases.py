@@ -219,10 +219,25 @@ def test_a_connection_left_open_is_a_leak_named_by_its_line(tmp_path: Path) -> N
         if text.endswith("# LEAKED HERE")
     )
     assert [(leak.kind, leak.test) for leak in manager.leaks] == [("connection", "leaky test")]
-    assert manager.leaks[0].detail.endswith(f"test_scope_databases.py:{line}")
+    where, _, hint = manager.leaks[0].detail.partition("; ")
+    assert where.endswith(f"test_scope_databases.py:{line}")
+    assert "name it in isolation_database_module" in hint  # no database module is reset
     with pytest.raises(sqlite3.ProgrammingError):
         leaked.execute("SELECT 1")  # the leak was closed once reported
     manager.shutdown()
+
+
+def test_a_leak_names_the_database_module_setting_only_when_none_is_reset(
+    tmp_path: Path,
+) -> None:
+    manager = TestIsolationManager(data_dir=tmp_path / "data", reset_hooks=[lambda: None])
+    manager.ensure_test_isolation("leaky test")
+    leaked = sqlite3.connect(":memory:")
+    manager.complete_test()
+    manager.shutdown()
+    leaked.close()
+    assert [leak.kind for leak in manager.leaks] == ["connection"]
+    assert "isolation_database_module" not in manager.leaks[0].detail
 
 
 def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path: Path) -> None:
@@ -246,7 +261,7 @@ def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path
         assert [(leak.kind, leak.test) for leak in manager.leaks] == [
             ("connection", "threaded test")
         ]
-        assert manager.leaks[0].detail.endswith("(in another thread, which must close it)")
+        assert "(in another thread, which must close it)" in manager.leaks[0].detail
         assert manager.current_test_id is None
     finally:
         test_done.set()
