@@ -69,6 +69,11 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         scheme, slashes = scheme_match.group(1).lower(), scheme_match.group(2)
         if scheme in REMOTE_SCHEMES and slashes:
             return value
+        if scheme == "file":  # FILE:./app.db: SQLite reads only a lowercase file: as a URL
+            raise DatabaseConfigError(
+                f"{variable}={value!r}: write the scheme in lowercase (file:{value[5:]}), "
+                "as SQLite reads only that as a file URL"
+            )
         shown = f"{scheme}://{urlsplit(value).hostname or ''}" if slashes else f"{scheme}:"
         raise DatabaseConfigError(
             f"{variable}={shown}... uses the unsupported scheme {scheme!r}: use a SQLite path "

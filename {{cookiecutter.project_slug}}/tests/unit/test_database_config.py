@@ -137,3 +137,8 @@ def test_url_target_reads_one_url_without_turso_replicas() -> None:
     )
     with pytest.raises(DatabaseConfigError, match=r"^settings\.url="):
         url_target("mysql://db", {}, variable="settings.url")
+
+
+def test_an_uppercase_file_scheme_is_told_to_be_lowercase() -> None:
+    with pytest.raises(DatabaseConfigError, match=r"write the scheme in lowercase \(file:./x.db\)"):
+        parse_database_url("FILE:./x.db")
