@@ -9,7 +9,8 @@ out while a transaction is open, whichever kind it is:
 - an async transaction runs each statement in a worker thread, so between statements no
   thread holds the lock; instead it is *reserved* for the transaction's task. Worker
   threads that run for that task (:func:`run_for`) and the task itself on the event loop
-  get in; every other thread waits until the reservation ends.
+  get in; every other thread waits until the reservation ends, or the task does (a task
+  that ended with its transaction still open holds no one out).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+# How often a thread kept out looks again whether the reserving task has ended.
+RECHECK_SECONDS = 0.1
 
 _working_for = threading.local()  # .task: the task a worker thread is running a call for
 
@@ -58,9 +61,10 @@ class ClientLock:
         self._pending_close: Callable[[], None] | None = None
 
     def _admits(self, task: asyncio.Task[Any]) -> bool:
-        """Whether this thread works for ``task``: a worker running a call for it, or the
-        task itself on its event loop."""
-        if getattr(_working_for, "task", None) is task:
+        """Whether this thread may go on while ``task`` holds the reservation: it works for
+        ``task`` (a worker running a call for it, or the task itself on its event loop),
+        or ``task`` has ended."""
+        if getattr(_working_for, "task", None) is task or task.done():
             return True
         return threading.get_ident() == self._loop_thread and _current_task() is task
 
@@ -89,10 +93,11 @@ class ClientLock:
                 "transaction first"
             )
         while self._task is not None and not self._admits(self._task):
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if (remaining is not None and remaining <= 0) or not self._turn.wait(remaining):
+            remaining = RECHECK_SECONDS if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
                 self._rlock.release()
                 return False
+            self._turn.wait(min(remaining, RECHECK_SECONDS))
         return True
 
     def acquire_to_close(self, timeout: float) -> bool:

@@ -1019,6 +1019,26 @@ async def test_sync_calls_on_the_loop_inside_an_async_transaction(client: Databa
     assert count(client) == 0  # the task's own statement was inside the transaction
 
 
+def test_a_task_that_ended_inside_its_transaction_holds_no_one_out(
+    client: DatabaseClient,
+) -> None:
+    """Its loop is gone: nobody could end the transaction for it, so waiting would be for
+    ever (a teardown on the loop's thread, or another thread, after a failed test)."""
+    adb = AsyncDatabaseClient(client)
+
+    async def leave_it_open() -> None:
+        tx = await adb.transaction()
+        await tx.execute("INSERT INTO items (name) VALUES ('left open')")
+
+    asyncio.run(leave_it_open())
+    assert count(client) == 1  # the loop's own thread, after the loop
+    seen: list[int] = []
+    other = threading.Thread(target=lambda: seen.append(count(client)), daemon=True)
+    other.start()
+    other.join(timeout=5)
+    assert seen == [1]
+
+
 def test_the_clients_type_hints_resolve_at_run_time() -> None:
     """For tools that read annotations at run time (typeguard, pydantic, Sphinx)."""
     for cls in (DatabaseClient, AsyncDatabaseClient, Transaction, DatabaseService):
