@@ -7,10 +7,12 @@ out while a transaction is open, whichever kind it is:
 
 - a sync transaction holds the lock, as a re-entrant lock, from BEGIN to its end;
 - an async transaction runs each statement in a worker thread, so between statements no
-  thread holds the lock; instead it is *reserved* for the transaction's task. Worker
-  threads that run for that task (:func:`run_for`) and the task itself on the event loop
-  get in; every other thread waits until the reservation ends, or the task does (a task
-  that ended with its transaction still open holds no one out).
+  thread holds the lock; instead it is *reserved* for the transaction's task. What works
+  for that task gets in: the task itself, what it runs in threads through
+  ``asyncio.to_thread`` or Starlette's ``run_in_threadpool`` and the tasks it starts (all
+  of which copy its context, marked by :func:`act_for`), and calls made with
+  :func:`run_for`. Every other thread waits until the reservation ends, or the task does
+  (a task that ended with its transaction still open holds no one out).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,6 +29,14 @@ T = TypeVar("T")
 RECHECK_SECONDS = 0.1
 
 _working_for = threading.local()  # .task: the task a worker thread is running a call for
+_acting_for: ContextVar[asyncio.Task[Any] | None] = ContextVar("acting_for", default=None)
+
+
+def act_for(task: asyncio.Task[Any] | None) -> None:
+    """Mark the current context as working for ``task``'s transaction: called in that task,
+    it covers the task and what inherits its context (threads of ``asyncio.to_thread``,
+    tasks it starts)."""
+    _acting_for.set(task)
 
 
 def run_for(task: asyncio.Task[Any] | None, function: Callable[..., T], *args: Any) -> T:
@@ -36,13 +47,6 @@ def run_for(task: asyncio.Task[Any] | None, function: Callable[..., T], *args: A
         return function(*args)
     finally:
         _working_for.task = None
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no event loop runs in this thread
-        return None
 
 
 class ClientLock:
@@ -60,13 +64,13 @@ class ClientLock:
         self._loop_thread: int | None = None  # the thread of that task's event loop
         self._pending_close: Callable[[], None] | None = None
 
-    def _admits(self, task: asyncio.Task[Any]) -> bool:
+    @staticmethod
+    def _admits(task: asyncio.Task[Any]) -> bool:
         """Whether this thread may go on while ``task`` holds the reservation: it works for
-        ``task`` (a worker running a call for it, or the task itself on its event loop),
-        or ``task`` has ended."""
-        if getattr(_working_for, "task", None) is task or task.done():
-            return True
-        return threading.get_ident() == self._loop_thread and _current_task() is task
+        ``task`` (see the module's docstring), or ``task`` has ended."""
+        return (
+            _acting_for.get() is task or getattr(_working_for, "task", None) is task or task.done()
+        )
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take the lock for this thread, waiting at most ``timeout`` seconds (None: as long
@@ -81,7 +85,7 @@ class ClientLock:
         try:
             return self._wait_for_the_reservation(deadline)
         except BaseException:
-            self._rlock.release()
+            self.release()
             raise
 
     def _wait_for_the_reservation(self, deadline: float | None) -> bool:
@@ -95,7 +99,7 @@ class ClientLock:
         while self._task is not None and not self._admits(self._task):
             remaining = RECHECK_SECONDS if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
-                self._rlock.release()
+                self.release()
                 return False
             self._turn.wait(min(remaining, RECHECK_SECONDS))
         return True

@@ -19,8 +19,8 @@ import sys
 import threading
 import time
 from collections.abc import (
+    Awaitable,
     Callable,
-    Coroutine,
     Generator,
     Iterable,
     Iterator,
@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from . import libsql_engine
-from .client_lock import ClientLock, run_for
+from .client_lock import ClientLock, act_for, run_for
 from .database_config import (
     DEFAULT_DATABASE_URL,
     ENGINES,
@@ -734,7 +734,7 @@ class AsyncDatabaseClient:
         return AsyncTransaction(self)
 
 
-async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+async def _to_the_end(work: Awaitable[Any]) -> None:
     """Run ``work`` to its end even if this task is cancelled again meanwhile (the caller
     re-raises the first cancellation afterwards); a failure is logged, not raised."""
     task = asyncio.ensure_future(work)
@@ -742,7 +742,7 @@ async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
         with suppress(asyncio.CancelledError):
             await asyncio.shield(task)
     if not task.cancelled() and task.exception() is not None:
-        logger.warning("undoing a cancelled transaction's start failed: %r", task.exception())
+        logger.warning("finishing a cancelled transaction failed: %r", task.exception())
 
 
 class AsyncTransaction:
@@ -768,12 +768,13 @@ class AsyncTransaction:
         owner = self._owner
         owner._refuse_inside_a_sync_transaction()
         self._task = asyncio.current_task()
+        act_for(self._task)  # this task, and what it runs in threads, join the transaction
         if not owner._in_own_transaction():
             await owner._lock.acquire()
             self._holds_lock = True
         loop_thread = threading.get_ident()
         began = asyncio.ensure_future(
-            asyncio.to_thread(run_for, self._task, self._begin, self._holds_lock, loop_thread)
+            asyncio.to_thread(run_for, self._task, self._begin, loop_thread)
         )
         try:
             self._savepoint = await asyncio.shield(began)
@@ -821,31 +822,37 @@ class AsyncTransaction:
         else:
             await self._finish("ROLLBACK")
 
-    def _begin(self, outermost: bool, loop_thread: int) -> str | None:
+    def _begin(self, loop_thread: int) -> str | None:
         """BEGIN, or a savepoint inside an open transaction; returns the savepoint's name.
-        The outermost then reserves the client for this task until it ends."""
+        A BEGIN then reserves the client for this task until its end."""
         client = self._owner.client
         with client._connection():  # held from BEGIN to the reservation: no one slips in
             savepoint = client._begin(f"atx_{id(self):x}")
-            if outermost:
+            if savepoint is None:
                 client._lock.reserve_for(self._task, loop_thread)
         return savepoint
 
     async def _finish(self, *statements: str) -> None:
+        """End in a worker thread; cancelled meanwhile, wait for that end all the same
+        (else a COMMIT or ROLLBACK not yet started would never run, leaving it open)."""
         if not self._open:
             return
         self._open = False
+        end = asyncio.ensure_future(asyncio.to_thread(run_for, self._task, self._end, statements))
         try:
-            await asyncio.to_thread(run_for, self._task, self._end, statements, self._holds_lock)
+            await asyncio.shield(end)
+        except asyncio.CancelledError:
+            await _to_the_end(end)
+            raise
         finally:
             self._let_go()
 
-    def _end(self, statements: Sequence[str], outermost: bool) -> None:
+    def _end(self, statements: Sequence[str]) -> None:
         client = self._owner.client
         try:
             client._end(statements, roll_back_on_error=not self._savepoint)
         finally:
-            if outermost:
+            if self._savepoint is None:
                 client._lock.end_reservation()
 
     async def _undo_begin(self, began: asyncio.Future[str | None]) -> None:

@@ -1003,20 +1003,92 @@ async def test_an_async_transaction_holds_other_threads_out(client: DatabaseClie
 
 
 async def test_sync_calls_on_the_loop_inside_an_async_transaction(client: DatabaseClient) -> None:
-    """The transaction's own task joins it; another task would block the loop that the
-    transaction needs to end, so it gets an error instead of a hang."""
+    """The transaction's own task joins it; a task that was there before would block the
+    loop that the transaction needs to end, so it gets an error instead of a hang."""
     adb = AsyncDatabaseClient(client)
+    go = asyncio.Event()
 
-    async def another_task() -> None:
+    async def task_from_before() -> None:
+        await go.wait()
         client.execute("SELECT 1")
 
+    other = asyncio.create_task(task_from_before())
     tx = await adb.transaction()
     client.execute("INSERT INTO items (name) VALUES ('joined')")
     assert count(client) == 1
+    go.set()
     with pytest.raises(RuntimeError, match="async transaction of another task"):
-        await asyncio.create_task(another_task())
+        await other
     await tx.rollback()
     assert count(client) == 0  # the task's own statement was inside the transaction
+
+
+async def test_what_the_transactions_task_runs_in_threads_or_tasks_joins_it(
+    client: DatabaseClient,
+) -> None:
+    """``asyncio.to_thread`` (Starlette's ``run_in_threadpool`` too) and tasks started inside
+    copy the task's context: application code run that way is the task's own work."""
+    adb = AsyncDatabaseClient(client)
+
+    async def started_inside() -> None:
+        client.execute("INSERT INTO items (name) VALUES ('task')")
+
+    async with asyncio.timeout(5):
+        tx = await adb.transaction()
+        await asyncio.to_thread(client.execute, "INSERT INTO items (name) VALUES ('thread')")
+        await asyncio.create_task(started_inside())
+        assert count(client) == 2
+        await tx.rollback()
+    assert count(client) == 0
+
+
+async def test_two_wrappers_of_one_client_share_its_transaction(client: DatabaseClient) -> None:
+    """The reservation belongs to the client: a second wrapper's calls in the task join
+    the transaction, and its nested transaction (a savepoint) does not end the reservation."""
+    first, second = AsyncDatabaseClient(client), AsyncDatabaseClient(client)
+    written: list[str] = []
+
+    def write_elsewhere() -> None:
+        client.execute("INSERT INTO items (name) VALUES ('other thread')")
+        written.append("other thread")
+
+    other = threading.Thread(target=write_elsewhere, daemon=True)
+    async with asyncio.timeout(5):
+        tx = await first.transaction()
+        await second.execute("INSERT INTO items (name) VALUES ('second wrapper')")
+        async with second.transaction() as nested:
+            await nested.execute("INSERT INTO items (name) VALUES ('savepoint')")
+        other.start()
+        await asyncio.sleep(0.3)
+        assert written == [], "the savepoint's end let another thread in"
+        await tx.rollback()
+    await asyncio.to_thread(other.join, 10)
+    assert [row[0] for row in client.execute("SELECT name FROM items").rows] == ["other thread"]
+
+
+async def test_a_task_cancelled_while_its_transaction_ends_still_ends_it(
+    client: DatabaseClient,
+) -> None:
+    """Its ROLLBACK, queued behind busy worker threads, runs all the same: else the
+    transaction stayed open and swallowed every later write."""
+    adb = AsyncDatabaseClient(client)
+    loop = asyncio.get_running_loop()
+    busy: list[asyncio.Future[None]] = []
+
+    async def fail_inside() -> None:
+        async with adb.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('rolled back')")
+            busy.extend(loop.run_in_executor(None, time.sleep, 0.3) for _ in range(12))
+            raise Boom  # its ROLLBACK queues behind the sleeps
+
+    task = asyncio.create_task(fail_inside())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.gather(*busy)
+    assert not client.get_connection_stats()["in_transaction"]
+    assert count(client) == 0
 
 
 def test_a_task_that_ended_inside_its_transaction_holds_no_one_out(
