@@ -543,9 +543,19 @@ class DatabaseClient:
             return name
 
     def _end(self, statements: Sequence[str], *, roll_back_on_error: bool) -> None:
-        """Commit, release or roll back; a failed commit does not leave the transaction open."""
+        """Commit, release or roll back; a failed commit does not leave the transaction open.
+
+        A commit finding no transaction open any more raises: an error rolled it back, or
+        a COMMIT or ROLLBACK ran on the connection itself, and what it wrote may be lost."""
         with self._connection() as conn:
             if not conn.in_transaction:
+                if statements[0].startswith(("COMMIT", "RELEASE")):
+                    raise RuntimeError(
+                        "this transaction had already ended when it was to be committed: an "
+                        "error rolled it back, or a COMMIT or ROLLBACK ran on the connection "
+                        "itself (client.db, the sqlite3 connection); what it wrote may be lost "
+                        "or committed only in part"
+                    )
                 return
             try:
                 for statement in statements:

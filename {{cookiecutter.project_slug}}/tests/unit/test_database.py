@@ -642,6 +642,18 @@ def test_a_close_that_waited_for_a_statement_happens_when_it_lets_go(db_path: Pa
         writer.close()
 
 
+def test_committing_a_transaction_someone_else_ended_is_an_error(client: DatabaseClient) -> None:
+    """Not a silent success: its writes were rolled back (here by a ROLLBACK on the
+    connection itself, as sqlite-utils issues one)."""
+    tx = client.transaction()
+    tx.execute("INSERT INTO items (name) VALUES ('lost')")
+    client.db.conn.execute("ROLLBACK")
+    with pytest.raises(RuntimeError, match="had already ended when it was to be committed"):
+        tx.commit()
+    assert count(client) == 0
+    client.transaction().rollback()  # the client is free again
+
+
 def test_a_transaction_used_from_another_thread_is_an_error(client: DatabaseClient) -> None:
     """Its thread holds the client until it ends: another thread would wait forever."""
     errors: list[BaseException] = []
