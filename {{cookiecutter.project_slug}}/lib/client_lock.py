@@ -39,6 +39,11 @@ def act_for(task: asyncio.Task[Any] | None) -> None:
     _acting_for.set(task)
 
 
+def acting_for() -> asyncio.Task[Any] | None:
+    """The task whose transaction the current context works for (see :func:`act_for`)."""
+    return _acting_for.get()
+
+
 def run_for(task: asyncio.Task[Any] | None, function: Callable[..., T], *args: Any) -> T:
     """Call ``function(*args)`` in this (worker) thread on behalf of ``task``, so that a lock
     reserved for ``task`` lets it in: pass it to ``asyncio.to_thread``."""

@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from . import libsql_engine
-from .client_lock import ClientLock, act_for, run_for
+from .client_lock import ClientLock, act_for, acting_for, run_for
 from .database_config import (
     DEFAULT_DATABASE_URL,
     ENGINES,
@@ -669,10 +669,11 @@ class Transaction:
 class AsyncDatabaseClient:
     """The client's operations as coroutines; each runs in a worker thread.
 
-    As with the sync client's threads, the task that opened a transaction joins it: its
-    ``execute``, ``batch`` and nested ``transaction()`` (a savepoint) run inside it, and so
-    do its own direct calls to the sync client. Every other task, tasks started inside the
-    block included, and every other thread waits until it ends.
+    As with the sync client's threads, the task that opened a transaction joins it, with
+    whatever inherits its context (the tasks it starts, what it runs through
+    ``asyncio.to_thread``): ``execute``, ``batch`` and a nested ``transaction()`` (a
+    savepoint) run inside it, and so do direct calls to the sync client. Every other task
+    and every other thread waits until it ends.
     """
 
     def __init__(self, client: DatabaseClient) -> None:
@@ -687,9 +688,10 @@ class AsyncDatabaseClient:
         return self.client.closed
 
     def _in_own_transaction(self) -> bool:
-        """Whether the calling task holds the client for a transaction it opened."""
+        """Whether the caller works for the task whose transaction holds the client: that
+        task, or a task it started (which inherits its context)."""
         task = self._transaction_task
-        return task is not None and task is asyncio.current_task()
+        return task is not None and (task is asyncio.current_task() or acting_for() is task)
 
     def _refuse_inside_a_sync_transaction(self) -> None:
         """A worker thread would wait for the event loop's own open ``db.transaction()``,
@@ -704,7 +706,7 @@ class AsyncDatabaseClient:
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         self._refuse_inside_a_sync_transaction()
         if self._in_own_transaction():  # waiting for the lock would wait for ourselves
-            return await asyncio.to_thread(run_for, asyncio.current_task(), function, *args)
+            return await asyncio.to_thread(run_for, self._transaction_task, function, *args)
         async with self._lock:
             return await asyncio.to_thread(function, *args)
 
@@ -757,8 +759,8 @@ async def _to_the_end(work: Awaitable[Any]) -> None:
 
 class AsyncTransaction:
     """``async with adb.transaction() as tx`` or ``tx = await adb.transaction()``: holds the
-    client for this task until it ends (other tasks wait); inside this task's own
-    transaction, a savepoint."""
+    client for this task until it ends (other tasks and threads wait); inside this task's
+    own transaction, a savepoint."""
 
     def __init__(self, owner: AsyncDatabaseClient) -> None:
         """Prepare; nothing happens until it is awaited or the ``async with`` is entered."""
@@ -777,11 +779,13 @@ class AsyncTransaction:
             return self
         owner = self._owner
         owner._refuse_inside_a_sync_transaction()
-        self._task = asyncio.current_task()
-        act_for(self._task)  # this task, and what it runs in threads, join the transaction
-        if not owner._in_own_transaction():
+        if owner._in_own_transaction():  # a savepoint in that task's transaction
+            self._task = owner._transaction_task
+        else:
             await owner._lock.acquire()
             self._holds_lock = True
+            self._task = asyncio.current_task()
+            act_for(self._task)  # what inherits this task's context joins the transaction
         loop_thread = threading.get_ident()
         began = asyncio.ensure_future(
             asyncio.to_thread(run_for, self._task, self._begin, loop_thread)
@@ -792,7 +796,7 @@ class AsyncTransaction:
             await _to_the_end(self._undo_begin(began))
             raise
         if self._holds_lock:
-            owner._transaction_task = asyncio.current_task()
+            owner._transaction_task = self._task
         self._open = True
         return self
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 
 import pytest
 
-from lib.database import AsyncDatabaseClient, DatabaseClient
+from lib.database import AsyncDatabaseClient, AsyncTransaction, DatabaseClient
 from tests.integration.schema import table_names
 
 
@@ -191,3 +192,23 @@ async def test_async_application_code_joins_an_open_transaction(
         await asyncio.wait_for(_log_inside_a_transaction(async_db), timeout=10)
     assert _count(db, "users") == 0
     assert _count(db, "logs") == 0
+
+
+@pytest.fixture
+async def surrounding(async_db: AsyncDatabaseClient) -> AsyncIterator[AsyncTransaction]:
+    """A transaction around the test, rolled back after it."""
+    transaction = await async_db.transaction()
+    yield transaction
+    await transaction.rollback()
+
+
+async def test_a_transaction_an_async_fixture_opened_surrounds_the_test(
+    surrounding: AsyncTransaction, async_db: AsyncDatabaseClient, db: DatabaseClient
+) -> None:
+    """The test inherits the fixture's context: its calls join that transaction."""
+    await surrounding.execute("INSERT INTO logs (level, message) VALUES ('info', 'fixture')")
+    async with asyncio.timeout(10):
+        await async_db.execute("INSERT INTO logs (level, message) VALUES ('info', 'test')")
+        await asyncio.to_thread(_add_user, db)
+    assert _count(db, "logs") == 2
+    assert _count(db, "users") == 1

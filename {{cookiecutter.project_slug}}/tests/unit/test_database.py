@@ -1159,25 +1159,31 @@ async def test_a_nested_async_transaction_is_a_savepoint(client: DatabaseClient)
     assert [row["name"] for row in client.execute("SELECT name FROM items").rows] == ["outer"]
 
 
-async def test_other_tasks_wait_for_an_async_transaction(client: DatabaseClient) -> None:
-    """A task started inside the block is another task: it neither joins nor interleaves."""
+async def test_tasks_started_inside_an_async_transaction_join_it_and_others_wait(
+    client: DatabaseClient,
+) -> None:
+    """``asyncio.gather`` of ``async_db`` calls inside the block runs inside the
+    transaction; a task that was running before waits for it to end."""
     adb = AsyncDatabaseClient(client)
-    other: asyncio.Task[Any] | None = None
+    go = asyncio.Event()
 
-    async def transaction_started_elsewhere() -> None:
-        nonlocal other
-        async with adb.transaction() as tx:
-            await tx.execute("INSERT INTO items (name) VALUES ('rolled-back')")
-            other = asyncio.create_task(adb.execute("INSERT INTO items (name) VALUES ('other')"))
-            await asyncio.sleep(0.1)
-            assert not other.done()
-            raise Boom("roll back")
+    async def task_from_before() -> None:
+        await go.wait()
+        await adb.execute("INSERT INTO items (name) VALUES ('outside')")
 
-    with pytest.raises(Boom):
-        await asyncio.wait_for(transaction_started_elsewhere(), timeout=10)
-    assert other is not None
-    await asyncio.wait_for(other, timeout=10)
-    assert [row["name"] for row in client.execute("SELECT name FROM items").rows] == ["other"]
+    outside = asyncio.create_task(task_from_before())
+    async with asyncio.timeout(10):
+        tx = await adb.transaction()
+        await asyncio.gather(
+            adb.execute("INSERT INTO items (name) VALUES ('a')"),
+            adb.execute("INSERT INTO items (name) VALUES ('b')"),
+        )
+        go.set()
+        await asyncio.sleep(0.1)
+        assert not outside.done()
+        await tx.rollback()
+        await outside
+    assert [row["name"] for row in client.execute("SELECT name FROM items").rows] == ["outside"]
 
 
 async def test_an_awaited_async_transaction_commits_or_rolls_back(
