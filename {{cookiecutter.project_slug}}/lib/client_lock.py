@@ -7,12 +7,15 @@ out while a transaction is open, whichever kind it is:
 
 - a sync transaction holds the lock, as a re-entrant lock, from BEGIN to its end;
 - an async transaction runs each statement in a worker thread, so between statements no
-  thread holds the lock; instead it is *reserved* for the transaction's task. What works
-  for that task gets in: the task itself, what it runs in threads through
-  ``asyncio.to_thread`` or Starlette's ``run_in_threadpool`` and the tasks it starts (all
-  of which copy its context, marked by :func:`act_for`), and calls made with
-  :func:`run_for`. Every other thread waits until the reservation ends, or the task does
-  (a task that ended with its transaction still open holds no one out).
+  thread holds the lock; instead its task makes a :class:`Reservation`. What works for
+  it gets in: the task itself and whatever inherits its context (threads of
+  ``asyncio.to_thread`` or Starlette's ``run_in_threadpool``, tasks it starts), marked by
+  :func:`act_for`, and calls made with :func:`run_for`. Every other thread waits until
+  the reservation ends, or its task does (a task that ended with its transaction still
+  open holds no one out).
+
+An async savepoint reserves the client on top of its transaction's reservation, so that
+its sibling tasks' statements wait for it to end instead of landing inside it.
 """
 
 from __future__ import annotations
@@ -22,40 +25,54 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 # How often a thread kept out looks again whether the reserving task has ended.
 RECHECK_SECONDS = 0.1
 
-_working_for = threading.local()  # .task: the task a worker thread is running a call for
-_acting_for: ContextVar[asyncio.Task[Any] | None] = ContextVar("acting_for", default=None)
+
+@dataclass(eq=False)
+class Reservation:
+    """An async transaction's (or savepoint's) hold on a client, made by ``task``."""
+
+    task: asyncio.Task[Any] | None
+    loop_thread: int = field(default_factory=threading.get_ident)
+
+    def ended(self) -> bool:
+        """Whether its task is over: then nobody can end the transaction for it."""
+        return self.task is None or self.task.done()
 
 
-def act_for(task: asyncio.Task[Any] | None) -> None:
-    """Mark the current context as working for ``task``'s transaction: called in that task,
-    it covers the task and what inherits its context (threads of ``asyncio.to_thread``,
-    tasks it starts)."""
-    _acting_for.set(task)
+_working_for = threading.local()  # .reservation: what a worker thread runs a call for
+_acting_for: ContextVar[Reservation | None] = ContextVar("acting_for", default=None)
 
 
-def acting_for() -> asyncio.Task[Any] | None:
-    """The task whose transaction the current context works for (see :func:`act_for`)."""
+def act_for(reservation: Reservation | None) -> None:
+    """Mark the current context as working for ``reservation``: called in its task, it
+    covers the task and what inherits its context (threads of ``asyncio.to_thread``, tasks
+    it starts)."""
+    _acting_for.set(reservation)
+
+
+def acting_for() -> Reservation | None:
+    """The reservation the current context works for (see :func:`act_for`)."""
     return _acting_for.get()
 
 
-def run_for(task: asyncio.Task[Any] | None, function: Callable[..., T], *args: Any) -> T:
-    """Call ``function(*args)`` in this (worker) thread on behalf of ``task``, so that a lock
-    reserved for ``task`` lets it in: pass it to ``asyncio.to_thread``."""
-    _working_for.task = task
+def run_for(reservation: Reservation | None, function: Callable[..., T], *args: Any) -> T:
+    """Call ``function(*args)`` in this (worker) thread on behalf of ``reservation``,
+    whatever the context: pass it to ``asyncio.to_thread``."""
+    _working_for.reservation = reservation
     try:
         return function(*args)
     finally:
-        _working_for.task = None
+        _working_for.reservation = None
 
 
 class ClientLock:
-    """A client's re-entrant lock, which an async transaction can reserve for its task.
+    """A client's re-entrant lock, which async transactions can reserve for their tasks.
 
     A close that could not wait for the lock is handed over with :meth:`close_when_free`
     and runs as soon as the lock is let go.
@@ -65,43 +82,48 @@ class ClientLock:
         """Free, reserved for no one."""
         self._rlock = threading.RLock()
         self._turn = threading.Condition(self._rlock)
-        self._task: asyncio.Task[Any] | None = None  # the reservation's task, if any
-        self._loop_thread: int | None = None  # the thread of that task's event loop
+        self._reservations: list[Reservation] = []  # a transaction's, then its savepoints'
         self._pending_close: Callable[[], None] | None = None
 
-    @staticmethod
-    def _admits(task: asyncio.Task[Any]) -> bool:
-        """Whether this thread may go on while ``task`` holds the reservation: it works for
-        ``task`` (see the module's docstring), or ``task`` has ended."""
-        return (
-            _acting_for.get() is task or getattr(_working_for, "task", None) is task or task.done()
-        )
+    def _kept_out_by(self) -> Reservation | None:
+        """The reservation this thread must wait for, if any: the innermost one, unless
+        this thread works for it or its task has ended."""
+        if not self._reservations:
+            return None
+        top = self._reservations[-1]
+        if (
+            _acting_for.get() is top
+            or getattr(_working_for, "reservation", None) is top
+            or top.ended()
+        ):
+            return None
+        return top
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take the lock for this thread, waiting at most ``timeout`` seconds (None: as long
-        as it takes) for other threads and for another task's async transaction.
+        as it takes) for other threads and for async transactions it does not work for.
 
-        Raises RuntimeError on that task's own event loop, which would wait for itself."""
+        Raises RuntimeError on a reserving task's event loop, which would wait for itself."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._rlock.acquire(timeout=-1 if timeout is None else timeout):
             return False
-        if self._task is None or self._admits(self._task):
+        if not self._reservations:
             return True
         try:
-            return self._wait_for_the_reservation(deadline)
+            return self._wait_for_the_reservations(deadline)
         except BaseException:
             self.release()
             raise
 
-    def _wait_for_the_reservation(self, deadline: float | None) -> bool:
-        if threading.get_ident() == self._loop_thread:
-            raise RuntimeError(
-                "this database client is inside an async transaction of another task on this "
-                "event loop, which cannot end while the loop waits here: await async_db calls "
-                "(they wait their turn) instead of calling the client directly, or end the "
-                "transaction first"
-            )
-        while self._task is not None and not self._admits(self._task):
+    def _wait_for_the_reservations(self, deadline: float | None) -> bool:
+        while (reservation := self._kept_out_by()) is not None:
+            if threading.get_ident() == reservation.loop_thread:
+                raise RuntimeError(
+                    "this database client is inside an async transaction of another task on "
+                    "this event loop, which cannot end while the loop waits here: await "
+                    "async_db calls (they wait their turn) instead of calling the client "
+                    "directly, or end the transaction first"
+                )
             remaining = RECHECK_SECONDS if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 self.release()
@@ -110,8 +132,8 @@ class ClientLock:
         return True
 
     def acquire_to_close(self, timeout: float) -> bool:
-        """Take the lock whatever the reservation (closing ends any transaction); ``timeout``
-        0 does not wait."""
+        """Take the lock whatever the reservations (closing ends any transaction);
+        ``timeout`` 0 does not wait."""
         if timeout <= 0:
             return self._rlock.acquire(blocking=False)
         return self._rlock.acquire(timeout=timeout)
@@ -138,17 +160,29 @@ class ClientLock:
         """Whether a close handed over by :meth:`close_when_free` has yet to run."""
         return self._pending_close is not None
 
-    def reserve_for(self, task: asyncio.Task[Any] | None, loop_thread: int) -> None:
-        """Keep every thread but ``task``'s out until :meth:`end_reservation`; call with the
-        lock held, right after the transaction began."""
+    def reserve(self, reservation: Reservation) -> None:
+        """Keep out what does not work for ``reservation`` until :meth:`end_reservation`;
+        call with the lock held, right after its BEGIN or SAVEPOINT."""
         with self._rlock:
-            self._task, self._loop_thread = task, loop_thread
+            self._reservations.append(reservation)
 
-    def end_reservation(self) -> None:
-        """Let the waiting threads in again."""
+    def end_reservation(self, reservation: Reservation | None = None) -> None:
+        """End ``reservation`` (None: every one, as a close does); waiting threads go on."""
         with self._turn:
-            self._task = self._loop_thread = None
+            if reservation is None:
+                self._reservations.clear()
+            elif reservation in self._reservations:
+                self._reservations.remove(reservation)
             self._turn.notify_all()
+
+    def reserved_for(self, reservation: Reservation | None) -> bool:
+        """Whether ``reservation`` is among the open ones."""
+        return reservation is not None and reservation in self._reservations
+
+    def abandoned(self) -> bool:
+        """Whether the outermost reservation's task ended with its transaction still open."""
+        reservations = self._reservations
+        return bool(reservations) and reservations[0].ended()
 
     def __enter__(self) -> ClientLock:
         self.acquire()

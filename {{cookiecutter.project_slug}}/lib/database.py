@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import threading
 import time
+import weakref
 from collections.abc import (
     Awaitable,
     Callable,
@@ -34,7 +35,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from . import libsql_engine
-from .client_lock import ClientLock, act_for, acting_for, run_for
+from .client_lock import ClientLock, Reservation, act_for, acting_for, run_for
 from .database_config import (
     DEFAULT_DATABASE_URL,
     ENGINES,
@@ -679,19 +680,25 @@ class AsyncDatabaseClient:
     def __init__(self, client: DatabaseClient) -> None:
         """Wrap ``client``; calls from different tasks take turns on it."""
         self.client = client
-        self._lock = asyncio.Lock()
-        self._transaction_task: asyncio.Task[Any] | None = None
+        # Tasks take turns on one asyncio lock per event loop (a server thread runs its own).
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def closed(self) -> bool:
         """Whether the wrapped client is closed (every call then raises ClientClosedError)."""
         return self.client.closed
 
+    def _loop_lock(self) -> asyncio.Lock:
+        return self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
     def _in_own_transaction(self) -> bool:
-        """Whether the caller works for the task whose transaction holds the client: that
-        task, or a task it started (which inherits its context)."""
-        task = self._transaction_task
-        return task is not None and (task is asyncio.current_task() or acting_for() is task)
+        """Whether the caller works for an open async transaction of the client (it is its
+        task or inherits its context), or that transaction's task ended, leaving it open:
+        then waiting for it would be waiting forever."""
+        lock = self.client._lock
+        return lock.reserved_for(acting_for()) or lock.abandoned()
 
     def _refuse_inside_a_sync_transaction(self) -> None:
         """A worker thread would wait for the event loop's own open ``db.transaction()``,
@@ -705,9 +712,9 @@ class AsyncDatabaseClient:
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         self._refuse_inside_a_sync_transaction()
-        if self._in_own_transaction():  # waiting for the lock would wait for ourselves
-            return await asyncio.to_thread(run_for, self._transaction_task, function, *args)
-        async with self._lock:
+        if self._in_own_transaction():  # the worker inherits this context: it joins
+            return await asyncio.to_thread(function, *args)
+        async with self._loop_lock():
             return await asyncio.to_thread(function, *args)
 
     async def execute(self, sql: str, args: Args = ()) -> ResultSet:
@@ -759,16 +766,17 @@ async def _to_the_end(work: Awaitable[Any]) -> None:
 
 class AsyncTransaction:
     """``async with adb.transaction() as tx`` or ``tx = await adb.transaction()``: holds the
-    client for this task until it ends (other tasks and threads wait); inside this task's
-    own transaction, a savepoint."""
+    client for this task until it ends (other tasks and threads wait); inside an async
+    transaction this task works for, a savepoint, which its sibling tasks wait for."""
 
     def __init__(self, owner: AsyncDatabaseClient) -> None:
         """Prepare; nothing happens until it is awaited or the ``async with`` is entered."""
         self._owner = owner
         self._open = False
-        self._holds_lock = False
+        self._held_lock: asyncio.Lock | None = None  # this loop's, while it is outermost
         self._savepoint: str | None = None
-        self._task: asyncio.Task[Any] | None = None  # the task that began it
+        self._reservation: Reservation | None = None
+        self._outer: Reservation | None = None  # what the context worked for before
 
     def __await__(self) -> Generator[Any, None, Self]:
         """``tx = await adb.transaction()``: begin now, as ``async with`` would on entry."""
@@ -779,24 +787,21 @@ class AsyncTransaction:
             return self
         owner = self._owner
         owner._refuse_inside_a_sync_transaction()
-        if owner._in_own_transaction():  # a savepoint in that task's transaction
-            self._task = owner._transaction_task
-        else:
-            await owner._lock.acquire()
-            self._holds_lock = True
-            self._task = asyncio.current_task()
-            act_for(self._task)  # what inherits this task's context joins the transaction
-        loop_thread = threading.get_ident()
+        if not owner._in_own_transaction():
+            self._held_lock = owner._loop_lock()
+            await self._held_lock.acquire()
+        self._outer = acting_for()
+        self._reservation = Reservation(asyncio.current_task())
+        # Begun for the outer transaction (if any), whose savepoint it becomes.
         began = asyncio.ensure_future(
-            asyncio.to_thread(run_for, self._task, self._begin, loop_thread)
+            asyncio.to_thread(run_for, self._outer, self._begin, self._reservation)
         )
         try:
             self._savepoint = await asyncio.shield(began)
         except BaseException:  # cancelled, the thread may still begin: see _undo_begin
             await _to_the_end(self._undo_begin(began))
             raise
-        if self._holds_lock:
-            owner._transaction_task = self._task
+        act_for(self._reservation)  # this task and what inherits its context join it
         self._open = True
         return self
 
@@ -820,7 +825,7 @@ class AsyncTransaction:
             )
         self._owner._refuse_inside_a_sync_transaction()
         execute = self._owner.client.execute
-        result: ResultSet = await asyncio.to_thread(run_for, self._task, execute, sql, args)
+        result: ResultSet = await asyncio.to_thread(run_for, self._reservation, execute, sql, args)
         return result
 
     async def commit(self) -> None:
@@ -836,14 +841,13 @@ class AsyncTransaction:
         else:
             await self._finish("ROLLBACK")
 
-    def _begin(self, loop_thread: int) -> str | None:
+    def _begin(self, reservation: Reservation) -> str | None:
         """BEGIN, or a savepoint inside an open transaction; returns the savepoint's name.
-        A BEGIN then reserves the client for this task until its end."""
+        Then ``reservation`` keeps the client for this transaction until its end."""
         client = self._owner.client
         with client._connection():  # held from BEGIN to the reservation: no one slips in
             savepoint = client._begin(f"atx_{id(self):x}")
-            if savepoint is None:
-                client._lock.reserve_for(self._task, loop_thread)
+            client._lock.reserve(reservation)
         return savepoint
 
     async def _finish(self, *statements: str) -> None:
@@ -852,13 +856,17 @@ class AsyncTransaction:
         if not self._open:
             return
         self._open = False
-        end = asyncio.ensure_future(asyncio.to_thread(run_for, self._task, self._end, statements))
+        end = asyncio.ensure_future(
+            asyncio.to_thread(run_for, self._reservation, self._end, statements)
+        )
         try:
             await asyncio.shield(end)
         except asyncio.CancelledError:
             await _to_the_end(end)
             raise
         finally:
+            if acting_for() is self._reservation:
+                act_for(self._outer)  # this context works for the outer transaction again
             self._let_go()
 
     def _end(self, statements: Sequence[str]) -> None:
@@ -866,8 +874,7 @@ class AsyncTransaction:
         try:
             client._end(statements, roll_back_on_error=not self._savepoint)
         finally:
-            if self._savepoint is None:
-                client._lock.end_reservation()
+            client._lock.end_reservation(self._reservation)
 
     async def _undo_begin(self, began: asyncio.Future[str | None]) -> None:
         """The task entering the transaction was cancelled (a timeout, a failed TaskGroup
@@ -883,11 +890,10 @@ class AsyncTransaction:
         await self.rollback()
 
     def _let_go(self) -> None:
-        """Hand the client to the other tasks, if this (outermost) transaction held it."""
-        if self._holds_lock:
-            self._holds_lock = False
-            self._owner._transaction_task = None
-            self._owner._lock.release()
+        """Hand the client to this loop's other tasks, if this transaction held it."""
+        if self._held_lock is not None:
+            self._held_lock.release()
+            self._held_lock = None
 
 
 class DatabaseService:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lib.client_lock import run_for
+from lib.client_lock import acting_for, run_for
 from lib.database import (
     AsyncDatabaseClient,
     ClientClosedError,
@@ -956,8 +956,7 @@ async def test_a_savepoint_cancelled_as_it_begins_loses_nothing_written_after(
 
     async with adb.transaction() as outer:
         await outer.execute("INSERT INTO items (name) VALUES ('before')")
-        task = asyncio.current_task()
-        holder = threading.Thread(target=run_for, args=(task, busy), daemon=True)
+        holder = threading.Thread(target=run_for, args=(acting_for(), busy), daemon=True)
         holder.start()
         await asyncio.sleep(0.05)
         with pytest.raises(TimeoutError):
@@ -1076,6 +1075,100 @@ async def test_two_wrappers_of_one_client_share_its_transaction(client: Database
         await tx.rollback()
     await asyncio.to_thread(other.join, 10)
     assert [row[0] for row in client.execute("SELECT name FROM items").rows] == ["other thread"]
+
+
+async def test_sibling_savepoints_take_turns_and_stand_or_fall_alone(
+    client: DatabaseClient,
+) -> None:
+    """Tasks started inside a transaction that open their own (savepoints, through any
+    wrapper) wait for one another: a sibling's statement never lands in another's."""
+    adb = AsyncDatabaseClient(client)
+
+    async def keeps(name: str) -> None:
+        async with AsyncDatabaseClient(client).transaction() as tx:  # asked for at call time
+            await tx.execute("INSERT INTO items (name) VALUES (?)", (name,))
+            await asyncio.sleep(0.05)
+
+    async def fails() -> None:
+        async with adb.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('undone')")
+            await asyncio.sleep(0.05)
+            raise Boom
+
+    async with asyncio.timeout(10):
+        tx = await adb.transaction()
+        results = await asyncio.gather(
+            keeps("first"),
+            fails(),
+            adb.execute("INSERT INTO items (name) VALUES ('plain')"),
+            adb.batch(["INSERT INTO items (name) VALUES ('batch')"]),
+            keeps("last"),
+            return_exceptions=True,
+        )
+        await tx.commit()
+    assert [type(result) for result in results][1] is Boom
+    names = sorted(row[0] for row in client.execute("SELECT name FROM items").rows)
+    assert names == ["batch", "first", "last", "plain"]
+
+
+async def test_a_task_that_was_running_before_a_later_transaction_waits_for_it(
+    client: DatabaseClient,
+) -> None:
+    """Having worked inside an earlier transaction of the same task gives it no part in
+    the next one."""
+    adb = AsyncDatabaseClient(client)
+    go = asyncio.Event()
+
+    async def background() -> None:
+        await go.wait()
+        await adb.execute("INSERT INTO items (name) VALUES ('background')")
+
+    async with asyncio.timeout(10):
+        async with adb.transaction() as first:
+            await first.execute("INSERT INTO items (name) VALUES ('first')")
+        task = asyncio.create_task(background())
+        second = await adb.transaction()
+        go.set()
+        await asyncio.sleep(0.1)
+        assert not task.done()
+        await second.rollback()
+        await task
+    assert sorted(row[0] for row in client.execute("SELECT name FROM items").rows) == [
+        "background",
+        "first",
+    ]
+
+
+def test_one_wrapper_serves_two_event_loops(client: DatabaseClient) -> None:
+    """A server thread runs its own loop: each loop's tasks take turns on their own."""
+    adb = AsyncDatabaseClient(client)
+
+    async def insert_many(prefix: str) -> None:
+        async with asyncio.timeout(10):
+            await asyncio.gather(
+                *(
+                    adb.execute("INSERT INTO items (name) VALUES (?)", (f"{prefix}{i}",))
+                    for i in range(20)
+                )
+            )
+
+    other = threading.Thread(target=asyncio.run, args=(insert_many("thread-"),), daemon=True)
+    other.start()
+    asyncio.run(insert_many("main-"))
+    other.join(timeout=10)
+    assert count(client) == 40
+
+
+async def test_a_transaction_begun_under_wait_for_does_not_hang_its_caller(
+    client: DatabaseClient,
+) -> None:
+    """On Python 3.11, ``wait_for`` begins it in a task of its own, which ends at once."""
+    adb = AsyncDatabaseClient(client)
+    async with asyncio.timeout(10):
+        tx = await asyncio.wait_for(adb.transaction(), 5)
+        await adb.execute("INSERT INTO items (name) VALUES ('joined')")
+        await tx.rollback()
+    assert count(client) == 0
 
 
 async def test_a_task_cancelled_while_its_transaction_ends_still_ends_it(
