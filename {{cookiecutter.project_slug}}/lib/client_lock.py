@@ -15,7 +15,13 @@ out while a transaction is open, whichever kind it is:
   open holds no one out).
 
 An async savepoint reserves the client on top of its transaction's reservation, so that
-its sibling tasks' statements wait for it to end instead of landing inside it.
+its sibling tasks' statements wait for it to end instead of landing inside it. A context
+whose reservation has ended works for the nearest enclosing one still open.
+
+Async callers wait for a reservation on their event loop (:meth:`ClientLock.admits`), not
+in a worker thread: a worker started with :func:`run_for` that finds itself kept out
+raises :class:`KeptOut` at once, before any statement, and the caller tries again. Worker
+threads are never all taken by waiters.
 """
 
 from __future__ import annotations
@@ -33,11 +39,17 @@ T = TypeVar("T")
 RECHECK_SECONDS = 0.1
 
 
+class KeptOut(RuntimeError):
+    """A worker of :func:`run_for` found the client reserved for another transaction."""
+
+
 @dataclass(eq=False)
 class Reservation:
-    """An async transaction's (or savepoint's) hold on a client, made by ``task``."""
+    """An async transaction's (or savepoint's) hold on a client, made by ``task``, nested
+    in ``parent`` (a savepoint's transaction)."""
 
     task: asyncio.Task[Any] | None
+    parent: Reservation | None = None
     loop_thread: int = field(default_factory=threading.get_ident)
 
     def ended(self) -> bool:
@@ -62,13 +74,15 @@ def acting_for() -> Reservation | None:
 
 
 def run_for(reservation: Reservation | None, function: Callable[..., T], *args: Any) -> T:
-    """Call ``function(*args)`` in this (worker) thread on behalf of ``reservation``,
-    whatever the context: pass it to ``asyncio.to_thread``."""
+    """Call ``function(*args)`` in this worker thread on behalf of ``reservation``,
+    whatever the context; raises :class:`KeptOut` instead of waiting for another one."""
     _working_for.reservation = reservation
+    _working_for.active = True
     try:
         return function(*args)
     finally:
         _working_for.reservation = None
+        _working_for.active = False
 
 
 class ClientLock:
@@ -85,19 +99,29 @@ class ClientLock:
         self._reservations: list[Reservation] = []  # a transaction's, then its savepoints'
         self._pending_close: Callable[[], None] | None = None
 
+    def effective(self, reservation: Reservation | None) -> Reservation | None:
+        """``reservation``, or its nearest enclosing one, that is still open (None: none)."""
+        while reservation is not None and reservation not in self._reservations:
+            reservation = reservation.parent
+        return reservation
+
+    def admits(self, reservation: Reservation | None) -> bool:
+        """Whether work for ``reservation`` may use the client now: nothing is reserved,
+        the innermost reservation is (in effect) its own, or its task has ended."""
+        if not self._reservations:
+            return True
+        top = self._reservations[-1]
+        return top.ended() or self.effective(reservation) is top
+
     def _kept_out_by(self) -> Reservation | None:
-        """The reservation this thread must wait for, if any: the innermost one, unless
-        this thread works for it or its task has ended."""
+        """The reservation this thread must wait for, if any."""
         if not self._reservations:
             return None
-        top = self._reservations[-1]
-        if (
-            _acting_for.get() is top
-            or getattr(_working_for, "reservation", None) is top
-            or top.ended()
-        ):
-            return None
-        return top
+        if getattr(_working_for, "active", False):
+            mine = getattr(_working_for, "reservation", None)
+        else:
+            mine = _acting_for.get()
+        return None if self.admits(mine) else self._reservations[-1]
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take the lock for this thread, waiting at most ``timeout`` seconds (None: as long
@@ -117,6 +141,8 @@ class ClientLock:
 
     def _wait_for_the_reservations(self, deadline: float | None) -> bool:
         while (reservation := self._kept_out_by()) is not None:
+            if getattr(_working_for, "active", False):
+                raise KeptOut("the client is reserved for another transaction")
             if threading.get_ident() == reservation.loop_thread:
                 raise RuntimeError(
                     "this database client is inside an async transaction of another task on "
@@ -176,8 +202,23 @@ class ClientLock:
             self._turn.notify_all()
 
     def reserved_for(self, reservation: Reservation | None) -> bool:
-        """Whether ``reservation`` is among the open ones."""
-        return reservation is not None and reservation in self._reservations
+        """Whether ``reservation``, or one enclosing it, is among the open ones."""
+        return self.effective(reservation) is not None
+
+    def inside(self, reservation: Reservation) -> list[Reservation]:
+        """The open reservations nested inside ``reservation`` (its savepoints')."""
+        reservations = self._reservations
+        if reservation not in reservations:
+            return []
+        return reservations[reservations.index(reservation) + 1 :]
+
+    def end_inside(self, reservation: Reservation) -> None:
+        """End the reservations nested inside ``reservation``: its ROLLBACK undoes their
+        savepoints too, so waiting for them would be for nothing."""
+        with self._turn:
+            for nested in self.inside(reservation):
+                self._reservations.remove(nested)
+            self._turn.notify_all()
 
     def abandoned(self) -> bool:
         """Whether the outermost reservation's task ended with its transaction still open."""

@@ -12,6 +12,7 @@ here too; ``lib.client_lock`` decides which thread or task may use a client at a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import sqlite3
@@ -28,14 +29,15 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
 from . import libsql_engine
-from .client_lock import ClientLock, Reservation, act_for, acting_for, run_for
+from .client_lock import ClientLock, KeptOut, Reservation, act_for, acting_for, run_for
 from .database_config import (
     DEFAULT_DATABASE_URL,
     ENGINES,
@@ -104,6 +106,7 @@ CONNECTION_PRAGMAS: Mapping[str, str] = {
 # Pragmas that write to the database file: a read-only connection reads them instead.
 _WRITING_PRAGMAS = frozenset({"journal_mode"})
 
+T = TypeVar("T")
 Args: TypeAlias = Sequence[Any] | Mapping[str, Any]
 Statement: TypeAlias = str | tuple[str, Args] | Mapping[str, Any]
 
@@ -712,10 +715,10 @@ class AsyncDatabaseClient:
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         self._refuse_inside_a_sync_transaction()
-        if self._in_own_transaction():  # the worker inherits this context: it joins
-            return await asyncio.to_thread(function, *args)
+        if self._in_own_transaction():  # waiting for this loop's lock would wait for itself
+            return await _call(self.client, acting_for(), function, *args)
         async with self._loop_lock():
-            return await asyncio.to_thread(function, *args)
+            return await _call(self.client, acting_for(), function, *args)
 
     async def execute(self, sql: str, args: Args = ()) -> ResultSet:
         """Run one statement (inside this task's open transaction, if any)."""
@@ -753,6 +756,36 @@ class AsyncDatabaseClient:
         return AsyncTransaction(self)
 
 
+# The async client's worker threads, apart from asyncio's default ones, which application
+# code may fill with threads waiting for a transaction that needs a worker to end.
+_WORKERS = ThreadPoolExecutor(thread_name_prefix="async_db")
+# How often a call kept out by another task's transaction looks again, on its event loop.
+ADMISSION_POLL_SECONDS = 0.005
+
+
+async def _admitted(client: DatabaseClient, reservation: Reservation | None) -> None:
+    """Return once work for ``reservation`` may use ``client``, waiting on the event loop
+    (cancellable, and taking no worker thread while it waits)."""
+    while not client._lock.admits(reservation):
+        await asyncio.sleep(ADMISSION_POLL_SECONDS)
+
+
+async def _call(
+    client: DatabaseClient, reservation: Reservation | None, function: Callable[..., T], *args: Any
+) -> T:
+    """``function(*args)`` in a worker thread for ``reservation``, in a copy of this context,
+    once the client admits it; a worker kept out after all (another transaction began
+    meanwhile) has run nothing, and the call waits and tries again."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await _admitted(client, reservation)
+        context = contextvars.copy_context()
+        with suppress(KeptOut):
+            return await loop.run_in_executor(
+                _WORKERS, context.run, run_for, reservation, function, *args
+            )
+
+
 async def _to_the_end(work: Awaitable[Any]) -> None:
     """Run ``work`` to its end even if this task is cancelled again meanwhile (the caller
     re-raises the first cancellation afterwards); a failure is logged, not raised."""
@@ -775,7 +808,7 @@ class AsyncTransaction:
         self._open = False
         self._held_lock: asyncio.Lock | None = None  # this loop's, while it is outermost
         self._savepoint: str | None = None
-        self._reservation: Reservation | None = None
+        self._reservation = Reservation(None)  # made for the entering task on entry
         self._outer: Reservation | None = None  # what the context worked for before
 
     def __await__(self) -> Generator[Any, None, Self]:
@@ -785,17 +818,20 @@ class AsyncTransaction:
     async def __aenter__(self) -> Self:
         if self._open:  # `async with await adb.transaction()`: already begun
             return self
-        owner = self._owner
+        owner, client = self._owner, self._owner.client
         owner._refuse_inside_a_sync_transaction()
         if not owner._in_own_transaction():
             self._held_lock = owner._loop_lock()
             await self._held_lock.acquire()
-        self._outer = acting_for()
-        self._reservation = Reservation(asyncio.current_task())
+        try:
+            self._outer = client._lock.effective(acting_for())
+            self._reservation = Reservation(asyncio.current_task(), self._outer)
+            await _admitted(client, self._outer)  # cancellable: nothing has begun yet
+        except BaseException:
+            self._let_go()
+            raise
         # Begun for the outer transaction (if any), whose savepoint it becomes.
-        began = asyncio.ensure_future(
-            asyncio.to_thread(run_for, self._outer, self._begin, self._reservation)
-        )
+        began = asyncio.ensure_future(_call(client, self._outer, self._begin))
         try:
             self._savepoint = await asyncio.shield(began)
         except BaseException:  # cancelled, the thread may still begin: see _undo_begin
@@ -824,41 +860,54 @@ class AsyncTransaction:
                 " or after `tx = await adb.transaction()`, before its commit or rollback"
             )
         self._owner._refuse_inside_a_sync_transaction()
-        execute = self._owner.client.execute
-        result: ResultSet = await asyncio.to_thread(run_for, self._reservation, execute, sql, args)
-        return result
+        client = self._owner.client
+        return await _call(client, self._reservation, client.execute, sql, args)
 
     async def commit(self) -> None:
         """Make the changes permanent (or fold a savepoint into its outer transaction)."""
-        savepoint = self._savepoint
-        await self._finish(f"RELEASE {savepoint}" if savepoint else "COMMIT")
+        await self._finish(rollback=False)
 
     async def rollback(self) -> None:
         """Discard every change made in this transaction."""
-        savepoint = self._savepoint
-        if savepoint:
-            await self._finish(f"ROLLBACK TO {savepoint}", f"RELEASE {savepoint}")
-        else:
-            await self._finish("ROLLBACK")
+        await self._finish(rollback=True)
 
-    def _begin(self, reservation: Reservation) -> str | None:
+    def _statements(self, *, rollback: bool) -> tuple[str, ...]:
+        savepoint = self._savepoint
+        if not savepoint:
+            return ("ROLLBACK",) if rollback else ("COMMIT",)
+        if rollback:
+            return (f"ROLLBACK TO {savepoint}", f"RELEASE {savepoint}")
+        return (f"RELEASE {savepoint}",)
+
+    def _begin(self) -> str | None:
         """BEGIN, or a savepoint inside an open transaction; returns the savepoint's name.
-        Then ``reservation`` keeps the client for this transaction until its end."""
+        Then the client is reserved for this transaction until its end."""
         client = self._owner.client
         with client._connection():  # held from BEGIN to the reservation: no one slips in
             savepoint = client._begin(f"atx_{id(self):x}")
-            client._lock.reserve(reservation)
+            client._lock.reserve(self._reservation)
         return savepoint
 
-    async def _finish(self, *statements: str) -> None:
-        """End in a worker thread; cancelled meanwhile, wait for that end all the same
-        (else a COMMIT or ROLLBACK not yet started would never run, leaving it open)."""
+    async def _finish(self, *, rollback: bool) -> None:
+        """Commit or roll back in a worker thread. A commit waits (cancellable) for the
+        savepoints of tasks started inside to end, and rolls back if cancelled meanwhile;
+        a rollback undoes them at once. Once started, the end runs to its end even if the
+        task is cancelled (else a COMMIT or ROLLBACK not yet run would leave it open)."""
         if not self._open:
             return
+        client = self._owner.client
+        cancelled = False
+        if not rollback:
+            self._refuse_open_savepoints_of_this_task()
+            try:
+                await _admitted(client, self._reservation)
+            except asyncio.CancelledError:
+                cancelled = rollback = True
+        if rollback:
+            client._lock.end_inside(self._reservation)
         self._open = False
-        end = asyncio.ensure_future(
-            asyncio.to_thread(run_for, self._reservation, self._end, statements)
-        )
+        statements = self._statements(rollback=rollback)
+        end = asyncio.ensure_future(_call(client, self._reservation, self._end, statements))
         try:
             await asyncio.shield(end)
         except asyncio.CancelledError:
@@ -868,13 +917,30 @@ class AsyncTransaction:
             if acting_for() is self._reservation:
                 act_for(self._outer)  # this context works for the outer transaction again
             self._let_go()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _refuse_open_savepoints_of_this_task(self) -> None:
+        """Committing would wait for them, in the very task that has to end them."""
+        task = asyncio.current_task()
+        if any(
+            nested.task is task for nested in self._owner.client._lock.inside(self._reservation)
+        ):
+            raise RuntimeError(
+                "a transaction begun inside this one, in this same task, is still open: "
+                "commit or roll it back first"
+            )
 
     def _end(self, statements: Sequence[str]) -> None:
         client = self._owner.client
         try:
             client._end(statements, roll_back_on_error=not self._savepoint)
-        finally:
+        except KeptOut:  # nothing ran: _call waits and tries again
+            raise
+        except BaseException:
             client._lock.end_reservation(self._reservation)
+            raise
+        client._lock.end_reservation(self._reservation)
 
     async def _undo_begin(self, began: asyncio.Future[str | None]) -> None:
         """The task entering the transaction was cancelled (a timeout, a failed TaskGroup

@@ -1171,29 +1171,104 @@ async def test_a_transaction_begun_under_wait_for_does_not_hang_its_caller(
     assert count(client) == 0
 
 
-async def test_a_task_cancelled_while_its_transaction_ends_still_ends_it(
+async def test_calls_waiting_for_a_transaction_take_no_worker_thread_it_needs(
     client: DatabaseClient,
 ) -> None:
-    """Its ROLLBACK, queued behind busy worker threads, runs all the same: else the
-    transaction stayed open and swallowed every later write."""
+    """Savepoints taking turns wait on the event loop, and threads of application code
+    waiting in asyncio's default pool do not starve the transaction of workers."""
     adb = AsyncDatabaseClient(client)
-    loop = asyncio.get_running_loop()
-    busy: list[asyncio.Future[None]] = []
+    go = asyncio.Event()
 
-    async def fail_inside() -> None:
+    async def running_before(i: int) -> None:
+        await go.wait()
+        await asyncio.to_thread(client.execute, "INSERT INTO items (name) VALUES (?)", (f"t{i}",))
+
+    async def savepoint(i: int) -> None:
+        async with adb.transaction() as inner:
+            await inner.execute("INSERT INTO items (name) VALUES (?)", (f"s{i}",))
+            await inner.execute("SELECT 1")
+
+    waiting = [asyncio.create_task(running_before(i)) for i in range(12)]
+    async with asyncio.timeout(20):
         async with adb.transaction() as tx:
-            await tx.execute("INSERT INTO items (name) VALUES ('rolled back')")
-            busy.extend(loop.run_in_executor(None, time.sleep, 0.3) for _ in range(12))
-            raise Boom  # its ROLLBACK queues behind the sleeps
+            go.set()
+            await asyncio.sleep(0.1)  # twelve threads now wait for the transaction
+            await asyncio.gather(*(savepoint(i) for i in range(12)))
+            await tx.execute("INSERT INTO items (name) VALUES ('outer')")
+        await asyncio.gather(*waiting)
+    assert count(client) == 25
 
-    task = asyncio.create_task(fail_inside())
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.gather(*busy)
-    assert not client.get_connection_stats()["in_transaction"]
+
+async def test_a_task_started_in_a_savepoint_that_ended_works_for_its_transaction(
+    client: DatabaseClient,
+) -> None:
+    adb = AsyncDatabaseClient(client)
+    go = asyncio.Event()
+
+    async def late() -> None:
+        await go.wait()
+        await adb.execute("INSERT INTO items (name) VALUES ('late')")
+
+    async with asyncio.timeout(10):
+        tx = await adb.transaction()
+        async with adb.transaction():
+            started = asyncio.create_task(late())
+        go.set()
+        await started
+        assert count(client) == 1
+        await tx.rollback()
     assert count(client) == 0
+
+
+async def test_committing_a_transaction_before_the_one_inside_it_is_an_error(
+    client: DatabaseClient,
+) -> None:
+    """It would wait for the inner one, which only this very task can end."""
+    adb = AsyncDatabaseClient(client)
+    async with asyncio.timeout(10):
+        outer = await adb.transaction()
+        inner = await adb.transaction()
+        with pytest.raises(RuntimeError, match="still open: commit or roll it back first"):
+            await outer.commit()
+        await inner.execute("INSERT INTO items (name) VALUES ('kept')")
+        await inner.commit()
+        await outer.commit()
+    assert count(client) == 1
+
+
+async def test_a_task_cancelled_while_its_commit_waits_rolls_back(client: DatabaseClient) -> None:
+    """Its commit waits for a savepoint of a task it started; cancelled meanwhile, it rolls
+    back (that savepoint with it) instead of leaving the transaction open."""
+    adb = AsyncDatabaseClient(client)
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def child() -> None:
+        async with adb.transaction() as savepoint:
+            await savepoint.execute("INSERT INTO items (name) VALUES ('child')")
+            inside.set()
+            await release.wait()
+
+    children: list[asyncio.Task[None]] = []
+
+    async def parent() -> None:
+        async with adb.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('parent')")
+            children.append(asyncio.create_task(child()))
+            await inside.wait()
+
+    async with asyncio.timeout(10):
+        task = asyncio.create_task(parent())
+        await inside.wait()
+        await asyncio.sleep(0.05)  # the parent's commit is waiting for the child's savepoint
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not client.get_connection_stats()["in_transaction"]
+        release.set()
+        with pytest.raises(RuntimeError, match="had already ended"):
+            await children[0]
+    assert count(client) == 0
+    client.execute("INSERT INTO items (name) VALUES ('free again')")  # nothing holds it
 
 
 def test_a_task_that_ended_inside_its_transaction_holds_no_one_out(
