@@ -43,6 +43,10 @@ class KeptOut(RuntimeError):
     """A worker of :func:`run_for` found the client reserved for another transaction."""
 
 
+class RolledBackError(RuntimeError):
+    """Work for a transaction that a rollback around it has undone: it may not go on."""
+
+
 @dataclass(eq=False)
 class Reservation:
     """An async transaction's (or savepoint's) hold on a client, made by ``task``, nested
@@ -51,6 +55,7 @@ class Reservation:
     task: asyncio.Task[Any] | None
     parent: Reservation | None = None
     loop_thread: int = field(default_factory=threading.get_ident)
+    rolled_back: bool = False  # by itself or by a transaction around it
 
     def ended(self) -> bool:
         """Whether its task is over: then nobody can end the transaction for it."""
@@ -100,27 +105,39 @@ class ClientLock:
         self._pending_close: Callable[[], None] | None = None
 
     def effective(self, reservation: Reservation | None) -> Reservation | None:
-        """``reservation``, or its nearest enclosing one, that is still open (None: none)."""
+        """``reservation``, or its nearest enclosing one, that is still open (None: none).
+
+        Raises :class:`RolledBackError` if one that ended on the way was rolled back:
+        work started inside it (a task, a thread) must not go on writing outside it."""
         while reservation is not None and reservation not in self._reservations:
+            if reservation.rolled_back:
+                raise RolledBackError(
+                    "the transaction this work was started in has been rolled back: what "
+                    "it writes now would be committed on its own, outside that transaction"
+                )
             reservation = reservation.parent
         return reservation
 
     def admits(self, reservation: Reservation | None) -> bool:
         """Whether work for ``reservation`` may use the client now: nothing is reserved,
         the innermost reservation is (in effect) its own, or its task has ended."""
+        mine = self.effective(reservation)
         if not self._reservations:
             return True
         top = self._reservations[-1]
-        return top.ended() or self.effective(reservation) is top
+        return top.ended() or mine is top
+
+    @staticmethod
+    def _mine() -> Reservation | None:
+        """What this thread works for: a :func:`run_for` call's, or its context's."""
+        if getattr(_working_for, "active", False):
+            reservation: Reservation | None = getattr(_working_for, "reservation", None)
+            return reservation
+        return _acting_for.get()
 
     def _kept_out_by(self) -> Reservation | None:
         """The reservation this thread must wait for, if any."""
-        if not self._reservations:
-            return None
-        if getattr(_working_for, "active", False):
-            mine = getattr(_working_for, "reservation", None)
-        else:
-            mine = _acting_for.get()
+        mine = self._mine()
         return None if self.admits(mine) else self._reservations[-1]
 
     def acquire(self, timeout: float | None = None) -> bool:
@@ -131,7 +148,7 @@ class ClientLock:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._rlock.acquire(timeout=-1 if timeout is None else timeout):
             return False
-        if not self._reservations:
+        if not self._reservations and self._mine() is None:
             return True
         try:
             return self._wait_for_the_reservations(deadline)
@@ -192,13 +209,17 @@ class ClientLock:
         with self._rlock:
             self._reservations.append(reservation)
 
-    def end_reservation(self, reservation: Reservation | None = None) -> None:
-        """End ``reservation`` (None: every one, as a close does); waiting threads go on."""
+    def end_reservation(
+        self, reservation: Reservation | None = None, *, rolled_back: bool = True
+    ) -> None:
+        """End ``reservation`` (None: every one, as a close does, which rolls back);
+        waiting threads go on."""
         with self._turn:
-            if reservation is None:
-                self._reservations.clear()
-            elif reservation in self._reservations:
-                self._reservations.remove(reservation)
+            ended = list(self._reservations) if reservation is None else [reservation]
+            for each in ended:
+                each.rolled_back = rolled_back
+                if each in self._reservations:
+                    self._reservations.remove(each)
             self._turn.notify_all()
 
     def reserved_for(self, reservation: Reservation | None) -> bool:
@@ -212,13 +233,20 @@ class ClientLock:
             return []
         return reservations[reservations.index(reservation) + 1 :]
 
-    def end_inside(self, reservation: Reservation) -> None:
-        """End the reservations nested inside ``reservation``: its ROLLBACK undoes their
-        savepoints too, so waiting for them would be for nothing."""
+    def take_for_rollback(self, reservation: Reservation) -> bool:
+        """Take the lock to roll ``reservation`` back, ending (as rolled back) the ones
+        nested inside it, whose savepoints that ROLLBACK undoes: they do not keep it out.
+        False, without the lock, when ``reservation`` is no longer open."""
+        self._rlock.acquire()
         with self._turn:
+            if reservation not in self._reservations:
+                self.release()
+                return False
             for nested in self.inside(reservation):
+                nested.rolled_back = True
                 self._reservations.remove(nested)
             self._turn.notify_all()
+        return True
 
     def abandoned(self) -> bool:
         """Whether the outermost reservation's task ended with its transaction still open."""

@@ -771,14 +771,20 @@ async def _admitted(client: DatabaseClient, reservation: Reservation | None) -> 
 
 
 async def _call(
-    client: DatabaseClient, reservation: Reservation | None, function: Callable[..., T], *args: Any
+    client: DatabaseClient,
+    reservation: Reservation | None,
+    function: Callable[..., T],
+    *args: Any,
+    admit: bool = True,
 ) -> T:
     """``function(*args)`` in a worker thread for ``reservation``, in a copy of this context,
-    once the client admits it; a worker kept out after all (another transaction began
-    meanwhile) has run nothing, and the call waits and tries again."""
+    once the client admits it (``admit=False``: at once); a worker kept out after all
+    (another transaction began meanwhile) has run nothing, and the call waits and tries
+    again."""
     loop = asyncio.get_running_loop()
     while True:
-        await _admitted(client, reservation)
+        if admit:
+            await _admitted(client, reservation)
         context = contextvars.copy_context()
         with suppress(KeptOut):
             return await loop.run_in_executor(
@@ -897,17 +903,16 @@ class AsyncTransaction:
             return
         client = self._owner.client
         cancelled = False
-        if not rollback:
+        if not rollback and not self._reservation.rolled_back:
             self._refuse_open_savepoints_of_this_task()
             try:
                 await _admitted(client, self._reservation)
             except asyncio.CancelledError:
                 cancelled = rollback = True
-        if rollback:
-            client._lock.end_inside(self._reservation)
         self._open = False
-        statements = self._statements(rollback=rollback)
-        end = asyncio.ensure_future(_call(client, self._reservation, self._end, statements))
+        end = asyncio.ensure_future(
+            _call(client, self._reservation, self._end, rollback, admit=not rollback)
+        )
         try:
             await asyncio.shield(end)
         except asyncio.CancelledError:
@@ -931,16 +936,30 @@ class AsyncTransaction:
                 "commit or roll it back first"
             )
 
-    def _end(self, statements: Sequence[str]) -> None:
-        client = self._owner.client
+    def _end(self, rollback: bool) -> None:
+        """COMMIT or RELEASE once admitted; ROLLBACK at once, ending the reservations of the
+        savepoints nested inside (which it undoes). Raises RolledBackError for a commit of
+        what a rollback around it has undone."""
+        client, reservation = self._owner.client, self._reservation
+        statements = self._statements(rollback=rollback)
+        if rollback:
+            if not client._lock.take_for_rollback(reservation):
+                return  # undone already, by a rollback around it or a close
+            try:
+                client._end(statements, roll_back_on_error=not self._savepoint)
+            finally:
+                client._lock.end_reservation(reservation)
+                client._lock.release()
+            return
+        client._lock.effective(reservation)  # raises if a rollback around it undid it
         try:
             client._end(statements, roll_back_on_error=not self._savepoint)
         except KeptOut:  # nothing ran: _call waits and tries again
             raise
         except BaseException:
-            client._lock.end_reservation(self._reservation)
+            client._lock.end_reservation(reservation)
             raise
-        client._lock.end_reservation(self._reservation)
+        client._lock.end_reservation(reservation, rolled_back=False)
 
     async def _undo_begin(self, began: asyncio.Future[str | None]) -> None:
         """The task entering the transaction was cancelled (a timeout, a failed TaskGroup

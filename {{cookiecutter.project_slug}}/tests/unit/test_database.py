@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lib.client_lock import acting_for, run_for
+from lib.client_lock import RolledBackError, acting_for, run_for
 from lib.database import (
     AsyncDatabaseClient,
     ClientClosedError,
@@ -1236,6 +1236,63 @@ async def test_committing_a_transaction_before_the_one_inside_it_is_an_error(
     assert count(client) == 1
 
 
+async def test_work_started_in_a_transaction_that_rolled_back_writes_nothing_after(
+    client: DatabaseClient,
+) -> None:
+    """Children of a transaction whose body failed (``gather`` returns the first error
+    while the others go on) may not go on writing outside it, nor begin transactions of
+    their own; and the rollback does not wait for their savepoints."""
+    adb = AsyncDatabaseClient(client)
+
+    async def child(i: int) -> None:
+        async with adb.transaction() as savepoint:
+            await savepoint.execute("INSERT INTO items (name) VALUES (?)", (f"c{i}-1",))
+            await asyncio.sleep(0.2)
+            await savepoint.execute("INSERT INTO items (name) VALUES (?)", (f"c{i}-2",))
+
+    async def fails() -> None:
+        await asyncio.sleep(0.1)
+        raise Boom
+
+    children: list[asyncio.Future[None]] = []
+    async with asyncio.timeout(10):
+        with contextlib.suppress(Boom):
+            async with adb.transaction():
+                children.extend(asyncio.ensure_future(child(i)) for i in range(3))
+                await asyncio.gather(fails(), *children)
+        outcomes = await asyncio.gather(*children, return_exceptions=True)
+    assert all(isinstance(outcome, RolledBackError) for outcome in outcomes), outcomes
+    assert count(client) == 0
+    assert not client.get_connection_stats()["in_transaction"]
+
+
+@pytest.mark.parametrize("yields", range(6))
+async def test_a_rollback_does_not_wait_for_a_savepoint_begun_as_it_ends(
+    client: DatabaseClient, yields: int
+) -> None:
+    """Whenever the child's SAVEPOINT runs, the parent's ROLLBACK undoes it at once."""
+    adb = AsyncDatabaseClient(client)
+    never = asyncio.Event()
+
+    async def child() -> None:
+        async with adb.transaction() as savepoint:
+            await savepoint.execute("INSERT INTO items (name) VALUES ('child')")
+            await never.wait()
+
+    started: list[asyncio.Task[None]] = []
+    async with asyncio.timeout(10):
+        with contextlib.suppress(Boom):
+            async with adb.transaction():
+                started.append(asyncio.create_task(child()))
+                for _ in range(yields):
+                    await asyncio.sleep(0)
+                raise Boom
+        started[0].cancel()
+        await asyncio.gather(*started, return_exceptions=True)
+    assert count(client) == 0
+    assert not client.get_connection_stats()["in_transaction"]
+
+
 async def test_a_task_cancelled_while_its_commit_waits_rolls_back(client: DatabaseClient) -> None:
     """Its commit waits for a savepoint of a task it started; cancelled meanwhile, it rolls
     back (that savepoint with it) instead of leaving the transaction open."""
@@ -1265,8 +1322,8 @@ async def test_a_task_cancelled_while_its_commit_waits_rolls_back(client: Databa
             await task
         assert not client.get_connection_stats()["in_transaction"]
         release.set()
-        with pytest.raises(RuntimeError, match="had already ended"):
-            await children[0]
+        with pytest.raises(RolledBackError, match="has been rolled back"):
+            await children[0]  # its savepoint's commit: undone with the parent
     assert count(client) == 0
     client.execute("INSERT INTO items (name) VALUES ('free again')")  # nothing holds it
 
