@@ -35,8 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-# How often a thread kept out looks again whether the reserving task has ended.
-RECHECK_SECONDS = 0.1
+# How often something kept out looks again whether it may go on (the reserving task may
+# have ended, which signals nothing): a thread waits on a condition between looks, an
+# async call sleeps on its event loop, where it takes no worker thread.
+THREAD_RECHECK_SECONDS = 0.1
+LOOP_RECHECK_SECONDS = 0.005
 
 
 class KeptOut(RuntimeError):
@@ -55,14 +58,15 @@ class Reservation:
     task: asyncio.Task[Any] | None
     parent: Reservation | None = None
     loop_thread: int = field(default_factory=threading.get_ident)
-    rolled_back: bool = False  # by itself or by a transaction around it
+    rolled_back: bool = False  # by itself, a rollback around it or a close
 
     def ended(self) -> bool:
         """Whether its task is over: then nobody can end the transaction for it."""
         return self.task is None or self.task.done()
 
 
-_working_for = threading.local()  # .reservation: what a worker thread runs a call for
+_NOT_IN_RUN_FOR = object()
+_working_for = threading.local()  # .reservation: what a run_for worker runs its call for
 _acting_for: ContextVar[Reservation | None] = ContextVar("acting_for", default=None)
 
 
@@ -82,34 +86,47 @@ def run_for(reservation: Reservation | None, function: Callable[..., T], *args: 
     """Call ``function(*args)`` in this worker thread on behalf of ``reservation``,
     whatever the context; raises :class:`KeptOut` instead of waiting for another one."""
     _working_for.reservation = reservation
-    _working_for.active = True
     try:
         return function(*args)
     finally:
-        _working_for.reservation = None
-        _working_for.active = False
+        _working_for.reservation = _NOT_IN_RUN_FOR
+
+
+def _caller_reservation() -> Reservation | None:
+    """What the calling thread works for: its :func:`run_for` call's, or its context's."""
+    reservation: object = getattr(_working_for, "reservation", _NOT_IN_RUN_FOR)
+    if isinstance(reservation, Reservation | None):
+        return reservation
+    return _acting_for.get()
+
+
+def _in_run_for() -> bool:
+    return getattr(_working_for, "reservation", _NOT_IN_RUN_FOR) is not _NOT_IN_RUN_FOR
 
 
 class ClientLock:
     """A client's re-entrant lock, which async transactions can reserve for their tasks.
 
-    A close that could not wait for the lock is handed over with :meth:`close_when_free`
-    and runs as soon as the lock is let go.
+    The open reservations are a tuple, replaced (never changed) under the lock, so that
+    the event loop can read them without taking it. A close that could not wait for the
+    lock is handed over with :meth:`close_when_free` and runs as soon as it is let go.
     """
 
     def __init__(self) -> None:
         """Free, reserved for no one."""
         self._rlock = threading.RLock()
         self._turn = threading.Condition(self._rlock)
-        self._reservations: list[Reservation] = []  # a transaction's, then its savepoints'
+        # A transaction's reservation, then those of its savepoints, innermost last.
+        self._reservations: tuple[Reservation, ...] = ()
         self._pending_close: Callable[[], None] | None = None
 
-    def effective(self, reservation: Reservation | None) -> Reservation | None:
+    def innermost_open(self, reservation: Reservation | None) -> Reservation | None:
         """``reservation``, or its nearest enclosing one, that is still open (None: none).
 
         Raises :class:`RolledBackError` if one that ended on the way was rolled back:
         work started inside it (a task, a thread) must not go on writing outside it."""
-        while reservation is not None and reservation not in self._reservations:
+        reservations = self._reservations
+        while reservation is not None and reservation not in reservations:
             if reservation.rolled_back:
                 raise RolledBackError(
                     "the transaction this work was started in has been rolled back: what "
@@ -120,25 +137,13 @@ class ClientLock:
 
     def admits(self, reservation: Reservation | None) -> bool:
         """Whether work for ``reservation`` may use the client now: nothing is reserved,
-        the innermost reservation is (in effect) its own, or its task has ended."""
-        mine = self.effective(reservation)
-        if not self._reservations:
+        the innermost reservation is (in effect) its own, or its task has ended. Raises
+        :class:`RolledBackError` for work of a transaction that was rolled back."""
+        reservations = self._reservations
+        mine = self.innermost_open(reservation)  # raises if rolled back
+        if not reservations:
             return True
-        top = self._reservations[-1]
-        return top.ended() or mine is top
-
-    @staticmethod
-    def _mine() -> Reservation | None:
-        """What this thread works for: a :func:`run_for` call's, or its context's."""
-        if getattr(_working_for, "active", False):
-            reservation: Reservation | None = getattr(_working_for, "reservation", None)
-            return reservation
-        return _acting_for.get()
-
-    def _kept_out_by(self) -> Reservation | None:
-        """The reservation this thread must wait for, if any."""
-        mine = self._mine()
-        return None if self.admits(mine) else self._reservations[-1]
+        return reservations[-1].ended() or mine is reservations[-1]
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take the lock for this thread, waiting at most ``timeout`` seconds (None: as long
@@ -148,7 +153,7 @@ class ClientLock:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._rlock.acquire(timeout=-1 if timeout is None else timeout):
             return False
-        if not self._reservations and self._mine() is None:
+        if not self._reservations and _caller_reservation() is None:
             return True
         try:
             return self._wait_for_the_reservations(deadline)
@@ -157,8 +162,9 @@ class ClientLock:
             raise
 
     def _wait_for_the_reservations(self, deadline: float | None) -> bool:
-        while (reservation := self._kept_out_by()) is not None:
-            if getattr(_working_for, "active", False):
+        while not self.admits(_caller_reservation()):
+            reservation = self._reservations[-1]  # stable: changed only under this lock
+            if _in_run_for():
                 raise KeptOut("the client is reserved for another transaction")
             if threading.get_ident() == reservation.loop_thread:
                 raise RuntimeError(
@@ -167,11 +173,11 @@ class ClientLock:
                     "async_db calls (they wait their turn) instead of calling the client "
                     "directly, or end the transaction first"
                 )
-            remaining = RECHECK_SECONDS if deadline is None else deadline - time.monotonic()
+            remaining = THREAD_RECHECK_SECONDS if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 self.release()
                 return False
-            self._turn.wait(min(remaining, RECHECK_SECONDS))
+            self._turn.wait(min(remaining, THREAD_RECHECK_SECONDS))
         return True
 
     def acquire_to_close(self, timeout: float) -> bool:
@@ -204,33 +210,36 @@ class ClientLock:
         return self._pending_close is not None
 
     def reserve(self, reservation: Reservation) -> None:
-        """Keep out what does not work for ``reservation`` until :meth:`end_reservation`;
-        call with the lock held, right after its BEGIN or SAVEPOINT."""
+        """Keep out what does not work for ``reservation`` until it ends; call with the
+        lock held, right after its BEGIN or SAVEPOINT."""
         with self._rlock:
-            self._reservations.append(reservation)
+            self._reservations = (*self._reservations, reservation)
 
-    def end_reservation(
-        self, reservation: Reservation | None = None, *, rolled_back: bool = True
-    ) -> None:
-        """End ``reservation`` (None: every one, as a close does, which rolls back);
-        waiting threads go on."""
+    def end_reservation(self, reservation: Reservation, *, committed: bool) -> None:
+        """End ``reservation`` after its COMMIT or RELEASE (``committed``) or its rollback;
+        the threads waiting for it go on."""
         with self._turn:
-            ended = list(self._reservations) if reservation is None else [reservation]
-            for each in ended:
-                each.rolled_back = rolled_back
-                if each in self._reservations:
-                    self._reservations.remove(each)
+            reservation.rolled_back = not committed
+            self._reservations = tuple(r for r in self._reservations if r is not reservation)
+            self._turn.notify_all()
+
+    def end_all_reservations(self) -> None:
+        """End every reservation, as rolled back: the connection was closed."""
+        with self._turn:
+            for reservation in self._reservations:
+                reservation.rolled_back = True
+            self._reservations = ()
             self._turn.notify_all()
 
     def reserved_for(self, reservation: Reservation | None) -> bool:
         """Whether ``reservation``, or one enclosing it, is among the open ones."""
-        return self.effective(reservation) is not None
+        return self.innermost_open(reservation) is not None
 
-    def inside(self, reservation: Reservation) -> list[Reservation]:
+    def inside(self, reservation: Reservation) -> tuple[Reservation, ...]:
         """The open reservations nested inside ``reservation`` (its savepoints')."""
         reservations = self._reservations
         if reservation not in reservations:
-            return []
+            return ()
         return reservations[reservations.index(reservation) + 1 :]
 
     def take_for_rollback(self, reservation: Reservation) -> bool:
@@ -238,13 +247,14 @@ class ClientLock:
         nested inside it, whose savepoints that ROLLBACK undoes: they do not keep it out.
         False, without the lock, when ``reservation`` is no longer open."""
         self._rlock.acquire()
+        if reservation not in self._reservations:
+            self.release()
+            return False
         with self._turn:
-            if reservation not in self._reservations:
-                self.release()
-                return False
-            for nested in self.inside(reservation):
-                nested.rolled_back = True
-                self._reservations.remove(nested)
+            nested = self.inside(reservation)
+            for each in nested:
+                each.rolled_back = True
+            self._reservations = self._reservations[: len(self._reservations) - len(nested)]
             self._turn.notify_all()
         return True
 

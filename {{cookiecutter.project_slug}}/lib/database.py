@@ -19,7 +19,6 @@ import sqlite3
 import sys
 import threading
 import time
-import weakref
 from collections.abc import (
     Awaitable,
     Callable,
@@ -37,7 +36,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
 from . import libsql_engine
-from .client_lock import ClientLock, KeptOut, Reservation, act_for, acting_for, run_for
+from .client_lock import (
+    LOOP_RECHECK_SECONDS,
+    ClientLock,
+    KeptOut,
+    Reservation,
+    act_for,
+    acting_for,
+    run_for,
+)
 from .database_config import (
     DEFAULT_DATABASE_URL,
     ENGINES,
@@ -470,16 +477,19 @@ class DatabaseClient:
                 self._db = sqlite_utils.Database(conn, execute_plugins=False)
             return self._db
 
-    def close(self, timeout: float = 5.0, *, reason: str | None = None) -> bool:
+    def close(
+        self, timeout: float = 5.0, *, reason: str | None = None, where: str | None = None
+    ) -> bool:
         """Close the connection; idempotent. Returns False if it could not within ``timeout``
         (and, called again, while that close is still waiting).
 
         New calls fail with :class:`ClientClosedError` at once; a statement still running in
         another thread is interrupted, and the connection closes when that thread lets go.
+        ``where``: the caller's ``file:line``, when it calls from a worker thread.
         """
         if self.closed:
             return not self._lock.close_pending
-        how = f"closed at {caller_location()}" + (f" {reason}" if reason else "")
+        how = f"closed at {where or caller_location()}" + (f" {reason}" if reason else "")
         self._closed_message = (
             f"CLIENT_CLOSED: this database client belonged to {self.owner} and was {how}. "
             "A client lives only as long as its owner: ask for it where it is used "
@@ -573,7 +583,7 @@ class DatabaseClient:
         """Close the connection, with the lock held; threads waiting for an async
         transaction to end go on (to ClientClosedError): closing ended it."""
         self._conn.close()
-        self._lock.end_reservation()
+        self._lock.end_all_reservations()
 
     def health_check(self) -> dict[str, Any]:
         """Whether a trivial query succeeds, and how long it took."""
@@ -684,9 +694,7 @@ class AsyncDatabaseClient:
         """Wrap ``client``; calls from different tasks take turns on it."""
         self.client = client
         # Tasks take turns on one asyncio lock per event loop (a server thread runs its own).
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     @property
     def closed(self) -> bool:
@@ -694,9 +702,13 @@ class AsyncDatabaseClient:
         return self.client.closed
 
     def _loop_lock(self) -> asyncio.Lock:
+        """This event loop's lock; those of closed loops are dropped (a lock that had a
+        waiter refers to its loop, so a weak mapping would keep them all)."""
+        for loop in [loop for loop in self._locks if loop.is_closed()]:
+            del self._locks[loop]
         return self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
 
-    def _in_own_transaction(self) -> bool:
+    def _joins_open_transaction(self) -> bool:
         """Whether the caller works for an open async transaction of the client (it is its
         task or inherits its context), or that transaction's task ended, leaving it open:
         then waiting for it would be waiting forever."""
@@ -715,7 +727,9 @@ class AsyncDatabaseClient:
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         self._refuse_inside_a_sync_transaction()
-        if self._in_own_transaction():  # waiting for this loop's lock would wait for itself
+        if self.client.closed:  # no waiting for anyone: the call fails (or reports) at once
+            return await asyncio.to_thread(function, *args)
+        if self._joins_open_transaction():  # waiting for this loop's lock would wait for itself
             return await _call(self.client, acting_for(), function, *args)
         async with self._loop_lock():
             return await _call(self.client, acting_for(), function, *args)
@@ -746,7 +760,8 @@ class AsyncDatabaseClient:
 
     async def close(self, timeout: float = 5.0) -> bool:
         """Close the wrapped client without blocking the event loop; see DatabaseClient.close."""
-        closed: bool = await asyncio.to_thread(self.client.close, timeout)
+        where = caller_location()  # here, not in the worker thread, where no caller is seen
+        closed: bool = await asyncio.to_thread(self.client.close, timeout, where=where)
         return closed
 
     def transaction(self) -> AsyncTransaction:
@@ -759,15 +774,14 @@ class AsyncDatabaseClient:
 # The async client's worker threads, apart from asyncio's default ones, which application
 # code may fill with threads waiting for a transaction that needs a worker to end.
 _WORKERS = ThreadPoolExecutor(thread_name_prefix="async_db")
-# How often a call kept out by another task's transaction looks again, on its event loop.
-ADMISSION_POLL_SECONDS = 0.005
 
 
-async def _admitted(client: DatabaseClient, reservation: Reservation | None) -> None:
-    """Return once work for ``reservation`` may use ``client``, waiting on the event loop
-    (cancellable, and taking no worker thread while it waits)."""
-    while not client._lock.admits(reservation):
-        await asyncio.sleep(ADMISSION_POLL_SECONDS)
+async def _wait_for_turn(client: DatabaseClient, reservation: Reservation | None) -> None:
+    """Return once work for ``reservation`` may use ``client`` (or it is closed, which the
+    call then reports), waiting on the event loop: cancellable, and taking no worker
+    thread while it waits."""
+    while not client.closed and not client._lock.admits(reservation):
+        await asyncio.sleep(LOOP_RECHECK_SECONDS)
 
 
 async def _call(
@@ -775,16 +789,16 @@ async def _call(
     reservation: Reservation | None,
     function: Callable[..., T],
     *args: Any,
-    admit: bool = True,
+    wait_turn: bool = True,
 ) -> T:
     """``function(*args)`` in a worker thread for ``reservation``, in a copy of this context,
-    once the client admits it (``admit=False``: at once); a worker kept out after all
+    once it is its turn (``wait_turn=False``: at once); a worker kept out after all
     (another transaction began meanwhile) has run nothing, and the call waits and tries
     again."""
     loop = asyncio.get_running_loop()
     while True:
-        if admit:
-            await _admitted(client, reservation)
+        if wait_turn:
+            await _wait_for_turn(client, reservation)
         context = contextvars.copy_context()
         with suppress(KeptOut):
             return await loop.run_in_executor(
@@ -825,14 +839,15 @@ class AsyncTransaction:
         if self._open:  # `async with await adb.transaction()`: already begun
             return self
         owner, client = self._owner, self._owner.client
+        client._raise_if_closed()
         owner._refuse_inside_a_sync_transaction()
-        if not owner._in_own_transaction():
+        if not owner._joins_open_transaction():
             self._held_lock = owner._loop_lock()
             await self._held_lock.acquire()
         try:
-            self._outer = client._lock.effective(acting_for())
+            self._outer = client._lock.innermost_open(acting_for())
             self._reservation = Reservation(asyncio.current_task(), self._outer)
-            await _admitted(client, self._outer)  # cancellable: nothing has begun yet
+            await _wait_for_turn(client, self._outer)  # cancellable: nothing has begun yet
         except BaseException:
             self._let_go()
             raise
@@ -902,64 +917,68 @@ class AsyncTransaction:
         if not self._open:
             return
         client = self._owner.client
-        cancelled = False
+        client._raise_if_closed()
+        cancelled_while_waiting = False
         if not rollback and not self._reservation.rolled_back:
             self._refuse_open_savepoints_of_this_task()
             try:
-                await _admitted(client, self._reservation)
+                await _wait_for_turn(client, self._reservation)
             except asyncio.CancelledError:
-                cancelled = rollback = True
+                cancelled_while_waiting = True
         self._open = False
-        end = asyncio.ensure_future(
-            _call(client, self._reservation, self._end, rollback, admit=not rollback)
-        )
+        if rollback or cancelled_while_waiting:
+            end = _call(client, self._reservation, self._roll_back_in_worker, wait_turn=False)
+        else:
+            end = _call(client, self._reservation, self._commit_in_worker)
+        ending = asyncio.ensure_future(end)
         try:
-            await asyncio.shield(end)
+            await asyncio.shield(ending)
         except asyncio.CancelledError:
-            await _to_the_end(end)
+            await _to_the_end(ending)
             raise
         finally:
             if acting_for() is self._reservation:
                 act_for(self._outer)  # this context works for the outer transaction again
             self._let_go()
-        if cancelled:
+        if cancelled_while_waiting:
             raise asyncio.CancelledError
 
     def _refuse_open_savepoints_of_this_task(self) -> None:
         """Committing would wait for them, in the very task that has to end them."""
-        task = asyncio.current_task()
-        if any(
-            nested.task is task for nested in self._owner.client._lock.inside(self._reservation)
-        ):
+        task, lock = asyncio.current_task(), self._owner.client._lock
+        if any(nested.task is task for nested in lock.inside(self._reservation)):
             raise RuntimeError(
                 "a transaction begun inside this one, in this same task, is still open: "
                 "commit or roll it back first"
             )
 
-    def _end(self, rollback: bool) -> None:
-        """COMMIT or RELEASE once admitted; ROLLBACK at once, ending the reservations of the
-        savepoints nested inside (which it undoes). Raises RolledBackError for a commit of
-        what a rollback around it has undone."""
+    def _commit_in_worker(self) -> None:
+        """COMMIT (or RELEASE a savepoint) once it is this transaction's turn; raises
+        RolledBackError if a rollback around it has undone it."""
         client, reservation = self._owner.client, self._reservation
-        statements = self._statements(rollback=rollback)
-        if rollback:
-            if not client._lock.take_for_rollback(reservation):
-                return  # undone already, by a rollback around it or a close
-            try:
-                client._end(statements, roll_back_on_error=not self._savepoint)
-            finally:
-                client._lock.end_reservation(reservation)
-                client._lock.release()
-            return
-        client._lock.effective(reservation)  # raises if a rollback around it undid it
+        client._raise_if_closed()
+        client._lock.innermost_open(reservation)  # raises if a rollback around it undid it
         try:
-            client._end(statements, roll_back_on_error=not self._savepoint)
+            client._end(self._statements(rollback=False), roll_back_on_error=not self._savepoint)
         except KeptOut:  # nothing ran: _call waits and tries again
             raise
         except BaseException:
-            client._lock.end_reservation(reservation)
+            client._lock.end_reservation(reservation, committed=False)
             raise
-        client._lock.end_reservation(reservation, rolled_back=False)
+        client._lock.end_reservation(reservation, committed=True)
+
+    def _roll_back_in_worker(self) -> None:
+        """ROLLBACK at once, ending the reservations of the savepoints nested inside, which
+        it undoes; nothing to do when a rollback around it or a close already did."""
+        client, reservation = self._owner.client, self._reservation
+        client._raise_if_closed()
+        if not client._lock.take_for_rollback(reservation):
+            return
+        try:
+            client._end(self._statements(rollback=True), roll_back_on_error=not self._savepoint)
+        finally:
+            client._lock.end_reservation(reservation, committed=False)
+            client._lock.release()
 
     async def _undo_begin(self, began: asyncio.Future[str | None]) -> None:
         """The task entering the transaction was cancelled (a timeout, a failed TaskGroup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import sys
 import threading
 import time
 import typing
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from lib.client_lock import RolledBackError, acting_for, run_for
+from lib.client_lock import ClientLock, Reservation, RolledBackError, acting_for, run_for
 from lib.database import (
     AsyncDatabaseClient,
     ClientClosedError,
@@ -1291,6 +1292,73 @@ async def test_a_rollback_does_not_wait_for_a_savepoint_begun_as_it_ends(
         await asyncio.gather(*started, return_exceptions=True)
     assert count(client) == 0
     assert not client.get_connection_stats()["in_transaction"]
+
+
+async def test_a_closed_client_is_reported_as_closed_inside_an_async_transaction(
+    client: DatabaseClient,
+) -> None:
+    """CLIENT_CLOSED naming the owner, not a rollback error, and at once, not after the
+    transaction's task lets go of this loop's lock."""
+    adb = AsyncDatabaseClient(client)
+    holding = asyncio.Event()
+
+    async def holds_a_transaction() -> None:
+        async with adb.transaction():
+            holding.set()
+            await asyncio.sleep(5)
+
+    async with asyncio.timeout(10):
+        tx = await adb.transaction()
+        other = asyncio.create_task(holds_a_transaction())
+        await asyncio.to_thread(client.close, 1.0, reason="by the test")
+        for call in (adb.execute("SELECT 1"), tx.execute("SELECT 1"), tx.commit()):
+            with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED: .*unit-test"):
+                await call
+        assert (await adb.health_check())["healthy"] is False
+        other.cancel()
+        await asyncio.gather(other, return_exceptions=True)
+
+
+async def test_closing_through_the_async_client_names_the_callers_line(
+    client: DatabaseClient,
+) -> None:
+    adb = AsyncDatabaseClient(client)
+    await adb.close()
+    with pytest.raises(ClientClosedError, match=r"closed at .*test_database\.py:\d+"):
+        await adb.execute("SELECT 1")
+
+
+def test_the_reservations_can_be_read_while_another_thread_changes_them() -> None:
+    """The event loop reads them without the lock: never half-changed."""
+    lock, stop = ClientLock(), threading.Event()
+    failures: list[BaseException] = []
+
+    def churn() -> None:
+        while not stop.is_set():
+            reservation = Reservation(None)
+            with lock:
+                lock.reserve(reservation)
+            lock.end_reservation(reservation, committed=True)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    worker = threading.Thread(target=churn, daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 0.5
+        probe = Reservation(None)
+        while time.monotonic() < deadline:
+            try:
+                lock.admits(None)
+                lock.inside(probe)
+                lock.abandoned()
+            except Exception as error:
+                failures.append(error)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+        sys.setswitchinterval(interval)
+    assert failures == []
 
 
 async def test_a_task_cancelled_while_its_commit_waits_rolls_back(client: DatabaseClient) -> None:
