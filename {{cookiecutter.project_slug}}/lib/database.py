@@ -828,7 +828,7 @@ class AsyncTransaction:
         self._open = False
         self._held_lock: asyncio.Lock | None = None  # this loop's, while it is outermost
         self._savepoint: str | None = None
-        self._reservation = Reservation(None)  # made for the entering task on entry
+        self._reservation = Reservation(None)  # a stand-in, never reserved, until entry
         self._outer: Reservation | None = None  # what the context worked for before
 
     def __await__(self) -> Generator[Any, None, Self]:
