@@ -150,10 +150,19 @@ class ClientLock:
         as it takes) for other threads and for async transactions it does not work for.
 
         Raises RuntimeError on a reserving task's event loop, which would wait for itself."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._rlock.acquire(timeout=-1 if timeout is None else timeout):
+        if timeout is None:
+            self._rlock.acquire()
+            deadline = None
+        elif self._rlock.acquire(timeout=timeout):
+            deadline = time.monotonic() + timeout
+        else:
             return False
-        if not self._reservations and _caller_reservation() is None:
+        # The per-statement path: nothing reserved, the caller in no transaction's work.
+        if (
+            not self._reservations
+            and getattr(_working_for, "reservation", _NOT_IN_RUN_FOR) is _NOT_IN_RUN_FOR
+            and _acting_for.get() is None
+        ):
             return True
         try:
             return self._wait_for_the_reservations(deadline)
