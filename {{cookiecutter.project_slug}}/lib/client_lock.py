@@ -150,12 +150,10 @@ class ClientLock:
         as it takes) for other threads and for async transactions it does not work for.
 
         Raises RuntimeError on a reserving task's event loop, which would wait for itself."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         if timeout is None:
             self._rlock.acquire()
-            deadline = None
-        elif self._rlock.acquire(timeout=timeout):
-            deadline = time.monotonic() + timeout
-        else:
+        elif not self._rlock.acquire(timeout=timeout):
             return False
         # The per-statement path: nothing reserved, the caller in no transaction's work.
         if (
