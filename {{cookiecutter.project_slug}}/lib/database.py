@@ -165,7 +165,7 @@ def _apply_pragmas(conn: Any, pragmas: Mapping[str, str], *, read_only: bool) ->
             conn.execute(f"PRAGMA {name}={value}")
 
 
-def _is_contention(error: sqlite3.Error) -> bool:
+def is_contention(error: sqlite3.Error) -> bool:
     """A busy or locked database: another connection's doing, not a setting to fix."""
     name = getattr(error, "sqlite_errorname", None) or ""
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(error)
@@ -339,7 +339,7 @@ class DatabaseClient:
         try:
             self._conn: Any = self._connect(pragmas, sync_url, auth_token, remote=remote)
         except sqlite3.Error as error:
-            if remote or _is_contention(error):
+            if remote or is_contention(error):
                 raise
             raise open_error(path, source, error) from error
         self._db: sqlite_utils.Database | None = None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .database import DatabaseClient
+from .database import DatabaseClient, is_contention
 from .database_config import (
     DatabaseConfigError,
     create_database_directory,
@@ -97,7 +97,7 @@ def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:
                 try:
                     db.execute(statement)
                 except sqlite3.Error as error:
-                    if _locked(error):  # another connection's doing, said as such by main()
+                    if is_contention(error):  # another connection's doing, said as such by main()
                         raise
                     raise MigrationError(
                         f"migration {path.name} failed at statement {number}: "
@@ -338,7 +338,7 @@ def _pending_read_only(path: str, directory: Path) -> list[str]:
 def _database_problem(path: str, error: sqlite3.Error) -> str:
     """What to do when the database itself (not a migration) refused: locked, read-only."""
     name = getattr(error, "sqlite_errorname", None) or ""
-    if _locked(error):
+    if is_contention(error):
         hint = (
             "another connection holds a write lock on it (a running application, a sqlite3 "
             "shell): stop it or let it finish, then run the migrations again"
@@ -348,12 +348,6 @@ def _database_problem(path: str, error: sqlite3.Error) -> str:
     else:
         hint = "check that DATABASE_URL names the database to migrate"
     return f"cannot migrate {path!r} (from DATABASE_URL): {error}; {hint}"
-
-
-def _locked(error: sqlite3.Error) -> bool:
-    """Another connection's lock: nothing wrong with the migration or the setting."""
-    name = getattr(error, "sqlite_errorname", None) or ""
-    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 if __name__ == "__main__":

@@ -161,7 +161,9 @@ class IsolationReporter:
         # The default file may be left out (a repository that adopted the plugin without
         # it): the report says so. A path someone set must exist.
         self.baseline_missing = (
-            setting == DEFAULT_BASELINE and not Path(config.rootpath, setting).is_file()
+            self.baseline_path is not None
+            and setting == DEFAULT_BASELINE
+            and not self.baseline_path.is_file()
         )
         self.baseline = (
             {} if self.baseline_missing else load_baseline(self.baseline_path, self.summary())
