@@ -37,8 +37,8 @@ class TrackedConnection:
         """Whether the connection is still open: a leak if its test has ended."""
         if isinstance(self.connection, TrackedLibsqlConnection):
             return not self.connection.closed
-        try:
-            self.connection.total_changes  # noqa: B018 - raises once the connection is closed
+        try:  # sqlite3's own attribute, which raises once the connection is closed
+            sqlite3.Connection.total_changes.__get__(self.connection)
         except sqlite3.ProgrammingError:
             return False
         return True

@@ -19,6 +19,7 @@ import sqlite3
 import sys
 import threading
 import time
+import weakref
 from collections.abc import (
     Awaitable,
     Callable,
@@ -33,7 +34,7 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar
 
 from . import libsql_engine
 from .client_lock import (
@@ -171,10 +172,12 @@ def is_contention(error: sqlite3.Error) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(error)
 
 
-def caller_location() -> str:
-    """``file:line`` of the nearest caller outside ``lib/`` (cheap: no traceback objects)."""
+def caller_location(also_skip: str | None = None) -> str:
+    """``file:line`` of the nearest caller outside ``lib/`` and the directory ``also_skip``
+    (cheap: no traceback objects)."""
     frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename.rpartition(os.sep)[0] == _LIB_DIR:
+    skipped = (_LIB_DIR, also_skip)
+    while frame.f_back is not None and frame.f_code.co_filename.rpartition(os.sep)[0] in skipped:
         frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
@@ -247,6 +250,7 @@ class _GuardedConnection(sqlite3.Connection):
 
     closed_message: str | None = None
     lock: ClientLock = ClientLock()  # the client's own, set when it connects
+    client_ref: weakref.ref[DatabaseClient] | None = None  # likewise
 
     def _guard(self) -> None:
         if self.closed_message is not None:
@@ -277,6 +281,26 @@ class _GuardedConnection(sqlite3.Connection):
         self._guard()
         return super().__enter__()
 
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        """Commit or roll back as sqlite3 does, holding the client like a statement; a
+        block that failed because the client closed keeps its own ClientClosedError."""
+        if exc is not None and self.closed_message is not None:
+            return False
+        self._locked(sqlite3.Connection.__exit__, exc_type, exc, tb)
+        return False
+
+    def _locked(self, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``action(self, *args, **kwargs)`` holding the client, as a statement does:
+        another thread's transaction ends first, not committed or rolled back here."""
+        with self.lock:
+            self._guard()  # closed while this thread waited for the lock
+            return action(self, *args, **kwargs)
+
     def create_function(self, *args: Any, **kwargs: Any) -> None:  # db.register_function
         self._guard()
         super().create_function(*args, **kwargs)
@@ -286,12 +310,43 @@ class _GuardedConnection(sqlite3.Connection):
         return super().blobopen(*args, **kwargs)
 
     def commit(self) -> None:
-        self._guard()
-        super().commit()
+        self._locked(sqlite3.Connection.commit)
 
     def rollback(self) -> None:
+        self._locked(sqlite3.Connection.rollback)
+
+    def backup(self, *args: Any, **kwargs: Any) -> None:
+        self._locked(sqlite3.Connection.backup, *args, **kwargs)
+
+    def serialize(self, *args: Any, **kwargs: Any) -> bytes:
+        return self._locked(sqlite3.Connection.serialize, *args, **kwargs)
+
+    def deserialize(self, *args: Any, **kwargs: Any) -> None:
+        self._locked(sqlite3.Connection.deserialize, *args, **kwargs)
+
+    def iterdump(self) -> Generator[str, None, None]:
+        self._guard()  # its queries go through cursor(), guarded as they run
+        return super().iterdump()
+
+    @property
+    def total_changes(self) -> int:
         self._guard()
-        super().rollback()
+        return int(sqlite3.Connection.total_changes.__get__(self))
+
+    def close(self) -> None:
+        """Close the client this connection belongs to (sqlite-utils' ``db.close()`` and
+        ``with client.db:`` end here), so that its later use says where it was closed."""
+        client = None if self.client_ref is None else self.client_ref()
+        if client is None or self.closed_message is not None:
+            super().close()
+            return
+        sqlite_utils = sys.modules.get("sqlite_utils")
+        where = caller_location(
+            os.path.dirname(sqlite_utils.__file__ or "") if sqlite_utils else None
+        )
+        client.close(
+            reason="through its connection (client.db.close(), `with client.db`)", where=where
+        )
 
 
 def _normalize(statement: Statement) -> tuple[str, Args]:
@@ -377,6 +432,8 @@ class DatabaseClient:
         except BaseException:
             conn.close()
             raise
+        if self.engine == "sqlite3":  # from now on, closing the connection closes the client
+            conn.client_ref = weakref.ref(self)
         return conn
 
     def __repr__(self) -> str:
@@ -557,19 +614,12 @@ class DatabaseClient:
             return name
 
     def _end(self, statements: Sequence[str], *, roll_back_on_error: bool) -> None:
-        """Commit, release or roll back; a failed commit does not leave the transaction open.
-
-        A commit finding no transaction open any more raises: an error rolled it back, or
-        a COMMIT or ROLLBACK ran on the connection itself, and what it wrote may be lost."""
+        """Commit, release or roll back; a failed commit does not leave the transaction open,
+        and one finding no transaction open any more raises (see :func:`_ended_elsewhere`)."""
         with self._connection() as conn:
             if not conn.in_transaction:
                 if statements[0].startswith(("COMMIT", "RELEASE")):
-                    raise RuntimeError(
-                        "this transaction had already ended when it was to be committed: an "
-                        "error rolled it back, or a COMMIT or ROLLBACK ran on the connection "
-                        "itself (client.db, the sqlite3 connection); what it wrote may be lost "
-                        "or committed only in part"
-                    )
+                    raise _ended_elsewhere("when it was to be committed")
                 return
             try:
                 for statement in statements:
@@ -579,18 +629,31 @@ class DatabaseClient:
                     conn.execute("ROLLBACK")
                 raise
 
+    def _execute_in_transaction(self, sql: str, args: Args) -> ResultSet:
+        """:meth:`execute` for a transaction that must still be open: once something else
+        ended it, the statement would run, and commit, on its own."""
+        with self._connection() as conn:
+            if not conn.in_transaction:
+                raise _ended_elsewhere("before this statement")
+            return self.execute(sql, args)
+
     def _close_now(self) -> None:
         """Close the connection, with the lock held; threads waiting for an async
         transaction to end go on (to ClientClosedError): closing ended it."""
-        self._conn.close()
+        if self.engine == "sqlite3":
+            sqlite3.Connection.close(self._conn)  # its own close() would close this client
+        else:
+            self._conn.close()
         self._lock.end_all_reservations()
 
-    def health_check(self) -> dict[str, Any]:
-        """Whether a trivial query succeeds, and how long it took."""
+    def health_check(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Whether a trivial query succeeds, and how long it took; a client that another
+        thread holds for more than ``timeout`` seconds is reported busy, not waited for."""
         started = time.perf_counter()
         try:
-            self.execute("SELECT 1")
-        except (ClientClosedError, sqlite3.Error) as error:
+            with self._connection(timeout):
+                self.execute("SELECT 1")
+        except (ClientClosedError, TimeoutError, sqlite3.Error) as error:
             return {"healthy": False, "error": str(error), "path": self.path}
         latency_ms = (time.perf_counter() - started) * 1000
         return {"healthy": True, "latency_ms": latency_ms, "path": self.path}
@@ -606,6 +669,15 @@ class DatabaseClient:
             "age_seconds": time.time() - self.opened_at,
             "in_transaction": not self.closed and self._conn.in_transaction,
         }
+
+
+def _ended_elsewhere(when: str) -> RuntimeError:
+    """The error for a transaction found ended ``when``, by something other than itself."""
+    return RuntimeError(
+        f"this transaction had already ended {when}: an error rolled it back (a RAISE(ROLLBACK) "
+        "trigger, ON CONFLICT ROLLBACK), or a COMMIT or ROLLBACK ran on the connection itself "
+        "(client.db, the sqlite3 connection); what it wrote may be lost or committed only in part"
+    )
 
 
 class Transaction:
@@ -645,7 +717,7 @@ class Transaction:
         if not self._open:
             raise RuntimeError("this transaction has already been committed or rolled back")
         self._refuse_another_thread()
-        return self._client.execute(sql, args)
+        return self._client._execute_in_transaction(sql, args)
 
     def commit(self) -> None:
         """Make the changes permanent (or fold a savepoint into its outer transaction)."""
@@ -882,7 +954,7 @@ class AsyncTransaction:
             )
         self._owner._refuse_inside_a_sync_transaction()
         client = self._owner.client
-        return await _call(client, self._reservation, client.execute, sql, args)
+        return await _call(client, self._reservation, client._execute_in_transaction, sql, args)
 
     async def commit(self) -> None:
         """Make the changes permanent (or fold a savepoint into its outer transaction)."""

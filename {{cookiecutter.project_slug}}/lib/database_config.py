@@ -67,8 +67,14 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         return value if parts.query else path
     if scheme_match:
         scheme, slashes = scheme_match.group(1).lower(), scheme_match.group(2)
-        if scheme in REMOTE_SCHEMES and slashes:
-            return value
+        if scheme in REMOTE_SCHEMES:
+            if slashes:
+                return value
+            rest = value[len(scheme) + 1 :].partition("?")[0]  # never the query: tokens
+            raise DatabaseConfigError(
+                f"{variable}={scheme}:{rest}...: a {scheme} URL needs '//' after the scheme, "
+                f"as in {scheme}://{rest}"
+            )
         if scheme == "file":  # FILE:./app.db: SQLite reads only a lowercase file: as a URL
             raise DatabaseConfigError(
                 f"{variable}={value!r}: write the scheme in lowercase (file:{value[5:]}), "
@@ -78,6 +84,12 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         raise DatabaseConfigError(
             f"{variable}={shown}... uses the unsupported scheme {scheme!r}: use a SQLite path "
             "such as file:./data/app.db, a plain path, or :memory:"
+        )
+    if "?" in value:  # SQLite would make a file whose name ends in the query
+        path, _, query = value.partition("?")
+        raise DatabaseConfigError(
+            f"{variable}={value!r} is a plain path with a query, which SQLite takes as part of "
+            f"the file name: write it as a file URL (file:{path}?{query}) for the query to count"
         )
     return value
 

@@ -81,9 +81,9 @@ def rows(cursor: Any) -> tuple[list[LibsqlRow], tuple[str, ...]]:
 
 
 def rows_affected(sql: str, rowcount: int, rows: list[Any], columns: tuple[str, ...]) -> int:
-    """sqlite3's ``rowcount`` for ``sql``: libsql's, for a statement that returns rows, is
-    the previous statement's; ``INSERT/UPDATE/DELETE ... RETURNING`` gives one row per
-    changed row, so those are counted."""
-    if not columns:
-        return max(rowcount, 0)
-    return len(rows) if _DML.match(sql) else 0
+    """sqlite3's ``rowcount`` for ``sql``: that of INSERT, UPDATE, DELETE and REPLACE, 0 for
+    any other statement (libsql repeats the previous statement's count for those).
+    ``... RETURNING`` gives one row per changed row, so those are counted."""
+    if not _DML.match(sql):
+        return 0
+    return len(rows) if columns else max(rowcount, 0)

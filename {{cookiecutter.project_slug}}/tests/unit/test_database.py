@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from lib import libsql_engine
 from lib.client_lock import ClientLock, Reservation, RolledBackError, acting_for, run_for
 from lib.database import (
     AsyncDatabaseClient,
@@ -316,6 +317,26 @@ def test_rows_affected_counts_rows_changed_by_returning_statements(
     assert client.execute("PRAGMA journal_mode").rows_affected == 0
 
 
+@pytest.mark.parametrize(
+    ("sql", "rows", "expected"),
+    [
+        ("CREATE TABLE t (a)", [], 0),
+        ("PRAGMA user_version = 3", [], 0),
+        ("VACUUM", [], 0),
+        ("-- note\nUPDATE t SET a = 1", [], 3),
+        ("DELETE FROM t RETURNING a", [(1,), (2,)], 2),
+        ("SELECT a FROM t", [(1,)], 0),
+    ],
+)
+def test_libsql_rows_affected_counts_only_what_the_statement_changed(
+    sql: str, rows: list[Any], expected: int
+) -> None:
+    """libsql repeats the previous statement's count after one that changes no rows (here
+    3); the client reports what sqlite3 would."""
+    columns = ("a",) if rows or sql.startswith("SELECT") else ()
+    assert libsql_engine.rows_affected(sql, 3, rows, columns) == expected
+
+
 def test_select_on_empty_table_has_columns_and_no_rows(client: DatabaseClient) -> None:
     result = client.execute("SELECT name FROM items")
     assert len(result.rows) == 0
@@ -501,6 +522,65 @@ def test_sqlite_utils_view_taken_before_close_raises_client_closed(db_path: Path
         view.conn.blobopen("items", "name", 1)
 
 
+KEPT_CONNECTION_USES: dict[str, Callable[[Any], object]] = {
+    "iterdump": lambda conn: next(conn.iterdump()),
+    "backup": lambda conn: conn.backup(sqlite3.connect(":memory:")),
+    "serialize": lambda conn: conn.serialize(),
+    "total_changes": lambda conn: conn.total_changes,
+    "commit": lambda conn: conn.commit(),
+    "rollback": lambda conn: conn.rollback(),
+}
+
+
+@pytest.mark.parametrize("use", sorted(KEPT_CONNECTION_USES))
+def test_the_connection_kept_from_a_closed_client_raises_client_closed(
+    db_path: Path, use: str
+) -> None:
+    """``client.db.conn`` kept across close: sqlite3's own methods say CLIENT_CLOSED too."""
+    c = DatabaseClient(str(db_path), owner="kept-connection")
+    c.executescript(SCHEMA)
+    conn = c.db.conn
+    c.close()
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*kept-connection") as excinfo:
+        KEPT_CONNECTION_USES[use](conn)
+    assert not isinstance(excinfo.value, sqlite3.ProgrammingError)
+
+
+def test_a_with_conn_block_cut_short_by_close_raises_client_closed(db_path: Path) -> None:
+    """sqlite3's ``__exit__`` would replace the block's CLIENT_CLOSED with its own error."""
+    c = DatabaseClient(str(db_path), owner="closed-mid-block")
+    c.executescript(SCHEMA)
+    conn = c.db.conn
+
+    def insert_across_a_close() -> None:
+        with conn:
+            conn.execute("INSERT INTO items (name) VALUES ('a')")
+            c.close()
+            conn.execute("INSERT INTO items (name) VALUES ('b')")
+
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*closed-mid-block"):
+        insert_across_a_close()
+
+
+@pytest.mark.parametrize("how", ["db.close()", "with db"])
+def test_closing_the_sqlite_utils_view_closes_the_client(db_path: Path, how: str) -> None:
+    """sqlite-utils closes the connection it was given, which is the client's: the client
+    then knows it is closed, and says where."""
+    c = DatabaseClient(str(db_path), owner="closed-through-db")
+    c.executescript(SCHEMA)
+    if how == "with db":
+        with c.db as view:
+            view["items"].insert({"name": "a"})
+    else:
+        c.db.close()
+    assert c.closed
+    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*closed-through-db") as excinfo:
+        c.execute("SELECT 1")
+    assert "through its connection" in str(excinfo.value)
+    assert "test_database.py" in str(excinfo.value)
+    assert c.close() is True
+
+
 KEPT_CURSOR_READS: dict[str, Callable[[Any], object]] = {
     "fetchone": lambda cursor: cursor.fetchone(),
     "fetchmany": lambda cursor: cursor.fetchmany(2),
@@ -655,6 +735,65 @@ def test_committing_a_transaction_someone_else_ended_is_an_error(client: Databas
     client.transaction().rollback()  # the client is free again
 
 
+def test_a_statement_after_sqlite_ended_the_transaction_is_refused(
+    client: DatabaseClient,
+) -> None:
+    """A RAISE(ROLLBACK) trigger ends the transaction: a later tx.execute would commit on
+    its own, and the rollback that follows would undo nothing."""
+    client.executescript(
+        "CREATE TRIGGER no_negative BEFORE INSERT ON items WHEN NEW.qty < 0 "
+        "BEGIN SELECT RAISE(ROLLBACK, 'negative quantity'); END;"
+    )
+
+    def write_on_after_the_trigger() -> None:
+        with client.transaction() as tx:
+            tx.execute("INSERT INTO items (name) VALUES ('first')")
+            with pytest.raises(sqlite3.IntegrityError, match="negative quantity"):
+                tx.execute("INSERT INTO items (name, qty) VALUES ('bad', -1)")
+            tx.execute("INSERT INTO items (name) VALUES ('after the rollback')")
+
+    with pytest.raises(RuntimeError, match="had already ended before this statement"):
+        write_on_after_the_trigger()
+    assert count(client) == 0
+
+
+ANOTHER_THREADS_ENDINGS: dict[str, Callable[[Any], object]] = {
+    "commit": lambda conn: conn.commit(),
+    "rollback": lambda conn: conn.rollback(),
+    "with conn": lambda conn: conn.__exit__(None, None, None),
+}
+
+
+@pytest.mark.parametrize("ending", sorted(ANOTHER_THREADS_ENDINGS))
+def test_another_thread_cannot_end_a_transaction_through_the_connection(
+    client: DatabaseClient, ending: str
+) -> None:
+    """``conn.commit()`` (or a ``with conn:`` block ending) in another thread waits for
+    the transaction instead of committing or ending it halfway."""
+    conn = client.db.conn
+    done = threading.Event()
+
+    def end_elsewhere() -> None:
+        ANOTHER_THREADS_ENDINGS[ending](conn)
+        done.set()
+
+    other = threading.Thread(target=end_elsewhere, daemon=True)
+
+    def write_then_fail() -> None:
+        with client.transaction() as tx:
+            tx.execute("INSERT INTO items (name) VALUES ('rolled back')")
+            other.start()
+            assert not done.wait(timeout=0.3), "it did not wait for the transaction"
+            tx.execute("INSERT INTO items (name) VALUES ('rolled back too')")
+            raise KeyError("roll back")
+
+    with pytest.raises(KeyError):
+        write_then_fail()
+    other.join(timeout=10)
+    assert done.is_set()
+    assert count(client) == 0
+
+
 def test_a_transaction_used_from_another_thread_is_an_error(client: DatabaseClient) -> None:
     """Its thread holds the client until it ends: another thread would wait forever."""
     errors: list[BaseException] = []
@@ -737,6 +876,28 @@ def test_health_check(client: DatabaseClient, db_path: Path) -> None:
     c = DatabaseClient(str(db_path))
     c.close()
     assert c.health_check()["healthy"] is False
+
+
+def test_a_health_check_reports_a_client_held_too_long_as_busy(client: DatabaseClient) -> None:
+    """A readiness probe answers within its timeout instead of waiting for a transaction."""
+    began, finish = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with client.transaction():
+            began.set()
+            finish.wait(timeout=10)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert began.wait(timeout=5)
+    try:
+        health = client.health_check(timeout=0.2)
+    finally:
+        finish.set()
+        holder.join(timeout=10)
+    assert health["healthy"] is False
+    assert "still busy in another thread after 0.2s" in health["error"]
+    assert client.health_check()["healthy"] is True
 
 
 def test_get_connection_stats_is_a_dict(client: DatabaseClient) -> None:

@@ -62,6 +62,23 @@ def test_parse_database_url_rejects_bad_values_naming_the_variable(url: str) -> 
         parse_database_url(url)
 
 
+@pytest.mark.parametrize(
+    ("url", "fix"),
+    [
+        ("libsql:db.turso.io", "as in libsql://db.turso.io"),
+        ("https:db.turso.io?authToken=secret", "as in https://db.turso.io"),
+        ("./data/app.db?mode=ro", "(file:./data/app.db?mode=ro)"),
+    ],
+)
+def test_parse_database_url_says_how_to_write_a_misspelt_url(url: str, fix: str) -> None:
+    """A remote URL without ``//`` is not an unsupported scheme, and a plain path with a
+    query would be a file whose name ends in the query: the error gives the spelling."""
+    with pytest.raises(DatabaseConfigError, match="DATABASE_URL") as excinfo:
+        parse_database_url(url)
+    assert fix in str(excinfo.value)
+    assert "secret" not in str(excinfo.value)
+
+
 def test_a_windows_drive_is_a_path_not_a_scheme() -> None:
     assert parse_database_url(r"C:\data\app.db") == r"C:\data\app.db"
 
