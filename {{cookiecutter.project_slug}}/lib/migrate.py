@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import sqlite3
 import sys
 from collections import Counter
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # imported when migrations run, so that a test session starts
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_SET = "app"
+DOWN = ".down.sql"  # a migration's undo, as golang-migrate and others name it: never applied
 # Where sqlite-utils' Migrations records what it applied (``Migrations.migrations_table``).
 MIGRATIONS_TABLE = "_sqlite_migrations"
 # How many row ids of one table a foreign key error lists before it just counts them.
@@ -48,10 +50,23 @@ class MigrationError(RuntimeError):
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
-    """The ``*.sql`` files of ``directory`` in the order they apply (by file name)."""
+    """The ``*.sql`` files of ``directory`` in the order they apply: by name, numbers
+    compared as numbers (``2_`` before ``10_``). ``*.down.sql`` files, which undo a
+    migration, are left out; files in subdirectories are not searched."""
     if not directory.is_dir():
         raise MigrationError(f"migrations directory {directory} does not exist")
-    return sorted(directory.glob("*.sql"))
+    files = [path for path in directory.glob("*.sql") if not path.name.lower().endswith(DOWN)]
+    if not files and any(directory.glob("*/**/*.sql")):
+        raise MigrationError(
+            f"migrations directory {directory} has *.sql files only in its subdirectories, "
+            "which are not searched: point the setting at the directory that holds them"
+        )
+    return sorted(files, key=_natural_order)
+
+
+def _natural_order(path: Path) -> tuple[list[str | int], str]:
+    parts = re.split(r"(\d+)", path.name)  # text, number, text, ...: the types line up
+    return [int(part) if index % 2 else part for index, part in enumerate(parts)], path.name
 
 
 def migrations_fingerprint(directory: Path = MIGRATIONS_DIR) -> str:
@@ -93,7 +108,7 @@ def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:
 
         db.conn.set_authorizer(no_transaction_control)
         try:
-            for number, statement in enumerate(split_statements(path.read_text()), start=1):
+            for number, statement in enumerate(split_statements(_read(path)), start=1):
                 try:
                     db.execute(statement)
                 except sqlite3.Error as error:
@@ -108,6 +123,17 @@ def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:
             db.conn.set_authorizer(None)
 
     return run
+
+
+def _read(path: Path) -> str:
+    """The text of the migration ``path``, written in UTF-8 (a byte order mark is dropped)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise MigrationError(
+            f"migration {path.name} is not UTF-8 text ({error.reason} at byte {error.start}): "
+            "save it as UTF-8; no migration of this run was applied"
+        ) from error
 
 
 def _transaction_control(verb: str) -> str:
@@ -230,8 +256,8 @@ def _turso_instructions(directory: Path) -> str:
         directory = directory.resolve().relative_to(Path.cwd())
     return (
         "Apply the migration files to the Turso database with the Turso CLI instead, in "
-        f"file-name order, each one not yet applied: turso db shell <database-name> < "
-        f"{directory}/<file>.sql"
+        "the order of their names (numbers as numbers), each one not yet applied: "
+        f"turso db shell <database-name> < {directory}/<file>.sql"
     )
 
 

@@ -169,6 +169,35 @@ def test_a_failing_statement_names_its_file_and_restores_foreign_keys(
     assert client.execute("SELECT count(*) FROM sqlite_master WHERE name = 'ok'").rows[0][0] == 0
 
 
+def test_a_migration_that_is_not_utf8_names_its_file_and_applies_nothing(
+    client: DatabaseClient, migrations: Path
+) -> None:
+    (migrations / "0002_cafe.sql").write_bytes(b"-- caf\xe9\nCREATE TABLE cafe (id INTEGER);")
+    with pytest.raises(migrate.MigrationError, match=r"0002_cafe\.sql is not UTF-8 text"):
+        migrate.apply_migrations(client.db, migrations)
+    assert client.execute("SELECT count(*) FROM sqlite_master WHERE name = 'cafe'").rows[0][0] == 0
+
+
+def test_migrations_apply_in_the_natural_order_of_their_names_without_down_files(
+    tmp_path: Path,
+) -> None:
+    """``2_`` before ``10_`` even unpadded; a ``.down.sql`` file undoes its migration."""
+    for name in ["10_c.sql", "2_b.sql", "1_a.sql", "1_a.down.sql", "2_b.DOWN.sql", "notes.txt"]:
+        (tmp_path / name).write_text("SELECT 1;")
+    names = [path.name for path in migrate.migration_files(tmp_path)]
+    assert names == ["1_a.sql", "2_b.sql", "10_c.sql"]
+
+
+def test_migrations_only_in_subdirectories_are_an_error_not_an_empty_schema(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "0001_a.sql").write_text("CREATE TABLE a (id INTEGER);")
+    with pytest.raises(migrate.MigrationError, match="only in its subdirectories"):
+        migrate.migration_files(tmp_path)
+    assert migrate.migration_files(tmp_path / "v1") == [tmp_path / "v1" / "0001_a.sql"]
+
+
 @pytest.mark.parametrize("control", ["COMMIT", "END", "ROLLBACK", "BEGIN"])
 def test_a_migration_controlling_the_transaction_applies_nothing(
     client: DatabaseClient, migrations: Path, control: str
