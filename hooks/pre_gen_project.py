@@ -1,8 +1,9 @@
 """Validate the answers before cookiecutter renders any file.
 
 Every answer is read from a JSON document, never pasted into Python source, so no answer
-can change what this script does. On any invalid answer the script prints one line per
-problem to stderr and exits 1; cookiecutter then removes the project directory it created.
+can change what this script does. On any invalid answer, or a project directory that already
+holds files, the script prints one line per problem to stderr and exits 1; cookiecutter
+then removes the project directory if it created it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | tojson }}""")
 
@@ -83,7 +85,7 @@ def _check_ci(value: str) -> str | None:
 
 
 def _check_ci_shards(value: str) -> str | None:
-    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_CI_SHARDS:
+    if not re.fullmatch(r"[1-9][0-9]*", value) or int(value) > MAX_CI_SHARDS:
         return f"must be a whole number of integration test shards, from 1 to {MAX_CI_SHARDS}"
     return None
 
@@ -94,16 +96,21 @@ def _check_layout(value: str) -> str | None:
     return None
 
 
+def _yes_or_no(value: str, yes: str) -> str | None:
+    if value in ("yes", "no"):
+        return None
+    problem = f"must be 'yes' ({yes}) or 'no' (none)"
+    if value in ("True", "False"):  # YAML's reading of an unquoted yes or no
+        problem += "; a config file's unquoted yes or no reads as true or false: quote it"
+    return problem
+
+
 def _check_example_app(value: str) -> str | None:
-    if value not in ("yes", "no"):
-        return "must be 'yes' (an example HTTP API with its tests) or 'no' (none)"
-    return None
+    return _yes_or_no(value, "an example HTTP API with its tests")
 
 
 def _check_turso(value: str) -> str | None:
-    if value not in ("yes", "no"):
-        return "must be 'yes' (libSQL/Turso engine, its extra and nox session) or 'no' (none)"
-    return None
+    return _yes_or_no(value, "libSQL/Turso engine, its extra and nox session")
 
 
 CHECKS = {
@@ -121,6 +128,19 @@ CHECKS = {
 }
 
 
+def _check_project_directory(directory: Path) -> str | None:
+    """Files already there would be overwritten by the bake, or removed by the post-
+    generation hook with those an answer switches off: refuse rather than lose them."""
+    if not any(directory.iterdir()):
+        return None
+    return (
+        f"ERROR: project_slug {_text('project_slug')!r}: the directory {directory} already "
+        "exists and is not empty; baking into it would overwrite or remove its files. Bake "
+        "into a new directory (another project_slug, or cookiecutter -o elsewhere), then "
+        "copy what you need from it"
+    )
+
+
 def main() -> int:
     errors = []
     for name, check in CHECKS.items():
@@ -128,6 +148,9 @@ def main() -> int:
         problem = check(value)
         if problem:
             errors.append(f"ERROR: {name} {value!r} is invalid: {problem}")
+    occupied = _check_project_directory(Path.cwd())  # cookiecutter runs this hook there
+    if occupied:
+        errors.append(occupied)
     for error in errors:
         print(error, file=sys.stderr)
     return 1 if errors else 0

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from cookiecutter.exceptions import FailedHookException
+from cookiecutter.main import cookiecutter
 
-from conftest import Bake
+from conftest import TEMPLATE_DIR, Bake
 
 INVALID = [
     ("project_slug", "My Slug", "use lowercase letters, digits, '-' or '_'"),
@@ -43,6 +44,7 @@ INVALID = [
     ("ci_shards", "two", "from 1 to 20"),
     ("ci_shards", "1.5", "from 1 to 20"),
     ("ci_shards", "", "from 1 to 20"),
+    ("ci_shards", "02", "from 1 to 20"),
     ("layout", "minimal", "must be 'full' (a whole project) or 'isolation-only'"),
     ("layout", "Full", "must be 'full'"),
     ("layout", "isolation_only", "must be 'full'"),
@@ -52,6 +54,8 @@ INVALID = [
     ("example_app", "", "must be 'yes'"),
     ("turso", "true", "must be 'yes' (libSQL/Turso engine"),
     ("turso", "", "must be 'yes'"),
+    ("example_app", "False", "a config file's unquoted yes or no reads as true or false"),
+    ("turso", "True", "quote it"),
 ]
 
 
@@ -118,10 +122,72 @@ def test_answers_are_data_not_code(bake: Bake, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13", "3.14"])
-def test_supported_python_versions_bake(bake: Bake, tmp_path: Path, version: str) -> None:
+@pytest.mark.parametrize(
+    ("version", "unit_runs_on"),
+    [
+        ("3.11", "every Python from 3.11 to 3.13"),
+        ("3.12", "every Python from 3.12 to 3.13"),
+        ("3.13", "Python 3.13."),
+        ("3.14", "Python 3.14."),
+    ],
+)
+def test_supported_python_versions_bake(
+    bake: Bake, tmp_path: Path, version: str, unit_runs_on: str
+) -> None:
     project = bake(tmp_path, python_version=version)
     assert f'requires-python = ">={version}"' in (project / "pyproject.toml").read_text()
+    assert f"`nox -s unit` on {unit_runs_on}" in (project / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("shards", "described"),
+    [("1", "`nox -s integration`,\n  in one job."), ("3", "split into 3 shards that run")],
+)
+def test_the_readme_describes_the_shards_asked_for(
+    bake: Bake, tmp_path: Path, shards: str, described: str
+) -> None:
+    project = bake(tmp_path, ci_shards=shards)
+    assert described in (project / "README.md").read_text()
+
+
+def test_a_directory_that_holds_files_is_never_baked_into(
+    cookiecutter_config: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Not even with ``-f``: the bake would overwrite files of the same name and the
+    post-generation hook remove the rest of what an answer switches off."""
+    existing = tmp_path / "orders-service"
+    for relative in (".git/HEAD", "pyproject.toml", "tests/conftest.py", "app/mine.py"):
+        (existing / relative).parent.mkdir(parents=True, exist_ok=True)
+        (existing / relative).write_text(f"the user's own {relative}\n")
+    before = sorted(path.relative_to(existing) for path in existing.rglob("*"))
+    with pytest.raises(FailedHookException):
+        cookiecutter(
+            str(TEMPLATE_DIR),
+            no_input=True,
+            extra_context={"layout": "isolation-only"},
+            output_dir=str(tmp_path),
+            config_file=str(cookiecutter_config),
+            overwrite_if_exists=True,
+        )
+    errors = capfd.readouterr().err
+    assert "ERROR: project_slug 'orders-service': the directory" in errors
+    assert "already exists and is not empty" in errors
+    assert sorted(path.relative_to(existing) for path in existing.rglob("*")) == before
+    assert (existing / "pyproject.toml").read_text() == "the user's own pyproject.toml\n"
+
+
+def test_an_empty_directory_that_exists_is_baked_into_with_overwrite(
+    cookiecutter_config: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "orders-service").mkdir()
+    project = cookiecutter(
+        str(TEMPLATE_DIR),
+        no_input=True,
+        output_dir=str(tmp_path),
+        config_file=str(cookiecutter_config),
+        overwrite_if_exists=True,
+    )
+    assert (Path(project) / "lib" / "database.py").is_file()
 
 
 @pytest.mark.parametrize(
