@@ -239,7 +239,7 @@ def _adopt(baked: Path, repo: Path) -> None:
     for name in ("lib", "tests"):
         shutil.copytree(baked / name, repo / name, dirs_exist_ok=True)
     shutil.copy2(baked / ".cookiecutter.json", repo)
-    (repo / "tests" / "__init__.py").touch()  # "if it has no __init__.py, add an empty one"
+    assert not (repo / "tests" / "__init__.py").exists()  # a namespace package will do
 
     registration = (baked / "snippets" / "conftest.py").read_text().split('"""\n', 2)[-1]
     conftest = repo / "tests" / "conftest.py"

@@ -211,6 +211,11 @@ def _open_hint(path: str, subject: str, error: sqlite3.Error) -> str:
         )
     if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
         return _cannot_open_hint(path, subject)
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or "disk i/o" in text or "full" in text:
+        return (
+            "the filesystem that holds it may be full (a RAM one such as /dev/shm fills up "
+            f"too) or failing: make room there, or point {subject} elsewhere"
+        )
     if name.startswith("SQLITE_READONLY") or "readonly" in text:
         return (
             "the file or its directory is read-only: make them writable, or open it "

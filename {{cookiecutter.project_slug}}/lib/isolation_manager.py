@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import connection_tracking, database, libsql_engine, migrate, scope_databases
-from .connection_tracking import Recording, record_connections
+from .connection_tracking import Recording, TrackedConnection, record_connections
 from .database import AsyncDatabaseClient, DatabaseClient, DatabaseService
 from .database_config import Engine
 from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
@@ -253,6 +253,7 @@ class TestIsolationManager:
         self._last_snapshot_state: ModulesState = (0, None)
         self._context: _TestContext | None = None
         self._deferred_scans: list[_DeferredScan] = []
+        self._failed_resets: list[str] = []
         self._lock = threading.RLock()
 
     @property
@@ -275,8 +276,13 @@ class TestIsolationManager:
 
     def prepare_template(self) -> None:
         """Forget killed runs' files, and build (or check) the cached migrated template."""
-        scope_databases.remove_stale_runs(self.runs_dir)
+        self._remove_stale_runs()
         self._template()
+
+    def _remove_stale_runs(self) -> None:
+        """Delete what killed runs left, in RAM or on disk, whichever this run uses."""
+        for runs in {self.runs_dir, *scope_databases.all_runs_roots(self.data_dir)}:
+            scope_databases.remove_stale_runs(runs)
 
     def _template(self) -> Template:
         return scope_databases.template_for(self.migrations_dir, self.data_dir, self.runs_dir)
@@ -420,6 +426,14 @@ class TestIsolationManager:
             self.global_connection_registry.discard(client)
             if closed and scope.options.track_connections:
                 self.performance_metrics["connections_closed"] += 1
+            if not closed:
+                timeout = scope.options.connection_timeout
+                self._leak(
+                    "connection",
+                    scope.test_name,
+                    f"{client!r} was still in use in another thread {timeout}s after its scope "
+                    "ended: it closes when that thread lets go",
+                )
             closed_cleanly = closed_cleanly and closed
         return closed_cleanly
 
@@ -430,6 +444,7 @@ class TestIsolationManager:
         with self._lock:
             if self._context is not None:
                 self.complete_test()
+            self._failed_resets.clear()
             self._context = _TestContext(
                 test_name=test_name,
                 saved_url=os.environ.get("DATABASE_URL"),
@@ -440,7 +455,8 @@ class TestIsolationManager:
             )
             scope_id = self.create_scope(test_name, **options)
             self._point_at(scope_id)
-            return scope_id
+        self._raise_failed_resets()
+        return scope_id
 
     def complete_test(self, *, keep_database: Path | None = None) -> bool:
         """Destroy the current test's scope, put back what the test changed, record leaks.
@@ -456,13 +472,19 @@ class TestIsolationManager:
         if context.scope_id is not None:
             scope_id, context.scope_id = context.scope_id, None
             cleaned, stale = self._end_scope(scope_id, keep_database)
+        # Recorded until here: what the reset hooks open for the next test is not a leak.
+        still_open = context.recording.stop() if context.recording is not None else []
         self._restore(context)
-        stale += self._clean_up_leaks(context)
+        stale += self._clean_up_leaks(context, still_open)
         _warn_stale(stale)  # last: filterwarnings may make them errors
+        self._raise_failed_resets()
         return cleaned
 
-    def _clean_up_leaks(self, context: _TestContext) -> list[str]:
-        """Record and close what the test left open: scopes it created, connections.
+    def _clean_up_leaks(
+        self, context: _TestContext, still_open: list[TrackedConnection]
+    ) -> list[str]:
+        """Record and close what the test left open: scopes it created, and of the
+        connections it opened (``still_open`` when it ended) those still open after them.
         Returns the warnings about stale bindings of the scopes it ended."""
         stale = []
         for scope_id in self.active_scopes.keys() - context.scopes_before:
@@ -471,19 +493,18 @@ class TestIsolationManager:
                 continue
             self._leak("scope", context.test_name, f"{leaked.id} ({leaked.test_name})")
             stale += self._end_scope(scope_id)[1]
-        if context.recording is not None:
-            for tracked in context.recording.stop():
-                detail = f"opened at {tracked.location}"
-                try:
-                    tracked.connection.close()
-                except sqlite3.ProgrammingError:  # opened in another thread: only it may close it
-                    detail += " (in another thread, which must close it)"
-                if not self.reset_hooks:
-                    detail += (
-                        "; if that module keeps your application's connection, name it in "
-                        "isolation_database_module so that it reconnects for each test"
-                    )
-                self._leak("connection", context.test_name, detail)
+        for tracked in filter(lambda each: each.is_open, still_open):
+            detail = f"opened at {tracked.location}"
+            try:
+                tracked.connection.close()
+            except sqlite3.ProgrammingError:  # opened in another thread: only it may close it
+                detail += " (in another thread, which must close it)"
+            if not self.reset_hooks:
+                detail += (
+                    "; if that module keeps your application's connection, name it in "
+                    "isolation_database_module so that it reconnects for each test"
+                )
+            self._leak("connection", context.test_name, detail)
         return stale
 
     def _leak(
@@ -519,11 +540,27 @@ class TestIsolationManager:
         self._run_reset_hooks()
 
     def _run_reset_hooks(self) -> None:
+        """Call every reset hook; one that raises fails the test (see
+        :meth:`_raise_failed_resets`), after the others and the cleanup have run."""
         for reset in self.reset_hooks:
             try:
                 reset()
-            except Exception as error:  # another module's reset must not break isolation
-                logger.warning("database reset hook %r raised %r", reset, error)
+            except Exception as error:
+                name = (
+                    f"{getattr(reset, '__module__', '?')}:{getattr(reset, '__qualname__', reset)}"
+                )
+                self._failed_resets.append(f"{name} raised {error!r}")
+
+    def _raise_failed_resets(self) -> None:
+        failures, self._failed_resets = self._failed_resets, []
+        if failures:
+            raise IsolationError(
+                f"the database reset hook failed: {'; '.join(failures)}. The connection it "
+                "should drop may still point at the previous test's database, whose rows the "
+                "next test would see: make the hook forget its connection even when closing "
+                "it fails (try/finally), and close connections in the thread that opened "
+                "them (or open them with check_same_thread=False)"
+            )
 
     def _restore(self, context: _TestContext) -> None:
         if context.saved_url is None:
@@ -660,7 +697,7 @@ class TestIsolationManager:
         for client in list(self.global_connection_registry):
             cleaned = client.close(timeout=1.0) and cleaned
         self.global_connection_registry.clear()
-        scope_databases.remove_stale_runs(self.runs_dir)
+        self._remove_stale_runs()
         logger.debug("emergency cleanup done (clean: %s)", cleaned)
         _warn_stale([warning for _, stale in ended for warning in stale])
         return cleaned

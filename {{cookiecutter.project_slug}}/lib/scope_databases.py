@@ -63,6 +63,8 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 # A RAM filesystem for throwaway databases, used when it has this much room.
 SHM_ROOT = Path("/dev/shm")
+# What decides where the test databases go, as an error opening one names it.
+TEST_DATABASES_SOURCE = "the isolation_data_dir and isolation_use_dev_shm settings"
 SHM_MIN_FREE = 1 << 30
 
 _run_dirs: dict[tuple[Path, int], Path] = {}
@@ -78,11 +80,23 @@ def runs_root(data_dir: Path, *, use_shm: bool = False) -> Path:
     when it exists with at least 1 GiB free.
     """
     if use_shm and SHM_ROOT.is_dir() and shutil.disk_usage(SHM_ROOT).free >= SHM_MIN_FREE:
-        project = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-        runs = SHM_ROOT / f"isolation-{os.getuid()}-{project}"
+        runs = _shm_runs(data_dir)
         if _ours_alone(runs):
             return runs
     return data_dir / RUNS_DIR_NAME
+
+
+def _shm_runs(data_dir: Path) -> Path:
+    project = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return SHM_ROOT / f"isolation-{os.getuid()}-{project}"
+
+
+def all_runs_roots(data_dir: Path) -> list[Path]:
+    """Every place :func:`runs_root` may have put the project's run directories, whatever
+    ``use_shm`` says now and however full ``/dev/shm`` is: where a killed run's are looked
+    for."""
+    shm = _shm_runs(data_dir)
+    return [data_dir / RUNS_DIR_NAME, *([shm] if _ours_alone(shm) else [])]
 
 
 def _ours_alone(path: Path) -> bool:
@@ -144,13 +158,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_runs(runs: Path) -> list[Path]:
-    """Delete run directories whose process is gone (a killed run); return them."""
+    """Delete run directories whose process is gone (a killed run), and ``runs`` itself if
+    that empties it; return them."""
     removed = []
     for path in runs.iterdir() if runs.is_dir() else ():
         pid, _, _ = path.name.partition("-")
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+    if removed:
+        with suppress(OSError):  # not empty: a live run's, or the template cache
+            runs.rmdir()
     return removed
 
 
@@ -359,7 +377,11 @@ class DatabaseFactory:
         with untracked():
             if path is not None:
                 return DatabaseClient(
-                    str(path), owner=owner, pragmas=SCOPE_PRAGMAS, engine=self.engine
+                    str(path),
+                    owner=owner,
+                    pragmas=SCOPE_PRAGMAS,
+                    engine=self.engine,
+                    source=TEST_DATABASES_SOURCE,
                 )
             client = DatabaseClient(url, owner=owner, pragmas=MEMORY_PRAGMAS)
         try:

@@ -9,5 +9,6 @@ import nox
 def integration(session: nox.Session) -> None:
     """Run the integration tests, each against its own fresh, migrated database."""
     session.install("sqlite-utils>=4", "pytest>=8.3", "pytest-xdist>=3.6")
+    # Async tests (the async_db fixture) need pytest-asyncio too: "pytest-asyncio>=1.0".
     # Install what your own code needs here too, for example: session.install("-e", ".")
     session.run("pytest", "tests/integration", *session.posargs)

@@ -193,7 +193,6 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
         runs_dir=runs_root(data_dir, use_shm=config.getini("isolation_use_dev_shm")),
         module_patterns=patterns or None,
         project_root=config.rootpath,
-        reset_hooks=_reset_hooks(config.getini("isolation_database_module")),
         engine=_engine(config),
         defer_binding_scan=True,  # see pytest_runtest_logfinish
     )
@@ -272,13 +271,21 @@ def _start_session(session: pytest.Session) -> None:
     database.block_database_access(OUTSIDE_SCOPE)
     database.forbid_remote_databases(NO_REMOTE)
     manager = get_test_isolation_manager()
-    if not hasattr(session.config, "workerinput"):
-        shutil.rmtree(_kept_directory(manager), ignore_errors=True)
+    # Imported only now: a module that connects at import finds no developer database.
+    manager.reset_hooks = tuple(_reset_hooks(session.config.getini("isolation_database_module")))
     manager.initialize_test_mode(build_template=False)  # built once tests need it
     # Under xdist the main process builds it, before it starts the workers: they find it
     # cached, and a broken migration is one error here, not a crash in every worker.
     if session.config.pluginmanager.has_plugin("dsession"):
-        _prepare_template(manager)
+        _start_isolating(session.config, manager)
+
+
+def _start_isolating(config: pytest.Config, manager: TestIsolationManager) -> None:
+    """What a run that isolates tests does first: forget the databases an earlier run
+    kept, and build (or check) the template."""
+    if not hasattr(config, "workerinput") and not config.option.collectonly:
+        shutil.rmtree(_kept_directory(manager), ignore_errors=True)
+    _prepare_template(manager)
 
 
 def _prepare_template(manager: TestIsolationManager) -> None:
@@ -299,7 +306,8 @@ def _prepare_template(manager: TestIsolationManager) -> None:
         raise pytest.UsageError(
             "cannot build the template database the isolated tests copy: the migrations run "
             f"with {error.name}, which is not installed here. Install the project's "
-            "dependencies with the tests' (uv sync --group test)"
+            "dependencies with the tests' (uv sync --group test; with pip, pip install "
+            "sqlite-utils)"
         ) from error
 
 
@@ -333,7 +341,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the template once the tests to run are known (after every deselection, --lf
     included): unit tests alone, or only collecting, need none, so nothing is written."""
     if not session.config.option.collectonly and any(map(is_isolated, session.items)):
-        _prepare_template(get_test_isolation_manager())
+        _start_isolating(session.config, get_test_isolation_manager())
 
 
 @pytest.hookimpl(wrapper=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from lib.database_config import (
     database_target,
     is_remote_url,
     local_database_file,
+    open_error,
     parse_database_url,
     url_target,
 )
+from lib.scope_databases import TEST_DATABASES_SOURCE
 
 
 @pytest.mark.parametrize(
@@ -159,3 +162,16 @@ def test_url_target_reads_one_url_without_turso_replicas() -> None:
 def test_an_uppercase_file_scheme_is_told_to_be_lowercase() -> None:
     with pytest.raises(DatabaseConfigError, match=r"write the scheme in lowercase \(file:./x.db\)"):
         parse_database_url("FILE:./x.db")
+
+
+@pytest.mark.parametrize("message", ["disk I/O error", "database or disk is full"])
+def test_a_test_database_that_cannot_be_written_points_at_a_full_filesystem(
+    message: str,
+) -> None:
+    """/dev/shm filling up mid-run shows as SQLite's disk I/O error: the error says where
+    to look, and which settings move the test databases."""
+    error = open_error(
+        "/dev/shm/isolation-1/db-7.db", TEST_DATABASES_SOURCE, sqlite3.OperationalError(message)
+    )
+    assert "may be full" in str(error)
+    assert "isolation_use_dev_shm" in str(error)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import database
+from lib import database, scope_databases
 from lib.database import (
     AsyncDatabaseClient,
     ClientClosedError,
@@ -555,6 +555,26 @@ def test_initialize_removes_a_killed_runs_files(data_dir: Path) -> None:
         m.emergency_cleanup()
 
 
+def test_a_killed_runs_files_in_ram_go_also_when_this_run_keeps_its_own_on_disk(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """isolation_use_dev_shm turned off since, or /dev/shm now too full to use: what a
+    killed run left there is deleted all the same."""
+    monkeypatch.setattr(scope_databases, "SHM_ROOT", tmp_path / "shm")
+    shm_runs = scope_databases.all_runs_roots(data_dir)[-1]
+    assert shm_runs.parent == tmp_path / "shm"
+    stale_run = shm_runs / f"{_dead_pid()}-0badcafe"
+    stale_run.mkdir(parents=True)
+    (stale_run / "db-1.db").write_bytes(b"left behind")
+    m = TestIsolationManager(data_dir=data_dir)  # its own runs go under data_dir
+    try:
+        m.initialize_test_mode()
+        assert not shm_runs.exists()
+    finally:
+        m.emergency_cleanup()
+        m.shutdown()
+
+
 def test_a_live_runs_files_are_kept(manager: TestIsolationManager, data_dir: Path) -> None:
     """Another run still going (its pid is alive) keeps its databases."""
     live_run = data_dir / RUNS_DIR_NAME / f"{os.getppid()}-1ee7c0de"
@@ -562,6 +582,32 @@ def test_a_live_runs_files_are_kept(manager: TestIsolationManager, data_dir: Pat
     (live_run / "test_3_1ee7c0de.db").write_bytes(b"in use")
     manager.emergency_cleanup()
     assert live_run.exists()
+
+
+def test_a_client_another_thread_keeps_busy_past_its_scope_is_a_connection_leak(
+    manager: TestIsolationManager,
+) -> None:
+    """Not closed when the scope ended: the report counts it and --isolation-strict fails."""
+    scope_id = manager.create_scope("busy at the end", connection_timeout=0.2)
+    client = manager.get_scoped_database_client(scope_id)
+    began, finish = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with contextlib.suppress(database.ClientClosedError), client.transaction():
+            began.set()
+            finish.wait(timeout=10)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert began.wait(timeout=5)
+    try:
+        assert manager.destroy_scope(scope_id) is False
+    finally:
+        finish.set()
+        holder.join(timeout=10)
+    leaks = [leak for leak in manager.leaks if leak.kind == "connection"]
+    assert [leak.test for leak in leaks] == ["busy at the end"]
+    assert "still in use in another thread 0.2s after its scope ended" in leaks[0].detail
 
 
 # --- the current test --------------------------------------------------------------------

@@ -616,3 +616,107 @@ def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Pat
     assert child.returncode == 4, child.stdout + child.stderr
     assert f"migrations directory {tmp_path / 'db' / 'migrations'} does not exist" in child.stderr
     assert "Put the schema there as ordered *.sql migration files" in child.stderr
+
+
+# Modules named by isolation_database_module in the tests below, written to tmp_path.
+CONNECTS_AT_IMPORT = """
+import os
+import sqlite3
+
+_conn = sqlite3.connect(os.environ.get("DATABASE_URL", ":memory:"), uri=True)
+_conn.execute("CREATE TABLE IF NOT EXISTS touched (id INTEGER)")
+_conn.close()
+
+
+def reset():
+    pass
+"""
+
+RESET_THAT_FAILS = """
+def reset():
+    raise RuntimeError("closed from the wrong thread")
+"""
+
+RESET_THAT_RECONNECTS = """
+import os
+import sqlite3
+
+_conn = None
+
+
+def reset():
+    global _conn
+    if _conn is not None:
+        _conn.close()
+    _conn = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+"""
+
+TWO_ISOLATED_TESTS = (
+    ONE_ISOLATED_TEST
+    + """
+
+def test_two(db):
+    assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+"""
+)
+
+
+def test_the_database_module_is_imported_only_once_the_developers_database_is_hidden(
+    tmp_path: Path,
+) -> None:
+    """A module that connects at import never reaches the database of DATABASE_URL, not
+    even in a run that only collects."""
+    (tmp_path / "connects_at_import.py").write_text(CONNECTS_AT_IMPORT)
+    developer_db = tmp_path / "dev.db"
+    setting = "isolation_database_module=connects_at_import:reset"
+    environ = {"DATABASE_URL": f"file:{developer_db}"}
+    for args in [["--collect-only"], []]:
+        child = run_suite(tmp_path, ONE_ISOLATED_TEST, *args, "-o", setting, environ=environ)
+        assert child.returncode == 0, child.stdout + child.stderr
+        assert not developer_db.exists(), args
+
+
+def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
+    """Its connection may still point at this test's database: the next test would see
+    this one's rows. A warning in a captured log was all it got."""
+    (tmp_path / "reset_that_fails.py").write_text(RESET_THAT_FAILS)
+    setting = "isolation_database_module=reset_that_fails:reset"
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "the database reset hook failed: reset_that_fails:reset raised RuntimeError(" in (
+        child.stdout
+    )
+    assert "make the hook forget its connection even when closing it fails" in child.stdout
+
+
+def test_a_connection_the_reset_hook_opens_for_the_next_test_is_no_leak(tmp_path: Path) -> None:
+    (tmp_path / "reset_that_reconnects.py").write_text(RESET_THAT_RECONNECTS)
+    setting = "isolation_database_module=reset_that_reconnects:reset"
+    child = run_suite(tmp_path, TWO_ISOLATED_TESTS, "-o", setting)
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "Connection leak detected" not in child.stdout + child.stderr
+    assert "Connection Leaks: 0" in child.stdout
+
+
+FAILING_ISOLATED_TEST = """
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+def test_fails(db):
+    db.execute("INSERT INTO users (email, name) VALUES ('kept@example.com', 'kept')")
+    assert False
+"""
+
+
+def test_kept_databases_stay_until_a_run_that_isolates_tests(tmp_path: Path) -> None:
+    """Collecting (as an IDE does) or running unit tests alone leaves them for you to open."""
+    child = run_suite(tmp_path, FAILING_ISOLATED_TEST, "--isolation-keep-failed")
+    (kept,) = re.findall(r"Kept database of a failed test: (\S+)", child.stdout)
+    for suite, args in [(FAILING_ISOLATED_TEST, ["--collect-only"]), (UNIT_TEST, [])]:
+        child = run_suite(tmp_path, suite, *args)
+        assert child.returncode in (0, 5), child.stdout + child.stderr
+        assert Path(kept).is_file(), args
+    run_suite(tmp_path, ONE_ISOLATED_TEST)
+    assert not Path(kept).exists()
