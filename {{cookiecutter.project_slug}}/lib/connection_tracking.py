@@ -61,7 +61,10 @@ class TrackedLibsqlConnection:
 
 
 def _record(connection: Any) -> None:
-    if _recordings and not getattr(_local, "suspended", False):
+    suspended: list[Any] | None = getattr(_local, "suspended", None)
+    if suspended is not None:
+        suspended.append(connection)
+    elif _recordings:
         tracked = TrackedConnection(connection, caller_location())
         for recording in list(_recordings):
             recording.opened.append(tracked)
@@ -75,7 +78,7 @@ def _tracking_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
 
 def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
     connection = _original_libsql_connect(*args, **kwargs)
-    if getattr(_local, "suspended", False):
+    if getattr(_local, "suspended", None) is not None:
         return connection
     tracked = TrackedLibsqlConnection(connection)
     _record(tracked)
@@ -83,12 +86,15 @@ def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
 
 
 @contextmanager
-def untracked() -> Iterator[None]:
-    """Connections opened by this thread meanwhile are the isolation core's own, not a test's."""
-    previous = getattr(_local, "suspended", False)
-    _local.suspended = True
+def untracked() -> Iterator[list[Any]]:
+    """Connections opened by this thread meanwhile are the isolation core's own, or a wider
+    fixture's, not a test's: no recording gets them. The list it gives fills with the
+    sqlite3 connections opened while a recording is on."""
+    previous = getattr(_local, "suspended", None)
+    opened: list[Any] = []
+    _local.suspended = opened
     try:
-        yield
+        yield opened
     finally:
         _local.suspended = previous
 

@@ -22,10 +22,12 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -368,9 +370,10 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
     that first needed it by design: it is not that test's leak."""
     if fixturedef.scope == "function":
         return (yield)
-    with untracked():
+    with untracked() as opened:
         value = yield
     _refuse_a_tests_client(fixturedef, value)
+    _refuse_a_connection_to_the_tests_database(fixturedef, opened)
     return value
 
 
@@ -384,12 +387,51 @@ def _refuse_a_tests_client(fixturedef: pytest.FixtureDef[Any], value: object) ->
         for scope in get_test_isolation_manager().active_scopes.values()
     ):
         return  # not a client, or one of a scope allowed to outlive its test
-    error = IsolationError(
-        f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} returned the "
-        f"database client of {client.owner}, which closes when that test ends: every "
-        "later test would get CLIENT_CLOSED. Make the fixture function-scoped, or take "
-        "the `db` fixture in the tests that need the database"
+    _fail_the_fixture(
+        fixturedef,
+        IsolationError(
+            f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} returned the "
+            f"database client of {client.owner}, which closes when that test ends: every "
+            "later test would get CLIENT_CLOSED. Make the fixture function-scoped, or take "
+            "the `db` fixture in the tests that need the database"
+        ),
     )
+
+
+def _refuse_a_connection_to_the_tests_database(
+    fixturedef: pytest.FixtureDef[Any], opened: list[Any]
+) -> None:
+    """A connection that a wider fixture opens to the database of the test it is set up
+    in (from ``DATABASE_URL``, maybe through a service of its own) outlives that database:
+    every later test would share it, rows and all, with no error anywhere."""
+    manager = get_test_isolation_manager()
+    scope = manager.active_scopes.get(manager.current_test_id or "")
+    if scope is None or not any(_opens(connection, scope.database_url) for connection in opened):
+        return
+    _fail_the_fixture(
+        fixturedef,
+        IsolationError(
+            f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} opened a "
+            f"connection to the database of {scope.owner}, which is deleted when that test "
+            "ends: every later test would share it without an error. Make the fixture "
+            "function-scoped, or let it connect when it is used (get_database_client() at "
+            "call time), not while it is set up"
+        ),
+    )
+
+
+def _opens(connection: Any, url: str) -> bool:
+    """Whether the sqlite3 ``connection`` is on the database of the SQLite URI ``url``."""
+    try:
+        rows = sqlite3.Connection.execute(connection, "PRAGMA database_list").fetchall()
+    except sqlite3.Error:  # closed already, or of another thread: it holds nothing open
+        return False
+    main = next((file for _, name, file in rows if name == "main"), "")
+    return bool(main) and os.path.realpath(main) == os.path.realpath(unquote(urlsplit(url).path))
+
+
+def _fail_the_fixture(fixturedef: pytest.FixtureDef[Any], error: IsolationError) -> None:
+    """Raise ``error``, kept as the fixture's result so that every test using it gets it."""
     assert fixturedef.cached_result is not None  # set by pytest's own setup
     fixturedef.cached_result = (None, fixturedef.cached_result[1], (error, None))
     raise error

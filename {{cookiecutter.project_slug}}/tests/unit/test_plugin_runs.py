@@ -720,3 +720,54 @@ def test_kept_databases_stay_until_a_run_that_isolates_tests(tmp_path: Path) -> 
         assert Path(kept).is_file(), args
     run_suite(tmp_path, ONE_ISOLATED_TEST)
     assert not Path(kept).exists()
+
+
+SESSION_CONNECTIONS_TO_THE_FIRST_TESTS_DATABASE = """
+import os
+import sqlite3
+
+import pytest
+
+from lib.database import DatabaseService
+
+pytestmark = pytest.mark.isolated
+
+
+@pytest.fixture(scope="session")
+def own_connection():
+    conn = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def own_service():
+    service = DatabaseService()
+    service.get_client().execute("SELECT 1")
+    yield service
+    service.close()
+
+
+@pytest.mark.parametrize("test", ["first", "second"])
+def test_connection(own_connection, test):
+    own_connection.execute("INSERT INTO users (email, name) VALUES (?, ?)", (test, test))
+
+
+@pytest.mark.parametrize("test", ["first", "second"])
+def test_service(own_service, test):
+    own_service.get_client().execute("INSERT INTO users (email, name) VALUES (?, ?)", (test, test))
+"""
+
+
+@pytest.mark.parametrize("strategy", ["file", "memory"])
+def test_a_wider_fixture_connecting_to_its_first_tests_database_is_an_error_in_every_test(
+    tmp_path: Path, strategy: str
+) -> None:
+    """That database is deleted when its test ends, yet the connection keeps it: every
+    later test would read and write the first one's rows, with no error anywhere."""
+    suite = SESSION_CONNECTIONS_TO_THE_FIRST_TESTS_DATABASE
+    child = run_suite(tmp_path, suite, "--isolation-strategy", strategy)
+    assert "4 errors" in child.stdout, child.stdout + child.stderr
+    for fixture in ("own_connection", "own_service"):
+        message = f"the session-scoped fixture {fixture!r} opened a connection to the database"
+        assert message in child.stdout, child.stdout
