@@ -156,6 +156,7 @@ class IsolationReporter:
         self.performance: dict[str, float] = dict.fromkeys(PERFORMANCE_COUNTERS, 0)
         self.cleanup_time_total = 0.0
         self.kept_databases: list[str] = []
+        self.lost_workers: list[str] = []  # xdist workers that crashed before reporting
         setting = str(config.getini("isolation_performance_baseline")).strip()
         self.baseline_path = Path(config.rootpath, setting) if setting else None
         # The default file may be left out (a repository that adopted the plugin without
@@ -236,6 +237,7 @@ class IsolationReporter:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         data = getattr(node, "workeroutput", {}).get("isolation_report")
         if not data:
+            self.lost_workers.append(str(getattr(getattr(node, "gateway", None), "id", "?")))
             return
         self.records += [TestRecord(**record) for record in data["records"]]
         for counter, value in data["performance"].items():
@@ -288,6 +290,11 @@ class IsolationReporter:
         for leak in self.session_leaks:
             where = f"{leak['detail']}, found at the end of the session"
             lines.append(f"{FINDING_PREFIXES[leak['kind']]}: {leak['test']} ({where})")
+        lines += [
+            f"Worker {worker} ended without its records (it crashed): the figures below "
+            "leave out the tests it ran"
+            for worker in self.lost_workers
+        ]
         return lines
 
     @pytest.hookimpl(wrapper=True, trylast=True)
@@ -410,7 +417,7 @@ class IsolationReporter:
         summary = self._summary
         if hasattr(self.config, "workerinput") or summary is None:
             return
-        if self.records:
+        if self.records or self.lost_workers:
             self._write_section(terminalreporter, summary)
         for line in self.unwritten:
             terminalreporter.write_line(f"isolation report: {line}", red=True)

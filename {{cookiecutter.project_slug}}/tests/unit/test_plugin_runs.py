@@ -771,3 +771,27 @@ def test_a_wider_fixture_connecting_to_its_first_tests_database_is_an_error_in_e
     for fixture in ("own_connection", "own_service"):
         message = f"the session-scoped fixture {fixture!r} opened a connection to the database"
         assert message in child.stdout, child.stdout
+
+
+CRASHING_WORKER = (
+    ONE_ISOLATED_TEST
+    + """
+
+def test_crashes(db):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+)
+
+
+def test_a_crashed_worker_is_named_in_the_report_whose_figures_lack_its_tests(
+    tmp_path: Path,
+) -> None:
+    """Its records never reach the main process: the totals would pass for the whole run."""
+    child = run_suite(tmp_path, CRASHING_WORKER, "-n", "2")
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert re.search(r"Worker gw\d ended without its records \(it crashed\)", child.stdout), (
+        child.stdout
+    )
