@@ -324,9 +324,9 @@ class _GuardedConnection(sqlite3.Connection):
     def deserialize(self, *args: Any, **kwargs: Any) -> None:
         self._locked(sqlite3.Connection.deserialize, *args, **kwargs)
 
-    def iterdump(self) -> Generator[str, None, None]:
+    def iterdump(self, *args: Any, **kwargs: Any) -> Generator[str, Any, Any]:
         self._guard()  # its queries go through cursor(), guarded as they run
-        return super().iterdump()
+        return super().iterdump(*args, **kwargs)
 
     @property
     def total_changes(self) -> int:
