@@ -367,7 +367,8 @@ def pytest_runtest_makereport(
 @pytest.hookimpl(wrapper=True)
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
     """A connection that a session-, module- or class-scoped fixture opens outlives the test
-    that first needed it by design: it is not that test's leak."""
+    that first needed it by design: it is not that test's leak, unless it is to that test's
+    database, or the fixture returns that test's client (both errors)."""
     if fixturedef.scope == "function":
         return (yield)
     with untracked() as opened:
