@@ -89,6 +89,7 @@ __all__ = [
     "Transaction",
     "block_database_access",
     "caller_location",
+    "client_of",
     "create_database_directory",
     "database_driver",
     "database_target",
@@ -334,19 +335,23 @@ class _GuardedConnection(sqlite3.Connection):
         return int(sqlite3.Connection.total_changes.__get__(self))
 
     def close(self) -> None:
-        """Close the client this connection belongs to (sqlite-utils' ``db.close()`` and
-        ``with client.db:`` end here), so that its later use says where it was closed."""
+        """Refused while its client is open (sqlite-utils' ``db.close()`` and ``with
+        client.db:`` end here): the connection is the client's, which its owner closes."""
         client = None if self.client_ref is None else self.client_ref()
-        if client is None or self.closed_message is not None:
-            super().close()
-            return
-        sqlite_utils = sys.modules.get("sqlite_utils")
-        where = caller_location(
-            os.path.dirname(sqlite_utils.__file__ or "") if sqlite_utils else None
-        )
-        client.close(
-            reason="through its connection (client.db.close(), `with client.db`)", where=where
-        )
+        if client is not None and self.closed_message is None:
+            raise RuntimeError(
+                f"client.db shares the connection of {client!r}, which only the client's "
+                "owner closes (client.close()): take `view = client.db` rather than "
+                "`with client.db as view:`, which closes it on leaving the block"
+            )
+        super().close()
+
+
+def client_of(connection: Any) -> DatabaseClient | None:
+    """The open client whose connection ``connection`` is, if any."""
+    reference = getattr(connection, "client_ref", None)
+    client: DatabaseClient | None = reference() if reference is not None else None
+    return client if client is not None and not client.closed else None
 
 
 def _normalize(statement: Statement) -> tuple[str, Args]:
@@ -820,9 +825,15 @@ class AsyncDatabaseClient:
         """Run a script of several statements (refused inside an open transaction)."""
         await self._run(self.client.executescript, sql)
 
-    async def health_check(self) -> dict[str, Any]:
-        """Whether a trivial query succeeds, and how long it took."""
-        result: dict[str, Any] = await self._run(self.client.health_check)
+    async def health_check(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Whether a trivial query succeeds, and how long it took; a client that another
+        thread or task holds for more than ``timeout`` seconds is reported busy."""
+        try:
+            async with asyncio.timeout(timeout):
+                result: dict[str, Any] = await self._run(self.client.health_check, timeout)
+        except TimeoutError:
+            busy = f"{self.client!r} was still busy in another task or thread after {timeout}s"
+            return {"healthy": False, "error": busy, "path": self.client.path}
         return result
 
     async def get_connection_stats(self) -> dict[str, Any]:
@@ -1147,9 +1158,9 @@ class DatabaseService:
         client = self._client
         return frozenset({client} if client is not None and not client.closed else ())
 
-    def health_check(self) -> dict[str, Any]:
+    def health_check(self, timeout: float = 5.0) -> dict[str, Any]:
         """The client's health check; connects first if needed, as a readiness probe would."""
-        return self.get_client().health_check()
+        return self.get_client().health_check(timeout)
 
     def get_connection_stats(self) -> dict[str, Any]:
         """Whether the service is connected and closing, with its client's stats; no connect."""

@@ -486,6 +486,7 @@ class TestIsolationManager:
         """Record and close what the test left open: scopes it created, and of the
         connections it opened (``still_open`` when it ended) those still open after them.
         Returns the warnings about stale bindings of the scopes it ended."""
+        test = context.test_name
         stale = []
         for scope_id in self.active_scopes.keys() - context.scopes_before:
             leaked = self.active_scopes[scope_id]
@@ -495,8 +496,12 @@ class TestIsolationManager:
             stale += self._end_scope(scope_id)[1]
         for tracked in filter(lambda each: each.is_open, still_open):
             detail = f"opened at {tracked.location}"
+            client = database.client_of(tracked.connection)
             try:
-                tracked.connection.close()
+                if client is not None:  # a DatabaseClient of the test's own
+                    client.close(0, reason="as a connection leak", where=f"the end of {test}")
+                else:
+                    tracked.connection.close()
             except sqlite3.ProgrammingError:  # opened in another thread: only it may close it
                 detail += " (in another thread, which must close it)"
             if not self.reset_hooks:

@@ -414,9 +414,9 @@ def _refuse_a_connection_to_the_tests_database(
         IsolationError(
             f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} opened a "
             f"connection to the database of {scope.owner}, which is deleted when that test "
-            "ends: every later test would share it without an error. Make the fixture "
-            "function-scoped, or let it connect when it is used (get_database_client() at "
-            "call time), not while it is set up"
+            "ends: every later test would share it without an error. Close it before the "
+            "fixture returns (contextlib.closing), let the fixture connect when it is used "
+            "(get_database_client() at call time), or make it function-scoped"
         ),
     )
 

@@ -522,9 +522,14 @@ def test_sqlite_utils_view_taken_before_close_raises_client_closed(db_path: Path
         view.conn.blobopen("items", "name", 1)
 
 
+def _backup_into_memory(conn: sqlite3.Connection) -> None:
+    with contextlib.closing(sqlite3.connect(":memory:")) as target:
+        conn.backup(target)
+
+
 KEPT_CONNECTION_USES: dict[str, Callable[[Any], object]] = {
     "iterdump": lambda conn: next(conn.iterdump()),
-    "backup": lambda conn: conn.backup(sqlite3.connect(":memory:")),
+    "backup": lambda conn: _backup_into_memory(conn),
     "serialize": lambda conn: conn.serialize(),
     "total_changes": lambda conn: conn.total_changes,
     "commit": lambda conn: conn.commit(),
@@ -563,21 +568,25 @@ def test_a_with_conn_block_cut_short_by_close_raises_client_closed(db_path: Path
 
 
 @pytest.mark.parametrize("how", ["db.close()", "with db"])
-def test_closing_the_sqlite_utils_view_closes_the_client(db_path: Path, how: str) -> None:
-    """sqlite-utils closes the connection it was given, which is the client's: the client
-    then knows it is closed, and says where."""
+def test_closing_the_sqlite_utils_view_is_refused_and_the_client_stays_open(
+    db_path: Path, how: str
+) -> None:
+    """sqlite-utils closes the connection it was given, which is the client's: that would
+    leave the client broken (or, in memory, its database gone with its rows)."""
     c = DatabaseClient(str(db_path), owner="closed-through-db")
     c.executescript(SCHEMA)
-    if how == "with db":
-        with c.db as view:
-            view["items"].insert({"name": "a"})
-    else:
-        c.db.close()
-    assert c.closed
-    with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*closed-through-db") as excinfo:
-        c.execute("SELECT 1")
-    assert "through its connection" in str(excinfo.value)
-    assert "test_database.py" in str(excinfo.value)
+
+    def close_the_view() -> None:
+        if how == "with db":
+            with c.db as view:
+                view["items"].insert({"name": "a"})
+        else:
+            c.db.close()
+
+    with pytest.raises(RuntimeError, match="only the client's owner closes"):
+        close_the_view()
+    assert not c.closed
+    assert count(c) == (1 if how == "with db" else 0)
     assert c.close() is True
 
 
@@ -963,6 +972,32 @@ def test_transactions_from_two_threads_do_not_mix(client: DatabaseClient) -> Non
     assert errors == []
     names = [r["name"] for r in client.execute("SELECT name FROM items").rows]
     assert names == ["committed"]
+
+
+async def test_an_async_health_check_reports_a_client_another_task_holds_as_busy(
+    client: DatabaseClient,
+) -> None:
+    """It answers within its timeout, as the sync one does, instead of waiting for the
+    other task's transaction and then reporting a fast, healthy client."""
+    adb = AsyncDatabaseClient(client)
+    began, finish = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with adb.transaction():
+            began.set()
+            await finish.wait()
+
+    holder = asyncio.create_task(hold())
+    await began.wait()
+    started = time.monotonic()
+    health = await adb.health_check(timeout=0.2)
+    waited = time.monotonic() - started
+    finish.set()
+    await holder
+    assert health["healthy"] is False
+    assert "still busy in another task or thread after 0.2s" in health["error"]
+    assert waited < 5
+    assert (await adb.health_check())["healthy"] is True
 
 
 async def test_async_client_gather(client: DatabaseClient) -> None:

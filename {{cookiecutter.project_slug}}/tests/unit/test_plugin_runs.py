@@ -795,3 +795,32 @@ def test_a_crashed_worker_is_named_in_the_report_whose_figures_lack_its_tests(
     assert re.search(r"Worker gw\d ended without its records \(it crashed\)", child.stdout), (
         child.stdout
     )
+
+
+KEEPS_ITS_OWN_CLIENT = """
+import os
+
+import pytest
+
+from lib.database import DatabaseClient
+
+pytestmark = pytest.mark.isolated
+KEPT = []
+
+
+def test_keeps_a_client():
+    KEPT.append(DatabaseClient(os.environ["DATABASE_URL"], owner="my own client"))
+
+
+def test_uses_it_later():
+    KEPT[0].execute("SELECT 1")
+"""
+
+
+def test_a_leaked_client_says_which_test_leaked_it_when_used_later(tmp_path: Path) -> None:
+    child = run_suite(tmp_path, KEEPS_ITS_OWN_CLIENT)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert (
+        "belonged to my own client and was closed at the end of "
+        "test_suite.py::test_keeps_a_client as a connection leak"
+    ) in child.stdout
