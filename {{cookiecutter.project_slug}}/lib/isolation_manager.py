@@ -325,7 +325,8 @@ class TestIsolationManager:
             if context is None:
                 raise IsolationError(
                     "no test scope is current: only integration tests have a database "
-                    "(put the test under tests/integration/ or mark it @pytest.mark.isolated)"
+                    "(put the test under the isolation_test_paths, tests/integration/ by "
+                    "default, or mark it @pytest.mark.isolated)"
                 )
             if context.scope_id is None:
                 raise IsolationError(

@@ -76,6 +76,10 @@ class Regression:
     severity: str
 
 
+# The baseline file's settings besides its "metrics".
+BASELINE_NUMBERS = ("slow_test_ms", "high_memory_growth_mb", "min_tests_for_averages")
+
+
 def load_baseline(path: Path | None, metrics: Iterable[str]) -> dict[str, Any]:
     """The thresholds file (None: no checks). Checked before the tests run (``metrics``:
     the names it may judge), not found missing or broken after them."""
@@ -103,7 +107,10 @@ def _baseline_problem(baseline: Any, metrics: set[str]) -> str | None:
 
     if not isinstance(baseline, dict):
         return "it must be a JSON object"
-    for key in ("slow_test_ms", "high_memory_growth_mb", "min_tests_for_averages"):
+    unknown = sorted(set(baseline) - {*BASELINE_NUMBERS, "metrics"})
+    if unknown:
+        return f"unknown entry {unknown[0]!r}; known: {', '.join([*BASELINE_NUMBERS, 'metrics'])}"
+    for key in BASELINE_NUMBERS:
         if key in baseline and not number(baseline[key]):
             return f"{key} must be a number, not {baseline[key]!r}"
     judged = baseline.get("metrics", {})

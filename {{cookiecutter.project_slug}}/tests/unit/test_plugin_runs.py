@@ -397,18 +397,28 @@ def test_a_baseline_of_warnings_only_is_judged(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("metrics", "problem"),
+    ("baseline", "problem"),
     [
-        ({"average_test_duration_ms": {"baseline": "50", "error": 4}}, "under 'baseline'"),
-        ({"average_test_duration_ms": {"baseline": 50}}, "under 'warning', 'error' or both"),
-        ({"avg_duration": {"baseline": 50, "error": 4}}, "unknown metric 'avg_duration'"),
+        (
+            {"metrics": {"average_test_duration_ms": {"baseline": "50", "error": 4}}},
+            "under 'baseline'",
+        ),
+        (
+            {"metrics": {"average_test_duration_ms": {"baseline": 50}}},
+            "under 'warning', 'error' or both",
+        ),
+        (
+            {"metrics": {"avg_duration": {"baseline": 50, "error": 4}}},
+            "unknown metric 'avg_duration'",
+        ),
+        ({"slow_tests_ms": 100, "metrics": {}}, "unknown entry 'slow_tests_ms'"),
     ],
 )
 def test_a_broken_baseline_stops_the_run_before_the_tests(
-    tmp_path: Path, metrics: dict[str, Any], problem: str
+    tmp_path: Path, baseline: dict[str, Any], problem: str
 ) -> None:
     path = tmp_path / "baseline.json"
-    path.write_text(json.dumps({"metrics": metrics}))
+    path.write_text(json.dumps(baseline))
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f"isolation_performance_baseline={path}")
     assert child.returncode == 4, child.stdout + child.stderr
     assert "baseline.json (isolation_performance_baseline): " in child.stderr
