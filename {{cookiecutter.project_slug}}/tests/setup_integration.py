@@ -287,17 +287,17 @@ def _start_isolating(config: pytest.Config, manager: TestIsolationManager) -> No
     kept, and build (or check) the template."""
     if not hasattr(config, "workerinput") and not config.option.collectonly:
         shutil.rmtree(_kept_directory(manager), ignore_errors=True)
-    _prepare_template(manager)
+    _prepare_template(manager, config)
 
 
-def _prepare_template(manager: TestIsolationManager) -> None:
+def _prepare_template(manager: TestIsolationManager, config: pytest.Config) -> None:
     """Build (or check) the template the isolated tests copy; a problem is one clear error."""
     try:
         manager.prepare_template()
     except MigrationError as error:
         raise pytest.UsageError(
             f"cannot build the template database the isolated tests copy: {error}. "
-            + _migrations_hint(manager.migrations_dir)
+            + _migrations_hint(manager.migrations_dir, config)
         ) from error
     except OSError as error:  # a data directory it may not write, a full disk
         raise pytest.UsageError(
@@ -313,13 +313,15 @@ def _prepare_template(manager: TestIsolationManager) -> None:
         ) from error
 
 
-def _migrations_hint(directory: Path) -> str:
+def _migrations_hint(directory: Path, config: pytest.Config) -> str:
+    """What to do, naming the configuration file pytest read (it reads only one)."""
+    where = f"in {config.inipath}" if config.inipath else "in pytest's configuration"
     if not directory.is_dir():
         return (
             "Put the schema there as ordered *.sql migration files, or set "
-            "isolation_migrations_dir to the directory that holds them."
+            f"isolation_migrations_dir {where} to the directory that holds them."
         )
-    return f"Fix that migration in {directory} (the isolation_migrations_dir setting)."
+    return f"Fix that migration in {directory} (the isolation_migrations_dir setting {where})."
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

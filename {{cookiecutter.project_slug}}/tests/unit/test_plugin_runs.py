@@ -626,6 +626,8 @@ def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Pat
     assert child.returncode == 4, child.stdout + child.stderr
     assert f"migrations directory {tmp_path / 'db' / 'migrations'} does not exist" in child.stderr
     assert "Put the schema there as ordered *.sql migration files" in child.stderr
+    # pytest reads one configuration file: the hint names the one it read
+    assert f"set isolation_migrations_dir in {tmp_path / 'pytest.ini'} to" in child.stderr
 
 
 # Modules named by isolation_database_module in the tests below, written to tmp_path.
