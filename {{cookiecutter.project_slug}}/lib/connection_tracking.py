@@ -3,24 +3,29 @@
 While a :class:`Recording` is active, ``sqlite3.connect`` (and ``libsql.connect`` once
 libsql is imported) is wrapped so that each new connection is remembered with its
 caller. When the test ends, the ones still open are connection leaks, reported where
-they were opened. The wrappers are removed again when the last recording stops.
+they were opened. While :func:`refuse_files` names files, ``sqlite3.connect`` refuses to
+open them (the developer's own database, during a test session). The wrappers are
+removed again when neither is needed.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from .database import caller_location
+from .database import DatabaseAccessBlockedError, caller_location
 
 _original_connect = sqlite3.connect
 _original_libsql_connect: Any = None
 _recordings: list[Recording] = []
+_refused: tuple[frozenset[str], str] = (frozenset(), "")  # real paths, and why
 _local = threading.local()
 _lock = threading.Lock()
 
@@ -71,9 +76,39 @@ def _record(connection: Any) -> None:
 
 
 def _tracking_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+    paths, reason = _refused
+    if paths:
+        database = args[0] if args else kwargs.get("database", "")
+        if _file_of(database) in paths:
+            raise DatabaseAccessBlockedError(f"refused to open {database!r}: {reason}")
     connection: sqlite3.Connection = _original_connect(*args, **kwargs)
-    _record(connection)
+    if _recordings:
+        _record(connection)
     return connection
+
+
+def _file_of(database: object) -> str | None:
+    """The real path of the file that ``sqlite3.connect(database)`` opens, if any."""
+    if isinstance(database, bytes):
+        database = os.fsdecode(database)
+    if not isinstance(database, str | os.PathLike):
+        return None
+    name = os.fspath(database)
+    if name.startswith("file:"):  # a URI, or (without uri=True) a file named so: alike
+        name = unquote(urlsplit(name).path)
+    return os.path.realpath(name) if name and name != ":memory:" else None
+
+
+def refuse_files(paths: Iterable[str], reason: str) -> None:
+    """From now on ``sqlite3.connect`` raises :class:`DatabaseAccessBlockedError` (with
+    ``reason``) for these files; an empty ``paths`` lifts that."""
+    global _refused
+    with _lock:
+        _refused = (frozenset(os.path.realpath(path) for path in paths), reason)
+        if _refused[0]:
+            _install()
+        else:
+            _uninstall_if_unused()
 
 
 def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
@@ -114,8 +149,7 @@ class Recording:
         with _lock:
             if self in _recordings:
                 _recordings.remove(self)
-            if not _recordings:
-                _uninstall()
+            _uninstall_if_unused()
         return self.still_open()
 
 
@@ -126,6 +160,11 @@ def _install() -> None:
     if libsql is not None and _original_libsql_connect is None:
         _original_libsql_connect = libsql.connect
         libsql.connect = _tracking_libsql_connect
+
+
+def _uninstall_if_unused() -> None:
+    if not _recordings and not _refused[0]:
+        _uninstall()
 
 
 def _uninstall() -> None:

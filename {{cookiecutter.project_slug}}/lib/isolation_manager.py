@@ -545,6 +545,12 @@ class TestIsolationManager:
             replaced.reset_for_testing()
         self._run_reset_hooks()
 
+    def reset_database_modules(self) -> None:
+        """Call the reset hooks now, as when ``DATABASE_URL`` changes around a test (at the
+        session's start: connections made at import go); IsolationError if one fails."""
+        self._run_reset_hooks()
+        self._raise_failed_resets()
+
     def _run_reset_hooks(self) -> None:
         """Call every reset hook; one that raises fails the test (see
         :meth:`_raise_failed_resets`), after the others and the cleanup have run."""

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from lib import database
-from lib.connection_tracking import untracked
+from lib.connection_tracking import refuse_files, untracked
 from lib.database import AsyncDatabaseClient, DatabaseClient
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
@@ -236,10 +236,23 @@ def pytest_configure(config: pytest.Config) -> None:
         "interrupt, in-memory copies); skipped with DATABASE_DRIVER=libsql",
     )
     config.stash[_strategy_key] = _strategy(config)
-    config.stash[_test_paths_key] = [
-        Path(config.rootpath, path).resolve() for path in config.getini("isolation_test_paths")
-    ]
+    config.stash[_test_paths_key] = _test_paths(config)
     install_test_isolation_manager(_manager_from_ini(config))
+
+
+def _test_paths(config: pytest.Config) -> list[Path]:
+    """The ``isolation_test_paths``; one that is not a directory but has a space in it is
+    refused (several paths on one ini line, which pytest reads as one path)."""
+    paths = []
+    for entry in config.getini("isolation_test_paths"):
+        path = Path(config.rootpath, entry).resolve()
+        if " " in entry and not path.is_dir():
+            raise pytest.UsageError(
+                f"isolation_test_paths: {entry!r} is not a directory. In an ini file, write "
+                "one path per line (indented under the setting's name)"
+            )
+        paths.append(path)
+    return paths
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -266,6 +279,7 @@ def _show_only_debug_loggers(config: pytest.Config) -> None:
 
 
 def _start_session(session: pytest.Session) -> None:
+    _refuse_the_developers_database()
     for name in [name for name in os.environ if name.startswith("TURSO_")]:
         _environment.delenv(name)
     _environment.setenv("DATABASE_URL", ":memory:")
@@ -275,11 +289,35 @@ def _start_session(session: pytest.Session) -> None:
     manager = get_test_isolation_manager()
     # Imported only now: a module that connects at import finds no developer database.
     manager.reset_hooks = tuple(_reset_hooks(session.config.getini("isolation_database_module")))
+    try:  # and one that connected before (imported by a conftest.py) lets go now
+        manager.reset_database_modules()
+    except IsolationError as error:
+        raise pytest.UsageError(str(error)) from error
     manager.initialize_test_mode(build_template=False)  # built once tests need it
     # Under xdist the main process builds it, before it starts the workers: they find it
     # cached, and a broken migration is one error here, not a crash in every worker.
     if session.config.pluginmanager.has_plugin("dsession"):
         _start_isolating(session.config, manager)
+
+
+def _refuse_the_developers_database() -> None:
+    """The local database of the developer's ``DATABASE_URL`` (unset: the default) is
+    never opened during the session: code that read the variable before the session
+    began, at import, would otherwise write there."""
+    url = os.environ.get("DATABASE_URL", database.DEFAULT_DATABASE_URL)
+    try:
+        target = database.database_target()
+    except database.DatabaseConfigError:
+        return  # a value nothing can open
+    if target.remote or target.path == ":memory:" or "vfs=memdb" in target.path:
+        return
+    refuse_files(
+        [target.path],
+        f"it is your own database (DATABASE_URL={url} when the test session began), which "
+        "tests never use. Code that read DATABASE_URL before the session, such as a module "
+        "that reads it at import and that a conftest.py imports, still has that value: "
+        "read DATABASE_URL when connecting instead",
+    )
 
 
 def _start_isolating(config: pytest.Config, manager: TestIsolationManager) -> None:
@@ -519,6 +557,7 @@ def _end_session() -> None:
     database.reset_database_instance()
     install_test_isolation_manager(None)
     _environment.undo()
+    refuse_files([], "")
 
 
 @pytest.fixture

@@ -645,8 +645,12 @@ def reset():
 """
 
 RESET_THAT_FAILS = """
-def reset():
-    raise RuntimeError("closed from the wrong thread")
+import os
+
+
+def reset():  # fine at the session's start; fails around the test
+    if os.environ["DATABASE_URL"] != ":memory:":
+        raise RuntimeError("closed from the wrong thread")
 """
 
 RESET_THAT_RECONNECTS = """
@@ -836,3 +840,86 @@ def test_a_leaked_client_says_which_test_leaked_it_when_used_later(tmp_path: Pat
         "belonged to my own client and was closed at the end of "
         "test_suite.py::test_keeps_a_client as a connection leak"
     ) in child.stdout
+
+
+# A module that reads DATABASE_URL at import, as settings modules do, and that the
+# suite's conftest.py imports: before the session began.
+READS_THE_URL_AT_IMPORT = """
+import os
+import sqlite3
+
+URL = os.environ.get("DATABASE_URL", "file:./data/app.db")
+_connection = None
+
+
+def connection():
+    global _connection
+    if _connection is None:
+        _connection = sqlite3.connect(URL, uri=True)
+        _connection.execute("CREATE TABLE IF NOT EXISTS notes (body TEXT)")
+    return _connection
+
+
+def reset():
+    global _connection
+    connection, _connection = _connection, None
+    if connection is not None:
+        connection.close()
+"""
+
+WRITES_THROUGH_IT = """
+import pytest
+
+import reads_the_url
+
+
+def test_unit_test_writes():
+    reads_the_url.connection().execute("INSERT INTO notes VALUES ('from a unit test')")
+
+
+@pytest.mark.isolated
+def test_isolated_test_writes():
+    reads_the_url.reset()  # connects again, to the URL it read at import
+    reads_the_url.connection().execute("INSERT INTO notes VALUES ('from an isolated test')")
+"""
+
+
+@pytest.mark.parametrize("connected_at_import", [False, True])
+def test_code_that_read_database_url_before_the_session_never_reaches_that_database(
+    tmp_path: Path, connected_at_import: bool
+) -> None:
+    """A connection made at import is dropped at the session's start (through the reset
+    hook), and opening that database again during the session is refused, naming why:
+    in a unit test as in an isolated one."""
+    (tmp_path / "reads_the_url.py").write_text(READS_THE_URL_AT_IMPORT)
+    imports = "import reads_the_url\n"
+    if connected_at_import:
+        imports += "reads_the_url.connection()\n"
+    (tmp_path / "conftest.py").write_text(imports)
+    developer_db = tmp_path / "dev.db"
+    setting = "isolation_database_module=reads_the_url:reset"
+    child = run_suite(
+        tmp_path,
+        WRITES_THROUGH_IT,
+        "-o",
+        setting,
+        environ={"DATABASE_URL": f"file:{developer_db}"},
+    )
+    output = child.stdout + child.stderr
+    assert "2 failed" in output, output
+    refusal = f"refused to open 'file:{developer_db}': it is your own database"
+    assert output.count(refusal) >= 2, output
+    if developer_db.exists():  # made by the conftest.py, before the session
+        with closing(sqlite3.connect(developer_db)) as conn:
+            assert conn.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+
+
+def test_several_test_paths_on_one_ini_line_are_refused(tmp_path: Path) -> None:
+    """pytest reads the line as one path: no test would be isolated, and nothing said so."""
+    setting = "isolation_test_paths=tests/integration tests/api"
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "isolation_test_paths: 'tests/integration tests/api' is not a directory" in (
+        child.stderr
+    )
+    assert "one path per line" in child.stderr
