@@ -79,7 +79,7 @@ def _tracking_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
     paths, reason = _refused
     if paths:
         database = args[0] if args else kwargs.get("database", "")
-        if _file_of(database) in paths:
+        if _file_of(database, paths) in paths:
             raise DatabaseAccessBlockedError(f"refused to open {database!r}: {reason}")
     connection: sqlite3.Connection = _original_connect(*args, **kwargs)
     if _recordings:
@@ -87,8 +87,10 @@ def _tracking_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
     return connection
 
 
-def _file_of(database: object) -> str | None:
-    """The real path of the file that ``sqlite3.connect(database)`` opens, if any."""
+def _file_of(database: object, among: frozenset[str]) -> str | None:
+    """The real path of the file that ``sqlite3.connect(database)`` opens, if its name is
+    that of one of the paths ``among`` (resolving a path takes system calls: a test's
+    own database, named otherwise, costs none)."""
     if isinstance(database, bytes):
         database = os.fsdecode(database)
     if not isinstance(database, str | os.PathLike):
@@ -96,7 +98,9 @@ def _file_of(database: object) -> str | None:
     name = os.fspath(database)
     if name.startswith("file:"):  # a URI, or (without uri=True) a file named so: alike
         name = unquote(urlsplit(name).path)
-    return os.path.realpath(name) if name and name != ":memory:" else None
+    if not any(path.endswith(os.sep + os.path.basename(name)) for path in among):
+        return None
+    return os.path.realpath(name)
 
 
 def refuse_files(paths: Iterable[str], reason: str) -> None:
@@ -104,7 +108,11 @@ def refuse_files(paths: Iterable[str], reason: str) -> None:
     ``reason``) for these files; an empty ``paths`` lifts that."""
     global _refused
     with _lock:
-        _refused = (frozenset(os.path.realpath(path) for path in paths), reason)
+        # Each as given too: a symbolic link's name is what code opens.
+        named = [
+            function(path) for path in paths for function in (os.path.realpath, os.path.abspath)
+        ]
+        _refused = (frozenset(named), reason)
         if _refused[0]:
             _install()
         else:
