@@ -96,6 +96,8 @@ def _file_of(database: object, among: frozenset[str]) -> str | None:
     if not isinstance(database, str | os.PathLike):
         return None
     name = os.fspath(database)
+    if not any(os.path.basename(path) in name for path in among):  # no parsing: most
+        return None
     if name.startswith("file:"):  # a URI, or (without uri=True) a file named so: alike
         name = unquote(urlsplit(name).path)
     if not any(path.endswith(os.sep + os.path.basename(name)) for path in among):
