@@ -72,6 +72,9 @@ _failed_key = pytest.StashKey[bool]()
 _isolated_key = pytest.StashKey[bool]()
 _test_paths_key = pytest.StashKey[list[Path]]()
 _debug_loggers_key = pytest.StashKey[list[str]]()  # live at DEBUG, set by DEBUG=...
+# The developer's own database (path, DATABASE_URL), refused during the session.
+_own_database_key = pytest.StashKey[tuple[str, str] | None]()
+_OWN_DATABASE = "isolation_own_database"  # its key in an xdist worker's workerinput
 
 
 def get_db_client() -> DatabaseClient:
@@ -279,7 +282,7 @@ def _show_only_debug_loggers(config: pytest.Config) -> None:
 
 
 def _start_session(session: pytest.Session) -> None:
-    _refuse_the_developers_database()
+    _refuse_the_developers_database(session.config)
     for name in [name for name in os.environ if name.startswith("TURSO_")]:
         _environment.delenv(name)
     _environment.setenv("DATABASE_URL", ":memory:")
@@ -300,24 +303,43 @@ def _start_session(session: pytest.Session) -> None:
         _start_isolating(session.config, manager)
 
 
-def _refuse_the_developers_database() -> None:
+def _refuse_the_developers_database(config: pytest.Config) -> None:
     """The local database of the developer's ``DATABASE_URL`` (unset: the default) is
     never opened during the session: code that read the variable before the session
-    began, at import, would otherwise write there."""
+    began, at import, would otherwise write there. An xdist worker, started once this
+    process changed the variable, is told by it (see :func:`pytest_configure_node`)."""
+    workerinput = getattr(config, "workerinput", None)
+    own = workerinput.get(_OWN_DATABASE) if workerinput is not None else _own_database()
+    config.stash[_own_database_key] = own
+    if own is not None:
+        path, url = own
+        refuse_files(
+            [path],
+            f"it is your own database (DATABASE_URL={url} when the test session began), "
+            "which tests never use. Code that read DATABASE_URL before the session, such "
+            "as a module that reads it at import and that a conftest.py imports, still has "
+            "that value: read DATABASE_URL when connecting instead",
+        )
+
+
+def _own_database() -> tuple[str, str] | None:
+    """The absolute path of the local database ``DATABASE_URL`` names now, and the URL."""
     url = os.environ.get("DATABASE_URL", database.DEFAULT_DATABASE_URL)
     try:
         target = database.database_target()
     except database.DatabaseConfigError:
-        return  # a value nothing can open
+        return None  # a value nothing can open
     if target.remote or target.path == ":memory:" or "vfs=memdb" in target.path:
-        return
-    refuse_files(
-        [target.path],
-        f"it is your own database (DATABASE_URL={url} when the test session began), which "
-        "tests never use. Code that read DATABASE_URL before the session, such as a module "
-        "that reads it at import and that a conftest.py imports, still has that value: "
-        "read DATABASE_URL when connecting instead",
-    )
+        return None
+    path = unquote(urlsplit(target.path).path) if target.path.startswith("file:") else target.path
+    return os.path.abspath(path), url
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: the worker refuses the database this process found in ``DATABASE_URL``."""
+    own = node.config.stash.get(_own_database_key, None)
+    node.workerinput[_OWN_DATABASE] = list(own) if own is not None else None
 
 
 def _start_isolating(config: pytest.Config, manager: TestIsolationManager) -> None:

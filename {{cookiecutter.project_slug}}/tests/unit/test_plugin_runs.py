@@ -923,3 +923,30 @@ def test_several_test_paths_on_one_ini_line_are_refused(tmp_path: Path) -> None:
         child.stderr
     )
     assert "one path per line" in child.stderr
+
+
+OPENS_A_PATH = """
+import sqlite3
+
+import pytest
+
+
+@pytest.mark.isolated
+def test_opens_it():
+    sqlite3.connect({path!r}).close()
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "two workers"])
+def test_the_developers_database_is_refused_on_xdist_workers_too(
+    tmp_path: Path, workers: list[str]
+) -> None:
+    """A worker starts once the main process has set DATABASE_URL to :memory:: the main
+    process tells it which database was the developer's."""
+    developer_db = tmp_path / "dev.db"
+    suite = OPENS_A_PATH.format(path=str(developer_db))
+    environ = {"DATABASE_URL": f"file:{developer_db}"}
+    child = run_suite(tmp_path, suite, *workers, environ=environ)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert f"refused to open {str(developer_db)!r}: it is your own database" in child.stdout
+    assert not developer_db.exists()
