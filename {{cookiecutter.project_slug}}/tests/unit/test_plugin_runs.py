@@ -806,7 +806,8 @@ def test_a_crashed_worker_is_named_in_the_report_whose_figures_lack_its_tests(
     tmp_path: Path,
 ) -> None:
     """Its records never reach the main process: the totals would pass for the whole run."""
-    child = run_suite(tmp_path, CRASHING_WORKER, "-n", "2")
+    # on disk, in tmp_path: the killed worker leaves its directory behind
+    child = run_suite(tmp_path, CRASHING_WORKER, "-n", "2", "-o", "isolation_use_dev_shm=false")
     assert child.returncode == 1, child.stdout + child.stderr
     assert re.search(r"Worker gw\d ended without its records \(it crashed\)", child.stdout), (
         child.stdout
