@@ -76,27 +76,28 @@ def _record(connection: Any) -> None:
 
 
 def _tracking_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-    paths, reason = _refused
-    if paths:
-        database = args[0] if args else kwargs.get("database", "")
-        if _file_of(database, paths) in paths:
-            raise DatabaseAccessBlockedError(f"refused to open {database!r}: {reason}")
+    _refuse_a_refused_file(args[0] if args else kwargs.get("database", ""))
     connection: sqlite3.Connection = _original_connect(*args, **kwargs)
     if _recordings:
         _record(connection)
     return connection
 
 
+def _refuse_a_refused_file(database: object) -> None:
+    paths, reason = _refused
+    if paths and _file_of(database, paths) in paths:
+        raise DatabaseAccessBlockedError(f"refused to open {database!r}: {reason}")
+
+
 def _file_of(database: object, among: frozenset[str]) -> str | None:
     """The real path of the file that ``sqlite3.connect(database)`` opens, if its name is
     that of one of the paths ``among`` (resolving a path takes system calls: a test's
     own database, named otherwise, costs none)."""
-    if isinstance(database, bytes):
-        database = os.fsdecode(database)
-    if not isinstance(database, str | os.PathLike):
+    if not isinstance(database, str | bytes | os.PathLike):
         return None
-    name = os.fspath(database)
-    if not any(os.path.basename(path) in name for path in among):  # no parsing: most
+    name = os.fsdecode(database)
+    decoded = unquote(name)  # a URI's %61pp.db is app.db; costs nothing without a %
+    if not any(os.path.basename(path) in decoded for path in among):  # no parsing: most
         return None
     if name.startswith("file:"):  # a URI, or (without uri=True) a file named so: alike
         name = unquote(urlsplit(name).path)
@@ -122,6 +123,7 @@ def refuse_files(paths: Iterable[str], reason: str) -> None:
 
 
 def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
+    _refuse_a_refused_file(args[0] if args else kwargs.get("database", ""))
     connection = _original_libsql_connect(*args, **kwargs)
     if getattr(_local, "suspended", None) is not None:
         return connection

@@ -568,10 +568,10 @@ class TestIsolationManager:
         if failures:
             raise IsolationError(
                 f"the database reset hook failed: {'; '.join(failures)}. The connection it "
-                "should drop may still point at the previous test's database, whose rows the "
-                "next test would see: make the hook forget its connection even when closing "
-                "it fails (try/finally), and close connections in the thread that opened "
-                "them (or open them with check_same_thread=False)"
+                "should drop may still point at the database it had (the previous test's, "
+                "whose rows the next test would see): make the hook forget its connection "
+                "even when closing it fails (try/finally), and close connections in the "
+                "thread that opened them (or open them with check_same_thread=False)"
             )
 
     def _restore(self, context: _TestContext) -> None:

@@ -295,7 +295,7 @@ def _start_session(session: pytest.Session) -> None:
     try:  # and one that connected before (imported by a conftest.py) lets go now
         manager.reset_database_modules()
     except IsolationError as error:
-        raise pytest.UsageError(str(error)) from error
+        raise pytest.UsageError(f"at the session's start, before any test: {error}") from error
     manager.initialize_test_mode(build_template=False)  # built once tests need it
     # Under xdist the main process builds it, before it starts the workers: they find it
     # cached, and a broken migration is one error here, not a crash in every worker.
@@ -329,9 +329,11 @@ def _own_database() -> tuple[str, str] | None:
         target = database.database_target()
     except database.DatabaseConfigError:
         return None  # a value nothing can open
-    if target.remote or target.path == ":memory:" or "vfs=memdb" in target.path:
+    if target.remote or "vfs=memdb" in target.path or "mode=memory" in target.path:
         return None
     path = unquote(urlsplit(target.path).path) if target.path.startswith("file:") else target.path
+    if path in ("", ":memory:"):  # in memory (file::memory:?cache=shared), or temporary
+        return None
     return os.path.abspath(path), url
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import database, scope_databases
+from lib import connection_tracking, database, scope_databases
 from lib.database import (
     AsyncDatabaseClient,
     ClientClosedError,
@@ -902,3 +902,44 @@ def test_no_warning_when_nothing_holds_the_client(
         m.destroy_scope(scope_id)
     assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
     assert m.stale_bindings == []
+
+
+# --- the developer's database ------------------------------------------------------------
+
+
+class _BytesPath(os.PathLike[bytes]):
+    """A path-like object whose path is bytes, as os.PathLike allows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __fspath__(self) -> bytes:
+        return bytes(self.path)
+
+
+def test_a_refused_database_is_refused_under_every_spelling_and_others_open(
+    tmp_path: Path,
+) -> None:
+    own = tmp_path / "data" / "app.db"
+    own.parent.mkdir()
+    elsewhere = tmp_path / "other.db"
+    spellings: list[str | bytes | os.PathLike[str] | os.PathLike[bytes]] = [
+        str(own),
+        f"file:{own}",
+        f"file:{own.parent}/%61pp.db?mode=rwc",
+        own,
+        bytes(own),
+        _BytesPath(own),
+    ]
+    connection_tracking.refuse_files([str(own)], "it is the developer's")
+    try:
+        for spelling in spellings:
+            with pytest.raises(database.DatabaseAccessBlockedError, match="the developer's"):
+                sqlite3.connect(spelling, uri=True)
+        others: list[str | os.PathLike[bytes]] = [str(elsewhere), _BytesPath(elsewhere)]
+        for other in [*others, ":memory:", "file::memory:"]:
+            sqlite3.connect(other, uri=True).close()
+    finally:
+        connection_tracking.refuse_files([], "")
+    assert not own.exists()
+    sqlite3.connect(own).close()  # lifted

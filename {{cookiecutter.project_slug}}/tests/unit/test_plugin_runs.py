@@ -951,3 +951,25 @@ def test_the_developers_database_is_refused_on_xdist_workers_too(
     assert child.returncode == 1, child.stdout + child.stderr
     assert f"refused to open {str(developer_db)!r}: it is your own database" in child.stdout
     assert not developer_db.exists()
+
+
+OPENS_MEMORY = """
+import sqlite3
+
+import pytest
+
+
+@pytest.mark.isolated
+def test_in_memory(db):
+    sqlite3.connect(":memory:").close()
+
+
+def test_in_memory_unit():
+    sqlite3.connect(":memory:").close()
+"""
+
+
+@pytest.mark.parametrize("url", ["file::memory:?cache=shared", "file:x?mode=memory", ":memory:"])
+def test_an_in_memory_database_url_refuses_no_file(tmp_path: Path, url: str) -> None:
+    child = run_suite(tmp_path, OPENS_MEMORY, environ={"DATABASE_URL": url})
+    assert child.returncode == 0, child.stdout + child.stderr
