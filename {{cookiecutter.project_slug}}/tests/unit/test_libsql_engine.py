@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from lib.connection_tracking import record_connections
-from lib.database import ClientClosedError, DatabaseClient, DatabaseConfigError
+from lib.connection_tracking import record_connections, refuse_files
+from lib.database import (
+    ClientClosedError,
+    DatabaseAccessBlockedError,
+    DatabaseClient,
+    DatabaseConfigError,
+)
 from lib.isolation_manager import TestIsolationManager
 
 libsql = pytest.importorskip("libsql")
@@ -111,3 +116,16 @@ def test_an_open_libsql_connection_is_a_leak_with_its_line(tmp_path: Path) -> No
 def _line_of(marker: str) -> int:
     lines = Path(__file__).read_text().splitlines()
     return next(number for number, line in enumerate(lines, 1) if line.endswith(marker))
+
+
+def test_the_developers_database_is_refused_to_libsql_too(tmp_path: Path) -> None:
+    """As to sqlite3 during a test session (see tests/setup_integration.py)."""
+    own, other = tmp_path / "app.db", tmp_path / "other.db"
+    refuse_files([str(own)], "it is the developer's")
+    try:
+        with pytest.raises(DatabaseAccessBlockedError, match="it is the developer's"):
+            DatabaseClient(str(own), owner="libsql unit test", engine="libsql")
+        DatabaseClient(str(other), owner="libsql unit test", engine="libsql").close()
+    finally:
+        refuse_files([], "")
+    assert not own.exists()
