@@ -29,6 +29,7 @@ from lib.database import (
     Transaction,
     get_database_client,
 )
+from tests.unit.holding import held_in_another_thread
 
 SCHEMA = """
 CREATE TABLE items (
@@ -675,32 +676,16 @@ def test_closed_client_fails_at_once_while_another_thread_holds_it(
     client: DatabaseClient,
 ) -> None:
     """A stale client must not make its caller wait for whoever still holds it."""
-    holding = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        tx = client.transaction()
-        holding.set()
-        release.wait(timeout=5)
-        with contextlib.suppress(ClientClosedError):
-            tx.rollback()
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert holding.wait(timeout=5)
-    assert client.close(timeout=0.1) is False  # still held: given up after the timeout
-    assert client.closed
-    assert client.close(timeout=0.1) is False  # asked again: the close is still waiting
-    started = time.monotonic()
-    try:
+    with held_in_another_thread(client):
+        assert client.close(timeout=0.1) is False  # still held: given up after the timeout
+        assert client.closed
+        assert client.close(timeout=0.1) is False  # asked again: the close is still waiting
+        started = time.monotonic()
         with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
             client.execute("SELECT 1")
         with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
             client.batch(["SELECT 1"])  # a transaction of its own
         assert time.monotonic() - started < 1.0
-    finally:
-        release.set()
-        holder.join(timeout=10)
     assert client.close() is True  # the holder let go: the waiting close is done
 
 
@@ -829,25 +814,11 @@ def test_a_backup_gives_up_on_a_client_another_thread_holds(
 ) -> None:
     """Saving a failed test's in-memory database must not hang on a thread that never
     lets go of the client."""
-    holding = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with client.transaction():
-            holding.set()
-            release.wait(timeout=10)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert holding.wait(timeout=5)
-    started = time.monotonic()
-    try:
+    with held_in_another_thread(client):
+        started = time.monotonic()
         with pytest.raises(TimeoutError, match=r"still busy in another thread after 0\.2s"):
             client.backup(tmp_path / "copy.db", timeout=0.2)
         assert time.monotonic() - started < 5
-    finally:
-        release.set()
-        holder.join(timeout=10)
     client.backup(tmp_path / "copy.db", timeout=0.2)  # free again: the backup is made
     assert (tmp_path / "copy.db").stat().st_size > 0
 
@@ -889,21 +860,8 @@ def test_health_check(client: DatabaseClient, db_path: Path) -> None:
 
 def test_a_health_check_reports_a_client_held_too_long_as_busy(client: DatabaseClient) -> None:
     """A readiness probe answers within its timeout instead of waiting for a transaction."""
-    began, finish = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with client.transaction():
-            began.set()
-            finish.wait(timeout=10)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert began.wait(timeout=5)
-    try:
+    with held_in_another_thread(client):
         health = client.health_check(timeout=0.2)
-    finally:
-        finish.set()
-        holder.join(timeout=10)
     assert health["healthy"] is False
     assert "still busy in another thread after 0.2s" in health["error"]
     assert client.health_check()["healthy"] is True

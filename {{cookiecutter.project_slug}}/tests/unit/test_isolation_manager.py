@@ -13,7 +13,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import warnings
@@ -38,6 +37,7 @@ from lib.isolation_manager import (
 )
 from lib.migrate import MIGRATIONS_DIR, pending_migrations
 from lib.scope_databases import cached_template
+from tests.unit.holding import held_in_another_thread
 
 SCOPE_ID = re.compile(r"^test_\d+_[0-9a-f]{8}$")
 SCHEMA_TABLES = {"users", "products", "orders", "order_items", "logs"}
@@ -398,30 +398,13 @@ def test_a_hung_client_is_given_up_after_the_connection_timeout(
     """A client held by another thread cannot stall cleanup beyond connection_timeout."""
     scope_id = manager.create_scope("hung", connection_timeout=0.2)
     client = manager.get_scoped_database_client(scope_id)
-    holding = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        tx = client.transaction()  # keeps the client busy until released
-        holding.set()
-        release.wait(timeout=30)
-        with contextlib.suppress(ClientClosedError):
-            tx.rollback()
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert holding.wait(timeout=10)
-    started = time.monotonic()
-    try:
+    with held_in_another_thread(client):
+        started = time.monotonic()
         assert manager.destroy_scope(scope_id) is False
         assert time.monotonic() - started < 5
         assert scope_id not in manager.active_scopes
         assert client.closed
         assert client not in manager.global_connection_registry
-    finally:
-        release.set()
-        holder.join(timeout=10)
-    assert not holder.is_alive()
 
 
 def test_a_client_closed_by_its_test_leaves_the_registry(manager: TestIsolationManager) -> None:
@@ -590,21 +573,8 @@ def test_a_client_another_thread_keeps_busy_past_its_scope_is_a_connection_leak(
     """Not closed when the scope ended: the report counts it and --isolation-strict fails."""
     scope_id = manager.create_scope("busy at the end", connection_timeout=0.2)
     client = manager.get_scoped_database_client(scope_id)
-    began, finish = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with contextlib.suppress(database.ClientClosedError), client.transaction():
-            began.set()
-            finish.wait(timeout=10)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert began.wait(timeout=5)
-    try:
+    with held_in_another_thread(client):
         assert manager.destroy_scope(scope_id) is False
-    finally:
-        finish.set()
-        holder.join(timeout=10)
     leaks = [leak for leak in manager.leaks if leak.kind == "connection"]
     assert [leak.test for leak in leaks] == ["busy at the end"]
     assert "still in use in another thread 0.2s after its scope ended" in leaks[0].detail
