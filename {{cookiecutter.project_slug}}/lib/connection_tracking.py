@@ -3,9 +3,9 @@
 While a :class:`Recording` is active, ``sqlite3.connect`` (and ``libsql.connect`` once
 libsql is imported) is wrapped so that each new connection is remembered with its
 caller. When the test ends, the ones still open are connection leaks, reported where
-they were opened. While :func:`refuse_files` names files, ``sqlite3.connect`` refuses to
-open them (the developer's own database, during a test session). The wrappers are
-removed again when neither is needed.
+they were opened. While :func:`refuse_files` names files, both refuse to open them (the
+developer's own database, during a test session). The wrappers are removed again when
+neither is needed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .database import DatabaseAccessBlockedError, caller_location
 _original_connect = sqlite3.connect
 _original_libsql_connect: Any = None
 _recordings: list[Recording] = []
-_refused: tuple[frozenset[str], str] = (frozenset(), "")  # real paths, and why
+_refused: tuple[frozenset[str], str] = (frozenset(), "")  # paths (real, as given), and why
 _local = threading.local()
 _lock = threading.Lock()
 
@@ -107,8 +107,9 @@ def _file_of(database: object, among: frozenset[str]) -> str | None:
 
 
 def refuse_files(paths: Iterable[str], reason: str) -> None:
-    """From now on ``sqlite3.connect`` raises :class:`DatabaseAccessBlockedError` (with
-    ``reason``) for these files; an empty ``paths`` lifts that."""
+    """From now on ``sqlite3.connect`` (and ``libsql.connect``) raise
+    :class:`DatabaseAccessBlockedError` (with ``reason``) for these files; an empty
+    ``paths`` lifts that."""
     global _refused
     with _lock:
         # Each as given too: a symbolic link's name is what code opens.
@@ -125,7 +126,7 @@ def refuse_files(paths: Iterable[str], reason: str) -> None:
 def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
     _refuse_a_refused_file(args[0] if args else kwargs.get("database", ""))
     connection = _original_libsql_connect(*args, **kwargs)
-    if getattr(_local, "suspended", None) is not None:
+    if not _recordings or getattr(_local, "suspended", None) is not None:
         return connection
     tracked = TrackedLibsqlConnection(connection)
     _record(tracked)
