@@ -37,6 +37,14 @@ from lib.database import get_database_client
 __all__ = ["app", "create_app"]
 
 
+# SQLite's integers have 64 bits: an id beyond them names nothing. The other bounds keep
+# an order's total (quantity times price, summed over its items) within them too.
+MAX_ID = 2**63 - 1
+MAX_PRICE_CENTS = MAX_STOCK = 10**9
+MAX_QUANTITY = 10**6
+MAX_ITEMS = 100
+
+
 class BadRequest(store.StoreError):
     status = 400
 
@@ -44,7 +52,7 @@ class BadRequest(store.StoreError):
 async def _body(request: Request) -> Mapping[str, Any]:
     try:
         body = json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         raise BadRequest("the request body must be a JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -58,15 +66,17 @@ def _text(body: Mapping[str, Any], field: str) -> str:
     return value.strip()
 
 
-def _integer(body: Mapping[str, Any], field: str, *, minimum: int) -> int:
+def _integer(body: Mapping[str, Any], field: str, *, minimum: int, maximum: int) -> int:
     value = body.get(field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadRequest(f"{field} must be an integer of at least {minimum}", field=field)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise BadRequest(f"{field} must be an integer from {minimum} to {maximum}", field=field)
     return value
 
 
 def _path_id(request: Request) -> int:
     value: int = request.path_params["id"]
+    if value > MAX_ID:
+        raise store.NotFound(f"nothing has the id {value}")
     return value
 
 
@@ -94,8 +104,8 @@ async def create_product(request: Request) -> Response:
         store.create_product,
         _text(body, "sku"),
         _text(body, "name"),
-        _integer(body, "price_cents", minimum=0),
-        _integer(body, "stock", minimum=0),
+        _integer(body, "price_cents", minimum=0, maximum=MAX_PRICE_CENTS),
+        _integer(body, "stock", minimum=0, maximum=MAX_STOCK),
     )
     return JSONResponse(product, status_code=201)
 
@@ -106,18 +116,20 @@ async def get_product(request: Request) -> Response:
 
 async def place_order(request: Request) -> Response:
     body = await _body(request)
-    user_id = _integer(body, "user_id", minimum=1)
+    user_id = _integer(body, "user_id", minimum=1, maximum=MAX_ID)
     items = body.get("items")
-    if not isinstance(items, list) or not items:
-        raise BadRequest("items must be a non-empty list of {product_id, quantity}", field="items")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_ITEMS:
+        raise BadRequest(
+            f"items must be a list of 1 to {MAX_ITEMS} {{product_id, quantity}}", field="items"
+        )
     lines = []
     for item in items:
         if not isinstance(item, dict):
             raise BadRequest("each item must be an object {product_id, quantity}", field="items")
         lines.append(
             store.OrderLine(
-                product_id=_integer(item, "product_id", minimum=1),
-                quantity=_integer(item, "quantity", minimum=1),
+                product_id=_integer(item, "product_id", minimum=1, maximum=MAX_ID),
+                quantity=_integer(item, "quantity", minimum=1, maximum=MAX_QUANTITY),
             )
         )
     order = await run_in_threadpool(store.place_order, user_id, lines)

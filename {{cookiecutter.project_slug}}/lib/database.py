@@ -393,6 +393,7 @@ class DatabaseClient:
         self._lock = ClientLock()
         self._transaction_thread: int | None = None  # the thread of the innermost open one
         self._closed_message: str | None = None
+        self._begin_statement = "BEGIN" if is_read_only_uri(path) else "BEGIN IMMEDIATE"
         remote = is_remote_url(path) or sync_url is not None
         if remote and _remote_blocked_reason is not None:
             raise DatabaseAccessBlockedError(f"{_remote_blocked_reason} ({caller_location()})")
@@ -611,11 +612,16 @@ class DatabaseClient:
             source.backup(conn)
 
     def _begin(self, savepoint: str) -> str | None:
-        """BEGIN, or ``SAVEPOINT savepoint`` inside an open transaction; returns the
-        savepoint's name, or None for a transaction of its own."""
+        """BEGIN IMMEDIATE, or ``SAVEPOINT savepoint`` inside an open transaction; returns
+        the savepoint's name, or None for a transaction of its own.
+
+        IMMEDIATE takes the write lock at once, waiting for it up to the busy timeout: a
+        transaction that read first and wrote later would otherwise fail at its first
+        write ("database is locked") whenever another connection had written since its
+        read, which no busy timeout helps with. A read-only connection begins plainly."""
         with self._connection() as conn:
             name = savepoint if conn.in_transaction else None
-            conn.execute(f"SAVEPOINT {name}" if name else "BEGIN")
+            conn.execute(f"SAVEPOINT {name}" if name else self._begin_statement)
             return name
 
     def _end(self, statements: Sequence[str], *, roll_back_on_error: bool) -> None:

@@ -549,7 +549,7 @@ class TestIsolationManager:
         """Call the reset hooks now, as when ``DATABASE_URL`` changes around a test (at the
         session's start: connections made at import go); IsolationError if one fails."""
         self._run_reset_hooks()
-        self._raise_failed_resets()
+        self._raise_failed_resets(had="yours, from before the session")
 
     def _run_reset_hooks(self) -> None:
         """Call every reset hook; one that raises fails the test (see
@@ -563,15 +563,17 @@ class TestIsolationManager:
                 )
                 self._failed_resets.append(f"{name} raised {error!r}")
 
-    def _raise_failed_resets(self) -> None:
+    def _raise_failed_resets(self, had: str = "the previous test's") -> None:
+        """IsolationError for the reset hooks that failed since the last call; ``had``:
+        whose database their connections may still point at."""
         failures, self._failed_resets = self._failed_resets, []
         if failures:
             raise IsolationError(
                 f"the database reset hook failed: {'; '.join(failures)}. The connection it "
-                "should drop may still point at the database it had (the previous test's, "
-                "whose rows the next test would see): make the hook forget its connection "
-                "even when closing it fails (try/finally), and close connections in the "
-                "thread that opened them (or open them with check_same_thread=False)"
+                f"should drop may still point at the database it had ({had}): make the hook "
+                "forget its connection even when closing it fails (try/finally), and close "
+                "connections in the thread that opened them (or open them with "
+                "check_same_thread=False)"
             )
 
     def _restore(self, context: _TestContext) -> None:

@@ -898,6 +898,41 @@ def test_one_client_is_safe_from_many_threads(client: DatabaseClient) -> None:
     assert count(client) == 400
 
 
+def test_a_transaction_that_reads_then_writes_never_fails_on_another_connections_write(
+    db_path: Path, client: DatabaseClient
+) -> None:
+    """Two connections to one file, as two processes of a server have: a transaction that
+    reads, then writes, takes the write lock as it begins (BEGIN IMMEDIATE), so the other
+    connection's write waits for it; a deferred one failed at its write with "database is
+    locked", which no busy timeout helps with."""
+    client.execute("INSERT INTO items (name, qty) VALUES ('pen', 10)")
+    other = DatabaseClient(str(db_path), owner="another process")
+    read, wrote = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def write_elsewhere() -> None:
+        assert read.wait(timeout=5)
+        try:
+            other.execute("UPDATE items SET qty = qty - 1")  # waits for the transaction
+        except sqlite3.Error as error:
+            errors.append(error)
+        wrote.set()
+
+    writer = threading.Thread(target=write_elsewhere, daemon=True)
+    writer.start()
+    try:
+        with client.transaction() as tx:
+            qty = tx.execute("SELECT qty FROM items").rows[0][0]
+            read.set()
+            assert not wrote.wait(timeout=0.3), "the other write did not wait"
+            tx.execute("UPDATE items SET qty = ?", (qty - 2,))
+        writer.join(timeout=10)
+    finally:
+        other.close()
+    assert errors == []
+    assert client.execute("SELECT qty FROM items").rows[0][0] == 7
+
+
 def test_transactions_from_two_threads_do_not_mix(client: DatabaseClient) -> None:
     """A rollback in one thread must not drop another thread's committed work."""
     ready = threading.Event()

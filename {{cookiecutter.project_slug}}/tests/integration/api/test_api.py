@@ -200,6 +200,10 @@ def test_concurrent_purchases_sell_exactly_the_stock(
         ("/orders", {"user_id": 1, "items": []}, 400, "items"),
         ("/orders", {"user_id": 1, "items": [{"product_id": 1, "quantity": 0}]}, 400, "quantity"),
         ("/orders", {"user_id": 99, "items": [{"product_id": 1, "quantity": 1}]}, 404, "user 99"),
+        ("/products", {"sku": "X", "name": "X", "price_cents": 2**64, "stock": 1}, 400, "price"),
+        ("/orders", {"user_id": 2**64, "items": [{"product_id": 1, "quantity": 1}]}, 400, "user"),
+        ("/orders", {"user_id": 1, "items": [{"product_id": 1, "quantity": 2**64}]}, 400, "quan"),
+        ("/orders", {"user_id": 1, "items": [{"product_id": 1, "quantity": 1}] * 101}, 400, "1 to"),
     ],
     ids=[
         "negative-price",
@@ -208,6 +212,10 @@ def test_concurrent_purchases_sell_exactly_the_stock(
         "no-items",
         "zero-quantity",
         "unknown-user",
+        "huge-price",
+        "huge-user-id",
+        "huge-quantity",
+        "too-many-items",
     ],
 )
 def test_invalid_requests_are_refused(
@@ -222,6 +230,9 @@ def test_invalid_requests_are_refused(
 
 def test_unknown_ids_are_not_found(api: httpx.Client, shop: dict[str, int]) -> None:
     assert api.get("/products/999").status_code == 404
+    beyond_sqlite = api.get(f"/orders/{2**64}")  # no integer SQLite stores
+    assert beyond_sqlite.status_code == 404
+    assert "error" in beyond_sqlite.json()
     assert api.get("/orders/1").json() == {"error": "order 1 does not exist", "order_id": 1}
     order = {"user_id": shop["user"], "items": [{"product_id": 999, "quantity": 1}]}
     assert api.post("/orders", json=order).status_code == 404
@@ -241,3 +252,5 @@ def test_malformed_json_is_a_bad_request(api: httpx.Client) -> None:
     )
     assert response.status_code == 400
     assert response.json() == {"error": "the request body must be a JSON object"}
+    deep = api.post("/users", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert deep.status_code == 400
