@@ -198,6 +198,7 @@ def test_ctrl_c_lets_pytest_remove_its_databases(bake: Bake, tmp_path: Path) -> 
 
 BAD_ARGUMENTS = {
     "--json no-such-directory/figures.json": "error: --json: no directory no-such-directory",
+    "--json bench": "error: --json: bench is a directory; name a file in it",
     "--speedup-size -1": "error: --speedup-size must be at least 0",
     "--speedup-rows -1": "error: --speedup-rows must be at least 0",
 }

@@ -178,6 +178,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"{option} must be at least 0 (0: skip)")
     if args.json and not args.json.parent.is_dir():
         parser.error(f"--json: no directory {args.json.parent}")
+    if args.json and args.json.is_dir():
+        parser.error(f"--json: {args.json} is a directory; name a file in it")
     # A repeated size or mode would be measured twice and paired with the wrong bare copy.
     args.sizes = list(dict.fromkeys(args.sizes))
     args.modes = list(dict.fromkeys(args.modes))

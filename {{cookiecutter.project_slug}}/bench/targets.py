@@ -70,21 +70,24 @@ def flatness_verdict(results: Sequence[Result], modes: Sequence[str]) -> Verdict
     """Each mode's overhead at the large size as a multiple of its overhead at the small."""
     small, large = FLAT_SIZES
     target = f"overhead at {large:,} tests at most {MAX_GROWTH:.0%} above that at {small}"
-    parts, verdicts = [], []
+    parts: list[str] = []
+    verdicts: list[bool | None] = []
     for mode in modes:
         overheads = {result.tests: ms for result, ms in _overheads(results, mode)}
         if small not in overheads or large not in overheads:
             continue
         first, last = overheads[small], overheads[large]
         if first <= 0:  # no overhead to compare with: a ratio would mean nothing
-            parts.append(f"{mode}: no overhead at {small} ({first:+.3f} ms)")
+            parts.append(f"{mode}: no overhead at {small} ({first:+.3f} -> {last:+.3f} ms)")
+            verdicts.append(None)  # so neither can the target be met
             continue
         ratio = last / first
         parts.append(f"{mode}: {ratio:.2f}x ({first:+.3f} -> {last:+.3f} ms)")
         verdicts.append(ratio <= 1 + MAX_GROWTH)
     if not parts:
         return Verdict(target, f"not measured (needs --sizes {small} {large})", None)
-    return Verdict(target, "; ".join(parts), all(verdicts) if verdicts else None)
+    met = False if False in verdicts else None if None in verdicts else True
+    return Verdict(target, "; ".join(parts), met)
 
 
 def rss_verdict(results: Sequence[Result], modes: Sequence[str]) -> Verdict:

@@ -92,6 +92,14 @@ def test_flatness_needs_both_sizes_and_some_overhead() -> None:
     assert (only_small.met, only_small.measured) == (None, "not measured (needs --sizes 100 5000)")
     no_overhead = verdicts([result("file", 100, -0.01), result("file", 5000, 0.4)])
     assert by_start(no_overhead, "overhead at").met is None
+    # one mode flat, the other not judged: the target is not met for both
+    flat_file = [result("file", 100, 0.3), result("file", 5000, 0.31)]
+    mixed = by_start(
+        verdicts([*flat_file, result("memory", 100, -0.01), result("memory", 5000, 0.9)]),
+        "overhead at",
+    )
+    assert mixed.met is None
+    assert mixed.measured.endswith("memory: no overhead at 100 (-0.010 -> +0.900 ms)")
 
 
 def test_rss_growth_is_judged_on_suites_of_5000_tests_only() -> None:
