@@ -289,8 +289,13 @@ def test_check_passes_on_real_output(shard_run: ShardRun, tmp_path: Path) -> Non
             "(opened at lib/database.py:42)",
             "Connection leak detected",
         ),
+        (
+            "Scope leak detected in test: tests/integration/test_x.py::test_y "
+            "(test_1_0badc0de (leaky scope))",
+            "Scope leak detected",
+        ),
     ],
-    ids=["client-closed", "connection-leak"],
+    ids=["client-closed", "connection-leak", "scope-leak"],
 )
 def test_check_fails_on_a_planted_failure(
     shard_run: ShardRun, tmp_path: Path, planted: str, named: str
@@ -301,7 +306,8 @@ def test_check_fails_on_a_planted_failure(
     log.write_text("\n".join([*lines[:5], planted, *lines[5:]]) + "\n")
     code, output = _check(shard_run.project, log, shard.report)
     assert code == 1, output
-    title = "CLIENT_CLOSED" if named == "CLIENT_CLOSED" else "Connection leaks"
+    titles = {"CLIENT_CLOSED": "CLIENT_CLOSED", "Scope leak detected": "Scope leaks"}
+    title = titles.get(named, "Connection leaks")
     assert f"::error title={title}::" in output
     failed = [line for line in output.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 1, output

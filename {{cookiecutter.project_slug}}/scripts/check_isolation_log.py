@@ -10,7 +10,8 @@ Checks:
 - ``CLIENT_CLOSED`` anywhere in the log fails: a test used a database client after the
   scope that owned it ended.
 - ``Connection leak detected in test:`` in the log (or a connection leak in the report)
-  fails: a test left a database connection open.
+  fails: a test left a database connection open. ``Scope leak detected in test:`` (or a
+  scope leak in the report) fails too: a test created a scope and left it.
 - ``High memory growth in test:`` warns.
 - Performance regressions in the report (the check against
   ``tests/performance-baseline.json``) fail at severity ``error`` and warn at ``warning``.
@@ -38,6 +39,7 @@ from typing import Any
 
 CLIENT_CLOSED = "CLIENT_CLOSED"
 CONNECTION_LEAK = "Connection leak detected in test:"
+SCOPE_LEAK = "Scope leak detected in test:"
 HIGH_MEMORY = "High memory growth in test:"
 REPORT_HEADING = "Isolation Metrics Report"
 MAX_QUOTED = 20
@@ -92,26 +94,33 @@ def check_client_closed(log_lines: Sequence[str] | None, log_name: str) -> Check
     return check
 
 
-def check_connection_leaks(
-    log_lines: Sequence[str] | None, log_name: str, report: dict[str, Any] | None
+def check_leaks(
+    log_lines: Sequence[str] | None,
+    log_name: str,
+    report: dict[str, Any] | None,
+    *,
+    kind: str,
+    prefix: str,
+    left: str,
 ) -> Check:
-    check = Check("Connection leaks")
+    """Leaks of ``kind`` (``connection``, ``scope``): the log's ``prefix`` lines, and the
+    report's leaks the log does not quote; a test ``left`` what it says."""
+    check = Check(f"{kind.capitalize()} leaks")
     if log_lines is None and report is None:
         check.status, check.message = UNCHECKED, "neither the log nor the report could be read"
         return check
-    found = _grep(log_lines, CONNECTION_LEAK, log_name)
+    found = _grep(log_lines, prefix, log_name)
     if report is not None:
         leaks = [
-            f"{CONNECTION_LEAK} {leak.get('test', '?')} ({leak.get('detail', '')})"
+            f"{prefix} {leak.get('test', '?')} ({leak.get('detail', '')})"
             for leak in report.get("leaks", [])
-            if isinstance(leak, dict) and leak.get("kind") == "connection"
+            if isinstance(leak, dict) and leak.get("kind") == kind
         ]
         found += _missing_from_log(found, leaks)
     check.lines = found
     if found:
         check.status = FAILED
-        check.message = f"Connection leak detected: {len(found)} finding(s), a test left a "
-        check.message += "database connection open"
+        check.message = f"{kind.capitalize()} leak detected: {len(found)} finding(s), {left}"
     return check
 
 
@@ -261,7 +270,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_name = args.log.name
     checks = [
         check_client_closed(log_lines, log_name),
-        check_connection_leaks(log_lines, log_name, report),
+        check_leaks(
+            log_lines,
+            log_name,
+            report,
+            kind="connection",
+            prefix=CONNECTION_LEAK,
+            left="a test left a database connection open",
+        ),
+        check_leaks(
+            log_lines,
+            log_name,
+            report,
+            kind="scope",
+            prefix=SCOPE_LEAK,
+            left="a test created a database scope and left it",
+        ),
         check_memory_growth(log_lines, log_name, report),
         check_regressions(report, asked=args.report is not None),
     ]
