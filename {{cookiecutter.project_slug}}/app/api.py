@@ -43,6 +43,8 @@ MAX_ID = 2**63 - 1
 MAX_PRICE_CENTS = MAX_STOCK = 10**9
 MAX_QUANTITY = 10**6
 MAX_ITEMS = 100
+# What json.loads raises for a body that is not JSON, or nested too deep to read.
+NOT_JSON = (ValueError, RecursionError)
 
 
 class BadRequest(store.StoreError):
@@ -52,7 +54,7 @@ class BadRequest(store.StoreError):
 async def _body(request: Request) -> Mapping[str, Any]:
     try:
         body = json.loads(await request.body())
-    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
+    except NOT_JSON:
         raise BadRequest("the request body must be a JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
