@@ -99,11 +99,22 @@ def _file_of(database: object, among: frozenset[str]) -> str | None:
     decoded = unquote(name)  # a URI's %61pp.db is app.db; costs nothing without a %
     if not any(os.path.basename(path) in decoded for path in among):  # no parsing: most
         return None
-    if name.startswith("file:"):  # a URI, or (without uri=True) a file named so: alike
-        name = unquote(urlsplit(name).path)
-    if not any(path.endswith(os.sep + os.path.basename(name)) for path in among):
+    path = database_path(name)
+    if path is None or not any(each.endswith(os.sep + os.path.basename(path)) for each in among):
         return None
-    return os.path.realpath(name)
+    return os.path.realpath(path)
+
+
+def database_path(name: str) -> str | None:
+    """The file that ``sqlite3.connect(name)`` opens: a ``file:`` URI's path, decoded (and
+    without ``uri=True`` a file named so is alike), or ``name``; None for a database in
+    memory or a temporary one."""
+    if name.startswith("file:"):
+        parts = urlsplit(name)
+        if "vfs=memdb" in parts.query or "mode=memory" in parts.query:
+            return None
+        name = unquote(parts.path)
+    return None if name in ("", ":memory:") else name
 
 
 def refuse_files(paths: Iterable[str], reason: str) -> None:

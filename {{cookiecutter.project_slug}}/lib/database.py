@@ -481,26 +481,27 @@ class DatabaseClient:
     def execute(self, sql: str, args: Args = ()) -> ResultSet:
         """Run one statement and return its rows, columns and counts."""
         with self._connection() as conn:
-            if self.engine == "libsql":
-                cursor = conn.execute(sql, libsql_engine.positional(args))
-                rows, columns = libsql_engine.rows(cursor)
-                affected = libsql_engine.rows_affected(sql, cursor.rowcount, rows, columns)
-            else:
-                # A plain cursor: the client itself raises ClientClosedError here.
-                cursor = conn.cursor(sqlite3.Cursor)
-                cursor.row_factory = sqlite3.Row
-                cursor.execute(sql, args)
-                rows = cursor.fetchall()
-                columns = tuple(column[0] for column in cursor.description or ())
-                # After fetchall: DML (RETURNING too) has its count, anything else -1.
-                affected = max(cursor.rowcount, 0)
-            self.queries_executed += 1
-            return ResultSet(
-                rows=rows,
-                columns=columns,
-                rows_affected=affected,
-                last_insert_rowid=cursor.lastrowid,
-            )
+            return self._statement(conn, sql, args)
+
+    def _statement(self, conn: Any, sql: str, args: Args) -> ResultSet:
+        """One statement on ``conn``, which this thread holds (see :meth:`_connection`)."""
+        if self.engine == "libsql":
+            cursor = conn.execute(sql, libsql_engine.positional(args))
+            rows, columns = libsql_engine.rows(cursor)
+            affected = libsql_engine.rows_affected(sql, cursor.rowcount, rows, columns)
+        else:
+            # A plain cursor: the client itself raises ClientClosedError here.
+            cursor = conn.cursor(sqlite3.Cursor)
+            cursor.row_factory = sqlite3.Row
+            cursor.execute(sql, args)
+            rows = cursor.fetchall()
+            columns = tuple(column[0] for column in cursor.description or ())
+            # After fetchall: DML (RETURNING too) has its count, anything else -1.
+            affected = max(cursor.rowcount, 0)
+        self.queries_executed += 1
+        return ResultSet(
+            rows=rows, columns=columns, rows_affected=affected, last_insert_rowid=cursor.lastrowid
+        )
 
     def batch(self, statements: Iterable[Statement]) -> list[ResultSet]:
         """Run statements atomically: all of them or, if one fails, none."""
@@ -646,7 +647,7 @@ class DatabaseClient:
         with self._connection() as conn:
             if not conn.in_transaction:
                 raise _ended_elsewhere("before this statement")
-            return self.execute(sql, args)
+            return self._statement(conn, sql, args)
 
     def _close_now(self) -> None:
         """Close the connection, with the lock held; threads waiting for an async
@@ -662,8 +663,8 @@ class DatabaseClient:
         thread holds for more than ``timeout`` seconds is reported busy, not waited for."""
         started = time.perf_counter()
         try:
-            with self._connection(timeout):
-                self.execute("SELECT 1")
+            with self._connection(timeout) as conn:
+                self._statement(conn, "SELECT 1", ())
         except (ClientClosedError, TimeoutError, sqlite3.Error) as error:
             return {"healthy": False, "error": str(error), "path": self.path}
         latency_ms = (time.perf_counter() - started) * 1000

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from lib import database
-from lib.connection_tracking import refuse_files, untracked
+from lib.connection_tracking import database_path, refuse_files, untracked
 from lib.database import AsyncDatabaseClient, DatabaseClient
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
@@ -329,12 +329,8 @@ def _own_database() -> tuple[str, str] | None:
         target = database.database_target()
     except database.DatabaseConfigError:
         return None  # a value nothing can open
-    if target.remote or "vfs=memdb" in target.path or "mode=memory" in target.path:
-        return None
-    path = unquote(urlsplit(target.path).path) if target.path.startswith("file:") else target.path
-    if path in ("", ":memory:"):  # in memory (file::memory:?cache=shared), or temporary
-        return None
-    return os.path.abspath(path), url
+    path = None if target.remote else database_path(target.path)
+    return None if path is None else (os.path.abspath(path), url)
 
 
 @pytest.hookimpl(optionalhook=True)

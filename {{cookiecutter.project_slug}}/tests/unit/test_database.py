@@ -53,10 +53,17 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def client(db_path: Path) -> Iterator[DatabaseClient]:
     """A client on a fresh file with a small schema; always closed afterwards."""
-    c = DatabaseClient(str(db_path), owner="unit-test")
-    c.executescript(SCHEMA)
+    c = schema_client(db_path, "unit-test")
     yield c
     c.close()
+
+
+def schema_client(path: Path, owner: str) -> DatabaseClient:
+    """A client on ``path`` holding the small schema, owned by ``owner`` (its messages
+    name it)."""
+    client = DatabaseClient(str(path), owner=owner)
+    client.executescript(SCHEMA)
+    return client
 
 
 def count(client: DatabaseClient, table: str = "items") -> int:
@@ -492,8 +499,7 @@ def test_every_operation_on_a_closed_client_raises_client_closed(
     db_path: Path, operation: str
 ) -> None:
     """Never a raw sqlite3.ProgrammingError: the error says what was closed, and where."""
-    c = DatabaseClient(str(db_path), owner="scope-x::test_owner")
-    c.executescript(SCHEMA)
+    c = schema_client(db_path, "scope-x::test_owner")
     c.close()
     with pytest.raises(ClientClosedError) as excinfo:
         CLOSED_OPERATIONS[operation](c)
@@ -507,8 +513,7 @@ def test_every_operation_on_a_closed_client_raises_client_closed(
 
 def test_sqlite_utils_view_taken_before_close_raises_client_closed(db_path: Path) -> None:
     """A `.db` handle kept across close is stale too, and says so."""
-    c = DatabaseClient(str(db_path), owner="kept-db")
-    c.executescript(SCHEMA)
+    c = schema_client(db_path, "kept-db")
     view = c.db
     c.close()
     with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:"):
@@ -543,8 +548,7 @@ def test_the_connection_kept_from_a_closed_client_raises_client_closed(
     db_path: Path, use: str
 ) -> None:
     """``client.db.conn`` kept across close: sqlite3's own methods say CLIENT_CLOSED too."""
-    c = DatabaseClient(str(db_path), owner="kept-connection")
-    c.executescript(SCHEMA)
+    c = schema_client(db_path, "kept-connection")
     conn = c.db.conn
     c.close()
     with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*kept-connection") as excinfo:
@@ -554,8 +558,7 @@ def test_the_connection_kept_from_a_closed_client_raises_client_closed(
 
 def test_a_with_conn_block_cut_short_by_close_raises_client_closed(db_path: Path) -> None:
     """sqlite3's ``__exit__`` would replace the block's CLIENT_CLOSED with its own error."""
-    c = DatabaseClient(str(db_path), owner="closed-mid-block")
-    c.executescript(SCHEMA)
+    c = schema_client(db_path, "closed-mid-block")
     conn = c.db.conn
 
     def insert_across_a_close() -> None:
@@ -574,8 +577,7 @@ def test_closing_the_sqlite_utils_view_is_refused_and_the_client_stays_open(
 ) -> None:
     """sqlite-utils closes the connection it was given, which is the client's: that would
     leave the client broken (or, in memory, its database gone with its rows)."""
-    c = DatabaseClient(str(db_path), owner="closed-through-db")
-    c.executescript(SCHEMA)
+    c = schema_client(db_path, "closed-through-db")
 
     def close_the_view() -> None:
         if how == "with db":
@@ -602,8 +604,7 @@ KEPT_CURSOR_READS: dict[str, Callable[[Any], object]] = {
 @pytest.mark.parametrize("read", sorted(KEPT_CURSOR_READS))
 def test_a_cursor_taken_before_close_raises_client_closed(db_path: Path, read: str) -> None:
     """A half-read cursor kept across close fails with the owner's name, not sqlite3's."""
-    c = DatabaseClient(str(db_path), owner="kept-cursor")
-    c.executescript(SCHEMA)
+    c = schema_client(db_path, "kept-cursor")
     c.batch([("INSERT INTO items (name) VALUES (?)", (f"i{i}",)) for i in range(5)])
     cursor = c.db.execute("SELECT name FROM items")
     assert cursor.fetchone() is not None
@@ -615,8 +616,7 @@ def test_a_cursor_taken_before_close_raises_client_closed(db_path: Path, read: s
 
 def test_a_sqlite_utils_generator_read_across_close_raises_client_closed(db_path: Path) -> None:
     """``db["t"].rows`` is a generator over a cursor: the next row after close is stale."""
-    c = DatabaseClient(str(db_path), owner="kept-rows")
-    c.executescript(SCHEMA)
+    c = schema_client(db_path, "kept-rows")
     c.batch([("INSERT INTO items (name) VALUES (?)", (f"i{i}",)) for i in range(5)])
     rows = c.db["items"].rows
     assert next(rows)["name"] == "i0"
@@ -657,8 +657,7 @@ def test_a_query_interrupted_by_close_raises_client_closed(client: DatabaseClien
 
 
 def test_open_transaction_on_closed_client_raises_client_closed(db_path: Path) -> None:
-    c = DatabaseClient(str(db_path), owner="tx-owner")
-    c.executescript(SCHEMA)
+    c = schema_client(db_path, "tx-owner")
     tx = c.transaction()
     tx.execute("INSERT INTO items (name) VALUES ('a')")
     c.close()
