@@ -173,12 +173,10 @@ def is_contention(error: sqlite3.Error) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(error)
 
 
-def caller_location(also_skip: str | None = None) -> str:
-    """``file:line`` of the nearest caller outside ``lib/`` and the directory ``also_skip``
-    (cheap: no traceback objects)."""
+def caller_location() -> str:
+    """``file:line`` of the nearest caller outside ``lib/`` (cheap: no traceback objects)."""
     frame = sys._getframe(1)
-    skipped = (_LIB_DIR, also_skip)
-    while frame.f_back is not None and frame.f_code.co_filename.rpartition(os.sep)[0] in skipped:
+    while frame.f_back is not None and frame.f_code.co_filename.rpartition(os.sep)[0] == _LIB_DIR:
         frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
