@@ -25,9 +25,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from . import connection_tracking, database, libsql_engine, migrate, scope_databases
+from . import (
+    async_database,
+    client_lock,
+    connection_tracking,
+    database,
+    database_config,
+    libsql_engine,
+    migrate,
+    scope_databases,
+)
+from .async_database import AsyncDatabaseClient
 from .connection_tracking import Recording, TrackedConnection, record_connections
-from .database import AsyncDatabaseClient, DatabaseClient, DatabaseService
+from .database import DatabaseClient, DatabaseService
 from .database_config import Engine
 from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
 
@@ -53,7 +63,16 @@ CORE_MODULES = frozenset(
     {__package__ or "", __name__}
     | {
         module.__name__
-        for module in (connection_tracking, database, libsql_engine, migrate, scope_databases)
+        for module in (
+            async_database,
+            client_lock,
+            connection_tracking,
+            database,
+            database_config,
+            libsql_engine,
+            migrate,
+            scope_databases,
+        )
     }
 )
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from lib import libsql_engine
+from lib import async_database, database, libsql_engine
 from lib.client_lock import ClientLock, Reservation, RolledBackError, acting_for, run_for
 from lib.database import (
     AsyncDatabaseClient,
+    AsyncTransaction,
     ClientClosedError,
     DatabaseAccessBlockedError,
     DatabaseClient,
@@ -1604,9 +1605,23 @@ def test_a_task_that_ended_inside_its_transaction_holds_no_one_out(
     assert seen == [1]
 
 
+def test_the_async_client_is_importable_from_lib_database_too() -> None:
+    """The public names of the contract stay where they were."""
+    assert database.AsyncDatabaseClient is async_database.AsyncDatabaseClient
+    assert database.AsyncTransaction is async_database.AsyncTransaction
+    with pytest.raises(AttributeError, match="no attribute 'AsyncClient'"):
+        database.AsyncClient  # noqa: B018
+
+
 def test_the_clients_type_hints_resolve_at_run_time() -> None:
     """For tools that read annotations at run time (typeguard, pydantic, Sphinx)."""
-    for cls in (DatabaseClient, AsyncDatabaseClient, Transaction, DatabaseService):
+    for cls in (
+        DatabaseClient,
+        AsyncDatabaseClient,
+        AsyncTransaction,
+        Transaction,
+        DatabaseService,
+    ):
         for name, member in vars(cls).items():
             if callable(member) and not name.startswith("__"):
                 typing.get_type_hints(member)
