@@ -1,11 +1,13 @@
 """Record every SQLite connection opened during a test, with the ``file:line`` that opened it.
 
-While a :class:`Recording` is active, ``sqlite3.connect`` (and ``libsql.connect`` once
-libsql is imported) is wrapped so that each new connection is remembered with its
-caller. When the test ends, the ones still open are connection leaks, reported where
-they were opened. While :func:`refuse_files` names files, both refuse to open them (the
-developer's own database, during a test session). The wrappers are removed again when
-neither is needed.
+While a :class:`Recording` is active, each new ``sqlite3`` connection is remembered with
+its caller: an audit hook (``sqlite3.connect/handle``) sees them all, however ``connect``
+was imported or called, ``sqlite3.Connection(...)`` and factories included.
+``libsql.connect`` is wrapped once libsql is imported. When the test ends, the ones still
+open are connection leaks, reported where they were opened. While :func:`refuse_files`
+names files, both refuse to open them (the developer's own database, during a test
+session). The audit hook, which Python cannot remove, does nothing once neither is
+needed; the libsql wrapper is removed.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from urllib.parse import unquote, urlsplit
 
 from .database import DatabaseAccessBlockedError, caller_location
 
-_original_connect = sqlite3.connect
 _original_libsql_connect: Any = None
+_audit_hook_added = False
 _recordings: list[Recording] = []
 _refused: tuple[frozenset[str], str] = (frozenset(), "")  # paths (real, as given), and why
 _local = threading.local()
@@ -75,12 +77,12 @@ def _record(connection: Any) -> None:
             recording.opened.append(tracked)
 
 
-def _tracking_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-    _refuse_a_refused_file(args[0] if args else kwargs.get("database", ""))
-    connection: sqlite3.Connection = _original_connect(*args, **kwargs)
-    if _recordings:
-        _record(connection)
-    return connection
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    """Every audited event of the process comes here: only sqlite3's two matter."""
+    if event == "sqlite3.connect":
+        _refuse_a_refused_file(args[0])  # raising here, the connection is never opened
+    elif event == "sqlite3.connect/handle" and _recordings:
+        _record(args[0])
 
 
 def _refuse_a_refused_file(database: object) -> None:
@@ -178,8 +180,10 @@ class Recording:
 
 
 def _install() -> None:
-    global _original_libsql_connect
-    sqlite3.connect = _tracking_connect  # type: ignore[assignment]
+    global _original_libsql_connect, _audit_hook_added
+    if not _audit_hook_added:
+        sys.addaudithook(_audit)
+        _audit_hook_added = True
     libsql: Any = sys.modules.get("libsql")
     if libsql is not None and _original_libsql_connect is None:
         _original_libsql_connect = libsql.connect
@@ -193,7 +197,6 @@ def _uninstall_if_unused() -> None:
 
 def _uninstall() -> None:
     global _original_libsql_connect
-    sqlite3.connect = _original_connect
     libsql: Any = sys.modules.get("libsql")
     if libsql is not None and _original_libsql_connect is not None:
         libsql.connect = _original_libsql_connect

@@ -1,0 +1,54 @@
+"""Recording and refusing sqlite3 connections, however the code at hand opens them."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from sqlite3 import connect  # bound before any recording starts, as in a module of yours
+
+import pytest
+
+from lib.connection_tracking import record_connections, refuse_files
+from lib.database import DatabaseAccessBlockedError
+
+
+class _Connection(sqlite3.Connection):
+    """A connection factory of the code under test."""
+
+
+def test_every_way_of_opening_a_sqlite3_connection_is_recorded(tmp_path: Path) -> None:
+    recording = record_connections()
+    try:
+        opened = [
+            connect(tmp_path / "imported.db"),  # LEAK
+            sqlite3.dbapi2.connect(tmp_path / "dbapi2.db"),
+            sqlite3.Connection(tmp_path / "constructed.db"),  # LEAK
+            sqlite3.connect(tmp_path / "factory.db", factory=_Connection),  # LEAK
+        ]
+        opened[1].close()
+    finally:
+        still_open = recording.stop()
+    assert [tracked.connection for tracked in still_open] == [opened[0], *opened[2:]]
+    assert [tracked.location for tracked in still_open] == [
+        f"{__file__}:{line}" for line in _lines_ending_with("# LEAK")
+    ]
+    for connection in opened:
+        connection.close()
+
+
+def test_a_refused_file_is_refused_however_sqlite3_is_called(tmp_path: Path) -> None:
+    own = tmp_path / "app.db"
+    refuse_files([str(own)], "it is the developer's")
+    try:
+        for opener in (connect, sqlite3.dbapi2.connect, sqlite3.Connection):
+            with pytest.raises(DatabaseAccessBlockedError, match="it is the developer's"):
+                opener(own)
+    finally:
+        refuse_files([], "")
+    assert not own.exists()
+    connect(own).close()  # lifted
+
+
+def _lines_ending_with(marker: str) -> list[int]:
+    lines = Path(__file__).read_text().splitlines()
+    return [number for number, line in enumerate(lines, 1) if line.endswith(marker)]
