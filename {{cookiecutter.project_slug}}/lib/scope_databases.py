@@ -240,12 +240,20 @@ def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
     with _file_lock(cache_dir / ".lock"):
         if not _is_valid_template(path, expected):
             logger.debug("building template %s", path)
-            path.unlink(missing_ok=True)
+            _remove_cache_entry(path)
             _build_template(path, migrations_dir)
         for stale in [*cache_dir.glob("*.db"), *cache_dir.glob("*.partial*")]:
             if stale != path:
-                stale.unlink(missing_ok=True)
+                _remove_cache_entry(stale)
     return path
+
+
+def _remove_cache_entry(path: Path) -> None:
+    """Remove a file of the template cache, or whatever took its name there (a directory)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class Template:

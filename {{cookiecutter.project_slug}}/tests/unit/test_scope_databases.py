@@ -87,7 +87,7 @@ def test_a_changed_migration_rebuilds_the_template(migrations: Path, tmp_path: P
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'refunds'").fetchone()
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing a migration"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing a migration", "a directory"])
 def test_a_corrupt_or_half_written_cache_is_rebuilt(
     migrations: Path, tmp_path: Path, damage: str
 ) -> None:
@@ -96,6 +96,10 @@ def test_a_corrupt_or_half_written_cache_is_rebuilt(
         path.write_bytes(b"not a database at all" * 100)
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:1024])
+    elif damage == "a directory":
+        path.unlink()
+        (path / "inside").mkdir(parents=True)
+        (path.with_name("stale.db") / "inside").mkdir(parents=True)
     else:
         with sqlite3.connect(path) as conn:
             conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0003_logs'")
@@ -105,6 +109,7 @@ def test_a_corrupt_or_half_written_cache_is_rebuilt(
         names = [name for (name,) in conn.execute("SELECT name FROM _sqlite_migrations")]
     conn.close()
     assert names == [path.stem for path in migrate.migration_files(migrations)]
+    assert cache_files(tmp_path / "data") == [rebuilt]
 
 
 def test_a_copy_of_the_template_is_exact_and_never_overwrites(
