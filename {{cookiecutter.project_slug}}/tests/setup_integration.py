@@ -57,6 +57,7 @@ __all__ = [
 
 STRATEGIES = ("file", "memory")
 DEBUG_LOGGERS = ("isolation", "database")
+DEFAULT_TEST_PATH = "tests/integration"
 NO_REMOTE = (
     "tests never touch a remote database: the integration session runs on local SQLite "
     "files only (unset TURSO_DATABASE_URL / use a local DATABASE_URL in the test)"
@@ -112,7 +113,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "isolation_test_paths",
         "directories whose tests each run in their own database scope",
         type="linelist",
-        default=["tests/integration"],
+        default=[DEFAULT_TEST_PATH],
     )
     parser.addini("isolation_migrations_dir", "the migration SQL files", default="migrations")
     parser.addini("isolation_data_dir", "where test databases are made", default="data")
@@ -164,6 +165,13 @@ def _reset_hooks(spec: str) -> list[Callable[[], object]]:
             f"isolation_database_module = {spec!r} cannot be used: {error}. Name a module "
             "with a reset_database_instance() function, or module:function."
         ) from error
+    except Exception as error:  # the module itself failed at import (DATABASE_URL is :memory:)
+        raise pytest.UsageError(
+            f"isolation_database_module = {spec!r} cannot be used: importing it raised "
+            f"{error!r} at the session's start, where DATABASE_URL is "
+            f"{os.environ.get('DATABASE_URL')!r} and TURSO_* are unset. Give it what it needs "
+            "in the test environment, or let it read its settings when it connects"
+        ) from error
     return [reset]
 
 
@@ -191,9 +199,14 @@ def _engine(config: pytest.Config) -> database.Engine:
 
 def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
     patterns = config.getini("isolation_module_patterns")
-    data_dir = Path(config.rootpath, config.getini("isolation_data_dir"))
+    data_dir = Path(
+        config.rootpath, _unquoted("isolation_data_dir", config.getini("isolation_data_dir"))
+    )
     return TestIsolationManager(
-        migrations_dir=Path(config.rootpath, config.getini("isolation_migrations_dir")),
+        migrations_dir=Path(
+            config.rootpath,
+            _unquoted("isolation_migrations_dir", config.getini("isolation_migrations_dir")),
+        ),
         data_dir=data_dir,
         runs_dir=runs_root(data_dir, use_shm=config.getini("isolation_use_dev_shm")),
         module_patterns=patterns or None,
@@ -244,18 +257,32 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _test_paths(config: pytest.Config) -> list[Path]:
-    """The ``isolation_test_paths``; one that is not a directory but has a space in it is
-    refused (several paths on one ini line, which pytest reads as one path)."""
-    paths = []
-    for entry in config.getini("isolation_test_paths"):
-        path = Path(config.rootpath, entry).resolve()
-        if " " in entry and not path.is_dir():
-            raise pytest.UsageError(
-                f"isolation_test_paths: {entry!r} is not a directory. In an ini file, write "
-                "one path per line (indented under the setting's name)"
-            )
-        paths.append(path)
-    return paths
+    """The ``isolation_test_paths``. One that is not a directory is refused, but for the
+    default (a project with no integration tests yet): it would isolate nothing, without
+    a word, and the tests meant to be isolated would run on no database at all."""
+    entries: list[str] = config.getini("isolation_test_paths")
+    paths = [Path(config.rootpath, _unquoted("isolation_test_paths", entry)) for entry in entries]
+    for entry, path in zip(entries, paths, strict=True):
+        if path.is_dir() or entries == [DEFAULT_TEST_PATH]:
+            continue
+        several = " (in an ini file, one path per line, indented under the setting's name)"
+        raise pytest.UsageError(
+            f"isolation_test_paths: {entry!r} is not a directory under {config.rootpath}, "
+            "so no test in it would be isolated. Name the directories of your integration "
+            f"tests{several if ' ' in entry else ''}"
+        )
+    return [path.resolve() for path in paths]
+
+
+def _unquoted(name: str, value: str) -> str:
+    """An ini file's value as written: quotes there are part of it (a directory named
+    ``"data"``), as pyproject.toml's are not."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        raise pytest.UsageError(
+            f"{name} = {value}: write it without quotes; in an ini file (pytest.ini, "
+            "setup.cfg, tox.ini) a value is taken as written, quotes and all"
+        )
+    return value
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -357,7 +384,9 @@ def _prepare_template(manager: TestIsolationManager, config: pytest.Config) -> N
             f"cannot build the template database the isolated tests copy: {error}. "
             + _migrations_hint(manager.migrations_dir, config)
         ) from error
-    except OSError as error:  # a data directory it may not write, a full disk
+    # A data directory it may not write (the template build's file: DatabaseConfigError),
+    # a full disk.
+    except (OSError, database.DatabaseConfigError) as error:
         raise pytest.UsageError(
             f"cannot prepare the isolated tests' databases: {error}. The isolation_data_dir "
             f"setting (now {manager.data_dir}) must be a directory this process may write"
@@ -448,12 +477,12 @@ def _refuse_a_tests_client(fixturedef: pytest.FixtureDef[Any], value: object) ->
         for scope in get_test_isolation_manager().active_scopes.values()
     ):
         return  # not a client, or one of a scope allowed to outlive its test
+    fixture, per_test = _described(fixturedef)
     _fail_the_fixture(
         fixturedef,
         IsolationError(
-            f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} returned the "
-            f"database client of {client.owner}, which closes when that test ends: every "
-            "later test would get CLIENT_CLOSED. Make the fixture function-scoped, or take "
+            f"{fixture} returned the database client of {client.owner}, which closes when "
+            f"that test ends: every later test would get CLIENT_CLOSED. {per_test}, or take "
             "the `db` fixture in the tests that need the database"
         ),
     )
@@ -469,16 +498,35 @@ def _refuse_a_connection_to_the_tests_database(
     scope = manager.active_scopes.get(manager.current_test_id or "")
     if scope is None or not any(_opens(connection, scope.database_url) for connection in opened):
         return
+    fixture, per_test = _described(fixturedef)
     _fail_the_fixture(
         fixturedef,
         IsolationError(
-            f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} opened a "
-            f"connection to the database of {scope.owner}, which is deleted when that test "
-            "ends: every later test would share it without an error. Close it before the "
-            "fixture returns (contextlib.closing), let the fixture connect when it is used "
-            "(get_database_client() at call time), or make it function-scoped"
+            f"{fixture} opened a connection to the database of {scope.owner}, which is "
+            "deleted when that test ends: every later test would share it without an error. "
+            f"{per_test}, close the connection before it returns (contextlib.closing), or "
+            "connect when it is used (get_database_client() at call time)"
         ),
     )
+
+
+# The fixtures pytest makes of setUpClass and the like, named so by pytest, not the user.
+_XUNIT_FIXTURES = {
+    "_unittest_setUpClass_fixture_": ("{}.setUpClass", "setUp"),
+    "_xunit_setup_class_fixture_": ("{}.setup_class", "setup_method"),
+    "_xunit_setup_module_fixture_": ("setup_module of {}", "setup_function"),
+}
+
+
+def _described(fixturedef: pytest.FixtureDef[Any]) -> tuple[str, str]:
+    """What the user wrote that pytest set up as ``fixturedef``, and how to make it per
+    test: a fixture, or an xunit-style setup (``setUpClass``) that pytest runs as one."""
+    for prefix, (written, per_test) in _XUNIT_FIXTURES.items():
+        if fixturedef.argname.startswith(prefix):
+            where = written.format(fixturedef.argname.removeprefix(prefix))
+            return where, f"Do it in {per_test} instead"
+    fixture = f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
+    return fixture, "Make the fixture function-scoped"
 
 
 def _opens(connection: Any, url: str) -> bool:

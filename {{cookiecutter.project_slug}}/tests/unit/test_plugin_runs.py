@@ -620,6 +620,21 @@ def test_a_data_directory_that_cannot_be_written_is_one_error_naming_the_setting
     assert "INTERNALERROR" not in child.stdout + child.stderr
 
 
+def test_a_data_directory_sqlite_cannot_open_a_file_in_is_one_error_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    """Python makes the directories, SQLite cannot open a file there (here: a path longer
+    than its limit of 512 bytes, as a directory it may not write does as another user)."""
+    data = tmp_path.joinpath(*["d" * 200] * 3, "data")
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f"isolation_data_dir={data}")
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "cannot prepare the isolated tests' databases: cannot open the SQLite database" in (
+        child.stderr
+    )
+    assert f"The isolation_data_dir setting (now {data}) must be a directory" in child.stderr
+    assert "INTERNALERROR" not in child.stdout + child.stderr
+
+
 def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Path) -> None:
     setting = f"isolation_migrations_dir={tmp_path / 'db' / 'migrations'}"
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
@@ -705,6 +720,20 @@ def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
     assert "make the hook forget its connection even when closing it fails" in child.stdout
 
 
+def test_a_database_module_that_fails_at_import_is_one_error_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    """A settings module that requires your own settings: no INTERNALERROR traceback."""
+    (tmp_path / "needs_a_secret.py").write_text('import os\n\nSECRET = os.environ["SECRET"]\n')
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", "isolation_database_module=needs_a_secret")
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "INTERNALERROR" not in child.stdout + child.stderr
+    assert (
+        "isolation_database_module = 'needs_a_secret' cannot be used: importing it raised "
+        "KeyError('SECRET') at the session's start, where DATABASE_URL is ':memory:'"
+    ) in child.stderr
+
+
 def test_a_connection_the_reset_hook_opens_for_the_next_test_is_no_leak(tmp_path: Path) -> None:
     (tmp_path / "reset_that_reconnects.py").write_text(RESET_THAT_RECONNECTS)
     setting = "isolation_database_module=reset_that_reconnects:reset"
@@ -741,6 +770,7 @@ def test_kept_databases_stay_until_a_run_that_isolates_tests(tmp_path: Path) -> 
 SESSION_CONNECTIONS_TO_THE_FIRST_TESTS_DATABASE = """
 import os
 import sqlite3
+import unittest
 
 import pytest
 
@@ -772,6 +802,22 @@ def test_connection(own_connection, test):
 @pytest.mark.parametrize("test", ["first", "second"])
 def test_service(own_service, test):
     own_service.get_client().execute("INSERT INTO users (email, name) VALUES (?, ?)", (test, test))
+
+
+class TestShared(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.conn = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.conn.close()
+
+    def test_first(self):
+        self.conn.execute("INSERT INTO users (email, name) VALUES ('first', 'first')")
+
+    def test_second(self):
+        self.conn.execute("INSERT INTO users (email, name) VALUES ('second', 'second')")
 """
 
 
@@ -783,10 +829,13 @@ def test_a_wider_fixture_connecting_to_its_first_tests_database_is_an_error_in_e
     later test would read and write the first one's rows, with no error anywhere."""
     suite = SESSION_CONNECTIONS_TO_THE_FIRST_TESTS_DATABASE
     child = run_suite(tmp_path, suite, "--isolation-strategy", strategy)
-    assert "4 errors" in child.stdout, child.stdout + child.stderr
+    assert "6 errors" in child.stdout, child.stdout + child.stderr
     for fixture in ("own_connection", "own_service"):
         message = f"the session-scoped fixture {fixture!r} opened a connection to the database"
         assert message in child.stdout, child.stdout
+    # pytest runs a setUpClass as a fixture of its own making: the error names the method.
+    assert "TestShared.setUpClass opened a connection to the database" in child.stdout
+    assert "Do it in setUp instead" in child.stdout
 
 
 CRASHING_WORKER = (
@@ -924,6 +973,29 @@ def test_several_test_paths_on_one_ini_line_are_refused(tmp_path: Path) -> None:
         child.stderr
     )
     assert "one path per line" in child.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ("isolation_test_paths=tests/integraton", "'tests/integraton' is not a directory"),
+        ('isolation_test_paths="tests"', 'isolation_test_paths = "tests": write it without'),
+        ("isolation_data_dir='data'", "isolation_data_dir = 'data': write it without quotes"),
+    ],
+)
+def test_a_test_path_that_is_no_directory_or_a_quoted_path_is_refused(
+    tmp_path: Path, setting: str, error: str
+) -> None:
+    """Either would isolate no test, or make a directory named with the quotes."""
+    (tmp_path / "tests").mkdir()
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert error in child.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "pytest.ini",
+        "test_suite.py",
+        "tests",
+    ]
 
 
 OPENS_A_PATH = """
