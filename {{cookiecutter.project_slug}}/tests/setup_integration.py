@@ -336,7 +336,7 @@ def _refuse_the_developers_database(config: pytest.Config) -> None:
     began, at import, would otherwise write there. An xdist worker, started once this
     process changed the variable, is told by it (see :func:`pytest_configure_node`)."""
     workerinput = getattr(config, "workerinput", None)
-    own = workerinput.get(_OWN_DATABASE) if workerinput is not None else _own_database()
+    own = workerinput.get(_OWN_DATABASE) if workerinput is not None else _own_database(config)
     config.stash[_own_database_key] = own
     if own is not None:
         path, url = own
@@ -349,15 +349,32 @@ def _refuse_the_developers_database(config: pytest.Config) -> None:
         )
 
 
-def _own_database() -> tuple[str, str] | None:
+def _own_database(config: pytest.Config) -> tuple[str, str] | None:
     """The absolute path of the local database ``DATABASE_URL`` names now, and the URL."""
     url = os.environ.get("DATABASE_URL", database.DEFAULT_DATABASE_URL)
     try:
         target = database.database_target()
     except database.DatabaseConfigError:
-        return None  # a value nothing can open
-    path = None if target.remote else database_path(target.path)
+        path = _sqlalchemy_sqlite_path(url)
+        if path is None:
+            config.issue_config_time_warning(
+                IsolationWarning(
+                    f"DATABASE_URL={url!r} is no database URL this project reads, so the "
+                    "tests cannot tell which file is your own database to keep them from "
+                    "opening it: set it as a path or a file: URL"
+                ),
+                stacklevel=2,
+            )
+    else:
+        path = None if target.remote else database_path(target.path)
     return None if path is None else (os.path.abspath(path), url)
+
+
+def _sqlalchemy_sqlite_path(url: str) -> str | None:
+    """The file of an SQLAlchemy SQLite URL (``sqlite:///app.db``, ``sqlite:////abs/app.db``),
+    which code of yours may read before the session, as a URL this project does not."""
+    match = re.fullmatch(r"sqlite(?:\+\w+)?:///([^?]*)(?:\?.*)?", url)
+    return database_path(unquote(match[1])) if match else None
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -1025,6 +1025,28 @@ def test_the_developers_database_is_refused_on_xdist_workers_too(
     assert not developer_db.exists()
 
 
+@pytest.mark.parametrize("form", ["sqlite:///{relative}", "sqlite+pysqlite:////{absolute}"])
+def test_the_developers_database_named_by_an_sqlalchemy_url_is_refused(
+    tmp_path: Path, form: str
+) -> None:
+    """Code of yours may read it before the session (SQLAlchemy's form, not this project's)."""
+    developer_db = tmp_path / "dev.db"
+    url = form.format(relative="dev.db", absolute=str(developer_db).lstrip("/"))
+    suite = OPENS_A_PATH.format(path=str(developer_db))
+    child = run_suite(tmp_path, suite, environ={"DATABASE_URL": url})
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert f"refused to open {str(developer_db)!r}: it is your own database" in child.stdout
+    assert not developer_db.exists()
+
+
+def test_a_database_url_the_project_cannot_read_is_a_warning(tmp_path: Path) -> None:
+    """Nothing can be refused then: the run says so instead of protecting nothing silently."""
+    url = "postgresql://localhost/app"
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, environ={"DATABASE_URL": url})
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert f"DATABASE_URL={url!r} is no database URL this project reads" in child.stdout
+
+
 OPENS_MEMORY = """
 import sqlite3
 
