@@ -294,8 +294,14 @@ def test_check_passes_on_real_output(shard_run: ShardRun, tmp_path: Path) -> Non
             "(test_1_0badc0de (leaky scope))",
             "Scope leak detected",
         ),
+        (
+            "Thread leak detected in test: tests/integration/test_x.py::test_y "
+            "(thread 'writer' running write_forever (tests/integration/test_x.py:12) still "
+            "runs after the test)",
+            "Thread leak detected",
+        ),
     ],
-    ids=["client-closed", "connection-leak", "scope-leak"],
+    ids=["client-closed", "connection-leak", "scope-leak", "thread-leak"],
 )
 def test_check_fails_on_a_planted_failure(
     shard_run: ShardRun, tmp_path: Path, planted: str, named: str
@@ -306,7 +312,11 @@ def test_check_fails_on_a_planted_failure(
     log.write_text("\n".join([*lines[:5], planted, *lines[5:]]) + "\n")
     code, output = _check(shard_run.project, log, shard.report)
     assert code == 1, output
-    titles = {"CLIENT_CLOSED": "CLIENT_CLOSED", "Scope leak detected": "Scope leaks"}
+    titles = {
+        "CLIENT_CLOSED": "CLIENT_CLOSED",
+        "Scope leak detected": "Scope leaks",
+        "Thread leak detected": "Thread leaks",
+    }
     title = titles.get(named, "Connection leaks")
     assert f"::error title={title}::" in output
     failed = [line for line in output.splitlines() if line.startswith("FAILED")]

@@ -83,6 +83,7 @@ __all__ = [
     "is_remote_url",
     "local_database_file",
     "parse_database_url",
+    "refuse_thread",
     "reset_database_instance",
     "swap_database_service",
     "url_target",
@@ -840,6 +841,8 @@ _service: DatabaseService | None = None
 _blocked_reason: str | None = None
 _remote_blocked_reason: str | None = None
 _singleton_lock = threading.Lock()
+# Threads that outlived the test that started them: the database they would get is gone.
+_refused_threads: weakref.WeakKeyDictionary[threading.Thread, str] = weakref.WeakKeyDictionary()
 
 
 def __getattr__(name: str) -> Any:
@@ -853,8 +856,11 @@ def __getattr__(name: str) -> Any:
 
 
 def get_database_service() -> DatabaseService:
-    """The process-wide service; raises :class:`DatabaseAccessBlockedError` where blocked."""
+    """The process-wide service; raises :class:`DatabaseAccessBlockedError` where blocked,
+    and :class:`ClientClosedError` in a thread that outlived the test that started it."""
     global _service
+    if _refused_threads and (refused := _refused_threads.get(threading.current_thread())):
+        raise ClientClosedError(f"CLIENT_CLOSED: {refused} (asked from {caller_location()})")
     with _singleton_lock:
         if _service is None:
             if _blocked_reason is not None:
@@ -891,6 +897,12 @@ def block_database_access(reason: str | None) -> str | None:
     with _singleton_lock:
         previous, _blocked_reason = _blocked_reason, reason
     return previous
+
+
+def refuse_thread(thread: threading.Thread, reason: str) -> None:
+    """From now on, ``thread`` asking for the process-wide service gets ``reason`` (as a
+    :class:`ClientClosedError`), for as long as it runs."""
+    _refused_threads[thread] = reason
 
 
 def forbid_remote_databases(reason: str | None) -> str | None:

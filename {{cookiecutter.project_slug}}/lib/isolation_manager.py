@@ -34,6 +34,7 @@ from . import (
     libsql_engine,
     migrate,
     scope_databases,
+    thread_tracking,
 )
 from .async_database import AsyncDatabaseClient
 from .connection_tracking import Recording, TrackedConnection, record_connections
@@ -72,6 +73,7 @@ CORE_MODULES = frozenset(
             libsql_engine,
             migrate,
             scope_databases,
+            thread_tracking,
         )
     }
 )
@@ -182,9 +184,10 @@ class IsolationScope:
 
 @dataclass(frozen=True)
 class Leak:
-    """Something a test left behind: a scope, an open connection or a stale module global."""
+    """Something a test left behind: a scope, an open connection, a running thread or a
+    stale module global."""
 
-    kind: Literal["scope", "connection", "stale_binding"]
+    kind: Literal["scope", "connection", "thread", "stale_binding"]
     test: str
     detail: str
 
@@ -207,6 +210,7 @@ class _TestContext:
     saved_service: DatabaseService | None
     saved_block: str | None
     scopes_before: frozenset[str]
+    threads_before: frozenset[threading.Thread]
     recording: Recording | None
     scope_id: str | None = None
 
@@ -273,6 +277,7 @@ class TestIsolationManager:
         self._context: _TestContext | None = None
         self._deferred_scans: list[_DeferredScan] = []
         self._failed_resets: list[str] = []
+        self._allowed_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._lock = threading.RLock()
 
     @property
@@ -471,6 +476,7 @@ class TestIsolationManager:
                 saved_service=database.swap_database_service(None),
                 saved_block=database.block_database_access(None),
                 scopes_before=frozenset(self.active_scopes),
+                threads_before=thread_tracking.running_threads(),
                 recording=record_connections() if options.get("track_connections", True) else None,
             )
             scope_id = self.create_scope(test_name, **options)
@@ -530,10 +536,45 @@ class TestIsolationManager:
                     "isolation_database_module so that it reconnects for each test"
                 )
             self._leak("connection", context.test_name, detail)
+        self._refuse_threads_left_running(context)
         return stale
 
+    def allow_threads(self, threads: Iterable[threading.Thread]) -> None:
+        """Threads that a wider fixture started while a test ran: they serve every test (a
+        server), and are not that test's to stop."""
+        self._allowed_threads.update(threads)
+
+    def _refuse_threads_left_running(self, context: _TestContext) -> None:
+        """A thread of the project's code that the test started and left running would
+        use whichever test's database comes next: a leak, refused the database from now."""
+        for thread in thread_tracking.left_running(
+            context.threads_before, self._allowed_threads, self._is_project_file
+        ):
+            running = thread_tracking.describe(thread)
+            database.refuse_thread(
+                thread,
+                f"{running} was started by {context.test_name} and kept running after it; "
+                "the database it would get now is another test's",
+            )
+            self._leak(
+                "thread",
+                context.test_name,
+                f"{running} still runs after the test, and is refused the database from now "
+                "on: stop and join it before the test ends (in a fixture's teardown), or "
+                "start it in a session-scoped fixture if it serves every test",
+            )
+
+    def _is_project_file(self, filename: str) -> bool:
+        """A file of the project's own code (not of a virtual environment in it)."""
+        return filename.startswith(self._root_prefix) and not any(
+            part in filename for part in _NOT_PROJECT
+        )
+
     def _leak(
-        self, kind: Literal["scope", "connection", "stale_binding"], test: str, detail: str
+        self,
+        kind: Literal["scope", "connection", "thread", "stale_binding"],
+        test: str,
+        detail: str,
     ) -> None:
         self.leaks.append(Leak(kind, test, detail))
         logger.warning("%s leak in %s: %s", kind, test, detail)

@@ -11,7 +11,8 @@ Checks:
   scope that owned it ended.
 - ``Connection leak detected in test:`` in the log (or a connection leak in the report)
   fails: a test left a database connection open. ``Scope leak detected in test:`` (or a
-  scope leak in the report) fails too: a test created a scope and left it.
+  scope leak in the report) fails too: a test created a scope and left it; and so does
+  ``Thread leak detected in test:``: a test left a thread of its own running.
 - ``High memory growth in test:`` warns.
 - Performance regressions in the report (the check against
   ``tests/performance-baseline.json``) fail at severity ``error`` and warn at ``warning``.
@@ -40,6 +41,7 @@ from typing import Any
 CLIENT_CLOSED = "CLIENT_CLOSED"
 CONNECTION_LEAK = "Connection leak detected in test:"
 SCOPE_LEAK = "Scope leak detected in test:"
+THREAD_LEAK = "Thread leak detected in test:"
 HIGH_MEMORY = "High memory growth in test:"
 REPORT_HEADING = "Isolation Metrics Report"
 MAX_QUOTED = 20
@@ -285,6 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             kind="scope",
             prefix=SCOPE_LEAK,
             left="a test created a database scope and left it",
+        ),
+        check_leaks(
+            log_lines,
+            log_name,
+            report,
+            kind="thread",
+            prefix=THREAD_LEAK,
+            left="a test left a thread running, which would use the next test's database",
         ),
         check_memory_growth(log_lines, log_name, report),
         check_regressions(report, asked=args.report is not None),

@@ -1,9 +1,10 @@
 """The isolation metrics reporter: names every leak with its test, and reports the run.
 
 For each isolated test it records duration, memory growth and what the test left behind
-(scopes, open connections with the ``file:line`` that opened them, module globals still
-holding a client). The terminal summary carries one line per finding, with prefixes CI
-greps for (``Scope leak detected in test:``, ``Connection leak detected in test:``,
+(scopes, open connections with the ``file:line`` that opened them, threads of the
+project's code still running, module globals still holding a client). The terminal
+summary carries one line per finding, with prefixes CI greps for (``Scope leak detected
+in test:``, ``Connection leak detected in test:``, ``Thread leak detected in test:``,
 ``High memory growth in test:``, ``Slow test detected:``), then the ``Isolation Metrics
 Report`` and ``Performance Metrics`` blocks and the check against
 ``tests/performance-baseline.json``. ``--isolation-report=PATH`` writes it all as JSON,
@@ -29,6 +30,7 @@ from tests.setup_integration import is_isolated
 FINDING_PREFIXES = {
     "scope": "Scope leak detected in test",
     "connection": "Connection leak detected in test",
+    "thread": "Thread leak detected in test",
     "stale_binding": "Stale client binding in test",
 }
 PERFORMANCE_COUNTERS = (
@@ -269,6 +271,7 @@ class IsolationReporter:
             "average_cleanup_time_ms": self.cleanup_time_total / destroyed,
             "scope_leaks": self._tests_with("scope"),
             "connection_leaks": self._tests_with("connection"),
+            "thread_leaks": self._tests_with("thread"),
             "stale_bindings": self._tests_with("stale_binding"),
         }
 
@@ -323,8 +326,9 @@ class IsolationReporter:
     def _report(self, session: pytest.Session) -> None:
         summary = self._summary = self.summary()
         self.regressions = find_regressions(summary, self.baseline)
-        self._leaky = bool(
-            summary["scope_leaks"] + summary["connection_leaks"] + summary["stale_bindings"]
+        self._leaky = any(
+            summary[kind]
+            for kind in ("scope_leaks", "connection_leaks", "thread_leaks", "stale_bindings")
         )
         if self.report_path:
             report = Path(self.report_path)
@@ -381,6 +385,7 @@ class IsolationReporter:
             f"({summary['scope_leaks'] / total * 100:.2f}%)",
             f"  Connection Leaks: {summary['connection_leaks']} "
             f"({summary['connection_leaks'] / total * 100:.2f}%)",
+            f"  Thread Leaks: {summary['thread_leaks']}",
             f"  Stale Client Bindings: {summary['stale_bindings']}",
             f"  Average Memory Growth: {summary['average_memory_growth_mb']:.2f}MB per test",
             "Performance Metrics",

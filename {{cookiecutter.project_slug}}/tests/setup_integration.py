@@ -44,6 +44,7 @@ from lib.isolation_manager import (
 )
 from lib.migrate import MigrationError
 from lib.scope_databases import check_strategy, runs_root
+from lib.thread_tracking import running_threads
 
 __all__ = [
     "async_db",
@@ -477,8 +478,10 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
     database, or the fixture returns that test's client (both errors)."""
     if fixturedef.scope == "function":
         return (yield)
+    threads = running_threads()
     with untracked() as opened:
         value = yield
+    get_test_isolation_manager().allow_threads(running_threads() - threads)  # a server's
     _refuse_a_tests_client(fixturedef, value)
     _refuse_a_connection_to_the_tests_database(fixturedef, opened)
     return value

@@ -1047,6 +1047,81 @@ def test_a_database_url_the_project_cannot_read_is_a_warning(tmp_path: Path) -> 
     assert f"DATABASE_URL={url!r} is no database URL this project reads" in child.stdout
 
 
+LEAVES_A_THREAD_RUNNING = """
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lib.database import get_database_client
+
+pytestmark = pytest.mark.isolated
+POOL = ThreadPoolExecutor(max_workers=1)  # its thread starts in the first test to use it
+errors = []
+
+
+def write_forever(stop):  # a worker that logs its errors and goes on
+    while not stop.wait(0.005):
+        try:
+            get_database_client().execute("INSERT INTO logs (level, message) VALUES ('info', 'x')")
+        except Exception as error:
+            errors.append(error)
+
+
+@pytest.fixture(scope="session")
+def server():
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name="serves-every-test", daemon=True)
+    thread.start()
+    yield thread
+    stop.set()
+
+
+def test_starts_a_pool_thread_and_uses_the_server(server):
+    assert POOL.submit(lambda: get_database_client().execute("SELECT 1")).result()
+
+
+def test_stops_its_thread():
+    stop = threading.Event()
+    threading.Thread(target=write_forever, args=(stop,), name="stopped").start()
+    stop.set()  # and not joined: the thread ends within the grace
+
+
+def test_leaves_a_thread_running():
+    writer = threading.Thread(target=write_forever, args=(threading.Event(),), name="writer")
+    writer.daemon = True  # or the run would never end
+    writer.start()
+    time.sleep(0.05)
+
+
+def test_sees_no_rows_of_it(server):
+    time.sleep(0.1)
+    assert get_database_client().execute("SELECT count(*) FROM logs").rows[0][0] == 0
+    assert "was started by test_suite.py::test_leaves_a_thread_running" in str(errors[-1])
+"""
+
+
+def test_a_thread_a_test_left_running_is_a_leak_and_refused_the_database(
+    tmp_path: Path,
+) -> None:
+    """It would write into the next test's database; a pool's or a session fixture's
+    thread, which serve every test, are neither."""
+    report = tmp_path / "report.json"
+    child = run_suite(
+        tmp_path, LEAVES_A_THREAD_RUNNING, "--isolation-strict", f"--isolation-report={report}"
+    )
+    output = child.stdout + child.stderr
+    assert child.returncode == 1, output
+    assert "4 passed" in output
+    leaks = json.loads(report.read_text())["leaks"]
+    assert [(leak["kind"], leak["test"]) for leak in leaks] == [
+        ("thread", "test_suite.py::test_leaves_a_thread_running")
+    ]
+    assert "thread 'writer' running write_forever (" in leaks[0]["detail"]
+    assert "Thread leak detected in test: test_suite.py::test_leaves_a_thread_running" in output
+
+
 OPENS_MEMORY = """
 import sqlite3
 
