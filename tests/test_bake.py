@@ -11,7 +11,8 @@ import yaml
 
 from conftest import CUSTOM_ANSWERS, DEFAULTS, Bake
 
-JINJA_LEFTOVERS = ("{{ cookiecutter.", "{{cookiecutter.", "{%", "{#")
+# Also what Jinja makes of a {{ ... }} it was not meant to render, as in an f-string.
+JINJA_LEFTOVERS = ("{{ cookiecutter.", "{{cookiecutter.", "{%", "{#", "Undefined")
 GITHUB_EXPRESSION = re.compile(r"\$\{\{ [^{}]+ \}\}")
 
 

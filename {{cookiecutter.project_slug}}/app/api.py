@@ -122,7 +122,8 @@ async def place_order(request: Request) -> Response:
     items = body.get("items")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_ITEMS:
         raise BadRequest(
-            f"items must be a list of 1 to {MAX_ITEMS} {{product_id, quantity}}", field="items"
+            f"items must be a list of 1 to {MAX_ITEMS} objects with product_id and quantity",
+            field="items",
         )
     lines = []
     for item in items:

@@ -123,6 +123,11 @@ def _baseline_problem(baseline: Any, metrics: set[str]) -> str | None:
             return f"unknown metric {metric!r}; known: {', '.join(sorted(metrics))}"
         if not isinstance(limits, dict) or not number(limits.get("baseline")):
             return f"metrics.{metric} needs a number under 'baseline'"
+        unknown = sorted(set(limits) - {"baseline", "warning", "error"})
+        if unknown:  # a misspelt severity would turn its check off
+            return (
+                f"metrics.{metric}: unknown entry {unknown[0]!r}; known: baseline, warning, error"
+            )
         factors = [severity for severity in ("warning", "error") if severity in limits]
         if not factors or not all(number(limits[severity]) for severity in factors):
             return f"metrics.{metric} needs a number under 'warning', 'error' or both"

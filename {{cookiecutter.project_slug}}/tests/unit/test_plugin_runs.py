@@ -412,6 +412,10 @@ def test_a_baseline_of_warnings_only_is_judged(tmp_path: Path) -> None:
             "unknown metric 'avg_duration'",
         ),
         ({"slow_tests_ms": 100, "metrics": {}}, "unknown entry 'slow_tests_ms'"),
+        (
+            {"metrics": {"max_test_duration_ms": {"baseline": 1, "warning": 1.5, "eror": 3}}},
+            "metrics.max_test_duration_ms: unknown entry 'eror'",
+        ),
     ],
 )
 def test_a_broken_baseline_stops_the_run_before_the_tests(
