@@ -12,6 +12,7 @@ the async client, ``lib.async_database``, can be imported from here too.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -221,6 +222,14 @@ class _GuardedCursor(sqlite3.Cursor):
         return self._read(sqlite3.Cursor.__next__)
 
 
+@functools.cache
+def _guarded_cursor_class(factory: type[sqlite3.Cursor]) -> type[sqlite3.Cursor]:
+    """A cursor class of the caller's, with the guard under its own methods."""
+    if issubclass(factory, _GuardedCursor):
+        return factory
+    return type(factory.__name__, (factory, _GuardedCursor), {})
+
+
 class _GuardedConnection(sqlite3.Connection):
     """A sqlite3 connection that raises :class:`ClientClosedError` once its client closed it.
 
@@ -247,7 +256,11 @@ class _GuardedConnection(sqlite3.Connection):
 
     def cursor(self, factory: Any = None) -> Any:
         self._guard()
-        return super().cursor(_GuardedCursor if factory is None else factory)
+        if factory is None or factory is sqlite3.Cursor:
+            return super().cursor(_GuardedCursor)
+        if isinstance(factory, type) and issubclass(factory, sqlite3.Cursor):
+            return super().cursor(_guarded_cursor_class(factory))
+        return super().cursor(factory)  # a function returning a cursor: its own business
 
     def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
         cursor: sqlite3.Cursor = self.cursor()

@@ -602,17 +602,32 @@ KEPT_CURSOR_READS: dict[str, Callable[[Any], object]] = {
 }
 
 
+class _CountingCursor(sqlite3.Cursor):
+    """A cursor class of the code under test, with a method of its own."""
+
+    def fetchone(self) -> Any:
+        self.fetched = getattr(self, "fetched", 0) + 1
+        return super().fetchone()
+
+
+@pytest.mark.parametrize("factory", [None, sqlite3.Cursor, _CountingCursor])
 @pytest.mark.parametrize("read", sorted(KEPT_CURSOR_READS))
-def test_a_cursor_taken_before_close_raises_client_closed(db_path: Path, read: str) -> None:
-    """A half-read cursor kept across close fails with the owner's name, not sqlite3's."""
+def test_a_cursor_taken_before_close_raises_client_closed(
+    db_path: Path, read: str, factory: type[sqlite3.Cursor] | None
+) -> None:
+    """A half-read cursor kept across close fails with the owner's name, not sqlite3's,
+    also one made by a cursor class of the caller's, whose own methods still run."""
     c = schema_client(db_path, "kept-cursor")
     c.batch([("INSERT INTO items (name) VALUES (?)", (f"i{i}",)) for i in range(5)])
-    cursor = c.db.execute("SELECT name FROM items")
+    cursor = c.db.conn.cursor(factory).execute("SELECT name FROM items")
+    assert isinstance(cursor, factory or sqlite3.Cursor)
     assert cursor.fetchone() is not None
     c.close()
     with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED:.*kept-cursor") as excinfo:
         KEPT_CURSOR_READS[read](cursor)
     assert not isinstance(excinfo.value, sqlite3.ProgrammingError)
+    if factory is _CountingCursor:
+        assert getattr(cursor, "fetched", 0) == (2 if read == "fetchone" else 1)
 
 
 def test_a_sqlite_utils_generator_read_across_close_raises_client_closed(db_path: Path) -> None:
