@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import reprlib
 import secrets
 import sqlite3
 import sys
@@ -740,23 +741,23 @@ class TestIsolationManager:
     def _stale_bindings_in(
         self, modules: list[str], clients: Iterable[DatabaseClient], test_name: str
     ) -> list[str]:
-        """Record as leaks of ``test_name`` and return the globals of ``modules``
-        (``module.attribute``) that hold one of ``clients``, or an async wrapper of one."""
+        """Record as leaks of ``test_name`` and return where the globals of ``modules`` hold
+        one of ``clients``, or an async wrapper of one: ``module.attribute``, or one level
+        inside it, ``module.Class.attribute`` (a class of that module), ``module.name['key']``
+        (a dict) or ``module.name[0]`` (a list or tuple)."""
         stale_ids = {id(client) for client in clients}
-        wrapper = AsyncDatabaseClient
         found = []
         for name in modules:
             module = sys.modules.get(name)
             if module is None:
                 continue
-            values = list(vars(module).values())
-            if stale_ids.isdisjoint(map(id, values)) and wrapper not in map(type, values):
-                continue  # the common case, checked at C speed
             for attribute, value in list(vars(module).items()):
-                held = value.client if type(value) is wrapper else value
-                if id(held) in stale_ids:
-                    found.append(f"{name}.{attribute}")
-                    self._leak("stale_binding", test_name, found[-1])
+                if attribute.startswith("__"):  # __builtins__, __dict__ and the like
+                    continue
+                for where, held in _held_by(f"{name}.{attribute}", value, name):
+                    if id(held) in stale_ids:
+                        found.append(where)
+                        self._leak("stale_binding", test_name, where)
         return found
 
     # -- failure handling and reporting -------------------------------------------------
@@ -815,6 +816,28 @@ class TestIsolationManager:
             ],
             "performance_metrics": dict(self.performance_metrics),
         }
+
+
+def _held_by(where: str, value: object, module: str) -> Iterator[tuple[str, object]]:
+    """``value`` (the client an async wrapper wraps), and what it holds one level down: the
+    attributes of a class defined in ``module``, a dict's values, a list's or tuple's
+    items. Each with where it is."""
+    if type(value) is AsyncDatabaseClient:
+        yield where, value.client
+        return
+    yield where, value
+    if isinstance(value, type) and value.__module__ == module:
+        inside: Iterable[tuple[str, object]] = (
+            (f"{where}.{name}", item) for name, item in list(vars(value).items())
+        )
+    elif isinstance(value, dict):
+        inside = ((f"{where}[{reprlib.repr(key)}]", item) for key, item in list(value.items()))
+    elif isinstance(value, list | tuple):
+        inside = ((f"{where}[{index}]", item) for index, item in enumerate(list(value)))
+    else:
+        return
+    for inner_where, item in inside:
+        yield inner_where, item.client if type(item) is AsyncDatabaseClient else item
 
 
 def _stale_warning(binding: str, owner: str) -> str:

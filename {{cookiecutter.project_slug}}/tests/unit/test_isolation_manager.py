@@ -781,6 +781,29 @@ def test_module_global_holding_the_client_is_reported(
         client.execute("SELECT 1")
 
 
+def test_a_client_kept_in_a_class_attribute_or_a_registry_is_named(
+    probe_manager: ProbeManager, make_module: Callable[[str], str]
+) -> None:
+    """One level inside a module's globals: a class of the module, a dict, a list."""
+    m = probe_manager()
+    name = make_module("class Repository:\n    client = None\n\n\nREGISTRY = {}\nPOOL = []\n")
+    module = importlib.import_module(name)
+    scope_id = m.create_scope("keeps the client inside globals")
+    client = m.get_scoped_database_client(scope_id)
+    module.Repository.client = client
+    module.REGISTRY["orders"] = AsyncDatabaseClient(client)
+    module.POOL.append(client)
+    with pytest.warns(IsolationWarning) as record:
+        m.destroy_scope(scope_id)
+    messages = [str(warning.message) for warning in record]
+    assert any(f"{name}.Repository.client still holds the" in message for message in messages)
+    assert sorted(m.stale_bindings) == [
+        f"{name}.POOL[0]",
+        f"{name}.REGISTRY['orders']",
+        f"{name}.Repository.client",
+    ]
+
+
 @pytest.mark.parametrize("defer", [False, True], ids=["now", "deferred"])
 def test_a_module_imported_during_the_test_holding_the_client_is_named(
     probe_manager: ProbeManager, make_module: Callable[[str], str], defer: bool
