@@ -376,7 +376,12 @@ class DatabaseFactory:
         if self.strategy == "memory":
             return None
         path = self.directory / f"db-{next(self._numbers)}-{secrets.token_hex(2)}.db"
-        self.template.copy_to(path)
+        try:
+            self.template.copy_to(path)
+        except FileNotFoundError:  # the directory went during the run (a test removed data/)
+            self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.directory.mkdir(exist_ok=True)
+            self.template.copy_to(path)
         return path
 
     def connect(self, path: Path | None, url: str, owner: str, *, new: bool) -> DatabaseClient:

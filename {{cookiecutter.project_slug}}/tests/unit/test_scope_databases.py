@@ -130,6 +130,23 @@ def test_a_copy_of_the_template_is_exact_and_never_overwrites(
     assert taken.read_bytes() == b"someone else's file"
 
 
+def test_copies_go_on_after_their_directory_was_removed_during_the_run(
+    migrations: Path, tmp_path: Path
+) -> None:
+    """A test that removes the data directory (a CLI's reset, say) leaves the next tests
+    their databases, made from the template this process holds in memory."""
+    data = tmp_path / "data"
+    template = scope_databases.Template(cached_template(migrations, data))
+    template.data  # noqa: B018  (read once, as every process does at its first copy)
+    factory = scope_databases.DatabaseFactory(template, "file", data / "runs" / "1-abcd")
+    (data / "runs" / "1-abcd").mkdir(parents=True)
+    assert factory.new_database() is not None
+    shutil.rmtree(data)
+    copy = factory.new_database()
+    assert copy is not None
+    assert copy.read_bytes() == template.data
+
+
 def test_the_in_memory_source_is_closed_with_the_run(migrations: Path, tmp_path: Path) -> None:
     """A session's end closes its template's in-memory source: nothing left for the
     garbage collector to warn about."""
