@@ -2,10 +2,14 @@
 
 ``python -m lib.migrate`` applies the pending ones to the local SQLite file of
 ``DATABASE_URL`` and says which; it refuses a remote Turso database or an embedded replica.
-All pending migrations apply in one transaction: if one fails, the error names its file
-and the database is left exactly as it was. Foreign keys are off during the run, so a
-migration can rebuild a referenced table the way SQLite documents, and checked before
-the commit.
+All pending migrations apply in one transaction, which takes the write lock first (so a
+second ``migrate`` waits for the first, then finds nothing pending): if one fails, the
+error names its file and the database is left exactly as it was. Foreign keys are off
+during the run, so a migration can rebuild a referenced table the way SQLite documents,
+and checked before the commit. A pending file that looks like an applied one renamed is
+refused; the CLI warns about other drift from the files (applied migrations missing from
+the directory, pending ones sorting before applied ones, a schema that differs from what
+the files build), which the tests' template, built from the files, would not have.
 """
 
 from __future__ import annotations
@@ -16,18 +20,21 @@ import os
 import re
 import sqlite3
 import sys
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .database import DatabaseClient, is_contention
+from .connection_tracking import database_path
+from .database import BUSY_TIMEOUT_MS, DatabaseClient, is_contention
 from .database_config import (
     DatabaseConfigError,
     create_database_directory,
     database_target,
+    is_read_only_uri,
     local_database_file,
     open_error,
 )
@@ -43,25 +50,76 @@ DOWN = ".down.sql"  # a migration's undo, as golang-migrate and others name it: 
 MIGRATIONS_TABLE = "_sqlite_migrations"
 # How many row ids of one table a foreign key error lists before it just counts them.
 SHOWN_ROWIDS = 5
+# How many schema differences a drift warning names before it just counts them.
+SHOWN_DIFFERENCES = 8
+# How long to wait before trying again to open a database another process is setting up.
+OPEN_RETRY_SECONDS = 0.05
 
 
 class MigrationError(RuntimeError):
     """A migration file failed; nothing from this run was applied."""
 
 
+class ReadOnlyDatabaseError(MigrationError):
+    """The database cannot be written (a read-only URL, file or directory): no migration's
+    fault, so the message says so instead of naming the first migration to write."""
+
+
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
     """The ``*.sql`` files of ``directory`` in the order they apply: by name, numbers
-    compared as numbers (``2_`` before ``10_``). ``*.down.sql`` files, which undo a
-    migration, are left out; files in subdirectories are not searched."""
-    if not directory.is_dir():
-        raise MigrationError(f"migrations directory {directory} does not exist")
-    files = [path for path in directory.glob("*.sql") if not path.name.lower().endswith(DOWN)]
-    if not files and any(directory.glob("*/**/*.sql")):
+    compared as numbers (``2_`` before ``10_``). The extension counts in any case
+    (``.SQL`` too: on Windows a glob would match it, elsewhere not); ``*.down.sql`` files,
+    which undo a migration, are left out; files in subdirectories are not searched."""
+    _check_directory(directory)
+    files = [path for path in directory.iterdir() if _is_migration(path)]
+    if not files and any(_is_sql(path) for path in directory.glob("*/**/*")):
         raise MigrationError(
             f"migrations directory {directory} has *.sql files only in its subdirectories, "
             "which are not searched: point the setting at the directory that holds them"
         )
+    _refuse_duplicate_names(files)
     return sorted(files, key=_natural_order)
+
+
+def _check_directory(directory: Path) -> None:
+    """A file given as the directory is named as such: a lone ``schema.sql`` is common."""
+    if directory.is_file():
+        raise MigrationError(
+            f"migrations directory {directory} is a file, not a directory: the migrations "
+            f"are the *.sql files of a directory. {_schema_file_hint(directory)}"
+        )
+    if not directory.is_dir():
+        raise MigrationError(f"migrations directory {directory} does not exist")
+
+
+def _schema_file_hint(file: Path) -> str:
+    """What to do when a migrations setting names ``file``: its directory, if that holds
+    migrations, or a directory of its own (``mv schema.sql migrations/0001_schema.sql``)."""
+    if _is_sql(file) and sum(_is_migration(path) for path in file.parent.iterdir()) > 1:
+        return f"Point it at the directory that holds this file and the others: {file.parent}"
+    return (
+        "If this file is the whole schema, move it into a directory as the first migration "
+        f"(mkdir migrations && mv {file} migrations/0001_{file.stem}.sql) and point at that"
+    )
+
+
+def _is_sql(path: Path) -> bool:
+    return path.suffix.lower() == ".sql"
+
+
+def _is_migration(path: Path) -> bool:
+    return _is_sql(path) and not path.name.lower().endswith(DOWN) and path.is_file()
+
+
+def _refuse_duplicate_names(files: Sequence[Path]) -> None:
+    """``0004_a.sql`` and ``0004_a.SQL`` would be one migration, ``0004_a``: name both."""
+    stems = Counter(path.stem for path in files)
+    twins = sorted(path.name for path in files if stems[path.stem] > 1)
+    if twins:
+        raise MigrationError(
+            f"migrations {', '.join(twins)} have the same name once the extension is left "
+            "off, which is what the database records: rename or delete one of them"
+        )
 
 
 def _natural_order(path: Path) -> tuple[list[str | int], str]:
@@ -147,10 +205,14 @@ def _transaction_control(verb: str) -> str:
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> Migrations:
     """A ``Migrations`` set with one migration per SQL file, named after the file."""
+    return _migration_set(migration_files(directory))
+
+
+def _migration_set(files: Sequence[Path]) -> Migrations:
     from sqlite_utils.migrations import Migrations
 
     migrations = Migrations(MIGRATION_SET)
-    for path in migration_files(directory):
+    for path in files:
         migrations(name=path.stem)(_sql_migration(path))
     return migrations
 
@@ -175,17 +237,111 @@ def pending_migrations(db: sqlite_utils.Database, directory: Path = MIGRATIONS_D
 def apply_migrations(db: sqlite_utils.Database, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply every pending migration atomically; return the names applied.
 
-    Foreign keys are off for the run (``PRAGMA foreign_keys`` does nothing inside a
-    transaction, and SQLite's recipe for rebuilding a table needs them off) and checked
-    before the commit: a run that leaves a dangling reference applies nothing.
+    The transaction takes the write lock before it reads what is pending (waiting for it
+    up to the busy timeout), so two runs at once apply the migrations once, the second
+    finding nothing pending. Foreign keys are off for the run (``PRAGMA foreign_keys``
+    does nothing inside a transaction, and SQLite's recipe for rebuilding a table needs
+    them off) and checked before the commit: a run that leaves a dangling reference
+    applies nothing. A pending file that looks like an applied one renamed, and a
+    database that cannot be written, are refused before any migration runs.
     """
-    migrations = load_migrations(directory)
-    names = [migration.name for migration in migrations.pending(db)]
-    with foreign_keys_off(db.conn), db.atomic():
+    files = migration_files(directory)
+    migrations = _migration_set(files)
+    with foreign_keys_off(db.conn), write_transaction(db.conn):
+        applied = [migration.name for migration in migrations.applied(db)]
+        names = [migration.name for migration in migrations.pending(db)]
+        refuse_renamed(applied, [path.stem for path in files], directory)
+        if names or not applied:  # something to write: the migrations, or their table
+            check_writable(db.conn)
         before = db.conn.execute("PRAGMA foreign_key_check").fetchall()
         migrations.apply(db)
         check_foreign_keys(db.conn, [f"{name}.sql" for name in names], already=before)
     return names
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error.
+
+    A deferred ``BEGIN`` (sqlite-utils' ``atomic()``) reads first and takes the write lock
+    at its first write, which fails at once ("database is locked", whatever the busy
+    timeout) if another connection wrote in between; IMMEDIATE waits for the lock instead.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def check_writable(conn: sqlite3.Connection) -> None:
+    """Raise :class:`ReadOnlyDatabaseError` if ``conn`` cannot write its database: a
+    read-only URL or a file or directory this process may not write (SQLite then opens
+    the file read-only without a word), found before a migration would be blamed.
+
+    Writes ``user_version`` back unchanged, inside the caller's write transaction."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    try:
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+    except sqlite3.Error as error:
+        if not _is_read_only(error):
+            raise
+        raise ReadOnlyDatabaseError(
+            f"the database is read-only ({error}): it was opened read-only, or this process "
+            "may not write its file or directory. Migrations need a writable database; "
+            "no migration of this run was applied"
+        ) from error
+
+
+def _is_read_only(error: BaseException | None) -> bool:
+    name = getattr(error, "sqlite_errorname", None) or ""
+    return name.startswith("SQLITE_READONLY") or "readonly database" in str(error)
+
+
+def _number(name: str) -> int | None:
+    """The number a migration's name starts with (``0004_phone``: 4), if any."""
+    match = re.match(r"\d+", name)
+    return int(match.group()) if match else None
+
+
+def renamed_migrations(applied: Sequence[str], names: Sequence[str]) -> list[tuple[str, str]]:
+    """``(applied, pending)`` pairs with the same number where the applied migration is no
+    longer among ``names`` (the files): most likely one file renamed, which would apply
+    a second time under its new name."""
+    missing = [name for name in applied if name not in names and _number(name) is not None]
+    pending = [name for name in names if name not in applied]
+    return [(old, new) for old in missing for new in pending if _number(old) == _number(new)]
+
+
+def refuse_renamed(applied: Sequence[str], names: Sequence[str], directory: Path) -> None:
+    """Raise :class:`MigrationError` for :func:`renamed_migrations`: applying such a file
+    runs statements the database has already run (a second seed row, "table exists")."""
+    pairs = renamed_migrations(applied, names)
+    if not pairs:
+        return
+    news = ", ".join(f"{new}.sql" for _, new in pairs)
+    olds = ", ".join(old for old, _ in pairs)
+    updates = " ".join(
+        f"UPDATE {MIGRATIONS_TABLE} SET name = {_quoted(new)} "
+        f"WHERE migration_set = '{MIGRATION_SET}' AND name = {_quoted(old)};"
+        for old, new in pairs
+    )
+    raise MigrationError(
+        f"pending migration(s) {news} have the number of {olds}, applied to this database "
+        f"but no longer in {_relative(directory)}: renamed? Applying them would run the same "
+        "statements a second time. Give each its applied name back (the database records "
+        f"applied migrations by name), or record the new name ({updates}); if they are "
+        "different migrations (from another branch), recreate the development database. "
+        "No migration of this run was applied"
+    )
+
+
+def _quoted(value: str) -> str:
+    """``value`` as an SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 @contextmanager
@@ -245,19 +401,90 @@ def _describe_violations(violations: Sequence[Sequence[Any]]) -> str:
     return "; ".join(parts)
 
 
+def drift_warnings(applied: Sequence[str], names: Sequence[str], directory: Path) -> list[str]:
+    """What makes this database's schema differ from the one the files build in a new
+    database (and the tests' template): applied migrations ``directory`` no longer has,
+    and pending ones that sort before an applied one, so apply after it here only."""
+    warnings = []
+    missing = [name for name in applied if name not in names]
+    if missing:
+        warnings.append(
+            f"{len(missing)} applied migration(s) are not in {_relative(directory)}: "
+            f"{', '.join(missing)} "
+            "(from another branch, or renamed or deleted since): the database has changes "
+            "the migration files, and so the tests' template, do not"
+        )
+    last = max((names.index(name) for name in applied if name in names), default=0)
+    early = [name for name in names[:last] if name not in applied]
+    if early:
+        warnings.append(
+            f"pending migration(s) {', '.join(early)} sort before {names[last]}, which is "
+            "already applied: they apply after it here, but in name order in a new database "
+            "and the tests' template, so columns may end up in another order"
+        )
+    return warnings
+
+
+def schema_differences(
+    conn: sqlite3.Connection, directory: Path, applied: Collection[str]
+) -> list[str]:
+    """The tables, indexes, views and triggers of ``conn``'s database that differ from what
+    the files of its ``applied`` migrations build in a new in-memory database, in name
+    order: an applied migration edited since, or migrations applied in another order."""
+    files = [path for path in migration_files(directory) if path.stem in applied]
+    expected = _built_schema(files)
+    actual = _schema(conn)
+    differences = []
+    for kind, name in sorted(expected.keys() | actual.keys(), key=lambda key: (key[1], key[0])):
+        if (kind, name) not in actual:
+            differences.append(f"{kind} {name} is missing")
+        elif (kind, name) not in expected:
+            differences.append(f"{kind} {name} is not built by the files")
+        elif actual[kind, name] != expected[kind, name]:
+            differences.append(f"{kind} {name} differs")
+    return differences
+
+
+def _built_schema(files: Sequence[Path]) -> dict[tuple[str, str], str | None]:
+    """The schema ``files`` build, applied in order to a new in-memory database."""
+    import sqlite_utils
+
+    with closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        db = sqlite_utils.Database(conn, execute_plugins=False)
+        for path in files:
+            _sql_migration(path)(db)
+        return _schema(conn)
+
+
+def _schema(conn: sqlite3.Connection) -> dict[tuple[str, str], str | None]:
+    """``(type, name): sql`` of the schema, without SQLite's own objects and the table
+    (and index) in which sqlite-utils records the applied migrations."""
+    rows = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master "
+        "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND tbl_name <> ?",
+        [MIGRATIONS_TABLE],
+    )
+    return {(kind, name): sql for kind, name, sql in rows}
+
+
 def _shown(url: str) -> str:
     """``scheme://host`` of a URL: enough to recognise it, never a token in its query."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname or ''}"
 
 
+def _relative(directory: Path) -> Path:
+    """``directory`` relative to where the command runs, if inside: shorter to read and type."""
+    with suppress(ValueError):
+        return directory.resolve().relative_to(Path.cwd())
+    return directory
+
+
 def _turso_instructions(directory: Path) -> str:
-    with suppress(ValueError):  # relative to where the command runs: shorter to read and type
-        directory = directory.resolve().relative_to(Path.cwd())
     return (
         "Apply the migration files to the Turso database with the Turso CLI instead, in "
         "the order of their names (numbers as numbers), each one not yet applied: "
-        f"turso db shell <database-name> < {directory}/<file>.sql"
+        f"turso db shell <database-name> < {_relative(directory)}/<file>.sql"
     )
 
 
@@ -287,8 +514,9 @@ def migration_target(environ: Mapping[str, str], directory: Path = MIGRATIONS_DI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lib.migrate``: exit 0 when done, 1 when a migration fails, 2 on a bad
-    setting or a missing package."""
+    """``python -m lib.migrate``: exit 0 when done (drift from the files is a warning on
+    stderr), 1 when a migration fails or is refused, 2 on a bad setting (a read-only or
+    in-memory database included) or a missing package."""
     parser = argparse.ArgumentParser(
         prog="python -m lib.migrate",
         description="Apply pending migrations to the database named by DATABASE_URL.",
@@ -296,21 +524,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--migrations", type=Path, default=MIGRATIONS_DIR, help="SQL files")
     parser.add_argument("--list", action="store_true", help="show pending migrations only")
     args = parser.parse_args(argv)
-    if not args.migrations.is_dir():
-        print(
-            f"error: migrations directory {args.migrations} does not exist: pass --migrations "
-            "with the directory of the project's .sql migration files",
-            file=sys.stderr,
-        )
+    problem = _directory_problem(args.migrations)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     path = ""
     try:
         path = migration_target(os.environ, args.migrations)
+        refuse_in_memory(path)
         if args.list:
             pending = _pending_read_only(path, args.migrations)
             print(f"{len(pending)} pending migration(s) for {path}: {', '.join(pending) or '-'}")
             return 0
         applied = _migrate(path, args.migrations)
+    except ReadOnlyDatabaseError:
+        print(f"error: {_read_only_problem(path)}", file=sys.stderr)
+        return 2
     except DatabaseConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -334,25 +563,132 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _directory_problem(directory: Path) -> str | None:
+    """What is wrong with ``--migrations``, said before any database is opened."""
+    if directory.is_file():
+        return (
+            f"--migrations {directory} is a file, not a directory: the migrations are the "
+            f"*.sql files of a directory. {_schema_file_hint(directory)}"
+        )
+    if not directory.is_dir():
+        return (
+            f"migrations directory {directory} does not exist: pass --migrations with the "
+            "directory of the project's .sql migration files"
+        )
+    return None
+
+
+def refuse_in_memory(path: str) -> None:
+    """Raise :class:`DatabaseConfigError` for an in-memory ``path``: a new, empty database
+    each time it is opened, gone when the command exits, so migrating it does nothing."""
+    if database_path(path) is None:  # the file it opens: none
+        raise DatabaseConfigError(
+            f"DATABASE_URL={path} is an in-memory database, new and empty each time it is "
+            "opened and gone when this command exits: there is nothing to migrate. Set "
+            "DATABASE_URL to the database file to migrate (file:./data/app.db); the tests "
+            "migrate their own databases"
+        )
+
+
 def _migrate(path: str, directory: Path) -> list[str]:
+    """Apply the pending migrations to ``path``; drift from the files is warned about,
+    before the run (what the run cannot change) and after it (the schema)."""
     create_database_directory(path)
-    client = DatabaseClient(path, owner="python -m lib.migrate", source="DATABASE_URL")
+    client = _open_for_migrating(path)
     try:
-        return apply_migrations(client.db, directory)
+        names = [file.stem for file in migration_files(directory)]
+        applied = recorded_migrations(client.db.conn)
+        refuse_renamed(applied, names, directory)  # said before the drift it also is
+        _warn(drift_warnings(applied, names, directory))
+        done = apply_migrations(client.db, directory)
+        _warn_schema(client.db.conn, path, directory)
+        return done
     finally:
         client.close()
+
+
+def _open_for_migrating(path: str) -> DatabaseClient:
+    """The client migrating ``path``, opened with the application's pragmas.
+
+    Switching a new file to WAL takes an exclusive lock that SQLite does not wait for
+    while another connection is doing the same (two ``migrate`` runs at once on a new
+    database), so contention there is retried up to the busy timeout. A read-only file
+    or directory, which SQLite may find as it opens the file, is reported as such."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return DatabaseClient(path, owner="python -m lib.migrate", source="DATABASE_URL")
+        except sqlite3.Error as error:
+            if not is_contention(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(OPEN_RETRY_SECONDS)
+        except DatabaseConfigError as error:
+            if not _is_read_only(error.__cause__):
+                raise
+            raise ReadOnlyDatabaseError(f"the database is read-only ({error.__cause__})") from error
+
+
+def recorded_migrations(conn: sqlite3.Connection) -> list[str]:
+    """:func:`applied_migrations`, or none in a database without the table yet."""
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", [MIGRATIONS_TABLE])
+    return applied_migrations(conn) if found.fetchone() else []
+
+
+def _warn(messages: Sequence[str]) -> None:
+    for message in messages:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def _warn_schema(conn: sqlite3.Connection, path: str, directory: Path) -> None:
+    """Warn if the schema differs from what the files of its applied migrations build;
+    a database none were applied to (one being adopted, say) has nothing to compare."""
+    applied = recorded_migrations(conn)
+    if not applied:
+        return
+    try:
+        differences = schema_differences(conn, directory, applied)
+    except MigrationError as error:  # a file that fails in a new database fails the tests too
+        _warn([f"cannot compare the schema of {path} with the migration files: {error}"])
+        return
+    if differences:
+        shown = ", ".join(differences[:SHOWN_DIFFERENCES])
+        if len(differences) > SHOWN_DIFFERENCES:
+            shown += f" and {len(differences) - SHOWN_DIFFERENCES} more"
+        _warn(
+            [
+                f"the schema of {path} differs from what its applied migration files build: "
+                f"{shown}. {_recreate_hint(path)}"
+            ]
+        )
+
+
+def _recreate_hint(path: str) -> str:
+    file = local_database_file(path)
+    delete = f"delete {file} and its -wal/-shm files" if file else "delete its file"
+    return (
+        "An applied migration was edited, or migrations applied in another order or from "
+        "another branch; the tests' template is built from the files. Recreate this "
+        f"development database ({delete}, then python -m lib.migrate), and change the schema "
+        "with a new migration rather than by editing an applied one"
+    )
 
 
 def _pending_read_only(path: str, directory: Path) -> list[str]:
     """The pending migrations, without writing anything: a database file that does not
     exist yet has them all pending (and is not created), one that does is only read (not
-    even switched to WAL)."""
+    even switched to WAL). Drift is warned about as :func:`_migrate` does, and a renamed
+    migration, which ``migrate`` would refuse, is a :class:`MigrationError`."""
     file = local_database_file(path)
     if file is not None and not file.exists():
         return [migration.stem for migration in migration_files(directory)]
     client = DatabaseClient(path, owner="python -m lib.migrate --list", pragmas={})
     try:
-        return pending_migrations(client.db, directory)
+        names = [migration.stem for migration in migration_files(directory)]
+        applied = recorded_migrations(client.db.conn)
+        _refuse_renamed_in_list(applied, names, directory)
+        _warn(drift_warnings(applied, names, directory))
+        _warn_schema(client.db.conn, path, directory)
+        return [name for name in names if name not in applied]
     except sqlite3.DatabaseError as error:  # unopened until read: a file that is no database
         if getattr(error, "sqlite_errorname", None) != "SQLITE_NOTADB":
             raise
@@ -361,16 +697,45 @@ def _pending_read_only(path: str, directory: Path) -> list[str]:
         client.close()
 
 
+def _refuse_renamed_in_list(applied: Sequence[str], names: Sequence[str], directory: Path) -> None:
+    try:
+        refuse_renamed(applied, names, directory)
+    except MigrationError as error:
+        message = str(error).replace(
+            "No migration of this run was applied", "python -m lib.migrate refuses until then"
+        )
+        raise MigrationError(message) from None
+
+
+def _read_only_problem(path: str) -> str:
+    """What to do about a database that cannot be written: not the first migration's
+    fault, and a read-only URL (the hint for a read-only file when opening) is no way out."""
+    where = f"cannot migrate {path!r} (from DATABASE_URL)"
+    if is_read_only_uri(path):
+        parts = urlsplit(path)
+        return (
+            f"{where}: the URL opens it read-only (mode=ro or immutable=1) and migrations "
+            f"write to it: set DATABASE_URL without that parameter (file:{parts.path}), or "
+            "use --list, which only reads"
+        )
+    return (
+        f"{where}: the database is read-only to this process, which may not write the file "
+        "or its directory (where SQLite keeps its -wal or -journal file): make both "
+        "writable for this user, or point DATABASE_URL at a writable file"
+    )
+
+
 def _database_problem(path: str, error: sqlite3.Error) -> str:
     """What to do when the database itself (not a migration) refused: locked, read-only."""
-    name = getattr(error, "sqlite_errorname", None) or ""
+    if _is_read_only(error):
+        return f"{_read_only_problem(path)} ({error})"
     if is_contention(error):
         hint = (
-            "another connection holds a write lock on it (a running application, a sqlite3 "
-            "shell): stop it or let it finish, then run the migrations again"
+            "another connection holds a write lock on it and kept it past the "
+            f"{BUSY_TIMEOUT_MS / 1000:g} s busy timeout (a running application, a sqlite3 "
+            "shell in a transaction, a long migration run): stop it or let it finish, then "
+            "run the migrations again"
         )
-    elif name.startswith("SQLITE_READONLY"):
-        hint = "it cannot be written here: point DATABASE_URL at a writable file"
     else:
         hint = "check that DATABASE_URL names the database to migrate"
     return f"cannot migrate {path!r} (from DATABASE_URL): {error}; {hint}"

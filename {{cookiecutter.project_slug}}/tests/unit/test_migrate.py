@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -423,3 +424,308 @@ def test_the_cli_names_a_missing_migrations_directory(tmp_path: Path) -> None:
     assert result.returncode == 2, result
     assert "does not exist: pass --migrations" in result.stderr
     assert not (tmp_path / "app.db").exists()
+
+
+def migrate_in_process(
+    monkeypatch: pytest.MonkeyPatch, database: Path, migrations: Path, *args: str
+) -> int:
+    """``migrate.main`` in this process, with only ``DATABASE_URL`` of the settings set."""
+    for name in ("TURSO_DATABASE_URL", "TURSO_AUTH_TOKEN", "DATABASE_DRIVER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", str(database))
+    return migrate.main(["--migrations", str(migrations), *args])
+
+
+def test_a_run_started_while_another_migrates_waits_and_finds_nothing_pending(
+    client: DatabaseClient, migrations: Path
+) -> None:
+    """The write lock is taken before anything is read: a deferred BEGIN would read, then
+    fail at its first write ("database is locked") once the other run had committed."""
+    genres = "CREATE TABLE genres (id INTEGER PRIMARY KEY);"
+    (migrations / "0002_genres.sql").write_text(genres)
+    other = sqlite3.connect(client.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the first run, half-way through
+    outcome: list[object] = []
+
+    def second_run() -> None:
+        try:
+            outcome.append(migrate.apply_migrations(client.db, migrations))
+        except Exception as error:  # shown by the assertion below, not lost in the thread
+            outcome.append(error)
+
+    second = threading.Thread(target=second_run)
+    second.start()
+    try:
+        second.join(0.5)  # waiting for the lock, up to the busy timeout
+        assert second.is_alive()
+        other.execute(genres)
+        other.execute(
+            f"INSERT INTO {migrate.MIGRATIONS_TABLE} (migration_set, name, applied_at) "
+            "VALUES ('app', '0002_genres', 'now')"
+        )
+        other.execute("COMMIT")
+    finally:
+        second.join(10)
+        other.close()
+    assert outcome == [[]]
+    with closing(sqlite3.connect(client.path)) as conn:
+        assert migrate.applied_migrations(conn) == ["0001_authors_and_books", "0002_genres"]
+
+
+def test_a_run_waits_for_a_new_database_another_run_is_setting_up(
+    migrations: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Switching a new file to WAL does not wait for another connection's lock, as the
+    busy timeout would: two runs started at once on a new database both succeed."""
+    database = tmp_path / "new.db"
+    other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # still in its rollback journal, as a new file is
+    release = threading.Timer(0.5, other.execute, ["COMMIT"])
+    release.start()
+    try:
+        code = migrate_in_process(monkeypatch, database, migrations)
+    finally:
+        release.join()
+        other.close()
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert out.startswith("Applied 1 migration(s)")
+
+
+def test_a_read_only_url_is_named_as_such_not_the_first_migration(
+    client: DatabaseClient, migrations: Path, tmp_path: Path
+) -> None:
+    client.close()
+    url = f"file:{client.path}?mode=ro"
+    nothing_to_do = run_cli(tmp_path, {"DATABASE_URL": url}, "--migrations", str(migrations))
+    assert (nothing_to_do.returncode, nothing_to_do.stderr) == (0, ""), nothing_to_do
+    assert nothing_to_do.stdout.startswith("No pending migrations")
+
+    (migrations / "0002_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
+    result = run_cli(tmp_path, {"DATABASE_URL": url}, "--migrations", str(migrations))
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"error: cannot migrate {url!r} (from DATABASE_URL): ")
+    assert "the URL opens it read-only" in result.stderr
+    assert f"set DATABASE_URL without that parameter (file:{client.path})" in result.stderr
+    assert "0002_genres" not in result.stderr
+    assert "?mode=ro" not in result.stderr.partition("(from DATABASE_URL)")[2], "no way out"
+    assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
+    with closing(sqlite3.connect(client.path)) as conn:
+        assert migrate.applied_migrations(conn) == ["0001_authors_and_books"]
+
+
+def test_a_database_file_it_may_not_write_gets_its_own_advice(tmp_path: Path) -> None:
+    """SQLite opens such a file read-only without a word (root may write any file, so the
+    file itself cannot be made unwritable here): no read-only URL is suggested."""
+    path = str(tmp_path / "app.db")
+    problem = migrate._read_only_problem(path)
+    assert problem.startswith(f"cannot migrate {path!r} (from DATABASE_URL)")
+    assert "the database is read-only to this process" in problem
+    assert "make both writable for this user, or point DATABASE_URL at a writable file" in problem
+    assert "mode=ro" not in problem
+
+
+def test_a_database_that_cannot_be_written_fails_before_any_migration(
+    client: DatabaseClient, migrations: Path
+) -> None:
+    """Found by a write before the first migration's, which would otherwise be blamed."""
+    client.close()
+    (migrations / "0002_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
+    read_only = DatabaseClient(f"file:{client.path}?mode=ro", owner="test_migrate")
+    try:
+        with pytest.raises(migrate.ReadOnlyDatabaseError, match="the database is read-only"):
+            migrate.apply_migrations(read_only.db, migrations)
+        assert not read_only.get_connection_stats()["in_transaction"]
+    finally:
+        read_only.close()
+
+
+def applied_by_cli(migrations: Path, database: Path, cwd: Path) -> None:
+    result = run_cli(cwd, {"DATABASE_URL": str(database)}, "--migrations", str(migrations))
+    assert (result.returncode, result.stderr) == (0, ""), result
+
+
+def test_an_applied_migration_missing_from_the_directory_is_warned_about(
+    migrations: Path, tmp_path: Path
+) -> None:
+    """As after switching back from a branch that added it: exit 0, but said."""
+    database = tmp_path / "app.db"
+    (migrations / "0002_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
+    applied_by_cli(migrations, database, tmp_path)
+    (migrations / "0002_genres.sql").unlink()
+    for command in [(), ("--list",)]:
+        result = run_cli(
+            tmp_path, {"DATABASE_URL": str(database)}, "--migrations", str(migrations), *command
+        )
+        assert result.returncode == 0, result
+        warnings = result.stderr.splitlines()
+        assert warnings[0].startswith(
+            "warning: 1 applied migration(s) are not in migrations: 0002_genres "
+        )
+        assert warnings[1].startswith(
+            f"warning: the schema of {database} differs from what its applied migration "
+            "files build: table genres is not built by the files. "
+        )
+        assert len(warnings) == 2
+
+
+def test_a_pending_migration_sorting_before_an_applied_one_is_warned_about(
+    migrations: Path, tmp_path: Path
+) -> None:
+    """Merged after a later one was applied: it applies last here, in its place in a new
+    database (and the tests' template), so the columns end up in another order."""
+    database = tmp_path / "app.db"
+    (migrations / "0003_rating.sql").write_text("ALTER TABLE books ADD COLUMN rating INTEGER;")
+    applied_by_cli(migrations, database, tmp_path)
+    (migrations / "0002_isbn.sql").write_text("ALTER TABLE books ADD COLUMN isbn TEXT;")
+
+    listed = run_cli(
+        tmp_path, {"DATABASE_URL": str(database)}, "--list", "--migrations", str(migrations)
+    )
+    assert listed.returncode == 0, listed
+    assert listed.stderr.startswith(
+        "warning: pending migration(s) 0002_isbn sort before 0003_rating, which is already "
+        "applied: they apply after it here"
+    )
+    result = run_cli(tmp_path, {"DATABASE_URL": str(database)}, "--migrations", str(migrations))
+    assert result.returncode == 0, result
+    assert result.stdout.startswith("Applied 1 migration(s)")
+    first, second = result.stderr.splitlines()
+    assert first == listed.stderr.strip()
+    assert "table books differs" in second
+    assert "Recreate this development database" in second
+
+
+def test_an_edited_applied_migration_is_warned_about(migrations: Path, tmp_path: Path) -> None:
+    database = tmp_path / "app.db"
+    applied_by_cli(migrations, database, tmp_path)
+    first = migrations / "0001_authors_and_books.sql"
+    first.write_text(
+        first.read_text().replace("title TEXT NOT NULL", "title TEXT NOT NULL, year INTEGER")
+    )
+    for command in [(), ("--list",)]:
+        result = run_cli(
+            tmp_path, {"DATABASE_URL": str(database)}, "--migrations", str(migrations), *command
+        )
+        assert result.returncode == 0, result
+        assert result.stderr.startswith(
+            f"warning: the schema of {database} differs from what its applied migration files "
+            "build: table books differs. An applied migration was edited"
+        )
+        assert "new migration rather than by editing an applied one" in result.stderr
+
+
+@pytest.mark.parametrize("command", [(), ("--list",)])
+def test_a_renamed_applied_migration_is_refused_not_applied_again(
+    client: DatabaseClient, migrations: Path, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Applied again under its new name, a seed would add its rows a second time."""
+    seed = migrations / "0002_seed.sql"
+    seed.write_text("INSERT INTO authors (name) VALUES ('Morrison');")
+    migrate.apply_migrations(client.db, migrations)
+    seed.rename(migrations / "0002_more_authors.sql")
+    with pytest.raises(migrate.MigrationError, match=r"0002_more_authors\.sql have the number"):
+        migrate.apply_migrations(client.db, migrations)
+
+    client.close()
+    result = run_cli(
+        tmp_path, {"DATABASE_URL": client.path}, "--migrations", str(migrations), *command
+    )
+    assert result.returncode == 1, result
+    assert result.stderr.startswith(
+        "error: pending migration(s) 0002_more_authors.sql have the number of 0002_seed, "
+        "applied to this database but no longer in "
+    )
+    assert (
+        "SET name = '0002_more_authors' WHERE migration_set = 'app' AND name = '0002_seed'"
+        in result.stderr
+    )
+    assert len(result.stderr.splitlines()) == 1, "one message"
+    with closing(sqlite3.connect(client.path)) as conn:
+        assert conn.execute("SELECT count(*) FROM authors WHERE name = 'Morrison'").fetchone() == (
+            1,
+        )
+        assert migrate.applied_migrations(conn) == ["0001_authors_and_books", "0002_seed"]
+
+
+def test_a_database_built_by_its_files_gets_no_drift_warning(
+    migrations: Path, tmp_path: Path
+) -> None:
+    """The comparison leaves out sqlite-utils' table and SQLite's own (sqlite_sequence),
+    and a database no migration was applied to yet (one being adopted) is not compared."""
+    (migrations / "0002_tags.sql").write_text(
+        "CREATE TABLE tags (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT);\n"
+        "INSERT INTO tags (name) VALUES ('fiction');\n"
+        "CREATE VIEW tag_names AS SELECT name FROM tags;\n"
+    )
+    database = tmp_path / "app.db"
+    applied_by_cli(migrations, database, tmp_path)
+    for command in [(), ("--list",)]:
+        result = run_cli(
+            tmp_path, {"DATABASE_URL": str(database)}, "--migrations", str(migrations), *command
+        )
+        assert (result.returncode, result.stderr) == (0, ""), result
+
+    adopted = tmp_path / "adopted.db"  # tables, but no migration applied yet: not drift
+    with closing(sqlite3.connect(adopted)) as conn:
+        conn.execute("CREATE TABLE legacy (id INTEGER)")
+    env = {"DATABASE_URL": str(adopted)}
+    result = run_cli(tmp_path, env, "--list", "--migrations", str(migrations))
+    assert (result.returncode, result.stderr) == (0, ""), result
+
+
+@pytest.mark.parametrize(
+    "url",
+    [":memory:", "file::memory:", "file:app?mode=memory&cache=shared", "file:/a.db?vfs=memdb"],
+)
+def test_an_in_memory_database_is_refused_as_nothing_to_migrate(tmp_path: Path, url: str) -> None:
+    for command in [(), ("--list",)]:
+        result = run_cli(tmp_path, {"DATABASE_URL": url}, *command)
+        assert result.returncode == 2, result
+        assert result.stdout == ""
+        assert result.stderr.startswith("error: DATABASE_URL=")
+        assert " is an in-memory database, new and empty each time" in result.stderr
+        assert "there is nothing to migrate" in result.stderr
+        assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
+
+
+def test_a_migration_with_an_upper_case_extension_counts(tmp_path: Path) -> None:
+    """Windows would glob ``.SQL`` as ``.sql``: everywhere the same files apply."""
+    for name in ["1_a.sql", "2_b.SQL", "3_c.Sql", "3_c.DOWN.SQL", "notes.sqlite"]:
+        (tmp_path / name).write_text("SELECT 1;")
+    names = [path.name for path in migrate.migration_files(tmp_path)]
+    assert names == ["1_a.sql", "2_b.SQL", "3_c.Sql"]
+
+
+def test_two_migration_files_differing_only_in_the_extension_are_named(tmp_path: Path) -> None:
+    (tmp_path / "1_a.sql").write_text("SELECT 1;")
+    (tmp_path / "1_a.SQL").write_text("SELECT 2;")
+    with pytest.raises(
+        migrate.MigrationError, match=r"migrations 1_a\.SQL, 1_a\.sql have the same"
+    ):
+        migrate.migration_files(tmp_path)
+
+
+def test_the_cli_says_a_migrations_file_is_not_a_directory(
+    migrations: Path, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": str(tmp_path / "app.db")}
+    schema = tmp_path / "schema.sql"
+    schema.write_text(SCHEMA)
+    result = run_cli(tmp_path, env, "--migrations", str(schema))
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"error: --migrations {schema} is a file, not a directory")
+    assert f"mv {schema} migrations/0001_schema.sql" in result.stderr
+
+    (migrations / "0002_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
+    result = run_cli(tmp_path, env, "--migrations", str(migrations / "0002_genres.sql"))
+    assert result.returncode == 2, result
+    assert f"Point it at the directory that holds this file and the others: {migrations}" in (
+        result.stderr
+    )
+    assert not (tmp_path / "app.db").exists()
+    with pytest.raises(migrate.MigrationError, match="is a file, not a directory"):
+        migrate.migration_files(schema)
