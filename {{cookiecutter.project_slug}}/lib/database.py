@@ -100,6 +100,8 @@ CONNECTION_PRAGMAS: Mapping[str, str] = {
 }
 # Pragmas that write to the database file: a read-only connection reads them instead.
 _WRITING_PRAGMAS = frozenset({"journal_mode"})
+# How often a connection tries again to switch a database another one holds to WAL.
+LOCK_RETRY_SECONDS = 0.05
 
 T = TypeVar("T")
 Args: TypeAlias = Sequence[Any] | Mapping[str, Any]
@@ -149,8 +151,31 @@ def _apply_pragmas(conn: Any, pragmas: Mapping[str, str], *, read_only: bool) ->
     for name, value in pragmas.items():
         if read_only and name.lower() in _WRITING_PRAGMAS:
             conn.execute(f"PRAGMA {name}")
+        elif name.lower() in _WRITING_PRAGMAS:
+            _execute_waiting_for_the_lock(conn, f"PRAGMA {name}={value}")
         else:
             conn.execute(f"PRAGMA {name}={value}")
+
+
+def _execute_waiting_for_the_lock(conn: Any, sql: str) -> None:
+    """Run ``sql``, again while another connection holds the lock, up to the connection's
+    busy timeout. Switching a new file to WAL takes an exclusive lock without waiting for
+    it, as SQLite does for no other statement: two processes opening a new database at
+    once (two servers, two ``migrate`` runs) would fail with "database is locked"."""
+    deadline = None
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as error:
+            if not is_contention(error):
+                raise
+            if deadline is None:
+                (busy_timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
+                deadline = time.monotonic() + busy_timeout_ms / 1000
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(LOCK_RETRY_SECONDS)
 
 
 def is_contention(error: sqlite3.Error) -> bool:

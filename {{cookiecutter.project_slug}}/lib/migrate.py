@@ -20,7 +20,6 @@ import os
 import re
 import sqlite3
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
@@ -52,8 +51,6 @@ MIGRATIONS_TABLE = "_sqlite_migrations"
 SHOWN_ROWIDS = 5
 # How many schema differences a drift warning names before it just counts them.
 SHOWN_DIFFERENCES = 8
-# How long to wait before trying again to open a database another process is setting up.
-OPEN_RETRY_SECONDS = 0.05
 
 
 class MigrationError(RuntimeError):
@@ -608,24 +605,14 @@ def _migrate(path: str, directory: Path) -> list[str]:
 
 
 def _open_for_migrating(path: str) -> DatabaseClient:
-    """The client migrating ``path``, opened with the application's pragmas.
-
-    Switching a new file to WAL takes an exclusive lock that SQLite does not wait for
-    while another connection is doing the same (two ``migrate`` runs at once on a new
-    database), so contention there is retried up to the busy timeout. A read-only file
-    or directory, which SQLite may find as it opens the file, is reported as such."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            return DatabaseClient(path, owner="python -m lib.migrate", source="DATABASE_URL")
-        except sqlite3.Error as error:
-            if not is_contention(error) or time.monotonic() > deadline:
-                raise
-            time.sleep(OPEN_RETRY_SECONDS)
-        except DatabaseConfigError as error:
-            if not _is_read_only(error.__cause__):
-                raise
-            raise ReadOnlyDatabaseError(f"the database is read-only ({error.__cause__})") from error
+    """The client migrating ``path``, opened with the application's pragmas; a read-only
+    file or directory, which SQLite may find as it opens the file, is reported as such."""
+    try:
+        return DatabaseClient(path, owner="python -m lib.migrate", source="DATABASE_URL")
+    except DatabaseConfigError as error:
+        if not _is_read_only(error.__cause__):
+            raise
+        raise ReadOnlyDatabaseError(f"the database is read-only ({error.__cause__})") from error
 
 
 def recorded_migrations(conn: sqlite3.Connection) -> list[str]:

@@ -1620,6 +1620,25 @@ def test_a_task_that_ended_inside_its_transaction_holds_no_one_out(
     assert seen == [1]
 
 
+def test_a_new_database_another_connection_holds_is_switched_to_wal_once_it_lets_go(
+    tmp_path: Path,
+) -> None:
+    """Switching to WAL does not wait for the busy timeout as other statements do: two
+    processes opening a new database at once failed with "database is locked"."""
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # in its rollback journal still, as a new file is
+    release = threading.Timer(0.3, other.execute, ["COMMIT"])
+    release.start()
+    try:
+        client = DatabaseClient(str(path), owner="opens a new database")
+    finally:
+        release.join()
+        other.close()
+    assert client.execute("PRAGMA journal_mode").rows[0][0] == "wal"
+    client.close()
+
+
 def test_the_async_client_is_importable_from_lib_database_too() -> None:
     """The public names of the contract stay where they were."""
     assert database.AsyncDatabaseClient is async_database.AsyncDatabaseClient
