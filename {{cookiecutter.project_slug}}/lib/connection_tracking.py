@@ -34,10 +34,11 @@ _lock = threading.Lock()
 
 @dataclass(eq=False, frozen=True)
 class TrackedConnection:
-    """A connection and where it was opened."""
+    """A connection, where it was opened, and its database (see :func:`database_key`)."""
 
     connection: Any
     location: str
+    database: str | None
 
     @property
     def is_open(self) -> bool:
@@ -67,22 +68,37 @@ class TrackedLibsqlConnection:
         return getattr(self._connection, name)
 
 
-def _record(connection: Any) -> None:
+def _record(connection: Any, database: object) -> None:
     suspended: list[Any] | None = getattr(_local, "suspended", None)
     if suspended is not None:
         suspended.append(connection)
     elif _recordings:
-        tracked = TrackedConnection(connection, caller_location())
+        tracked = TrackedConnection(connection, caller_location(), database_key(database))
         for recording in list(_recordings):
             recording.opened.append(tracked)
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    """Every audited event of the process comes here: only sqlite3's two matter."""
+    """Every audited event of the process comes here: only sqlite3's two matter, one
+    with the database's name, then one with the connection."""
     if event == "sqlite3.connect":
         _refuse_a_refused_file(args[0])  # raising here, the connection is never opened
+        if _recordings:
+            _local.opening = args[0]
     elif event == "sqlite3.connect/handle" and _recordings:
-        _record(args[0])
+        _record(args[0], getattr(_local, "opening", None))
+
+
+def database_key(database: object) -> str | None:
+    """What every spelling of one database has in common: the real path of its file, or
+    the name of a named in-memory one (``file:/name?vfs=memdb``); None for a private
+    in-memory database, which nothing else can open."""
+    if not isinstance(database, str | bytes | os.PathLike):
+        return None
+    name = os.fsdecode(database)
+    if name.startswith("file:"):
+        name = unquote(urlsplit(name).path)
+    return None if name in ("", ":memory:") else os.path.realpath(name)
 
 
 def _refuse_a_refused_file(database: object) -> None:
@@ -142,7 +158,7 @@ def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
     if not _recordings or getattr(_local, "suspended", None) is not None:
         return connection
     tracked = TrackedLibsqlConnection(connection)
-    _record(tracked)
+    _record(tracked, args[0] if args else kwargs.get("database"))
     return tracked
 
 

@@ -38,7 +38,12 @@ from . import (
     thread_tracking,
 )
 from .async_database import AsyncDatabaseClient
-from .connection_tracking import Recording, TrackedConnection, record_connections
+from .connection_tracking import (
+    Recording,
+    TrackedConnection,
+    database_key,
+    record_connections,
+)
 from .database import DatabaseClient, DatabaseService
 from .database_config import Engine
 from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
@@ -214,6 +219,8 @@ class _TestContext:
     threads_before: frozenset[threading.Thread]
     recording: Recording | None
     scope_id: str | None = None
+    # The databases of the scopes made meanwhile (see connection_tracking.database_key).
+    databases: set[str | None] = field(default_factory=set)
 
 
 class TestIsolationManager:
@@ -340,6 +347,8 @@ class TestIsolationManager:
             if path is None:  # an in-memory database exists while a client holds it
                 self._open_client(scope, new=True)
             self.active_scopes[scope_id] = scope
+            if self._context is not None:
+                self._context.databases.add(database_key(scope.database_url))
             self.performance_metrics["scopes_created"] += 1
         logger.debug("scope created: %s for %s at %s", scope_id, test_name, scope.database_url)
         return scope_id
@@ -511,7 +520,8 @@ class TestIsolationManager:
         self, context: _TestContext, still_open: list[TrackedConnection]
     ) -> list[str]:
         """Record and close what the test left open: scopes it created, and of the
-        connections it opened (``still_open`` when it ended) those still open after them.
+        connections it opened (``still_open`` when it ended) those to the database of one
+        of its scopes still open after them.
         Returns the warnings about stale bindings of the scopes it ended."""
         test = context.test_name
         stale = []
@@ -521,7 +531,9 @@ class TestIsolationManager:
                 continue
             self._leak("scope", context.test_name, f"{leaked.id} ({leaked.test_name})")
             stale += self._end_scope(scope_id)[1]
-        for tracked in filter(lambda each: each.is_open, still_open):
+        for tracked in still_open:
+            if tracked.database not in context.databases or not tracked.is_open:
+                continue  # closed, or to another database (reference data): not the test's
             detail = f"opened at {tracked.location}"
             client = database.client_of(tracked.connection)
             try:

@@ -32,6 +32,9 @@ def test_every_way_of_opening_a_sqlite3_connection_is_recorded(tmp_path: Path) -
     assert [tracked.location for tracked in still_open] == [
         f"{__file__}:{line}" for line in _lines_ending_with("# LEAK")
     ]
+    assert [tracked.database for tracked in still_open] == [
+        str((tmp_path / name).resolve()) for name in ("imported.db", "constructed.db", "factory.db")
+    ]
     for connection in opened:
         connection.close()
 

@@ -1126,6 +1126,48 @@ def test_a_thread_a_test_left_running_is_a_leak_and_refused_the_database(
     assert "Thread leak detected in test: test_suite.py::test_leaves_a_thread_running" in output
 
 
+CONNECTS_TO_REFERENCE_DATA_LAZILY = """
+import sqlite3
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+class Reference:  # reference data on a file of its own, connected on first use (a pool)
+
+    def __init__(self, path):
+        self.path, self.connection = path, None
+
+    def rows(self):
+        if self.connection is None:
+            self.connection = sqlite3.dbapi2.connect(self.path)
+        return self.connection.execute("SELECT 1").fetchall()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    data = Reference(tmp_path_factory.mktemp("reference") / "reference.db")
+    yield data
+    data.connection.close()
+
+
+@pytest.mark.parametrize("test", ["first", "second"])
+def test_reads_reference_data(reference, test):
+    assert reference.rows() == [(1,)]
+"""
+
+
+def test_a_connection_to_another_database_left_open_is_not_the_tests_leak(
+    tmp_path: Path,
+) -> None:
+    """Only a connection to the test's own database is its leak, closed at its end: one to
+    reference data that a session fixture opens on first use serves every later test."""
+    child = run_suite(tmp_path, CONNECTS_TO_REFERENCE_DATA_LAZILY, "--isolation-strict")
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "Connection Leaks: 0" in child.stdout
+
+
 OPENS_MEMORY = """
 import sqlite3
 

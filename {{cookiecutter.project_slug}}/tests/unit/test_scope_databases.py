@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -230,9 +231,10 @@ def test_a_connection_left_open_is_a_leak_named_by_its_line(tmp_path: Path) -> N
     manager = TestIsolationManager(data_dir=tmp_path / "data")
     manager.ensure_test_isolation("leaky test")
     try:
-        leaked = sqlite3.connect(":memory:")  # LEAKED HERE
-        closed = sqlite3.connect(":memory:")
+        leaked = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)  # LEAKED HERE
+        closed = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
         closed.close()
+        reference = sqlite3.connect(tmp_path / "reference.db")  # not the test's database
     finally:
         manager.complete_test()
     line = next(
@@ -246,6 +248,8 @@ def test_a_connection_left_open_is_a_leak_named_by_its_line(tmp_path: Path) -> N
     assert "name it in isolation_database_module" in hint  # no database module is reset
     with pytest.raises(sqlite3.ProgrammingError):
         leaked.execute("SELECT 1")  # the leak was closed once reported
+    assert reference.execute("SELECT 1").fetchone() == (1,)  # open: its owner's business
+    reference.close()
     manager.shutdown()
 
 
@@ -254,7 +258,7 @@ def test_a_leak_names_the_database_module_setting_only_when_none_is_reset(
 ) -> None:
     manager = TestIsolationManager(data_dir=tmp_path / "data", reset_hooks=[lambda: None])
     manager.ensure_test_isolation("leaky test")
-    leaked = sqlite3.connect(":memory:")
+    leaked = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
     manager.complete_test()
     manager.shutdown()
     leaked.close()
@@ -267,10 +271,11 @@ def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path
     as such, and the cleanup goes on."""
     manager = TestIsolationManager(data_dir=tmp_path / "data")
     manager.ensure_test_isolation("threaded test")
+    url = os.environ["DATABASE_URL"]
     opened, test_done = threading.Event(), threading.Event()
 
     def hold_a_connection() -> None:
-        connection = sqlite3.connect(":memory:")
+        connection = sqlite3.connect(url, uri=True)
         opened.set()
         test_done.wait()
         connection.close()  # by its own thread, once the test has seen the leak
