@@ -16,12 +16,15 @@ Routes::
                           -> 201 the order; 409 when stock is insufficient (nothing changes)
     GET  /orders/{id}     one order with its items
 
-Errors are JSON: ``{"error": "<message>", ...details}`` with status 400, 404 or 409.
+Errors are JSON: ``{"error": "<message>", ...details}`` with status 400, 404 or 409, and
+503 with a ``Retry-After`` header when another connection held the database's lock for
+longer than the busy timeout (any other database error is a 500).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app import store
-from lib.database import get_database_client
+from lib.database import get_database_client, is_contention
 
 __all__ = ["app", "create_app"]
 
@@ -45,6 +48,9 @@ MAX_QUANTITY = 10**6
 MAX_ITEMS = 100
 # What json.loads raises for a body that is not JSON, or nested too deep to read.
 NOT_JSON = (ValueError, RecursionError)
+# Seconds a client is told to wait (Retry-After) after a 503 for a busy database: the
+# request had already waited the busy timeout for another connection's lock.
+RETRY_AFTER_SECONDS = 1
 
 
 class BadRequest(store.StoreError):
@@ -148,6 +154,19 @@ async def store_error(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": error.message, **error.details}, status_code=error.status)
 
 
+async def database_busy(request: Request, error: Exception) -> Response:
+    """503 for a database whose lock another connection held past the busy timeout (the
+    request changed nothing); any other database error is re-raised, to be a 500."""
+    assert isinstance(error, sqlite3.OperationalError)
+    if not is_contention(error):
+        raise error
+    return JSONResponse(
+        {"error": "the database is busy: try again shortly"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def create_app(*, debug: bool = False) -> Starlette:
     """A new application; it opens no database until a request needs one."""
     return Starlette(
@@ -161,7 +180,10 @@ def create_app(*, debug: bool = False) -> Starlette:
             Route("/orders", place_order, methods=["POST"]),
             Route("/orders/{id:int}", get_order, methods=["GET"]),
         ],
-        exception_handlers={store.StoreError: store_error},
+        exception_handlers={
+            store.StoreError: store_error,
+            sqlite3.OperationalError: database_busy,
+        },
     )
 
 

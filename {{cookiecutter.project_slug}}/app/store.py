@@ -108,45 +108,52 @@ def place_order(user_id: int, lines: Sequence[OrderLine]) -> dict[str, Any]:
     """Create an order with its items and take the stock, all in one transaction.
 
     Raises :class:`NotFound` for an unknown user or product and
-    :class:`InsufficientStock` when a line asks for more than is left; either way the
-    transaction is rolled back and nothing has changed.
+    :class:`InsufficientStock` when the order asks for more of a product than is in
+    stock, its lines for that product added up; either way the transaction is rolled back
+    and nothing has changed.
     """
+    # The order's whole demand for each product, in the order the products first appear.
+    demand: dict[int, int] = {}
+    for line in lines:
+        demand[line.product_id] = demand.get(line.product_id, 0) + line.quantity
     with get_database_client().transaction() as tx:
         if not tx.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).rows:
             raise NotFound(f"user {user_id} does not exist", user_id=user_id)
         order_id = tx.execute(
             "INSERT INTO orders (user_id, status) VALUES (?, 'pending')", (user_id,)
         ).last_insert_rowid
-        total = 0
-        for line in lines:
+        prices: dict[int, int] = {}
+        for product_id, wanted in demand.items():
             rows = tx.execute(
-                "SELECT sku, price_cents, stock FROM products WHERE id = ?", (line.product_id,)
+                "SELECT sku, price_cents, stock FROM products WHERE id = ?", (product_id,)
             ).rows
             if not rows:
-                raise NotFound(
-                    f"product {line.product_id} does not exist", product_id=line.product_id
-                )
+                raise NotFound(f"product {product_id} does not exist", product_id=product_id)
             product = rows[0]
             # Take the stock only if there is enough of it: never below zero, even if
             # another connection wrote in between.
             taken = tx.execute(
                 "UPDATE products SET stock = stock - ? WHERE id = ? AND stock >= ?",
-                (line.quantity, line.product_id, line.quantity),
+                (wanted, product_id, wanted),
             ).rows_affected
             if not taken:
                 raise InsufficientStock(
-                    f"insufficient stock for {product['sku']}: {line.quantity} wanted, "
+                    f"insufficient stock for {product['sku']}: {wanted} wanted, "
                     f"{product['stock']} in stock",
-                    product_id=line.product_id,
-                    requested=line.quantity,
+                    product_id=product_id,
+                    requested=wanted,
                     available=product["stock"],
                 )
+            prices[product_id] = product["price_cents"]
+        total = 0
+        for line in lines:
+            price = prices[line.product_id]
             tx.execute(
                 "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) "
                 "VALUES (?, ?, ?, ?)",
-                (order_id, line.product_id, line.quantity, product["price_cents"]),
+                (order_id, line.product_id, line.quantity, price),
             )
-            total += line.quantity * product["price_cents"]
+            total += line.quantity * price
         tx.execute("UPDATE orders SET total_cents = ? WHERE id = ?", (total, order_id))
         tx.execute(
             "INSERT INTO logs (level, message) VALUES ('info', ?)",

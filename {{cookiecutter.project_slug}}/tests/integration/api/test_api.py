@@ -6,14 +6,22 @@ database through the ``db`` fixture. Both see the same database: the one of this
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from lib.database import DatabaseClient
+from app.api import RETRY_AFTER_SECONDS
+from lib.database import BUSY_TIMEOUT_MS, DatabaseClient
+
+# How long the server's client waits for a lock that another connection holds, in the
+# tests that make it wait: the real busy timeout would make each of them take 5 s.
+SHORT_BUSY_TIMEOUT_MS = 50
 
 
 def _created(response: httpx.Response) -> dict[str, Any]:
@@ -168,6 +176,119 @@ def test_insufficient_stock_is_a_conflict_and_changes_nothing(
     assert _stock(db, shop["pad"]) == 2
     for table in ("orders", "order_items", "logs"):
         assert _count(db, table) == 0, table
+
+
+def test_a_product_on_two_lines_is_checked_against_its_whole_demand(
+    api: httpx.Client, db: DatabaseClient, shop: dict[str, int]
+) -> None:
+    """Two lines of 2 against a stock of 3: the error names the order's 4 against the 3 in
+    stock, not the 1 left after the first line (which is rolled back too)."""
+    zz = _created(
+        api.post("/products", json={"sku": "ZZ-1", "name": "Zz", "price_cents": 100, "stock": 3})
+    )
+    response = api.post(
+        "/orders",
+        json={
+            "user_id": shop["user"],
+            "items": [
+                {"product_id": zz["id"], "quantity": 2},
+                {"product_id": shop["pen"], "quantity": 1},
+                {"product_id": zz["id"], "quantity": 2},
+            ],
+        },
+    )
+
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": "insufficient stock for ZZ-1: 4 wanted, 3 in stock",
+        "product_id": zz["id"],
+        "requested": 4,
+        "available": 3,
+    }
+    assert _stock(db, zz["id"]) == 3
+    assert _stock(db, shop["pen"]) == 10
+    for table in ("orders", "order_items", "logs"):
+        assert _count(db, table) == 0, table
+
+
+def test_a_product_on_two_lines_within_stock_is_sold_line_by_line(
+    api: httpx.Client, db: DatabaseClient, shop: dict[str, int]
+) -> None:
+    order = _created(
+        api.post(
+            "/orders",
+            json={
+                "user_id": shop["user"],
+                "items": [
+                    {"product_id": shop["pen"], "quantity": 3},
+                    {"product_id": shop["pad"], "quantity": 2},
+                    {"product_id": shop["pen"], "quantity": 7},
+                ],
+            },
+        )
+    )
+
+    assert order["total_cents"] == 10 * 150 + 2 * 400
+    assert order["items"] == [
+        {"product_id": shop["pen"], "quantity": 3, "unit_price_cents": 150},
+        {"product_id": shop["pad"], "quantity": 2, "unit_price_cents": 400},
+        {"product_id": shop["pen"], "quantity": 7, "unit_price_cents": 150},
+    ]
+    assert _stock(db, shop["pen"]) == 0
+    assert _stock(db, shop["pad"]) == 0
+
+
+@contextmanager
+def _write_lock_held_elsewhere(db: DatabaseClient) -> Iterator[None]:
+    """Another connection holds the write lock of this test's database, as another process
+    would, while the server's client (``db`` itself) waits only briefly for it."""
+    holder = sqlite3.connect(db.path, isolation_level=None, uri=True)  # memory strategy: a URI
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        db.execute(f"PRAGMA busy_timeout = {SHORT_BUSY_TIMEOUT_MS}")
+        try:
+            yield
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+
+
+def test_a_busy_database_is_a_503_with_retry_after(
+    api: httpx.Client, db: DatabaseClient, shop: dict[str, int]
+) -> None:
+    """A write lock held past the busy timeout: a JSON 503 the client can retry, not a 500."""
+    order = {"user_id": shop["user"], "items": [{"product_id": shop["pen"], "quantity": 1}]}
+    with _write_lock_held_elsewhere(db):
+        response = api.post("/orders", json=order)
+
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+    assert response.json() == {"error": "the database is busy: try again shortly"}
+    assert _count(db, "orders") == 0
+    assert _stock(db, shop["pen"]) == 10
+    # Once the lock is let go, the same request goes through.
+    assert _created(api.post("/orders", json=order))["total_cents"] == 150
+    assert _stock(db, shop["pen"]) == 9
+
+
+def test_other_database_errors_are_not_reported_busy(
+    api_url: str, db: DatabaseClient, shop: dict[str, int]
+) -> None:
+    """Only contention is a 503: any other sqlite3.OperationalError stays a 500."""
+    db.execute("DROP TABLE logs")  # the purchase's last statement now fails
+    order = {"user_id": shop["user"], "items": [{"product_id": shop["pen"], "quantity": 1}]}
+
+    # A client of its own: uvicorn closes the connection of a request whose error it had
+    # to catch, which the shared client could otherwise reuse for the next test's request.
+    with httpx.Client(base_url=api_url) as client:
+        response = client.post("/orders", json=order)
+
+    assert response.status_code == 500
+    assert "retry-after" not in response.headers
+    assert _count(db, "orders") == 0
+    assert _stock(db, shop["pen"]) == 10
 
 
 def test_concurrent_purchases_sell_exactly_the_stock(
