@@ -217,6 +217,7 @@ class _TestContext:
     saved_block: str | None
     scopes_before: frozenset[str]
     threads_before: frozenset[threading.Thread]
+    thread: threading.Thread  # the test's own, which runs it
     recording: Recording | None
     scope_id: str | None = None
     # The databases of the scopes made meanwhile (see connection_tracking.database_key).
@@ -480,6 +481,7 @@ class TestIsolationManager:
             if self._context is not None:
                 self.complete_test()
             self._failed_resets.clear()
+            thread_tracking.watch_thread_starts()  # until shutdown()
             self._context = _TestContext(
                 test_name=test_name,
                 saved_url=os.environ.get("DATABASE_URL"),
@@ -487,6 +489,7 @@ class TestIsolationManager:
                 saved_block=database.block_database_access(None),
                 scopes_before=frozenset(self.active_scopes),
                 threads_before=thread_tracking.running_threads(),
+                thread=threading.current_thread(),
                 recording=record_connections() if options.get("track_connections", True) else None,
             )
             scope_id = self.create_scope(test_name, **options)
@@ -558,10 +561,11 @@ class TestIsolationManager:
         self._allowed_threads.update(threads)
 
     def _refuse_threads_left_running(self, context: _TestContext) -> None:
-        """A thread of the project's code that the test started and left running would
-        use whichever test's database comes next: a leak, refused the database from now."""
+        """A thread of the project's code that the test's thread started and left running
+        would use whichever test's database comes next: a leak, refused the database from
+        now on."""
         for thread in thread_tracking.left_running(
-            context.threads_before, self._allowed_threads, self._is_project_file
+            context.threads_before, context.thread, self._allowed_threads, self._is_project_file
         ):
             running = thread_tracking.describe(thread)
             database.refuse_thread(
@@ -810,6 +814,7 @@ class TestIsolationManager:
         try:
             return self.emergency_cleanup() if self.active_scopes else True
         finally:
+            thread_tracking.stop_watching_thread_starts()
             self._factories.clear()
             scope_databases.remove_run_directory(self.runs_dir)
 

@@ -2,22 +2,48 @@
 
 A thread that outlives its test and asks for the application's client (through
 ``get_database_client()``, which follows ``DATABASE_URL``) writes into whichever test
-runs next. Only threads running the project's own code count: the pools of the standard
-library and of installed packages (``concurrent.futures``, anyio's workers) start their
-threads lazily, during some test, and keep them between tests by design.
+runs next. Only threads the test's own thread started, running the project's own code,
+count: the pools of the standard library and of installed packages (``concurrent.futures``,
+anyio's workers) start their threads lazily, during some test, and keep them between
+tests by design; and the threads a server started by a wider fixture starts (one per
+connection) are the server's.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection
-from types import CodeType
+from types import CodeType, FunctionType, MethodType
 from typing import Any
 
 # How long threads a test told to stop, but did not join, get to end with it.
 GRACE_SECONDS = 0.1
+
+_original_start = threading.Thread.start
+# Which thread started each thread, while watch_thread_starts() is on.
+_starters: weakref.WeakKeyDictionary[threading.Thread, threading.Thread] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _start_remembering_who(thread: threading.Thread) -> None:
+    _starters[thread] = threading.current_thread()
+    _original_start(thread)
+
+
+def watch_thread_starts() -> None:
+    """From now on remember which thread starts each thread (``Thread.start`` is wrapped;
+    Python 3.11 has no audit event for it)."""
+    threading.Thread.start = _start_remembering_who  # type: ignore[method-assign,assignment]
+
+
+def stop_watching_thread_starts() -> None:
+    """Put ``Thread.start`` back."""
+    threading.Thread.start = _original_start  # type: ignore[method-assign]
 
 
 def running_threads() -> frozenset[threading.Thread]:
@@ -26,28 +52,39 @@ def running_threads() -> frozenset[threading.Thread]:
 
 
 def code_of(thread: threading.Thread) -> CodeType | None:
-    """The code ``thread`` runs: its class's ``run``, or the target it was given (kept by
-    ``threading.Thread`` in ``_target`` while it runs)."""
-    run = type(thread).run
-    function: Any = getattr(thread, "_target", None) if run is threading.Thread.run else run
-    while isinstance(function, functools.partial):
+    """The code ``thread`` runs: a Timer's function, its class's ``run``, the target it was
+    given (kept by ``threading.Thread`` in ``_target`` while it runs), or a callable
+    object's ``__call__``. Found by types alone: no code of the thread's runs."""
+    function: Any
+    if isinstance(thread, threading.Timer):
+        function = thread.function
+    elif type(thread).run is threading.Thread.run:
+        function = thread.__dict__.get("_target")
+    else:
+        function = type(thread).run
+    while type(function) is functools.partial:
         function = function.func
-    function = getattr(function, "__func__", function)  # a bound method's function
-    code = getattr(function, "__code__", None)
-    return code if isinstance(code, CodeType) else None
+    if type(function) is MethodType:
+        function = function.__func__
+    if type(function) is not FunctionType:  # a callable object: its class's __call__
+        function = inspect.getattr_static(type(function), "__call__", None)
+    return function.__code__ if type(function) is FunctionType else None
 
 
 def left_running(
     before: frozenset[threading.Thread],
+    started_by: threading.Thread,
     allowed: Collection[threading.Thread],
     is_project_file: Callable[[str], bool],
 ) -> list[threading.Thread]:
-    """The threads running the project's code, started since ``before`` and not
-    ``allowed`` (a wider fixture's), that are still running after a short grace."""
+    """The threads running the project's code that ``started_by`` (the test's thread)
+    started since ``before``, not ``allowed`` (a wider fixture's), and still running
+    after a short grace."""
     started = [
         thread
         for thread in threading.enumerate()
         if thread not in before
+        and _starters.get(thread) is started_by
         and thread not in allowed
         and (code := code_of(thread)) is not None
         and is_project_file(code.co_filename)

@@ -1052,6 +1052,8 @@ def test_a_database_url_the_project_cannot_read_is_a_warning(tmp_path: Path) -> 
 
 
 LEAVES_A_THREAD_RUNNING = """
+import functools
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -1062,6 +1064,7 @@ from lib.database import get_database_client
 
 pytestmark = pytest.mark.isolated
 POOL = ThreadPoolExecutor(max_workers=1)  # its thread starts in the first test to use it
+DONE = threading.Event()
 errors = []
 
 
@@ -1073,23 +1076,49 @@ def write_forever(stop):  # a worker that logs its errors and goes on
             errors.append(error)
 
 
+def serve(stop, requests):  # a server of the project's: a thread for each request
+    while not stop.is_set():
+        request = requests.get()
+        threading.Thread(target=request, daemon=True).start()
+
+
 @pytest.fixture(scope="session")
 def server():
-    stop = threading.Event()
-    thread = threading.Thread(target=stop.wait, name="serves-every-test", daemon=True)
+    stop, requests = threading.Event(), queue.Queue()
+    thread = threading.Thread(target=serve, args=(stop, requests), daemon=True)
     thread.start()
-    yield thread
+    yield requests
     stop.set()
+    requests.put(lambda: None)
+
+
+def handle(done):  # a request served over two tests
+    done.wait()
+    get_database_client().execute("SELECT 1")
 
 
 def test_starts_a_pool_thread_and_uses_the_server(server):
     assert POOL.submit(lambda: get_database_client().execute("SELECT 1")).result()
+    server.put(functools.partial(handle, DONE))
 
 
 def test_stops_its_thread():
     stop = threading.Event()
     threading.Thread(target=write_forever, args=(stop,), name="stopped").start()
     stop.set()  # and not joined: the thread ends within the grace
+
+
+def write_once():
+    try:
+        get_database_client().execute("INSERT INTO logs (level, message) VALUES ('info', 'x')")
+    except Exception as error:
+        errors.append(error)
+
+
+def test_leaves_a_timer_set():
+    timer = threading.Timer(0.5, write_once)  # fires well after the check at the end
+    timer.daemon = True
+    timer.start()
 
 
 def test_leaves_a_thread_running():
@@ -1100,9 +1129,15 @@ def test_leaves_a_thread_running():
 
 
 def test_sees_no_rows_of_it(server):
-    time.sleep(0.1)
+    DONE.set()
+    time.sleep(0.6)  # the timer has fired
     assert get_database_client().execute("SELECT count(*) FROM logs").rows[0][0] == 0
-    assert "was started by test_suite.py::test_leaves_a_thread_running" in str(errors[-1])
+    refusals = [str(error) for error in errors if " was started by " in str(error)]
+    started_by = {refusal.split(" was started by ")[1].split(" ")[0] for refusal in refusals}
+    assert started_by == {
+        "test_suite.py::test_leaves_a_timer_set",
+        "test_suite.py::test_leaves_a_thread_running",
+    }
 """
 
 
@@ -1117,12 +1152,14 @@ def test_a_thread_a_test_left_running_is_a_leak_and_refused_the_database(
     )
     output = child.stdout + child.stderr
     assert child.returncode == 1, output
-    assert "4 passed" in output
+    assert "5 passed" in output
     leaks = json.loads(report.read_text())["leaks"]
     assert [(leak["kind"], leak["test"]) for leak in leaks] == [
-        ("thread", "test_suite.py::test_leaves_a_thread_running")
+        ("thread", "test_suite.py::test_leaves_a_timer_set"),
+        ("thread", "test_suite.py::test_leaves_a_thread_running"),
     ]
-    assert "thread 'writer' running write_forever (" in leaks[0]["detail"]
+    assert " running write_once (" in leaks[0]["detail"]
+    assert "thread 'writer' running write_forever (" in leaks[1]["detail"]
     assert "Thread leak detected in test: test_suite.py::test_leaves_a_thread_running" in output
 
 
