@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from . import (
     async_database,
@@ -83,6 +83,9 @@ CORE_MODULES = frozenset(
         )
     }
 )
+
+# The most items of a container in a module global the stale-binding search looks at.
+SEARCHED_ITEMS = 10_000
 
 # Paths inside the project that hold installed packages, not project modules.
 _NOT_PROJECT = tuple(
@@ -764,7 +767,7 @@ class TestIsolationManager:
     ) -> list[str]:
         """Record as leaks of ``test_name`` and return the globals of ``modules``
         (``module.attribute``) that hold one of ``clients``, or an async wrapper of one.
-        ``inside``: also one level inside them (see :func:`_held_by`), for clients still
+        ``inside``: also one level inside them (see :func:`_places_holding`), for clients still
         alive after their test, which something holds (37 µs for a module of 42 globals
         and two classes, where the globals alone take 5 µs)."""
         stale_ids = {id(client) for client in clients}
@@ -784,10 +787,12 @@ class TestIsolationManager:
             for attribute, value in list(vars(module).items()):
                 if attribute.startswith("__"):  # __builtins__ and the like
                     continue
-                for where, held in _held_by(f"{name}.{attribute}", value, name, inside=inside):
-                    if id(held) in stale_ids:
-                        found.append(where)
-                        self._leak("stale_binding", test_name, where)
+                places = _places_holding(
+                    f"{name}.{attribute}", value, name, stale_ids, inside=inside
+                )
+                for where in places:
+                    found.append(where)
+                    self._leak("stale_binding", test_name, where)
         return found
 
     # -- failure handling and reporting -------------------------------------------------
@@ -849,30 +854,40 @@ class TestIsolationManager:
         }
 
 
-def _held_by(
-    where: str, value: object, module: str, *, inside: bool
-) -> Iterator[tuple[str, object]]:
-    """``value`` (the client an async wrapper wraps), and with ``inside`` what it holds one
-    level down: the attributes of a class defined in ``module``, a dict's values, a list's
-    or tuple's items. Each with where it is."""
-    if type(value) is AsyncDatabaseClient:
-        yield where, value.client
-        return
-    yield where, value
+def _places_holding(
+    where: str, value: object, module: str, stale_ids: set[int], *, inside: bool
+) -> Iterator[str]:
+    """Where ``value`` holds one of the clients ``stale_ids`` (or an async wrapper of one):
+    itself, and with ``inside`` one level down, in the attributes of a class ``module``
+    defines, a dict's values, a list's or tuple's items (not in one of more than
+    :data:`SEARCHED_ITEMS`: a table of data, not a registry). Types alone decide, so that
+    no code of the project's runs (a lazy proxy's factory) and nothing raises."""
+    if id(_unwrapped(value)) in stale_ids:
+        yield where
     if not inside:
         return
-    if isinstance(value, type) and value.__module__ == module:
-        contents: Iterable[tuple[str, object]] = (
-            (f"{where}.{name}", item) for name, item in list(vars(value).items())
-        )
-    elif isinstance(value, dict):
-        contents = ((f"{where}[{reprlib.repr(key)}]", item) for key, item in list(value.items()))
-    elif isinstance(value, list | tuple):
-        contents = ((f"{where}[{index}]", item) for index, item in enumerate(list(value)))
-    else:
-        return
-    for inner_where, item in contents:
-        yield inner_where, item.client if type(item) is AsyncDatabaseClient else item
+    kind = type(value)
+    if issubclass(kind, type) and vars(value).get("__module__") == module:
+        for name, item in list(vars(value).items()):
+            if id(_unwrapped(item)) in stale_ids:
+                yield f"{where}.{name}"
+    elif issubclass(kind, dict):
+        mapping = cast("dict[object, object]", value)
+        if len(mapping) <= SEARCHED_ITEMS:
+            for key, item in list(mapping.items()):
+                if id(_unwrapped(item)) in stale_ids:
+                    yield f"{where}[{reprlib.repr(key)}]"
+    elif kind is list or kind is tuple:
+        items = cast("Sequence[object]", value)
+        if len(items) <= SEARCHED_ITEMS:
+            for index, item in enumerate(list(items)):
+                if id(_unwrapped(item)) in stale_ids:
+                    yield f"{where}[{index}]"
+
+
+def _unwrapped(value: object) -> object:
+    """The client an async wrapper wraps, or ``value``."""
+    return value.client if type(value) is AsyncDatabaseClient else value
 
 
 def _stale_warning(binding: str, owner: str) -> str:

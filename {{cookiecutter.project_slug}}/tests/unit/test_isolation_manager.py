@@ -31,6 +31,7 @@ from lib.database import (
 )
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
+    SEARCHED_ITEMS,
     IsolationWarning,
     ScopeNotFoundError,
     TestIsolationManager,
@@ -781,18 +782,35 @@ def test_module_global_holding_the_client_is_reported(
         client.execute("SELECT 1")
 
 
+LAZY_PROXY = """
+class LazyProxy:  # as lazy-object-proxy's: asking its class runs its factory
+    @property
+    def __class__(self):
+        raise KeyError("PAYMENTS_API_KEY")
+
+
+API_KEY = LazyProxy()
+
+
+"""
+
+
 def test_a_client_kept_in_a_class_attribute_or_a_registry_is_named(
     probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
-    """One level inside a module's globals: a class of the module, a dict, a list."""
+    """One level inside a module's globals: a class of the module, a dict, a list; not in
+    a table of data, and without running a lazy proxy's code."""
     m = probe_manager()
-    name = make_module("class Repository:\n    client = None\n\n\nREGISTRY = {}\nPOOL = []\n")
+    name = make_module(
+        LAZY_PROXY + "class Repository:\n    client = None\n\n\nREGISTRY = {}\nPOOL = []\n"
+    )
     module = importlib.import_module(name)
     scope_id = m.create_scope("keeps the client inside globals")
     client = m.get_scoped_database_client(scope_id)
     module.Repository.client = client
     module.REGISTRY["orders"] = AsyncDatabaseClient(client)
     module.POOL.append(client)
+    vars(module)["ROWS"] = [*range(SEARCHED_ITEMS), client]  # data, not searched
     with pytest.warns(IsolationWarning) as record:
         m.destroy_scope(scope_id)
     messages = [str(warning.message) for warning in record]
