@@ -716,8 +716,18 @@ class TestIsolationManager:
         return self._drop_modules(self._imported_since(baseline))
 
     def _drop_modules(self, dropped: list[str]) -> int:
+        """Drop the modules ``dropped`` from ``sys.modules`` and from the packages they are
+        attributes of, which ``from package import module`` would otherwise still find."""
         for name in dropped:
-            sys.modules.pop(name, None)
+            module = sys.modules.pop(name, None)
+            package_name, _, attribute = name.rpartition(".")
+            package = sys.modules.get(package_name) if package_name else None
+            if (
+                package is not None
+                and module is not None
+                and vars(package).get(attribute) is module
+            ):
+                delattr(package, attribute)
         self.performance_metrics["modules_cleared"] += len(dropped)
         if dropped:
             logger.debug("modules cleared: %s", ", ".join(sorted(dropped)))

@@ -681,6 +681,32 @@ def test_modules_imported_during_a_scope_are_dropped_at_its_end(
     assert importlib.import_module(dropped).STATE == []  # fresh on next import
 
 
+def test_a_dropped_module_is_gone_from_its_package_too(
+    probe_manager: ProbeManager, module_dir: Path
+) -> None:
+    """``from package import module`` finds the package's attribute first: left there, the
+    next test would get the dropped module, import-time state and all."""
+    package = f"isoprobe_{uuid.uuid4().hex[:12]}"
+    (module_dir / package).mkdir()
+    (module_dir / package / "__init__.py").write_text("")
+    (module_dir / package / "registry.py").write_text("STATE = []\n")
+    importlib.invalidate_caches()
+    importlib.import_module(package)  # imported before the scope: stays
+    m = probe_manager()
+    try:
+        scope_id = m.create_scope("imports a submodule")
+        first = importlib.import_module(f"{package}.registry")
+        first.STATE.append("import-time state")
+        m.destroy_scope(scope_id)
+        assert not hasattr(sys.modules[package], "registry")
+        second = vars(__import__(package, fromlist=["registry"]))["registry"]
+        assert second is not first
+        assert second.STATE == []
+    finally:
+        for name in [name for name in sys.modules if name.startswith(package)]:
+            del sys.modules[name]
+
+
 def test_project_root_selects_modules_by_file(
     data_dir: Path, module_dir: Path, make_module: Callable[[str], str]
 ) -> None:
