@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -75,7 +75,7 @@ def _record(connection: Any, database: object) -> None:
     elif _recordings:
         tracked = TrackedConnection(connection, caller_location(), database_key(database))
         for recording in list(_recordings):
-            recording.opened.append(tracked)
+            recording.add(tracked)
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
@@ -182,9 +182,18 @@ class Recording:
     def __init__(self) -> None:
         self.opened: list[TrackedConnection] = []
 
+    def add(self, tracked: TrackedConnection) -> None:
+        """Remember ``tracked``; now and then forget those closed or dropped meanwhile."""
+        self.opened.append(tracked)
+        if len(self.opened) % PRUNE_EVERY == 0:
+            self.opened = self.still_open()
+
     def still_open(self) -> list[TrackedConnection]:
-        """The recorded connections nobody has closed yet."""
-        return [tracked for tracked in self.opened if tracked.is_open]
+        """The recorded connections still open and held by their code. One that only the
+        recordings hold is closed now, as the garbage collector would have closed it once
+        the code let go of it (a loop of ``connect(url).execute(...)`` must not run out of
+        files, nor report a leak)."""
+        return [tracked for tracked in self.opened if tracked.is_open and not _dropped(tracked)]
 
     def stop(self) -> list[TrackedConnection]:
         """Stop recording; return the connections that are still open (the leaks)."""
@@ -193,6 +202,36 @@ class Recording:
                 _recordings.remove(self)
             _uninstall_if_unused()
         return self.still_open()
+
+
+def _references(tracked: TrackedConnection) -> int:
+    return sys.getrefcount(tracked.connection)
+
+
+def _references_of_a_dropped_connection() -> int:
+    """What :func:`_references` counts for a sqlite3 connection only its record holds (a
+    connection refers to itself: its statement cache)."""
+    tracked = TrackedConnection(sqlite3.Connection(":memory:"), "", None)
+    try:
+        return _references(tracked)
+    finally:
+        tracked.connection.close()
+
+
+_ONLY_TRACKED = _references_of_a_dropped_connection()
+# How many recorded connections between two searches for those closed or dropped.
+PRUNE_EVERY = 100
+
+
+def _dropped(tracked: TrackedConnection) -> bool:
+    """Whether the code that opened a plain sqlite3 connection let go of it (only the
+    recordings hold it): then it is closed, as the garbage collector would have."""
+    if type(tracked.connection) is not sqlite3.Connection or _references(tracked) > _ONLY_TRACKED:
+        return False
+    with suppress(sqlite3.ProgrammingError):  # of another thread: its own to close
+        tracked.connection.close()
+        return True
+    return False
 
 
 def _install() -> None:

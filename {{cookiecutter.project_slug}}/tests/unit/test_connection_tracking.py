@@ -8,7 +8,7 @@ from sqlite3 import connect  # bound before any recording starts, as in a module
 
 import pytest
 
-from lib.connection_tracking import record_connections, refuse_files
+from lib.connection_tracking import PRUNE_EVERY, record_connections, refuse_files
 from lib.database import DatabaseAccessBlockedError
 
 
@@ -37,6 +37,21 @@ def test_every_way_of_opening_a_sqlite3_connection_is_recorded(tmp_path: Path) -
     ]
     for connection in opened:
         connection.close()
+
+
+def test_connections_the_code_let_go_of_are_closed_and_no_leak(tmp_path: Path) -> None:
+    """As the garbage collector would close them: a loop of ``connect().execute()`` must
+    not run out of files because the recording holds every connection."""
+    recording = record_connections()
+    try:
+        for _ in range(3 * PRUNE_EVERY):
+            sqlite3.connect(tmp_path / "app.db").execute("SELECT 1").fetchone()
+        assert len(recording.opened) < PRUNE_EVERY
+        kept = sqlite3.connect(tmp_path / "app.db")
+    finally:
+        still_open = recording.stop()
+    assert [tracked.connection for tracked in still_open] == [kept]
+    kept.close()
 
 
 def test_a_refused_file_is_refused_however_sqlite3_is_called(tmp_path: Path) -> None:
