@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from lib.isolation_manager import TestIsolationManager, get_test_isolation_manager
-from tests.setup_integration import is_isolated
+from tests.setup_integration import is_isolated, unquoted
 
 FINDING_PREFIXES = {
     "scope": "Scope leak detected in test",
@@ -171,7 +171,10 @@ class IsolationReporter:
         self.cleanup_time_total = 0.0
         self.kept_databases: list[str] = []
         self.lost_workers: list[str] = []  # xdist workers that crashed before reporting
-        setting = str(config.getini("isolation_performance_baseline")).strip()
+        setting = unquoted(
+            "isolation_performance_baseline",
+            str(config.getini("isolation_performance_baseline")).strip(),
+        )
         self.baseline_path = Path(config.rootpath, setting) if setting else None
         # The default file may be left out (a repository that adopted the plugin without
         # it): the report says so. A path someone set must exist.

@@ -54,11 +54,15 @@ __all__ = [
     "get_test_isolation_manager",
     "is_isolated",
     "isolation_manager",
+    "unquoted",
 ]
 
 STRATEGIES = ("file", "memory")
 DEBUG_LOGGERS = ("isolation", "database")
 DEFAULT_TEST_PATH = "tests/integration"
+# SQLAlchemy's SQLite URL (sqlite:///app.db, sqlite:////abs/app.db; sqlite:// in memory),
+# which code of yours may read before the session, though this project does not.
+SQLALCHEMY_SQLITE_URL = r"sqlite(?:\+\w+)?://(?:/([^?]*))?(?:\?.*)?"
 NO_REMOTE = (
     "tests never touch a remote database: the integration session runs on local SQLite "
     "files only (unset TURSO_DATABASE_URL / use a local DATABASE_URL in the test)"
@@ -201,12 +205,12 @@ def _engine(config: pytest.Config) -> database.Engine:
 def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
     patterns = config.getini("isolation_module_patterns")
     data_dir = Path(
-        config.rootpath, _unquoted("isolation_data_dir", config.getini("isolation_data_dir"))
+        config.rootpath, unquoted("isolation_data_dir", config.getini("isolation_data_dir"))
     )
     return TestIsolationManager(
         migrations_dir=Path(
             config.rootpath,
-            _unquoted("isolation_migrations_dir", config.getini("isolation_migrations_dir")),
+            unquoted("isolation_migrations_dir", config.getini("isolation_migrations_dir")),
         ),
         data_dir=data_dir,
         runs_dir=runs_root(data_dir, use_shm=config.getini("isolation_use_dev_shm")),
@@ -262,11 +266,11 @@ def _test_paths(config: pytest.Config) -> list[Path]:
     default (a project with no integration tests yet): it would isolate nothing, without
     a word, and the tests meant to be isolated would run on no database at all."""
     entries: list[str] = config.getini("isolation_test_paths")
-    paths = [Path(config.rootpath, _unquoted("isolation_test_paths", entry)) for entry in entries]
+    paths = [Path(config.rootpath, unquoted("isolation_test_paths", entry)) for entry in entries]
     for entry, path in zip(entries, paths, strict=True):
         if path.is_dir() or entries == [DEFAULT_TEST_PATH]:
             continue
-        several = " (in an ini file, one path per line, indented under the setting's name)"
+        several = " (several paths go one per line; in an ini file, indented under the name)"
         raise pytest.UsageError(
             f"isolation_test_paths: {entry!r} is not a directory under {config.rootpath}, "
             "so no test in it would be isolated. Name the directories of your integration "
@@ -275,12 +279,13 @@ def _test_paths(config: pytest.Config) -> list[Path]:
     return [path.resolve() for path in paths]
 
 
-def _unquoted(name: str, value: str) -> str:
-    """An ini file's value as written: quotes there are part of it (a directory named
-    ``"data"``), as pyproject.toml's are not."""
+def unquoted(name: str, value: str) -> str:
+    """The path setting ``name``'s ``value``, refused in quotes: an ini file keeps them
+    (a directory named ``"data"``), as pyproject.toml does not."""
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        empty = " (for an empty value, nothing after the =)" if len(value) == 2 else ""
         raise pytest.UsageError(
-            f"{name} = {value}: write it without quotes; in an ini file (pytest.ini, "
+            f"{name} = {value}: write it without quotes{empty}; in an ini file (pytest.ini, "
             "setup.cfg, tox.ini) a value is taken as written, quotes and all"
         )
     return value
@@ -356,8 +361,9 @@ def _own_database(config: pytest.Config) -> tuple[str, str] | None:
     try:
         target = database.database_target()
     except database.DatabaseConfigError:
-        path = _sqlalchemy_sqlite_path(url)
-        if path is None:
+        sqlalchemy = re.fullmatch(SQLALCHEMY_SQLITE_URL, url)
+        path = database_path(unquote(sqlalchemy[1] or "")) if sqlalchemy else None
+        if sqlalchemy is None:
             config.issue_config_time_warning(
                 IsolationWarning(
                     f"DATABASE_URL={url!r} is no database URL this project reads, so the "
@@ -369,13 +375,6 @@ def _own_database(config: pytest.Config) -> tuple[str, str] | None:
     else:
         path = None if target.remote else database_path(target.path)
     return None if path is None else (os.path.abspath(path), url)
-
-
-def _sqlalchemy_sqlite_path(url: str) -> str | None:
-    """The file of an SQLAlchemy SQLite URL (``sqlite:///app.db``, ``sqlite:////abs/app.db``),
-    which code of yours may read before the session, as a URL this project does not."""
-    match = re.fullmatch(r"sqlite(?:\+\w+)?:///([^?]*)(?:\?.*)?", url)
-    return database_path(unquote(match[1])) if match else None
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -976,7 +976,7 @@ def test_several_test_paths_on_one_ini_line_are_refused(tmp_path: Path) -> None:
     assert "isolation_test_paths: 'tests/integration tests/api' is not a directory" in (
         child.stderr
     )
-    assert "one path per line" in child.stderr
+    assert "several paths go one per line" in child.stderr
 
 
 @pytest.mark.parametrize(
@@ -985,6 +985,10 @@ def test_several_test_paths_on_one_ini_line_are_refused(tmp_path: Path) -> None:
         ("isolation_test_paths=tests/integraton", "'tests/integraton' is not a directory"),
         ('isolation_test_paths="tests"', 'isolation_test_paths = "tests": write it without'),
         ("isolation_data_dir='data'", "isolation_data_dir = 'data': write it without quotes"),
+        (
+            'isolation_performance_baseline=""',
+            'isolation_performance_baseline = "": write it without quotes (for an empty value',
+        ),
     ],
 )
 def test_a_test_path_that_is_no_directory_or_a_quoted_path_is_refused(
@@ -1043,12 +1047,18 @@ def test_the_developers_database_named_by_an_sqlalchemy_url_is_refused(
     assert not developer_db.exists()
 
 
-def test_a_database_url_the_project_cannot_read_is_a_warning(tmp_path: Path) -> None:
-    """Nothing can be refused then: the run says so instead of protecting nothing silently."""
-    url = "postgresql://localhost/app"
+@pytest.mark.parametrize(
+    ("url", "warned"), [("postgresql://localhost/app", True), ("sqlite://", False)]
+)
+def test_a_database_url_the_project_cannot_read_is_a_warning(
+    tmp_path: Path, url: str, warned: bool
+) -> None:
+    """Nothing can be refused then: the run says so instead of protecting nothing silently
+    (SQLAlchemy's in-memory URL names no file to protect)."""
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, environ={"DATABASE_URL": url})
     assert child.returncode == 0, child.stdout + child.stderr
-    assert f"DATABASE_URL={url!r} is no database URL this project reads" in child.stdout
+    warning = f"DATABASE_URL={url!r} is no database URL this project reads"
+    assert (warning in child.stdout) is warned, child.stdout
 
 
 LEAVES_A_THREAD_RUNNING = """
