@@ -1,8 +1,8 @@
 """Planted bugs in a baked project: each one is named with its test and the culprit.
 
-Leaks (a scope never destroyed, a raw sqlite3 connection left open, a project module
-keeping a client in a global) are warnings: the run passes and reports them, and fails
-with ``--isolation-strict``. Misuse (a client asked for at import time, a client used
+Leaks (a scope never destroyed, a raw sqlite3 connection to the test's database left
+open, a project module keeping a client in a global) are warnings: the run passes and
+reports them, and fails with ``--isolation-strict``. Misuse (a client asked for at import time, a client used
 after its test ended, a unit test asking for the scoped database) is an error.
 """
 
@@ -32,6 +32,7 @@ def remember_client() -> DatabaseClient:
 '''
 
 LEAKY_TESTS = """
+import os
 import sqlite3
 
 from lib.isolation_manager import TestIsolationManager
@@ -45,7 +46,7 @@ def test_forgets_a_scope(isolation_manager: TestIsolationManager) -> None:
 
 
 def test_leaves_a_connection_open() -> None:
-    OPEN_CONNECTIONS.append(sqlite3.connect(":memory:"))  # LEAK-LINE
+    OPEN_CONNECTIONS.append(sqlite3.connect(os.environ["DATABASE_URL"], uri=True))  # LEAK-LINE
 
 
 def test_keeps_a_client_in_a_module_global() -> None:
