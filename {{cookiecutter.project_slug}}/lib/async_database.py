@@ -17,7 +17,15 @@ from contextlib import suppress
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from .client_lock import LOOP_RECHECK_SECONDS, KeptOut, Reservation, act_for, acting_for, run_for
+from .client_lock import (
+    LOOP_RECHECK_SECONDS,
+    KeptOut,
+    Reservation,
+    RolledBackError,
+    act_for,
+    acting_for,
+    run_for,
+)
 from .database import Args, DatabaseClient, ResultSet, Statement, caller_location
 
 __all__ = ["AsyncDatabaseClient", "AsyncTransaction"]
@@ -25,6 +33,22 @@ __all__ = ["AsyncDatabaseClient", "AsyncTransaction"]
 logger = logging.getLogger("database")
 
 T = TypeVar("T")
+# While tasks wait their turn, how often one watcher per event loop looks whether the
+# transaction holding the turn can still hand it on (see AsyncDatabaseClient._watch).
+TURN_RECHECK_SECONDS = 0.05
+
+
+class _Turns:
+    """One event loop's turns on the client: its tasks queue on ``lock``. ``holder`` is the
+    transaction holding it, once begun (a call holds it only while its statement runs);
+    ``waiting`` counts the tasks queued, which ``watcher`` looks after."""
+
+    def __init__(self) -> None:
+        """No one holds or waits for it."""
+        self.lock = asyncio.Lock()
+        self.holder: AsyncTransaction | None = None
+        self.waiting = 0
+        self.watcher: asyncio.Task[None] | None = None
 
 
 class AsyncDatabaseClient:
@@ -41,26 +65,88 @@ class AsyncDatabaseClient:
         """Wrap ``client``; calls from different tasks take turns on it."""
         self.client = client
         # Tasks take turns on one asyncio lock per event loop (a server thread runs its own).
-        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._turns: dict[asyncio.AbstractEventLoop, _Turns] = {}
+        self._turns_guard = threading.Lock()  # loops in several threads change the dict
 
     @property
     def closed(self) -> bool:
         """Whether the wrapped client is closed (every call then raises ClientClosedError)."""
         return self.client.closed
 
+    def _loop_turns(self) -> _Turns:
+        """This event loop's turns; those of closed loops are dropped (a lock that had a
+        waiter refers to its loop, so a weak mapping would keep them all). Under a thread
+        lock: event loops in other threads prune and add at the same time."""
+        running = asyncio.get_running_loop()
+        with self._turns_guard:
+            for loop in [loop for loop in self._turns if loop.is_closed()]:
+                del self._turns[loop]
+            turns = self._turns.get(running)
+            if turns is None:
+                turns = self._turns[running] = _Turns()
+            return turns
+
     def _loop_lock(self) -> asyncio.Lock:
-        """This event loop's lock; those of closed loops are dropped (a lock that had a
-        waiter refers to its loop, so a weak mapping would keep them all)."""
-        for loop in [loop for loop in self._locks if loop.is_closed()]:
-            del self._locks[loop]
-        return self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        """This event loop's lock, which its tasks take turns on."""
+        return self._loop_turns().lock
+
+    async def _take_turn(self) -> _Turns:
+        """This loop's turns, their lock acquired in turn. While it waits, a watcher makes
+        sure that a transaction that can no longer end normally does not keep it for good."""
+        turns = self._loop_turns()
+        turns.waiting += 1
+        try:
+            may_wait = turns.lock.locked() or turns.waiting > 1
+            if may_wait and (turns.watcher is None or turns.watcher.done()):
+                turns.watcher = asyncio.get_running_loop().create_task(self._watch(turns))
+            await turns.lock.acquire()
+        finally:
+            turns.waiting -= 1
+        return turns
+
+    async def _watch(self, turns: _Turns) -> None:
+        """While tasks of this loop wait their turn, take the turn back from a transaction
+        that will not hand it on in time: the client was closed (which ended the
+        transaction; its task may stay inside its block for long), or its task ended
+        leaving it open. The waiting tasks then go on, to ClientClosedError or into that
+        transaction, as a call arriving now would, instead of waiting forever."""
+        while turns.waiting:
+            await asyncio.sleep(TURN_RECHECK_SECONDS)
+            holder = turns.holder
+            if holder is not None and (self.client.closed or holder._reservation.ended()):
+                holder._let_go()
 
     def _joins_open_transaction(self) -> bool:
         """Whether the caller works for an open async transaction of the client (it is its
         task or inherits its context), or that transaction's task ended, leaving it open:
         then waiting for it would be waiting forever."""
+        self._take_over_handed_transaction()
         lock = self.client._lock
         return lock.reserved_for(acting_for()) or lock.abandoned()
+
+    def _take_over_handed_transaction(self) -> None:
+        """Make this task's context work for a transaction begun on its behalf in a helper
+        task (``asyncio.wait_for`` on Python 3.11 begins it in a task of its own): that
+        transaction belongs to this task, which called ``transaction()``, but only the
+        helper's context was marked. Without this, this task would wait for its own
+        transaction."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop in this thread
+            return
+        if task is None or self.client.closed:
+            return
+        lock = self.client._lock
+        try:
+            mine = lock.innermost_open(acting_for())
+        except RolledBackError:  # the call itself reports it
+            return
+        for reservation in reversed(lock._reservations):  # innermost first
+            if reservation is mine:
+                return
+            if reservation.task is task:
+                act_for(reservation)
+                return
 
     def _refuse_inside_a_sync_transaction(self) -> None:
         """A worker thread would wait for the event loop's own open ``db.transaction()``,
@@ -78,8 +164,11 @@ class AsyncDatabaseClient:
             return await asyncio.to_thread(function, *args)
         if self._joins_open_transaction():  # waiting for this loop's lock would wait for itself
             return await _call(self.client, acting_for(), function, *args)
-        async with self._loop_lock():
+        turns = await self._take_turn()
+        try:
             return await _call(self.client, acting_for(), function, *args)
+        finally:
+            turns.lock.release()
 
     async def execute(self, sql: str, args: Args = ()) -> ResultSet:
         """Run one statement (inside this task's open transaction, if any)."""
@@ -122,6 +211,14 @@ class AsyncDatabaseClient:
         an exception, on exit. Or ``tx = await adb.transaction()``, as the sync client's:
         begins at once; end it with ``await tx.commit()`` or ``await tx.rollback()``."""
         return AsyncTransaction(self)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    """The running task; None outside an event loop."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 # The async client's worker threads, apart from asyncio's default ones, which application
@@ -179,10 +276,13 @@ class AsyncTransaction:
         """Prepare; nothing happens until it is awaited or the ``async with`` is entered."""
         self._owner = owner
         self._open = False
-        self._held_lock: asyncio.Lock | None = None  # this loop's, while it is outermost
+        self._held_turns: _Turns | None = None  # this loop's turn, while it is outermost
         self._savepoint: str | None = None
         self._reservation = Reservation(None)  # a stand-in, never reserved, until entry
         self._outer: Reservation | None = None  # what the context worked for before
+        # The task that asked for it: it owns the transaction even if a helper task begins
+        # it (asyncio.wait_for on Python 3.11), so that other tasks wait for it meanwhile.
+        self._asked_by = _current_task()
 
     def __await__(self) -> Generator[Any, None, Self]:
         """``tx = await adb.transaction()``: begin now, as ``async with`` would on entry."""
@@ -195,11 +295,11 @@ class AsyncTransaction:
         client._raise_if_closed()
         owner._refuse_inside_a_sync_transaction()
         if not owner._joins_open_transaction():
-            self._held_lock = owner._loop_lock()
-            await self._held_lock.acquire()
+            self._held_turns = await owner._take_turn()
         try:
+            client._raise_if_closed()  # closed while it waited its turn
             self._outer = client._lock.innermost_open(acting_for())
-            self._reservation = Reservation(asyncio.current_task(), self._outer)
+            self._reservation = Reservation(self._owning_task(), self._outer)
             await _wait_for_turn(client, self._outer)  # cancellable: nothing has begun yet
         except BaseException:
             self._let_go()
@@ -213,7 +313,20 @@ class AsyncTransaction:
             raise
         act_for(self._reservation)  # this task and what inherits its context join it
         self._open = True
+        if self._held_turns is not None:  # from now on its watcher may take the turn back
+            self._held_turns.holder = self
         return self
+
+    def _owning_task(self) -> asyncio.Task[Any] | None:
+        """The task the transaction belongs to: this one, unless it runs on behalf of the
+        (still running) task that asked for the transaction, as ``asyncio.wait_for`` does
+        on Python 3.11; that task takes it over on its first call (see
+        ``AsyncDatabaseClient._take_over_handed_transaction``), and others wait for it
+        meanwhile instead of landing inside it."""
+        task, asked_by = asyncio.current_task(), self._asked_by
+        if asked_by is not None and asked_by is not task and not asked_by.done():
+            return asked_by
+        return task
 
     async def __aexit__(
         self,
@@ -221,10 +334,18 @@ class AsyncTransaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            await self.commit()
-        else:
+        """Commit, or roll back on an exception. Leaving the block always ends the
+        transaction: a commit refused before it began (a transaction begun inside it in this
+        task is still open) rolls back, then raises."""
+        if exc_type is not None:
             await self.rollback()
+            return
+        try:
+            await self.commit()
+        except BaseException:
+            if self._open and not self._owner.client.closed:
+                await self.rollback()
+            raise
 
     async def execute(self, sql: str, args: Args = ()) -> ResultSet:
         """Run one statement inside this transaction."""
@@ -234,6 +355,7 @@ class AsyncTransaction:
                 " or after `tx = await adb.transaction()`, before its commit or rollback"
             )
         self._owner._refuse_inside_a_sync_transaction()
+        self._owner._take_over_handed_transaction()
         client = self._owner.client
         return await _call(client, self._reservation, client._execute_in_transaction, sql, args)
 
@@ -270,7 +392,10 @@ class AsyncTransaction:
         if not self._open:
             return
         client = self._owner.client
-        client._raise_if_closed()
+        if client.closed:  # closing ended it; let go, or this loop's waiters wait forever
+            self._stop_acting_for_it()
+            self._let_go()
+            client._raise_if_closed()
         cancelled_while_waiting = False
         if not rollback and not self._reservation.rolled_back:
             self._refuse_open_savepoints_of_this_task()
@@ -279,22 +404,51 @@ class AsyncTransaction:
             except asyncio.CancelledError:
                 cancelled_while_waiting = True
         self._open = False
-        if rollback or cancelled_while_waiting:
+        committing = not (rollback or cancelled_while_waiting)
+        if not committing:
             end = _call(client, self._reservation, self._roll_back_in_worker, wait_turn=False)
         else:
             end = _call(client, self._reservation, self._commit_in_worker)
         ending = asyncio.ensure_future(end)
         try:
             await asyncio.shield(ending)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             await _to_the_end(ending)
+            cancelled.add_note(self._how_it_ended(ending, committing=committing))
             raise
         finally:
-            if acting_for() is self._reservation:
-                act_for(self._outer)  # this context works for the outer transaction again
+            self._stop_acting_for_it()
             self._let_go()
         if cancelled_while_waiting:
-            raise asyncio.CancelledError
+            rolled_back = asyncio.CancelledError()
+            rolled_back.add_note(self._how_it_ended(ending, committing=False))
+            raise rolled_back
+
+    def _how_it_ended(self, ending: asyncio.Future[None], *, committing: bool) -> str:
+        """A note for a cancellation (a timeout) that came while the transaction ended: it
+        took effect only afterwards, so the caller cannot tell from the exception alone
+        whether the changes were kept (a caller that retries would write them twice)."""
+        what = "savepoint" if self._savepoint else "transaction"
+        failure = ending.exception() if not ending.cancelled() else asyncio.CancelledError()
+        if failure is not None:
+            return f"the {what} failed to end ({failure!r}) before this cancellation"
+        if committing:
+            kept = "released into its outer transaction" if self._savepoint else "COMMITTED"
+            return (
+                f"the {what} was {kept} before this cancellation took effect: its changes "
+                "are kept; do not simply retry it"
+            )
+        return f"the {what} was rolled back before this cancellation took effect"
+
+    def _stop_acting_for_it(self) -> None:
+        """This context works for the outer transaction again, if it worked for this one
+        or for one begun inside it (a savepoint of this task left open, which ending this
+        one undoes)."""
+        reservation = acting_for()
+        while reservation is not None and reservation is not self._reservation:
+            reservation = reservation.parent
+        if reservation is not None:
+            act_for(self._outer)
 
     def _refuse_open_savepoints_of_this_task(self) -> None:
         """Committing would wait for them, in the very task that has to end them."""
@@ -347,7 +501,10 @@ class AsyncTransaction:
         await self.rollback()
 
     def _let_go(self) -> None:
-        """Hand the client to this loop's other tasks, if this transaction held it."""
-        if self._held_lock is not None:
-            self._held_lock.release()
-            self._held_lock = None
+        """Hand the client to this loop's other tasks, if this transaction held it (once:
+        the loop's watcher may have taken it back already)."""
+        turns, self._held_turns = self._held_turns, None
+        if turns is not None:
+            if turns.holder is self:
+                turns.holder = None
+            turns.lock.release()

@@ -1,0 +1,236 @@
+"""The async client's turns, closes and transaction ends, on real SQLite files (no mocks).
+
+The broader async behaviour is exercised in ``test_database.py``; these are the cases where
+a task used to wait forever, or a write landed where it did not belong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from lib.database import AsyncDatabaseClient, ClientClosedError, DatabaseClient
+
+T = TypeVar("T")
+SCHEMA = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[DatabaseClient]:
+    """A client on a fresh file with one table; always closed afterwards."""
+    c = DatabaseClient(str(tmp_path / "async.db"), owner="async-unit-test")
+    c.executescript(SCHEMA)
+    yield c
+    c.close()
+
+
+def names_on_disk(client: DatabaseClient) -> list[str]:
+    """What another connection (another process) sees committed."""
+    with sqlite3.connect(client.path) as other:
+        return sorted(row[0] for row in other.execute("SELECT name FROM items"))
+
+
+def in_own_context(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task with a context of its own, as another request's would be."""
+    return asyncio.create_task(coro, context=contextvars.Context())
+
+
+async def test_closing_the_client_lets_the_tasks_waiting_their_turn_fail_at_once(
+    client: DatabaseClient,
+) -> None:
+    """They get ClientClosedError while the transaction's task is still inside its block;
+    and leaving that block hands this loop's lock on instead of keeping it for good."""
+    adb = AsyncDatabaseClient(client)
+    opened, leave = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with adb.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('holder')")
+            opened.set()
+            await leave.wait()
+
+    async def begins_a_transaction() -> None:
+        async with adb.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('waiter')")
+
+    async with asyncio.timeout(10):
+        holding = in_own_context(holder())
+        await opened.wait()
+        waiters = [in_own_context(adb.execute("SELECT 1")), in_own_context(begins_a_transaction())]
+        await asyncio.sleep(0.1)
+        assert await adb.close()
+    async with asyncio.timeout(2):  # not after the holder lets go: it has not
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert [type(result) for result in results] == [ClientClosedError, ClientClosedError]
+    assert not holding.done()
+    leave.set()
+    async with asyncio.timeout(5):
+        with pytest.raises(ClientClosedError, match="async-unit-test"):
+            await holding
+    assert not adb._loop_lock().locked()
+
+
+async def test_tasks_waiting_for_a_transaction_whose_task_ended_go_on(
+    client: DatabaseClient,
+) -> None:
+    """Its task ended with it open, holding this loop's lock: those already waiting for the
+    lock join it, as later calls do, instead of waiting for ever."""
+    adb = AsyncDatabaseClient(client)
+    opened, end = asyncio.Event(), asyncio.Event()
+
+    async def leaves_it_open() -> None:
+        tx = await adb.transaction()
+        await tx.execute("INSERT INTO items (name) VALUES ('left open')")
+        opened.set()
+        await end.wait()
+
+    async with asyncio.timeout(10):
+        holder = in_own_context(leaves_it_open())
+        await opened.wait()
+        waiter = in_own_context(adb.execute("SELECT COUNT(*) FROM items"))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        end.set()
+        await holder
+    async with asyncio.timeout(2):
+        result = await waiter
+    assert result.rows[0][0] == 1  # it joined the transaction left open
+
+
+async def test_leaving_the_block_with_a_savepoint_of_this_task_open_rolls_back(
+    client: DatabaseClient,
+) -> None:
+    """The commit is refused (committing would wait for that savepoint in the task that has
+    to end it); the block still ends the transaction, rolled back, before it raises: later
+    writes of other tasks are not swallowed by it, other connections are not locked out,
+    and the task's own calls work outside it again."""
+    adb = AsyncDatabaseClient(client)
+    statements_after: list[int] = []
+
+    async def forget_a_savepoint() -> None:
+        async with adb.transaction() as outer:
+            await outer.execute("INSERT INTO items (name) VALUES ('outer')")
+            inner = await adb.transaction()  # forgotten: never committed
+            await inner.execute("INSERT INTO items (name) VALUES ('inner')")
+
+    async def handler() -> None:
+        with pytest.raises(RuntimeError, match="still open"):
+            await forget_a_savepoint()
+        result = await adb.execute("INSERT INTO items (name) VALUES ('same task, after')")
+        statements_after.append(result.rows_affected)
+
+    async with asyncio.timeout(10):
+        await in_own_context(handler())
+        assert not client.get_connection_stats()["in_transaction"]
+        await in_own_context(adb.execute("INSERT INTO items (name) VALUES ('later request')"))
+    assert statements_after == [1]
+    assert names_on_disk(client) == ["later request", "same task, after"]
+
+
+@pytest.mark.parametrize("begin", ["ensure_future", "wait_for"])
+async def test_a_transaction_begun_in_a_helper_task_keeps_other_tasks_out(
+    client: DatabaseClient, begin: str
+) -> None:
+    """``asyncio.wait_for`` on Python 3.11 (``ensure_future`` everywhere) begins it in a
+    task of its own, which ends at once. The transaction still belongs to the task that
+    asked for it: another request's write waits for its rollback instead of landing inside
+    it and vanishing; that task's own calls, and the threads it starts, join it."""
+    adb = AsyncDatabaseClient(client)
+    began = asyncio.Event()
+
+    async def handler() -> None:
+        if begin == "wait_for":
+            tx = await asyncio.wait_for(adb.transaction(), 5)
+        else:
+            tx = await asyncio.ensure_future(adb.transaction())
+        await adb.execute("INSERT INTO items (name) VALUES ('handler')")
+        await asyncio.to_thread(client.execute, "INSERT INTO items (name) VALUES ('thread')")
+        began.set()
+        await asyncio.sleep(0.3)
+        assert (await tx.execute("SELECT COUNT(*) FROM items")).rows[0][0] == 2
+        await tx.rollback()
+
+    async with asyncio.timeout(10):
+        handling = in_own_context(handler())
+        await began.wait()
+        await in_own_context(adb.execute("INSERT INTO items (name) VALUES ('other request')"))
+        assert handling.done()  # the other request waited for the rollback
+        await handling
+    assert names_on_disk(client) == ["other request"]
+
+
+async def test_a_timeout_that_comes_while_committing_says_the_transaction_committed(
+    client: DatabaseClient,
+) -> None:
+    """The COMMIT runs to its end however the task is cancelled meanwhile, and the timeout
+    is raised after it: the exception carries a note (PEP 678) that the changes were kept,
+    so that a caller retrying on timeouts can tell."""
+    adb = AsyncDatabaseClient(client)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_client() -> None:  # keeps the commit's worker waiting for the connection
+        assert client._lock.acquire_to_close(5)
+        held.set()
+        release.wait(5)
+        client._lock.release()
+
+    holder = threading.Thread(target=hold_the_client, daemon=True)
+
+    async def write() -> None:
+        async with asyncio.timeout(0.2):
+            async with adb.transaction() as tx:
+                await tx.execute("INSERT INTO items (name) VALUES ('kept')")
+                holder.start()
+                await asyncio.to_thread(held.wait, 5)
+
+    async with asyncio.timeout(10):
+        writing = asyncio.create_task(write())
+        await asyncio.sleep(0.4)  # the timeout fired while the commit waited
+        release.set()
+        with pytest.raises(TimeoutError) as raised:
+            await writing
+    await asyncio.to_thread(holder.join, 5)
+    assert names_on_disk(client) == ["kept"]
+    cancelled = raised.value.__cause__
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert any("COMMITTED" in note for note in getattr(cancelled, "__notes__", []))
+
+
+def test_event_loops_in_many_threads_share_one_async_client(client: DatabaseClient) -> None:
+    """Each thread's loop adds its lock, and drops those of closed loops, at the same time
+    as the others: no 'dictionary changed size during iteration'."""
+    adb = AsyncDatabaseClient(client)
+    failures: list[BaseException] = []
+
+    async def take_this_loops_lock() -> None:
+        adb._loop_lock()
+
+    deadline = time.monotonic() + 2.0
+
+    def run_loops() -> None:
+        while not failures and time.monotonic() < deadline:
+            try:
+                asyncio.run(take_this_loops_lock())
+            except BaseException as error:
+                failures.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run_loops, daemon=True) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=50)
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
