@@ -223,8 +223,7 @@ class _TestContext:
     thread: threading.Thread  # the test's own, which runs it
     recording: Recording | None
     scope_id: str | None = None
-    # The databases of the scopes made meanwhile (see connection_tracking.database_key).
-    databases: set[str | None] = field(default_factory=set)
+    database_urls: list[str] = field(default_factory=list)  # of the scopes made meanwhile
 
 
 class TestIsolationManager:
@@ -352,7 +351,7 @@ class TestIsolationManager:
                 self._open_client(scope, new=True)
             self.active_scopes[scope_id] = scope
             if self._context is not None:
-                self._context.databases.add(database_key(scope.database_url))
+                self._context.database_urls.append(scope.database_url)
             self.performance_metrics["scopes_created"] += 1
         logger.debug("scope created: %s for %s at %s", scope_id, test_name, scope.database_url)
         return scope_id
@@ -537,8 +536,10 @@ class TestIsolationManager:
                 continue
             self._leak("scope", context.test_name, f"{leaked.id} ({leaked.test_name})")
             stale += self._end_scope(scope_id)[1]
+        # Resolved only now, when there is a connection to compare: it takes system calls.
+        databases = {database_key(url) for url in context.database_urls} if still_open else {}
         for tracked in still_open:
-            if tracked.database not in context.databases or not tracked.is_open:
+            if tracked.database not in databases or not tracked.is_open:
                 continue  # closed, or to another database (reference data): not the test's
             detail = f"opened at {tracked.location}"
             client = database.client_of(tracked.connection)
