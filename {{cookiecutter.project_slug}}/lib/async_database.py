@@ -21,7 +21,6 @@ from .client_lock import (
     LOOP_RECHECK_SECONDS,
     KeptOut,
     Reservation,
-    RolledBackError,
     act_for,
     acting_for,
     run_for,
@@ -102,6 +101,9 @@ class AsyncDatabaseClient:
             await turns.lock.acquire()
         finally:
             turns.waiting -= 1
+            if not turns.waiting and turns.watcher is not None:
+                turns.watcher.cancel()  # nobody waits: no task of its own left pending
+                turns.watcher = None
         return turns
 
     async def _watch(self, turns: _Turns) -> None:
@@ -120,33 +122,8 @@ class AsyncDatabaseClient:
         """Whether the caller works for an open async transaction of the client (it is its
         task or inherits its context), or that transaction's task ended, leaving it open:
         then waiting for it would be waiting forever."""
-        self._take_over_handed_transaction()
         lock = self.client._lock
         return lock.reserved_for(acting_for()) or lock.abandoned()
-
-    def _take_over_handed_transaction(self) -> None:
-        """Make this task's context work for a transaction begun on its behalf in a helper
-        task (``asyncio.wait_for`` on Python 3.11 begins it in a task of its own): that
-        transaction belongs to this task, which called ``transaction()``, but only the
-        helper's context was marked. Without this, this task would wait for its own
-        transaction."""
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:  # no event loop in this thread
-            return
-        if task is None or self.client.closed:
-            return
-        lock = self.client._lock
-        try:
-            mine = lock.innermost_open(acting_for())
-        except RolledBackError:  # the call itself reports it
-            return
-        for reservation in reversed(lock._reservations):  # innermost first
-            if reservation is mine:
-                return
-            if reservation.task is task:
-                act_for(reservation)
-                return
 
     def _refuse_inside_a_sync_transaction(self) -> None:
         """A worker thread would wait for the event loop's own open ``db.transaction()``,
@@ -213,14 +190,6 @@ class AsyncDatabaseClient:
         return AsyncTransaction(self)
 
 
-def _current_task() -> asyncio.Task[Any] | None:
-    """The running task; None outside an event loop."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
-
-
 # The async client's worker threads, apart from asyncio's default ones, which application
 # code may fill with threads waiting for a transaction that needs a worker to end.
 _WORKERS = ThreadPoolExecutor(thread_name_prefix="async_db")
@@ -280,9 +249,6 @@ class AsyncTransaction:
         self._savepoint: str | None = None
         self._reservation = Reservation(None)  # a stand-in, never reserved, until entry
         self._outer: Reservation | None = None  # what the context worked for before
-        # The task that asked for it: it owns the transaction even if a helper task begins
-        # it (asyncio.wait_for on Python 3.11), so that other tasks wait for it meanwhile.
-        self._asked_by = _current_task()
 
     def __await__(self) -> Generator[Any, None, Self]:
         """``tx = await adb.transaction()``: begin now, as ``async with`` would on entry."""
@@ -299,7 +265,7 @@ class AsyncTransaction:
         try:
             client._raise_if_closed()  # closed while it waited its turn
             self._outer = client._lock.innermost_open(acting_for())
-            self._reservation = Reservation(self._owning_task(), self._outer)
+            self._reservation = Reservation(asyncio.current_task(), self._outer)
             await _wait_for_turn(client, self._outer)  # cancellable: nothing has begun yet
         except BaseException:
             self._let_go()
@@ -316,17 +282,6 @@ class AsyncTransaction:
         if self._held_turns is not None:  # from now on its watcher may take the turn back
             self._held_turns.holder = self
         return self
-
-    def _owning_task(self) -> asyncio.Task[Any] | None:
-        """The task the transaction belongs to: this one, unless it runs on behalf of the
-        (still running) task that asked for the transaction, as ``asyncio.wait_for`` does
-        on Python 3.11; that task takes it over on its first call (see
-        ``AsyncDatabaseClient._take_over_handed_transaction``), and others wait for it
-        meanwhile instead of landing inside it."""
-        task, asked_by = asyncio.current_task(), self._asked_by
-        if asked_by is not None and asked_by is not task and not asked_by.done():
-            return asked_by
-        return task
 
     async def __aexit__(
         self,
@@ -355,7 +310,6 @@ class AsyncTransaction:
                 " or after `tx = await adb.transaction()`, before its commit or rollback"
             )
         self._owner._refuse_inside_a_sync_transaction()
-        self._owner._take_over_handed_transaction()
         client = self._owner.client
         return await _call(client, self._reservation, client._execute_in_transaction, sql, args)
 

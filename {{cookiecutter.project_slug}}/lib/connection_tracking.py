@@ -181,12 +181,15 @@ class Recording:
 
     def __init__(self) -> None:
         self.opened: list[TrackedConnection] = []
+        self._search_at = PRUNE_EVERY
 
     def add(self, tracked: TrackedConnection) -> None:
-        """Remember ``tracked``; now and then forget those closed or dropped meanwhile."""
-        self.opened.append(tracked)
-        if len(self.opened) % PRUNE_EVERY == 0:
+        """Remember ``tracked``; now and then, first, forget those closed or dropped
+        meanwhile (not ``tracked``, whose connection is still being opened)."""
+        if len(self.opened) >= self._search_at:
             self.opened = self.still_open()
+            self._search_at = len(self.opened) + PRUNE_EVERY
+        self.opened.append(tracked)
 
     def still_open(self) -> list[TrackedConnection]:
         """The recorded connections still open and held by their code. One that only the

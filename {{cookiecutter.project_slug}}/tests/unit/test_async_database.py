@@ -13,12 +13,13 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from lib.database import AsyncDatabaseClient, ClientClosedError, DatabaseClient
+from lib.database import AsyncDatabaseClient, AsyncTransaction, ClientClosedError, DatabaseClient
 
 T = TypeVar("T")
 SCHEMA = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"
@@ -35,7 +36,7 @@ def client(tmp_path: Path) -> Iterator[DatabaseClient]:
 
 def names_on_disk(client: DatabaseClient) -> list[str]:
     """What another connection (another process) sees committed."""
-    with sqlite3.connect(client.path) as other:
+    with closing(sqlite3.connect(client.path)) as other:
         return sorted(row[0] for row in other.execute("SELECT name FROM items"))
 
 
@@ -136,38 +137,6 @@ async def test_leaving_the_block_with_a_savepoint_of_this_task_open_rolls_back(
     assert names_on_disk(client) == ["later request", "same task, after"]
 
 
-@pytest.mark.parametrize("begin", ["ensure_future", "wait_for"])
-async def test_a_transaction_begun_in_a_helper_task_keeps_other_tasks_out(
-    client: DatabaseClient, begin: str
-) -> None:
-    """``asyncio.wait_for`` on Python 3.11 (``ensure_future`` everywhere) begins it in a
-    task of its own, which ends at once. The transaction still belongs to the task that
-    asked for it: another request's write waits for its rollback instead of landing inside
-    it and vanishing; that task's own calls, and the threads it starts, join it."""
-    adb = AsyncDatabaseClient(client)
-    began = asyncio.Event()
-
-    async def handler() -> None:
-        if begin == "wait_for":
-            tx = await asyncio.wait_for(adb.transaction(), 5)
-        else:
-            tx = await asyncio.ensure_future(adb.transaction())
-        await adb.execute("INSERT INTO items (name) VALUES ('handler')")
-        await asyncio.to_thread(client.execute, "INSERT INTO items (name) VALUES ('thread')")
-        began.set()
-        await asyncio.sleep(0.3)
-        assert (await tx.execute("SELECT COUNT(*) FROM items")).rows[0][0] == 2
-        await tx.rollback()
-
-    async with asyncio.timeout(10):
-        handling = in_own_context(handler())
-        await began.wait()
-        await in_own_context(adb.execute("INSERT INTO items (name) VALUES ('other request')"))
-        assert handling.done()  # the other request waited for the rollback
-        await handling
-    assert names_on_disk(client) == ["other request"]
-
-
 async def test_a_timeout_that_comes_while_committing_says_the_transaction_committed(
     client: DatabaseClient,
 ) -> None:
@@ -234,3 +203,29 @@ def test_event_loops_in_many_threads_share_one_async_client(client: DatabaseClie
     finally:
         sys.setswitchinterval(interval)
     assert failures == []
+
+
+class _Undo(Exception):
+    """Raised inside a transaction to roll it back."""
+
+
+async def test_a_transaction_entered_in_another_task_is_that_tasks(client: DatabaseClient) -> None:
+    """The task that begins it owns it: the task that only made the object writes after
+    it, outside it, and keeps its row when that transaction rolls back."""
+    adb = AsyncDatabaseClient(client)
+    entered = asyncio.Event()
+
+    async def child(transaction: AsyncTransaction) -> None:
+        with suppress(_Undo):
+            async with transaction as tx:
+                await tx.execute("INSERT INTO items (name) VALUES ('child')")
+                entered.set()
+                await asyncio.sleep(0.2)
+                raise _Undo
+
+    async with asyncio.timeout(10):
+        task = asyncio.create_task(child(adb.transaction()))
+        await entered.wait()
+        await adb.execute("INSERT INTO items (name) VALUES ('parent')")
+        await task
+    assert names_on_disk(client) == ["parent"]
