@@ -228,13 +228,13 @@ PRUNE_EVERY = 100
 
 def _dropped(tracked: TrackedConnection) -> bool:
     """Whether the code that opened a plain sqlite3 connection let go of it (only the
-    recordings hold it): then it is closed, as the garbage collector would have."""
+    recordings hold it): then it is closed, as the garbage collector would have; one of
+    another thread, which only that thread may close, is left to the garbage collector."""
     if type(tracked.connection) is not sqlite3.Connection or _references(tracked) > _ONLY_TRACKED:
         return False
-    with suppress(sqlite3.ProgrammingError):  # of another thread: its own to close
+    with suppress(sqlite3.ProgrammingError):
         tracked.connection.close()
-        return True
-    return False
+    return True
 
 
 def _install() -> None:

@@ -23,27 +23,33 @@ from typing import Any
 # How long threads a test told to stop, but did not join, get to end with it.
 GRACE_SECONDS = 0.1
 
-_original_start = threading.Thread.start
 # Which thread started each thread, while watch_thread_starts() is on.
 _starters: weakref.WeakKeyDictionary[threading.Thread, threading.Thread] = (
     weakref.WeakKeyDictionary()
 )
+_wrapped_start: Callable[[threading.Thread], None] = threading.Thread.start
 
 
 def _start_remembering_who(thread: threading.Thread) -> None:
     _starters[thread] = threading.current_thread()
-    _original_start(thread)
+    _wrapped_start(thread)
 
 
 def watch_thread_starts() -> None:
-    """From now on remember which thread starts each thread (``Thread.start`` is wrapped;
-    Python 3.11 has no audit event for it)."""
-    threading.Thread.start = _start_remembering_who  # type: ignore[method-assign,assignment]
+    """From now on remember which thread starts each thread: ``Thread.start``, whatever
+    wraps it already (an APM's instrumentation), is wrapped once (Python 3.11 has no audit
+    event for a thread's start)."""
+    global _wrapped_start
+    if threading.Thread.start is not _start_remembering_who:
+        _wrapped_start = threading.Thread.start
+        threading.Thread.start = _start_remembering_who  # type: ignore[method-assign,assignment]
 
 
 def stop_watching_thread_starts() -> None:
-    """Put ``Thread.start`` back."""
-    threading.Thread.start = _original_start  # type: ignore[method-assign]
+    """Put back what ``Thread.start`` was, unless something wrapped it since (then this
+    wrapper stays inside theirs: it only remembers)."""
+    if threading.Thread.start is _start_remembering_who:
+        threading.Thread.start = _wrapped_start  # type: ignore[method-assign,assignment]
 
 
 def running_threads() -> frozenset[threading.Thread]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from sqlite3 import connect  # bound before any recording starts, as in a module of yours
 
@@ -52,6 +53,20 @@ def test_connections_the_code_let_go_of_are_closed_and_no_leak(tmp_path: Path) -
         still_open = recording.stop()
     assert [tracked.connection for tracked in still_open] == [kept]
     kept.close()
+
+
+def test_a_connection_another_thread_let_go_of_is_no_leak(tmp_path: Path) -> None:
+    """Only that thread may close it: it is left to the garbage collector, unreported."""
+    recording = record_connections()
+    try:
+        worker = threading.Thread(
+            target=lambda: sqlite3.connect(tmp_path / "app.db").execute("SELECT 1").fetchone()
+        )
+        worker.start()
+        worker.join()
+    finally:
+        still_open = recording.stop()
+    assert still_open == []
 
 
 def test_a_refused_file_is_refused_however_sqlite3_is_called(tmp_path: Path) -> None:
