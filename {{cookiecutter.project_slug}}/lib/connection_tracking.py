@@ -199,12 +199,14 @@ class Recording:
         return [tracked for tracked in self.opened if tracked.is_open and not _dropped(tracked)]
 
     def stop(self) -> list[TrackedConnection]:
-        """Stop recording; return the connections that are still open (the leaks)."""
+        """Stop recording; return the connections that are still open (the leaks), and
+        hold no other: those the code let go of are the garbage collector's again."""
         with _lock:
             if self in _recordings:
                 _recordings.remove(self)
             _uninstall_if_unused()
-        return self.still_open()
+        still_open, self.opened = self.still_open(), []
+        return still_open
 
 
 def _references(tracked: TrackedConnection) -> int:
