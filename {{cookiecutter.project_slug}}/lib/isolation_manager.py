@@ -26,17 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from . import (
-    async_database,
-    client_lock,
-    connection_tracking,
-    database,
-    database_config,
-    libsql_engine,
-    migrate,
-    scope_databases,
-    thread_tracking,
-)
+from . import database, migrate, scope_databases, thread_tracking
 from .async_database import AsyncDatabaseClient
 from .connection_tracking import (
     Recording,
@@ -65,23 +55,11 @@ logger = logging.getLogger("isolation")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
-# The isolation core itself is never dropped from sys.modules.
+# The isolation core itself, every module of this package, is never dropped from
+# sys.modules.
 CORE_MODULES = frozenset(
     {__package__ or "", __name__}
-    | {
-        module.__name__
-        for module in (
-            async_database,
-            client_lock,
-            connection_tracking,
-            database,
-            database_config,
-            libsql_engine,
-            migrate,
-            scope_databases,
-            thread_tracking,
-        )
-    }
+    | {f"{__package__}.{path.stem}" for path in Path(__file__).parent.glob("[!_]*.py")}
 )
 
 # The most items of a container in a module global the stale-binding search looks at.

@@ -30,7 +30,7 @@ from lib.database import (
     Transaction,
     get_database_client,
 )
-from tests.unit.holding import held_in_another_thread
+from tests.unit.holding import held_in_another_thread, new_database_held_for
 
 SCHEMA = """
 CREATE TABLE items (
@@ -1626,15 +1626,8 @@ def test_a_new_database_another_connection_holds_is_switched_to_wal_once_it_lets
     """Switching to WAL does not wait for the busy timeout as other statements do: two
     processes opening a new database at once failed with "database is locked"."""
     path = tmp_path / "new.db"
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")  # in its rollback journal still, as a new file is
-    release = threading.Timer(0.3, other.execute, ["COMMIT"])
-    release.start()
-    try:
+    with new_database_held_for(0.3, path):
         client = DatabaseClient(str(path), owner="opens a new database")
-    finally:
-        release.join()
-        other.close()
     assert client.execute("PRAGMA journal_mode").rows[0][0] == "wal"
     client.close()
 

@@ -20,6 +20,7 @@ import pytest
 from lib import migrate
 from lib.database import DatabaseClient
 from lib.scope_databases import cached_template
+from tests.unit.holding import new_database_held_for
 
 PROJECT_ROOT = migrate.MIGRATIONS_DIR.parent
 
@@ -481,15 +482,8 @@ def test_a_run_waits_for_a_new_database_another_run_is_setting_up(
     """Switching a new file to WAL does not wait for another connection's lock, as the
     busy timeout would: two runs started at once on a new database both succeed."""
     database = tmp_path / "new.db"
-    other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")  # still in its rollback journal, as a new file is
-    release = threading.Timer(0.5, other.execute, ["COMMIT"])
-    release.start()
-    try:
+    with new_database_held_for(0.5, database):
         code = migrate_in_process(monkeypatch, database, migrations)
-    finally:
-        release.join()
-        other.close()
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
     assert out.startswith("Applied 1 migration(s)")
