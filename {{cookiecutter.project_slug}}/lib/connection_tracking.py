@@ -4,7 +4,8 @@ While a :class:`Recording` is active, each new ``sqlite3`` connection is remembe
 its caller: an audit hook (``sqlite3.connect/handle``) sees them all, however ``connect``
 was imported or called, ``sqlite3.Connection(...)`` and factories included.
 ``libsql.connect`` is wrapped once libsql is imported. When the test ends, the ones still
-open are connection leaks, reported where they were opened. While :func:`refuse_files`
+open and held by the code are given back: ``lib.isolation_manager`` reports those to the
+test's own database as connection leaks, where they were opened. While :func:`refuse_files`
 names files, both refuse to open them (the developer's own database, during a test
 session). The audit hook, which Python cannot remove, does nothing once neither is
 needed; the libsql wrapper is removed.
