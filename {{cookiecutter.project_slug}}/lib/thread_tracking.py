@@ -27,29 +27,34 @@ GRACE_SECONDS = 0.1
 _starters: weakref.WeakKeyDictionary[threading.Thread, threading.Thread] = (
     weakref.WeakKeyDictionary()
 )
-_wrapped_start: Callable[[threading.Thread], None] = threading.Thread.start
-
-
-def _start_remembering_who(thread: threading.Thread) -> None:
-    _starters[thread] = threading.current_thread()
-    _wrapped_start(thread)
+# The wrappers this module installed, each with the Thread.start it wraps.
+_wrapping: dict[Callable[[threading.Thread], None], Callable[[threading.Thread], None]] = {}
 
 
 def watch_thread_starts() -> None:
-    """From now on remember which thread starts each thread: ``Thread.start``, whatever
-    wraps it already (an APM's instrumentation), is wrapped once (Python 3.11 has no audit
-    event for a thread's start)."""
-    global _wrapped_start
-    if threading.Thread.start is not _start_remembering_who:
-        _wrapped_start = threading.Thread.start
-        threading.Thread.start = _start_remembering_who  # type: ignore[method-assign,assignment]
+    """From now on remember which thread starts each thread (Python 3.11 has no audit
+    event for it): ``Thread.start`` is wrapped, whatever wraps it already (an APM's
+    instrumentation), unless this module's wrapper is installed. Each wrapper calls the
+    one it wraps: one of ours inside another's wrapper, itself inside one of ours, never
+    loops."""
+    wrapped = threading.Thread.start
+    if wrapped in _wrapping:
+        return
+
+    def start(thread: threading.Thread) -> None:
+        _starters[thread] = threading.current_thread()
+        wrapped(thread)
+
+    _wrapping[start] = wrapped
+    threading.Thread.start = start  # type: ignore[method-assign,assignment]
 
 
 def stop_watching_thread_starts() -> None:
-    """Put back what ``Thread.start`` was, unless something wrapped it since (then this
+    """Put back what ``Thread.start`` was, unless something wrapped it since (then the
     wrapper stays inside theirs: it only remembers)."""
-    if threading.Thread.start is _start_remembering_who:
-        threading.Thread.start = _wrapped_start  # type: ignore[method-assign,assignment]
+    installed = threading.Thread.start
+    if installed in _wrapping:
+        threading.Thread.start = _wrapping.pop(installed)  # type: ignore[method-assign,assignment]
 
 
 def running_threads() -> frozenset[threading.Thread]:

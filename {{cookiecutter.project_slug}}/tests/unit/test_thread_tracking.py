@@ -66,3 +66,27 @@ def test_a_wrapper_installed_since_is_left_in_place() -> None:
         assert thread_tracking._starters[thread] is threading.current_thread()
     finally:
         threading.Thread.start = original  # type: ignore[method-assign]
+
+
+def test_watching_again_over_a_wrapper_around_its_own_does_not_loop() -> None:
+    """An APM that wrapped this module's wrapper, then watching again (the next session
+    in the process): each wrapper calls the one it wraps, and a thread still starts once."""
+    original, started = threading.Thread.start, []
+    thread_tracking.watch_thread_starts()
+    inner = threading.Thread.start
+
+    def instrumented_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        inner(thread)
+
+    threading.Thread.start = instrumented_start  # type: ignore[method-assign,assignment]
+    try:
+        thread_tracking.watch_thread_starts()
+        thread = _start_and_join("twice wrapped")
+        assert started == ["twice wrapped"]
+        assert thread_tracking._starters[thread] is threading.current_thread()
+        thread_tracking.stop_watching_thread_starts()
+        assert threading.Thread.start is instrumented_start
+    finally:
+        threading.Thread.start = original  # type: ignore[method-assign]
+        thread_tracking._wrapping.clear()
