@@ -1164,10 +1164,13 @@ async def test_a_savepoint_cancelled_as_it_begins_loses_nothing_written_after(
         holder = threading.Thread(target=run_for, args=(acting_for(), busy), daemon=True)
         holder.start()
         await asyncio.sleep(0.05)
+        # Let the holder go once the timeout has fired (a later timer of the same loop):
+        # the cancelled savepoint can only begin, and be rolled back, after that.
+        asyncio.get_running_loop().call_later(0.3, release.set)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1), adb.transaction():
                 pass
-        release.set()
+        assert release.is_set()  # the task went on only once its savepoint was undone
         await outer.execute("INSERT INTO items (name) VALUES ('after')")
         await asyncio.sleep(0.1)
     holder.join(timeout=10)
