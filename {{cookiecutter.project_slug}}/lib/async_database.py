@@ -85,10 +85,6 @@ class AsyncDatabaseClient:
                 turns = self._turns[running] = _Turns()
             return turns
 
-    def _loop_lock(self) -> asyncio.Lock:
-        """This event loop's lock, which its tasks take turns on."""
-        return self._loop_turns().lock
-
     async def _take_turn(self) -> _Turns:
         """This loop's turns, their lock acquired in turn. While it waits, a watcher makes
         sure that a transaction that can no longer end normally does not keep it for good."""

@@ -313,9 +313,15 @@ def renamed_migrations(applied: Sequence[str], names: Sequence[str]) -> list[tup
     return [(old, new) for old in missing for new in pending if _number(old) == _number(new)]
 
 
-def refuse_renamed(applied: Sequence[str], names: Sequence[str], directory: Path) -> None:
+def refuse_renamed(
+    applied: Sequence[str],
+    names: Sequence[str],
+    directory: Path,
+    outcome: str = "No migration of this run was applied",
+) -> None:
     """Raise :class:`MigrationError` for :func:`renamed_migrations`: applying such a file
-    runs statements the database has already run (a second seed row, "table exists")."""
+    runs statements the database has already run (a second seed row, "table exists").
+    ``outcome`` ends the message: what came of the command."""
     pairs = renamed_migrations(applied, names)
     if not pairs:
         return
@@ -331,8 +337,8 @@ def refuse_renamed(applied: Sequence[str], names: Sequence[str], directory: Path
         f"but no longer in {_relative(directory)}: renamed? Applying them would run the same "
         "statements a second time. Give each its applied name back (the database records "
         f"applied migrations by name), or record the new name ({updates}); if they are "
-        "different migrations (from another branch), recreate the development database. "
-        "No migration of this run was applied"
+        f"different migrations (from another branch), recreate the development database. "
+        f"{outcome}"
     )
 
 
@@ -672,7 +678,7 @@ def _pending_read_only(path: str, directory: Path) -> list[str]:
     try:
         names = [migration.stem for migration in migration_files(directory)]
         applied = recorded_migrations(client.db.conn)
-        _refuse_renamed_in_list(applied, names, directory)
+        refuse_renamed(applied, names, directory, "python -m lib.migrate refuses until then")
         _warn(drift_warnings(applied, names, directory))
         _warn_schema(client.db.conn, path, directory)
         return [name for name in names if name not in applied]
@@ -682,16 +688,6 @@ def _pending_read_only(path: str, directory: Path) -> list[str]:
         raise open_error(path, "DATABASE_URL", error) from error
     finally:
         client.close()
-
-
-def _refuse_renamed_in_list(applied: Sequence[str], names: Sequence[str], directory: Path) -> None:
-    try:
-        refuse_renamed(applied, names, directory)
-    except MigrationError as error:
-        message = str(error).replace(
-            "No migration of this run was applied", "python -m lib.migrate refuses until then"
-        )
-        raise MigrationError(message) from None
 
 
 def _read_only_problem(path: str) -> str:

@@ -77,7 +77,7 @@ async def test_closing_the_client_lets_the_tasks_waiting_their_turn_fail_at_once
     async with asyncio.timeout(5):
         with pytest.raises(ClientClosedError, match="async-unit-test"):
             await holding
-    assert not adb._loop_lock().locked()
+    assert not adb._loop_turns().lock.locked()
 
 
 async def test_tasks_waiting_for_a_transaction_whose_task_ended_go_on(
@@ -181,7 +181,7 @@ def test_event_loops_in_many_threads_share_one_async_client(client: DatabaseClie
     failures: list[BaseException] = []
 
     async def take_this_loops_lock() -> None:
-        adb._loop_lock()
+        adb._loop_turns()
 
     deadline = time.monotonic() + 2.0
 

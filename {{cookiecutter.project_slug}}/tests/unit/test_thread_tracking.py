@@ -47,8 +47,10 @@ def test_a_wrapper_installed_before_keeps_working_and_is_put_back(
     assert instrumented == ["watched", "after"]
 
 
-def test_a_wrapper_installed_since_is_left_in_place() -> None:
-    """Its instrumentation stays for the rest of the process, with this wrapper inside."""
+@pytest.fixture
+def wrapped_after_watching() -> Iterator[list[str]]:
+    """Watching, then ``Thread.start`` wrapped around this module's wrapper, as an APM
+    initialised during a test does; the names of the threads it starts. Put back after."""
     original, started = threading.Thread.start, []
     thread_tracking.watch_thread_starts()
     watching = threading.Thread.start
@@ -58,35 +60,30 @@ def test_a_wrapper_installed_since_is_left_in_place() -> None:
         watching(thread)
 
     threading.Thread.start = later_start  # type: ignore[method-assign,assignment]
-    try:
-        thread_tracking.stop_watching_thread_starts()
-        assert threading.Thread.start is later_start
-        thread = _start_and_join("kept")
-        assert started == ["kept"]
-        assert thread_tracking._starters[thread] is threading.current_thread()
-    finally:
-        threading.Thread.start = original  # type: ignore[method-assign]
+    yield started
+    threading.Thread.start = original  # type: ignore[method-assign]
+    thread_tracking._wrapping.clear()
 
 
-def test_watching_again_over_a_wrapper_around_its_own_does_not_loop() -> None:
-    """An APM that wrapped this module's wrapper, then watching again (the next session
-    in the process): each wrapper calls the one it wraps, and a thread still starts once."""
-    original, started = threading.Thread.start, []
+def test_a_wrapper_installed_since_is_left_in_place(wrapped_after_watching: list[str]) -> None:
+    """Its instrumentation stays for the rest of the process, with this wrapper inside."""
+    later_start = threading.Thread.start
+    thread_tracking.stop_watching_thread_starts()
+    assert threading.Thread.start is later_start
+    thread = _start_and_join("kept")
+    assert wrapped_after_watching == ["kept"]
+    assert thread_tracking._starters[thread] is threading.current_thread()
+
+
+def test_watching_again_over_a_wrapper_around_its_own_does_not_loop(
+    wrapped_after_watching: list[str],
+) -> None:
+    """Watching again (the next session in the process) over an APM that wrapped this
+    module's wrapper: each wrapper calls the one it wraps, and a thread still starts once."""
+    instrumented_start = threading.Thread.start
     thread_tracking.watch_thread_starts()
-    inner = threading.Thread.start
-
-    def instrumented_start(thread: threading.Thread) -> None:
-        started.append(thread.name)
-        inner(thread)
-
-    threading.Thread.start = instrumented_start  # type: ignore[method-assign,assignment]
-    try:
-        thread_tracking.watch_thread_starts()
-        thread = _start_and_join("twice wrapped")
-        assert started == ["twice wrapped"]
-        assert thread_tracking._starters[thread] is threading.current_thread()
-        thread_tracking.stop_watching_thread_starts()
-        assert threading.Thread.start is instrumented_start
-    finally:
-        threading.Thread.start = original  # type: ignore[method-assign]
-        thread_tracking._wrapping.clear()
+    thread = _start_and_join("twice wrapped")
+    assert wrapped_after_watching == ["twice wrapped"]
+    assert thread_tracking._starters[thread] is threading.current_thread()
+    thread_tracking.stop_watching_thread_starts()
+    assert threading.Thread.start is instrumented_start
