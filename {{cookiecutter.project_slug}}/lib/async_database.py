@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -40,7 +41,9 @@ TURN_RECHECK_SECONDS = 0.05
 class _Turns:
     """One event loop's turns on the client: its tasks queue on ``lock``. ``holder`` is the
     transaction holding it, once begun (a call holds it only while its statement runs);
-    ``waiting`` counts the tasks queued, which ``watcher`` looks after."""
+    ``waiting`` counts the tasks queued, which ``watcher`` looks after. Savepoints queue
+    in ``lines``, one per transaction they begin inside; ``ended`` wakes them when a
+    transaction of this loop ends."""
 
     def __init__(self) -> None:
         """No one holds or waits for it."""
@@ -48,6 +51,10 @@ class _Turns:
         self.holder: AsyncTransaction | None = None
         self.waiting = 0
         self.watcher: asyncio.Task[None] | None = None
+        self.lines: weakref.WeakValueDictionary[Reservation | None, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self.ended = asyncio.Event()
 
 
 class AsyncDatabaseClient:
@@ -113,6 +120,16 @@ class AsyncDatabaseClient:
             holder = turns.holder
             if holder is not None and (self.client.closed or holder._reservation.ended()):
                 holder._let_go()
+
+    def _line(self, outer: Reservation | None) -> asyncio.Lock:
+        """The line in which this loop's savepoints inside ``outer`` wait to begin, one at
+        a time: each polling for its turn on its own, a ``gather`` of n of them woke the
+        loop n times per turn, n squared in all."""
+        lines = self._loop_turns().lines
+        line = lines.get(outer)
+        if line is None:
+            line = lines[outer] = asyncio.Lock()
+        return line
 
     def _joins_open_transaction(self) -> bool:
         """Whether the caller works for an open async transaction of the client (it is its
@@ -191,12 +208,24 @@ class AsyncDatabaseClient:
 _WORKERS = ThreadPoolExecutor(thread_name_prefix="async_db")
 
 
-async def _wait_for_turn(client: DatabaseClient, reservation: Reservation | None) -> None:
+async def _wait_for_turn(
+    client: DatabaseClient, reservation: Reservation | None, ended: asyncio.Event | None = None
+) -> None:
     """Return once work for ``reservation`` may use ``client`` (or it is closed, which the
     call then reports), waiting on the event loop: cancellable, and taking no worker
-    thread while it waits."""
-    while not client.closed and not client._lock.admits(reservation):
-        await asyncio.sleep(LOOP_RECHECK_SECONDS)
+    thread while it waits. It looks again every few milliseconds, and as soon as ``ended``
+    is set (by a transaction of this loop ending)."""
+    while True:
+        if ended is not None:
+            ended.clear()
+        if client.closed or client._lock.admits(reservation):
+            return
+        if ended is None:
+            await asyncio.sleep(LOOP_RECHECK_SECONDS)
+            continue
+        with suppress(TimeoutError):
+            async with asyncio.timeout(LOOP_RECHECK_SECONDS):
+                await ended.wait()
 
 
 async def _call(
@@ -256,13 +285,23 @@ class AsyncTransaction:
         owner, client = self._owner, self._owner.client
         client._raise_if_closed()
         owner._refuse_inside_a_sync_transaction()
-        if not owner._joins_open_transaction():
+        if owner._joins_open_transaction():
+            async with owner._line(acting_for()):
+                await self._begin_in_turn(owner._loop_turns().ended)
+        else:
             self._held_turns = await owner._take_turn()
+            await self._begin_in_turn()
+        return self
+
+    async def _begin_in_turn(self, ended: asyncio.Event | None = None) -> None:
+        """Begin once it is this transaction's turn (a savepoint's: once those begun before
+        it inside the same transaction have ended, which ``ended`` signals)."""
+        client = self._owner.client
         try:
             client._raise_if_closed()  # closed while it waited its turn
             self._outer = client._lock.innermost_open(acting_for())
             self._reservation = Reservation(asyncio.current_task(), self._outer)
-            await _wait_for_turn(client, self._outer)  # cancellable: nothing has begun yet
+            await _wait_for_turn(client, self._outer, ended)  # cancellable: nothing began
         except BaseException:
             self._let_go()
             raise
@@ -277,7 +316,6 @@ class AsyncTransaction:
         self._open = True
         if self._held_turns is not None:  # from now on its watcher may take the turn back
             self._held_turns.holder = self
-        return self
 
     async def __aexit__(
         self,
@@ -369,6 +407,7 @@ class AsyncTransaction:
         finally:
             self._stop_acting_for_it()
             self._let_go()
+            self._owner._loop_turns().ended.set()
         if cancelled_while_waiting:
             rolled_back = asyncio.CancelledError()
             rolled_back.add_note(self._how_it_ended(ending, committing=False))

@@ -229,3 +229,31 @@ async def test_a_transaction_entered_in_another_task_is_that_tasks(client: Datab
         await adb.execute("INSERT INTO items (name) VALUES ('parent')")
         await task
     assert names_on_disk(client) == ["parent"]
+
+
+async def test_sibling_savepoints_wait_in_line_instead_of_each_polling(
+    client: DatabaseClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gather of savepoints inside one transaction: each lands once, and the turn is
+    looked at a number of times that grows with their count, not with its square (each
+    polling on its own, 800 of them took 18 s)."""
+    adb = AsyncDatabaseClient(client)
+    looks = 0
+    admits = type(client._lock).admits
+
+    def counted(lock: Any, reservation: Any) -> bool:
+        nonlocal looks
+        looks += 1
+        return admits(lock, reservation)
+
+    monkeypatch.setattr(type(client._lock), "admits", counted)
+    siblings = 200
+
+    async def savepoint(i: int) -> None:
+        async with adb.transaction() as sp:
+            await sp.execute("INSERT INTO items (name) VALUES (?)", (f"n{i:03}",))
+
+    async with adb.transaction():
+        await asyncio.gather(*(savepoint(i) for i in range(siblings)))
+    assert names_on_disk(client) == [f"n{i:03}" for i in range(siblings)]
+    assert looks < siblings * 50  # 13 each here; 200 each when every one polled
