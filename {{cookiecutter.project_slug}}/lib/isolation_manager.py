@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import reprlib
 import secrets
 import sqlite3
 import sys
@@ -24,10 +23,9 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from . import database, migrate, scope_databases, thread_tracking
-from .async_database import AsyncDatabaseClient
 from .connection_tracking import (
     Recording,
     TrackedConnection,
@@ -37,6 +35,7 @@ from .connection_tracking import (
 from .database import DatabaseClient, DatabaseService
 from .database_config import Engine
 from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
+from .stale_bindings import globals_holding, stale_warning
 
 __all__ = [
     "RUNS_DIR_NAME",
@@ -61,9 +60,6 @@ CORE_MODULES = frozenset(
     {__package__ or "", __name__}
     | {f"{__package__}.{path.stem}" for path in Path(__file__).parent.glob("[!_]*.py")}
 )
-
-# The most items of a container in a module global the stale-binding search looks at.
-SEARCHED_ITEMS = 10_000
 
 # Paths inside the project that hold installed packages, not project modules.
 _NOT_PROJECT = tuple(
@@ -417,7 +413,7 @@ class TestIsolationManager:
             count = metrics["scopes_destroyed"]
             metrics["average_cleanup_time"] += (elapsed - metrics["average_cleanup_time"]) / count
         logger.debug("scope destroyed: %s (%.2f ms)", scope_id, elapsed)
-        return closed_cleanly, [_stale_warning(binding, scope.owner) for binding in stale]
+        return closed_cleanly, [stale_warning(binding, scope.owner) for binding in stale]
 
     def _keep(self, scope: IsolationScope, destination: Path) -> None:
         try:
@@ -743,7 +739,7 @@ class TestIsolationManager:
             if alive:
                 modules = self._current_project_modules()
                 found = self._stale_bindings_in(modules, alive, scan.test_name, inside=True)
-                stale += [_stale_warning(binding, scan.owner) for binding in found]
+                stale += [stale_warning(binding, scan.owner) for binding in found]
         return stale
 
     def _stale_bindings_in(
@@ -754,34 +750,11 @@ class TestIsolationManager:
         *,
         inside: bool = False,
     ) -> list[str]:
-        """Record as leaks of ``test_name`` and return the globals of ``modules``
-        (``module.attribute``) that hold one of ``clients``, or an async wrapper of one.
-        ``inside``: also one level inside them (see :func:`_places_holding`), for clients still
-        alive after their test, which something holds (37 µs for a module of 42 globals
-        and two classes, where the globals alone take 5 µs)."""
-        stale_ids = {id(client) for client in clients}
-        wrapper = AsyncDatabaseClient
-        found = []
-        for name in modules:
-            module = sys.modules.get(name)
-            if module is None:
-                continue
-            values = list(vars(module).values())
-            if (
-                not inside
-                and stale_ids.isdisjoint(map(id, values))
-                and wrapper not in map(type, values)
-            ):
-                continue  # the common case, checked at C speed
-            for attribute, value in list(vars(module).items()):
-                if attribute.startswith("__"):  # __builtins__ and the like
-                    continue
-                places = _places_holding(
-                    f"{name}.{attribute}", value, name, stale_ids, inside=inside
-                )
-                for where in places:
-                    found.append(where)
-                    self._leak("stale_binding", test_name, where)
+        """Record as leaks of ``test_name`` and return the globals of ``modules`` that hold
+        one of ``clients`` (see :func:`~lib.stale_bindings.globals_holding`)."""
+        found = globals_holding(modules, clients, inside=inside)
+        for where in found:
+            self._leak("stale_binding", test_name, where)
         return found
 
     # -- failure handling and reporting -------------------------------------------------
@@ -841,50 +814,6 @@ class TestIsolationManager:
             ],
             "performance_metrics": dict(self.performance_metrics),
         }
-
-
-def _places_holding(
-    where: str, value: object, module: str, stale_ids: set[int], *, inside: bool
-) -> Iterator[str]:
-    """Where ``value`` holds one of the clients ``stale_ids`` (or an async wrapper of one):
-    itself, and with ``inside`` one level down, in the attributes of a class ``module``
-    defines, a dict's values, a list's or tuple's items (not in one of more than
-    :data:`SEARCHED_ITEMS`: a table of data, not a registry). Types alone decide, so that
-    no code of the project's runs (a lazy proxy's factory) and nothing raises."""
-    if id(_unwrapped(value)) in stale_ids:
-        yield where
-    if not inside:
-        return
-    kind = type(value)
-    if issubclass(kind, type) and vars(value).get("__module__") == module:
-        for name, item in list(vars(value).items()):
-            if id(_unwrapped(item)) in stale_ids:
-                yield f"{where}.{name}"
-    elif issubclass(kind, dict):
-        mapping = cast("dict[object, object]", value)
-        if len(mapping) <= SEARCHED_ITEMS:
-            for key, item in list(mapping.items()):
-                if id(_unwrapped(item)) in stale_ids:
-                    yield f"{where}[{reprlib.repr(key)}]"
-    elif kind is list or kind is tuple:
-        items = cast("Sequence[object]", value)
-        if len(items) <= SEARCHED_ITEMS:
-            for index, item in enumerate(list(items)):
-                if id(_unwrapped(item)) in stale_ids:
-                    yield f"{where}[{index}]"
-
-
-def _unwrapped(value: object) -> object:
-    """The client an async wrapper wraps, or ``value``."""
-    return value.client if type(value) is AsyncDatabaseClient else value
-
-
-def _stale_warning(binding: str, owner: str) -> str:
-    return (
-        f"{binding} still holds the database client of {owner}; using it later raises "
-        "ClientClosedError. Ask for the client where it is used (get_database_client() at "
-        "call time) instead of keeping it."
-    )
 
 
 def _warn_stale(messages: list[str]) -> None:

@@ -31,13 +31,13 @@ from lib.database import (
 )
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
-    SEARCHED_ITEMS,
     IsolationWarning,
     ScopeNotFoundError,
     TestIsolationManager,
 )
 from lib.migrate import MIGRATIONS_DIR, pending_migrations
 from lib.scope_databases import cached_template
+from lib.stale_bindings import SEARCHED_ITEMS
 from tests.unit.holding import held_in_another_thread
 
 SCOPE_ID = re.compile(r"^test_\d+_[0-9a-f]{8}$")
