@@ -20,7 +20,6 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableSet, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from .connection_tracking import (
 )
 from .database import DatabaseClient, DatabaseService
 from .database_config import Engine
+from .project_modules import ProjectModules, drop_modules
 from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
 from .stale_bindings import globals_holding, stale_warning
 
@@ -54,27 +54,6 @@ logger = logging.getLogger("isolation")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
-# The isolation core itself, every module of this package, is never dropped from
-# sys.modules.
-CORE_MODULES = frozenset(
-    {__package__ or "", __name__}
-    | {f"{__package__}.{path.stem}" for path in Path(__file__).parent.glob("[!_]*.py")}
-)
-
-# Paths inside the project that hold installed packages, not project modules.
-_NOT_PROJECT = tuple(
-    f"{os.sep}{name}{os.sep}"
-    for name in (".nox", ".venv", "venv", ".tox", "site-packages", "dist-packages")
-)
-
-
-ModulesState = tuple[int, str | None]
-
-
-def _modules_state() -> ModulesState:
-    """What every import changes: the number of modules and the newest one (an import adds
-    its name last, so removing one module and importing another changes it too)."""
-    return len(sys.modules), next(reversed(sys.modules), None)
 
 
 class OpenClients(MutableSet[DatabaseClient]):
@@ -233,12 +212,11 @@ class TestIsolationManager:
         self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
         self.runs_dir = runs_dir or self.data_dir / RUNS_DIR_NAME
-        self.module_patterns = tuple(module_patterns) if module_patterns is not None else None
         self.project_root = project_root.resolve()
+        self.modules = ProjectModules(self.project_root, module_patterns)
         self.reset_hooks = tuple(reset_hooks)
         self.engine = engine
         self.defer_binding_scan = defer_binding_scan
-        self._root_prefix = f"{self.project_root}{os.sep}"
         self.active_scopes: dict[str, IsolationScope] = {}
         self.global_connection_registry = OpenClients()
         self.performance_metrics: dict[str, float] = {
@@ -255,10 +233,6 @@ class TestIsolationManager:
         self.is_test_mode = False
         self._factories: dict[Strategy, DatabaseFactory] = {}
         self._baseline_modules: frozenset[str] = frozenset(sys.modules)
-        self._is_project_module: dict[str, bool] = {}
-        self._project_modules: tuple[ModulesState, list[str]] = ((0, None), [])
-        self._last_snapshot: frozenset[str] = frozenset()
-        self._last_snapshot_state: ModulesState = (0, None)
         self._context: _TestContext | None = None
         self._deferred_scans: list[_DeferredScan] = []
         self._failed_resets: list[str] = []
@@ -400,7 +374,7 @@ class TestIsolationManager:
         )
         stale: list[str] = []
         if scope.options.isolate_modules:
-            imported = self._imported_since(scope.module_snapshot)
+            imported = self.modules.imported_since(scope.module_snapshot)
             # Before they go: a module imported during the test may hold the client too.
             stale = self._look_for_stale_bindings(scope, imported)
             self._drop_modules(imported)
@@ -543,7 +517,10 @@ class TestIsolationManager:
         would use whichever test's database comes next: a leak, refused the database from
         now on."""
         for thread in thread_tracking.left_running(
-            context.threads_before, context.thread, self._allowed_threads, self._is_project_file
+            context.threads_before,
+            context.thread,
+            self._allowed_threads,
+            self.modules.is_project_file,
         ):
             running = thread_tracking.describe(thread)
             database.refuse_thread(
@@ -558,12 +535,6 @@ class TestIsolationManager:
                 "on: stop and join it before the test ends (in a fixture's teardown), or "
                 "start it in a session-scoped fixture if it serves every test",
             )
-
-    def _is_project_file(self, filename: str) -> bool:
-        """A file of the project's own code (not of a virtual environment in it)."""
-        return filename.startswith(self._root_prefix) and not any(
-            part in filename for part in _NOT_PROJECT
-        )
 
     def _leak(
         self,
@@ -642,67 +613,16 @@ class TestIsolationManager:
     # -- modules ------------------------------------------------------------------------
 
     def capture_module_snapshot(self) -> frozenset[str]:
-        """The names of the modules imported so far (the last snapshot again while no module
-        was imported or removed since, as between most tests)."""
-        state = _modules_state()
-        if state != self._last_snapshot_state:
-            self._last_snapshot = frozenset(sys.modules)
-            self._last_snapshot_state = state
-        return self._last_snapshot
-
-    def _project_module(self, name: str) -> bool:
-        known = self._is_project_module.get(name)
-        if known is None:
-            known = name not in CORE_MODULES and self._matches_project(name)
-            self._is_project_module[name] = known
-        return known
-
-    def _matches_project(self, name: str) -> bool:
-        """Project code only: never a built-in, stdlib or installed third-party module."""
-        filename: str | None = getattr(sys.modules.get(name), "__file__", None)
-        if (
-            not filename
-            or name.partition(".")[0] in sys.stdlib_module_names
-            or any(part in filename for part in _NOT_PROJECT)
-        ):
-            return False
-        if self.module_patterns is not None:
-            return any(fnmatchcase(name, pattern) for pattern in self.module_patterns)
-        return filename.startswith(self._root_prefix)
-
-    def _current_project_modules(self) -> list[str]:
-        """Project modules now imported; recomputed only when ``sys.modules`` changed."""
-        state = _modules_state()
-        seen, names = self._project_modules
-        if seen != state:
-            names = [name for name in list(sys.modules) if self._project_module(name)]
-            self._project_modules = (state, names)
-        return names
-
-    def _imported_since(self, snapshot: frozenset[str]) -> list[str]:
-        """Project modules imported since ``snapshot``."""
-        if snapshot is self._last_snapshot and _modules_state() == self._last_snapshot_state:
-            return []  # nothing imported or removed since (the common case)
-        return [name for name in sys.modules.keys() - snapshot if self._project_module(name)]
+        """The names of the modules imported so far."""
+        return self.modules.snapshot()
 
     def clear_module_cache(self, snapshot: frozenset[str] | None = None) -> int:
         """Drop project modules imported since ``snapshot`` (default: test-mode start)."""
         baseline = self._baseline_modules if snapshot is None else snapshot
-        return self._drop_modules(self._imported_since(baseline))
+        return self._drop_modules(self.modules.imported_since(baseline))
 
     def _drop_modules(self, dropped: list[str]) -> int:
-        """Drop the modules ``dropped`` from ``sys.modules`` and from the packages they are
-        attributes of, which ``from package import module`` would otherwise still find."""
-        for name in dropped:
-            module = sys.modules.pop(name, None)
-            package_name, _, attribute = name.rpartition(".")
-            package = sys.modules.get(package_name) if package_name else None
-            if (
-                package is not None
-                and module is not None
-                and vars(package).get(attribute) is module
-            ):
-                delattr(package, attribute)
+        drop_modules(dropped)
         self.performance_metrics["modules_cleared"] += len(dropped)
         if dropped:
             logger.debug("modules cleared: %s", ", ".join(sorted(dropped)))
@@ -715,7 +635,7 @@ class TestIsolationManager:
         if not scope.connections:
             return []
         if not self.defer_binding_scan:
-            modules = self._current_project_modules()
+            modules = self.modules.current()
             return self._stale_bindings_in(modules, scope.connections, scope.test_name, inside=True)
         clients = tuple(weakref.ref(client) for client in scope.connections)
         with self._lock:
@@ -737,7 +657,7 @@ class TestIsolationManager:
         for scan in deferred:
             alive = [client for ref in scan.clients if (client := ref()) is not None]
             if alive:
-                modules = self._current_project_modules()
+                modules = self.modules.current()
                 found = self._stale_bindings_in(modules, alive, scan.test_name, inside=True)
                 stale += [stale_warning(binding, scan.owner) for binding in found]
         return stale
