@@ -326,6 +326,29 @@ def test_check_fails_on_a_planted_failure(
     assert "Isolation checks failed:" in output
 
 
+def test_check_fails_on_failed_tests_that_tee_hid(shard_run: ShardRun, tmp_path: Path) -> None:
+    """A log saved through ``| tee`` loses the run's exit code: failed tests, in pytest's
+    summary line or in the report, fail the check instead of passing it."""
+    shard = shard_run.shards[0]
+    lines = shard.log.read_text().splitlines()
+    summary = next(i for i, line in reversed(list(enumerate(lines))) if " passed in " in line)
+    lines[summary] = lines[summary].replace("= ", "= 1 failed, ", 1)
+    log = tmp_path / "integration-tests.log"
+    log.write_text("\n".join(lines) + "\n")
+    code, output = _check(shard_run.project, log)
+    assert code == 1, output
+    assert "::error title=Failed tests::1 test(s) failed" in output
+    assert f"integration-tests.log:{summary + 1}: {lines[summary].strip()}" in output
+
+    report = json.loads(shard.report.read_text())
+    report["summary"]["failed_tests"] = 2
+    failed_report = tmp_path / "failed.json"
+    failed_report.write_text(json.dumps(report))
+    code, output = _check(shard_run.project, shard.log, failed_report)
+    assert code == 1, output
+    assert "2 test(s) failed" in output
+
+
 def test_check_warns_on_memory_growth_and_judges_regressions(
     shard_run: ShardRun, tmp_path: Path
 ) -> None:
@@ -378,6 +401,13 @@ def test_check_of_inputs_that_prove_nothing_is_not_a_pass(
     assert code == 2, output
     assert "it has no summary" in output
     assert "UNCHECKED Performance regressions" in output
+
+    damaged = json.loads(shard_run.shards[0].report.read_text()) | {"leaks": None}
+    damaged_report = tmp_path / "damaged.json"
+    damaged_report.write_text(json.dumps(damaged))
+    code, output = _check(shard_run.project, shard_run.shards[0].log, damaged_report)
+    assert code == 2, output
+    assert "its 'leaks' is not a list" in output
 
 
 def test_durations_session_command_covers_every_test(shard_run: ShardRun, tmp_path: Path) -> None:

@@ -13,6 +13,9 @@ Checks:
   fails: a test left a database connection open. ``Scope leak detected in test:`` (or a
   scope leak in the report) fails too: a test created a scope and left it; and so does
   ``Thread leak detected in test:``: a test left a thread of its own running.
+- Failed tests (pytest's last summary line in the log, or the report's ``failed_tests``)
+  fail, so that a log saved through ``| tee``, which hides the run's exit code, is
+  never a pass.
 - ``High memory growth in test:`` warns.
 - Performance regressions in the report (the check against
   ``tests/performance-baseline.json``) fail at severity ``error`` and warn at ``warning``.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +48,9 @@ SCOPE_LEAK = "Scope leak detected in test:"
 THREAD_LEAK = "Thread leak detected in test:"
 HIGH_MEMORY = "High memory growth in test:"
 REPORT_HEADING = "Isolation Metrics Report"
+# pytest's last line: "==== 1 failed, 80 passed, 2 errors in 3.21s ====" (no "=" with -q).
+PYTEST_SUMMARY = re.compile(r"^=*\s*(?P<counts>\d+ \w+(?:, \d+ \w+)*) in [\d.]+s\b[^=]*=*$")
+FAILED_COUNTS = re.compile(r"(\d+) (?:failed|errors?)\b")
 MAX_QUOTED = 20
 
 PASSED, WARNING, FAILED, UNCHECKED = "passed", "warning", "FAILED", "UNCHECKED"
@@ -123,6 +130,31 @@ def check_leaks(
     if found:
         check.status = FAILED
         check.message = f"{kind.capitalize()} leak detected: {len(found)} finding(s), {left}"
+    return check
+
+
+def check_test_failures(
+    log_lines: Sequence[str] | None, log_name: str, report: dict[str, Any] | None
+) -> Check:
+    """Tests that failed or errored, by pytest's summary line and the report."""
+    check = Check("Failed tests")
+    if log_lines is None and report is None:
+        check.status, check.message = UNCHECKED, "neither the log nor the report could be read"
+        return check
+    in_log = 0
+    for number, line in enumerate(log_lines or [], start=1):
+        if counts := PYTEST_SUMMARY.match(line.strip()):
+            in_log = sum(int(count) for count in FAILED_COUNTS.findall(counts["counts"]))
+            check.lines = [f"{log_name}:{number}: {line.strip()}"] if in_log else []
+    summary = report.get("summary") if report is not None else None
+    in_report = summary.get("failed_tests", 0) if isinstance(summary, dict) else 0
+    failed = max(in_log, in_report if isinstance(in_report, int) else 0)
+    if failed:
+        check.status = FAILED
+        check.message = (
+            f"{failed} test(s) failed or errored: the run itself failed, whatever the "
+            "isolation checks say"
+        )
     return check
 
 
@@ -238,6 +270,9 @@ def _read_report(path: Path) -> dict[str, Any]:
         raise ValueError("the report is not a JSON object")
     if not isinstance(data.get("summary"), dict):
         raise ValueError("it has no summary: it is not the JSON of a finished run's report")
+    for key in ("leaks", "findings", "regressions"):
+        if not isinstance(data.get(key, []), list):
+            raise ValueError(f"its {key!r} is not a list: it is damaged")
     return data
 
 
@@ -296,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix=THREAD_LEAK,
             left="a test left a thread running, which would use the next test's database",
         ),
+        check_test_failures(log_lines, log_name, report),
         check_memory_growth(log_lines, log_name, report),
         check_regressions(report, asked=args.report is not None),
     ]
