@@ -19,8 +19,28 @@ MIN_PYTHON = 11
 MAX_PYTHON = 14
 
 SLUG = re.compile(r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$")
+MAX_SLUG = 64  # as the slug made from the name; the directory's name must fit the system's
+# The project's own dependencies, as pyproject.toml names them (a template test keeps the two
+# in step): a project of the same name would depend on itself, which no installer resolves.
+DEPENDENCIES = frozenset(
+    {
+        "httpx",
+        "libsql",
+        "mypy",
+        "nox",
+        "pytest",
+        "pytest-asyncio",
+        "pytest-split",
+        "pytest-timeout",
+        "pytest-xdist",
+        "ruff",
+        "sqlite-utils",
+        "starlette",
+        "uvicorn",
+    }
+)
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
-PYTHON_VERSION = re.compile(r"^3\.([1-9]\d*)$")  # no leading zero: 3.011 is not 3.11
+PYTHON_VERSION = re.compile(r"^3\.([1-9][0-9]*)$")  # no leading zero: 3.011 is not 3.11
 CI_CHOICES = ("github", "none")
 MAX_CI_SHARDS = 20
 LAYOUTS = ("full", "isolation-only")
@@ -49,6 +69,13 @@ def _check_project_slug(value: str) -> str | None:
         return (
             "use lowercase letters, digits, '-' or '_', starting with a letter (unless given, "
             f"it is made from project_name {name!r}: give project_slug, or change the name)"
+        )
+    if len(value) > MAX_SLUG:
+        return f"must be at most {MAX_SLUG} characters: it names the project's directory"
+    if value.replace("_", "-") in DEPENDENCIES:
+        return (
+            "is the name of one of the project's dependencies: the project would depend on "
+            "itself, which uv and pip cannot install; choose another name"
         )
     return None
 

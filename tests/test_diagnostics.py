@@ -2,8 +2,9 @@
 
 Leaks (a scope never destroyed, a raw sqlite3 connection to the test's database left
 open, a project module keeping a client in a global) are warnings: the run passes and
-reports them, and fails with ``--isolation-strict``. Misuse (a client asked for at import time, a client used
-after its test ended, a unit test asking for the scoped database) is an error.
+reports them, and fails with ``--isolation-strict``. Misuse (a client asked for at import
+time, a client used after its test ended, a unit test asking for the scoped database) is an
+error.
 """
 
 from __future__ import annotations

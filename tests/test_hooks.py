@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ INVALID = [
     ("project_slug", "orders.service", "use lowercase letters"),
     ("project_slug", "Orders", "use lowercase letters"),
     ("project_slug", "orders_-service", "use lowercase letters"),
+    ("project_slug", "o" * 65, "at most 64 characters"),
+    ("project_slug", "sqlite_utils", "the project would depend on itself"),
     ("project_name", "", "must not be empty"),
     ("project_name", "   ", "must not be empty"),
     ("project_name", 'The "Best" Service', "without double quotes"),
@@ -35,6 +38,7 @@ INVALID = [
     ("python_version", "3.11.4", "from 3.11 to 3.14"),
     ("python_version", "", "from 3.11 to 3.14"),
     ("python_version", "3.011", "from 3.11 to 3.14"),
+    ("python_version", "3.1\u0662", "from 3.11 to 3.14"),  # an Arabic-Indic digit 2
     ("ci", "gitlab", "must be 'github' (GitHub Actions workflows) or 'none'"),
     ("ci", "GitHub", "must be 'github'"),
     ("ci", "", "must be 'github'"),
@@ -76,6 +80,24 @@ def test_invalid_answer_is_rejected(
     errors = capfd.readouterr().err
     assert f"ERROR: {field} {value!r} is invalid:" in errors
     assert rule in errors
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def _dependencies() -> set[str]:
+    """Every package the project's pyproject.toml asks for, under any answer."""
+    text = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "pyproject.toml").read_text()
+    return set(re.findall(r'"([A-Za-z][A-Za-z0-9_.-]*)(?:\[[^\]]*\])?(?:>=|==|~=|<|>)', text))
+
+
+@pytest.mark.parametrize("dependency", sorted(_dependencies()))
+def test_a_slug_named_like_a_dependency_is_rejected(
+    bake: Bake, tmp_path: Path, capfd: pytest.CaptureFixture[str], dependency: str
+) -> None:
+    """The project would depend on itself: uv sync cannot resolve it."""
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, project_slug=dependency)
+    assert "the project would depend on itself" in capfd.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
