@@ -211,16 +211,54 @@ def _is_valid_template(path: Path, expected: list[str]) -> bool:
     return applied == expected
 
 
-def _build_template(path: Path, migrations_dir: Path) -> None:
+class TemplateWriteError(OSError):
+    """The template could not be written whole: the disk is full, or failing."""
+
+
+# SQLite's primary result codes for a write the disk refused: SQLITE_IOERR, SQLITE_FULL.
+_DISK_REFUSED = frozenset({10, 13})
+
+
+def _build_template(path: Path, migrations_dir: Path, expected: list[str]) -> None:
+    """Migrate a new file, then put it in the cache as ``path``, only once it is whole: a
+    close that cannot copy the WAL back (a full disk) raises nothing, and would leave an
+    empty file there."""
     partial = path.with_name(f"{path.stem}-{secrets.token_hex(4)}.partial")
-    client = DatabaseClient(str(partial), owner="the template build", pragmas=TEMPLATE_PRAGMAS)
+    client: DatabaseClient | None = None
     try:
+        client = DatabaseClient(str(partial), owner="the template build", pragmas=TEMPLATE_PRAGMAS)
         migrate.apply_migrations(client.db, migrations_dir)
-    except BaseException:
-        discard_database(partial, client.close)  # a failed migration leaves nothing behind
-        raise
+        client.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything into the file, now
+    except BaseException as error:
+        # A failed build leaves nothing behind.
+        discard_database(partial, client.close if client is not None else lambda: True)
+        refused = _disk_refused(error, path)
+        if refused is None:
+            raise
+        raise refused from error
     client.close()
+    if not _is_valid_template(partial, expected):
+        delete_database_files(partial)
+        raise TemplateWriteError(f"the template database {path} could not be written whole")
     os.replace(partial, path)
+
+
+def _disk_refused(error: BaseException, path: Path) -> TemplateWriteError | None:
+    """A clear error for a build the disk refused (the migrations are not at fault), or
+    None for any other failure."""
+    cause: BaseException | None = error
+    while cause is not None:
+        code = getattr(cause, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in _DISK_REFUSED:
+            break
+        cause = cause.__cause__ or cause.__context__
+    else:
+        return None
+    free = shutil.disk_usage(path.parent).free
+    return TemplateWriteError(
+        f"cannot write the template database {path}: {cause} ({free} bytes free there; "
+        "is the disk full?)"
+    )
 
 
 def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
@@ -241,7 +279,7 @@ def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
         if not _is_valid_template(path, expected):
             logger.debug("building template %s", path)
             _remove_cache_entry(path)
-            _build_template(path, migrations_dir)
+            _build_template(path, migrations_dir, expected)
         for stale in [*cache_dir.glob("*.db"), *cache_dir.glob("*.partial*")]:
             if stale != path:
                 _remove_cache_entry(stale)

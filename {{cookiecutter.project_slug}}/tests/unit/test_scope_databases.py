@@ -198,6 +198,38 @@ def test_a_copy_that_cannot_be_written_whole_leaves_no_file(
     assert not copy.exists()
 
 
+def test_a_template_the_disk_cannot_hold_is_one_clear_error_and_never_cached(
+    migrations: Path, tmp_path: Path
+) -> None:
+    """A file size limit stops the build, as a full disk would: the error says so (not
+    "fix that migration"), and no template, half-written or empty, is cached."""
+    (migrations / "0099_bulk.sql").write_text(
+        "CREATE TABLE bulk (data BLOB);\n"
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)\n"
+        "INSERT INTO bulk SELECT randomblob(4000) FROM n;\n"
+    )
+    data_dir = tmp_path / "data"
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(PROJECT_ROOT)!r})
+        from lib.scope_databases import TemplateWriteError, cached_template
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+        try:
+            cached_template(Path({str(migrations)!r}), Path({str(data_dir)!r}))
+        except TemplateWriteError as error:
+            print(error)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "cannot write the template database" in result.stdout, result
+    assert "is the disk full?" in result.stdout
+    assert [path.name for path in (data_dir / RUNS_DIR_NAME / "templates").iterdir()] == [".lock"]
+
+
 def test_parallel_processes_build_the_template_once(migrations: Path, tmp_path: Path) -> None:
     """Four processes start at once on an empty cache: one builds, the others wait and reuse."""
     script = textwrap.dedent(
