@@ -88,14 +88,15 @@ def load_baseline(path: Path | None, metrics: Iterable[str]) -> dict[str, Any]:
     if path is None:
         return {}
     if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
         raise pytest.UsageError(
-            f"{path} (isolation_performance_baseline) does not exist: fix the path, or set "
+            f"{path} (isolation_performance_baseline) {what}: fix the path, or set "
             "isolation_performance_baseline to an empty value to turn the performance "
             "regression check off"
         )
     try:
-        baseline: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        baseline: dict[str, Any] = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise pytest.UsageError(f"{path} is not valid JSON: {error}") from error
     problem = _baseline_problem(baseline, set(metrics))
     if problem:
@@ -181,7 +182,7 @@ class IsolationReporter:
         self.baseline_missing = (
             self.baseline_path is not None
             and setting == DEFAULT_BASELINE
-            and not self.baseline_path.is_file()
+            and not self.baseline_path.exists()
         )
         self.baseline = (
             {} if self.baseline_missing else load_baseline(self.baseline_path, self.summary())

@@ -441,6 +441,25 @@ def test_a_baseline_path_that_does_not_exist_stops_the_run_before_the_tests(
     assert "set isolation_performance_baseline to an empty value" in child.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "(isolation_performance_baseline) is not a file"), (b"\xff\xfe\xff", "not valid JSON")],
+    ids=["a-directory", "not-utf8"],
+)
+def test_a_baseline_that_is_a_directory_or_not_text_stops_the_run_before_the_tests(
+    tmp_path: Path, content: bytes | None, problem: str
+) -> None:
+    path = tmp_path / "baseline.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f"isolation_performance_baseline={path}")
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert problem in child.stderr
+    assert "Traceback" not in child.stdout + child.stderr
+
+
 def test_a_missing_default_baseline_is_reported_as_not_checked(tmp_path: Path) -> None:
     child = run_suite(tmp_path, ONE_ISOLATED_TEST)  # its pytest.ini sets no baseline
     assert child.returncode == 0, child.stdout + child.stderr
