@@ -69,7 +69,7 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         scheme, slashes = scheme_match.group(1).lower(), scheme_match.group(2)
         if scheme in REMOTE_SCHEMES:
             if slashes:
-                return value
+                return _remote_url(value, variable)
             rest = value[len(scheme) + 1 :].partition("?")[0]  # never the query: tokens
             raise DatabaseConfigError(
                 f"{variable}={scheme}:{rest}...: a {scheme} URL needs '//' after the scheme, "
@@ -92,6 +92,40 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
             f"the file name: write it as a file URL (file:{path}?{query}) for the query to count"
         )
     return value
+
+
+def _remote_url(value: str, variable: str) -> str:
+    """``value``, a remote URL, if it names a host; libsql would try to reach none."""
+    if not urlsplit(value).hostname:
+        scheme = value.partition(":")[0]
+        raise DatabaseConfigError(
+            f"{variable}={value.partition('?')[0]!r} names no host: set it to the URL of the "
+            f"database, as in {scheme}://<database>-<organization>.turso.io"
+        )
+    return value
+
+
+def remote_hint(path: str, source: str | None, sync_url: str | None = None) -> str:
+    """What to say when the remote database ``path`` (from the setting ``source``), or the
+    ``sync_url`` an embedded replica syncs from, cannot be reached: the settings to check.
+    No query is shown: it may hold a token."""
+    source = source or "the path"
+    if sync_url is not None:
+        sync_source = "TURSO_DATABASE_URL" if source == "DATABASE_URL" else "sync_url"
+        where = (
+            f"the embedded replica {path!r} ({source}) could not sync from "
+            f"{sync_url.partition('?')[0]} ({sync_source})"
+        )
+        check = sync_source
+    else:
+        shown = path.partition("?")[0]
+        where = f"the remote libSQL database {shown} ({source}) could not be reached"
+        check = source
+    return (
+        f"{where}: check that {check} is the database's libsql:// or https:// URL, that "
+        "TURSO_AUTH_TOKEN holds a token for it (turso db tokens create <database>), and that "
+        "this machine reaches the network"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +174,7 @@ def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
                 f"TURSO_DATABASE_URL={turso.partition('?')[0]!r} must be a libsql:// or "
                 "https:// URL of a Turso database"
             )
+        _remote_url(turso, "TURSO_DATABASE_URL")
         local = parse_database_url(url) if url is not None else None  # "" is an error
         if local is None or is_remote_url(local):
             return DatabaseTarget(turso, "libsql", auth_token=token)

@@ -16,6 +16,7 @@ from lib.database_config import (
     local_database_file,
     open_error,
     parse_database_url,
+    remote_hint,
     url_target,
 )
 from lib.scope_databases import TEST_DATABASES_SOURCE
@@ -138,6 +139,37 @@ def test_database_target_reads_the_environment(
 def test_database_target_names_the_bad_variable(environ: dict[str, str], variable: str) -> None:
     with pytest.raises(DatabaseConfigError, match=variable):
         database_target(environ)
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"DATABASE_URL": "libsql://"}, "DATABASE_URL='libsql://' names no host"),
+        ({"DATABASE_URL": "https://?authToken=t"}, "DATABASE_URL='https://' names no host"),
+        ({"TURSO_DATABASE_URL": "libsql://"}, "TURSO_DATABASE_URL='libsql://' names no host"),
+    ],
+)
+def test_a_remote_url_without_a_host_is_refused_naming_the_variable(
+    environ: dict[str, str], variable: str
+) -> None:
+    """libsql would try to reach no host, and fail with a DNS error naming nothing."""
+    with pytest.raises(DatabaseConfigError, match=variable) as raised:
+        database_target(environ)
+    assert "authToken" not in str(raised.value)
+
+
+def test_the_remote_hint_names_the_settings_to_check_and_never_a_token() -> None:
+    direct = remote_hint("libsql://db.turso.io?authToken=secret", "TURSO_DATABASE_URL")
+    assert direct.startswith(
+        "the remote libSQL database libsql://db.turso.io (TURSO_DATABASE_URL) could not be "
+        "reached: check that TURSO_DATABASE_URL is"
+    )
+    assert "TURSO_AUTH_TOKEN" in direct
+    assert "secret" not in direct
+    replica = remote_hint("./replica.db", "DATABASE_URL", "libsql://db.turso.io?authToken=secret")
+    assert "'./replica.db' (DATABASE_URL) could not sync from libsql://db.turso.io" in replica
+    assert "check that TURSO_DATABASE_URL is" in replica
+    assert "secret" not in replica
 
 
 @pytest.mark.parametrize("url", ["", "   "])
