@@ -17,11 +17,12 @@ import logging
 import os
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,8 +45,10 @@ from .database_config import (
     local_database_file,
     open_error,
     parse_database_url,
+    remote_hint,
     url_target,
 )
+from .libsql_engine import RemoteDatabaseError
 
 if TYPE_CHECKING:
     import sqlite_utils  # imported when first used: it takes longer to import than a test runs
@@ -69,6 +72,7 @@ __all__ = [
     "DatabaseShuttingDownError",
     "DatabaseTarget",
     "Engine",
+    "RemoteDatabaseError",
     "ResultSet",
     "Statement",
     "Transaction",
@@ -122,7 +126,11 @@ class DatabaseAccessBlockedError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ResultSet:
-    """The outcome of one statement: rows support ``row["col"]``, ``row[0]``, ``dict(row)``."""
+    """The outcome of one statement: rows support ``row["col"]``, ``row[0]``, ``dict(row)``.
+
+    ``rows_affected`` is what sqlite3's ``rowcount`` says, on both engines: the rows an
+    INSERT, UPDATE, DELETE or REPLACE changed, 0 for any other statement, and 0 too for
+    one that begins with ``WITH`` (``WITH ... INSERT``), whatever it changed."""
 
     rows: list[Any]
     columns: tuple[str, ...]
@@ -133,10 +141,16 @@ class ResultSet:
 _LIB_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _libsql_connect(path: str, sync_url: str | None, auth_token: str | None) -> Any:
+def _libsql_connect(
+    path: str, sync_url: str | None, auth_token: str | None, remote: str | None
+) -> Any:
     try:
         return libsql_engine.connect(
-            path, timeout=BUSY_TIMEOUT_MS / 1000, sync_url=sync_url, auth_token=auth_token
+            path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            sync_url=sync_url,
+            auth_token=auth_token,
+            remote=remote,
         )
     except ImportError as error:
         raise DatabaseConfigError(
@@ -162,6 +176,7 @@ def _execute_waiting_for_the_lock(conn: Any, sql: str) -> None:
     busy timeout. Switching a new file to WAL takes an exclusive lock without waiting for
     it, as SQLite does for no other statement: two processes opening a new database at
     once (two servers, two ``migrate`` runs) would fail with "database is locked"."""
+    started = time.monotonic()  # the statement's own busy wait counts towards the timeout
     deadline = None
     while True:
         try:
@@ -172,8 +187,8 @@ def _execute_waiting_for_the_lock(conn: Any, sql: str) -> None:
                 raise
             if deadline is None:
                 (busy_timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
-                deadline = time.monotonic() + busy_timeout_ms / 1000
-            if time.monotonic() > deadline:
+                deadline = started + busy_timeout_ms / 1000
+            if time.monotonic() >= deadline:
                 raise
             time.sleep(LOCK_RETRY_SECONDS)
 
@@ -419,7 +434,12 @@ class DatabaseClient:
         if remote and _remote_blocked_reason is not None:
             raise DatabaseAccessBlockedError(f"{_remote_blocked_reason} ({caller_location()})")
         try:
-            self._conn: Any = self._connect(pragmas, sync_url, auth_token, remote=remote)
+            self._conn: Any = self._connect(
+                pragmas,
+                sync_url,
+                auth_token,
+                remote=remote_hint(path, source, sync_url) if remote else None,
+            )
         except sqlite3.Error as error:
             if remote or is_contention(error):
                 raise
@@ -432,11 +452,12 @@ class DatabaseClient:
         sync_url: str | None,
         auth_token: str | None,
         *,
-        remote: bool,
+        remote: str | None,
     ) -> Any:
-        """The connection with ``pragmas`` applied; closed again if they fail."""
+        """The connection with ``pragmas`` applied; closed again if they fail. ``remote``:
+        what to say if a remote database cannot be reached (None for a local one)."""
         if self.engine == "libsql":
-            conn = _libsql_connect(self.path, sync_url, auth_token)
+            conn = _libsql_connect(self.path, sync_url, auth_token, remote)
         else:
             conn = sqlite3.connect(
                 self.path,
@@ -447,15 +468,10 @@ class DatabaseClient:
                 uri=self.path.startswith("file:"),
             )
             conn.lock = self._lock
-        if remote:
+        if remote is not None:
             return conn
         try:
             _apply_pragmas(conn, pragmas, read_only=is_read_only_uri(self.path))
-        except ValueError as error:  # libsql reports every database error this way
-            conn.close()
-            if self.engine != "libsql":
-                raise
-            raise libsql_engine.translate_error(error) from error
         except BaseException:
             conn.close()
             raise
@@ -507,7 +523,7 @@ class DatabaseClient:
     def _statement(self, conn: Any, sql: str, args: Args) -> ResultSet:
         """One statement on ``conn``, which this thread holds (see :meth:`_connection`)."""
         if self.engine == "libsql":
-            cursor = conn.execute(sql, libsql_engine.positional(args))
+            cursor = conn.execute(sql, args)  # checked and translated as sqlite3 would
             rows, columns = libsql_engine.rows(cursor)
             affected = libsql_engine.rows_affected(sql, cursor.rowcount, rows, columns)
         else:
@@ -603,10 +619,11 @@ class DatabaseClient:
 
         Inside a transaction of this client the copy is what the client sees, its changes
         not yet committed included: SQLite's backup cannot read a database its own
-        connection is writing (and Python's would wait for it forever)."""
+        connection is writing (and Python's would wait for it forever). On libsql, which
+        copies with ``VACUUM INTO``, a backup inside a transaction is refused."""
         with self._connection(timeout) as conn:
             if self.engine == "libsql":
-                conn.execute("VACUUM INTO ?", (str(destination),))
+                _vacuum_into(conn, Path(destination))
             elif conn.in_transaction:
                 Path(destination).write_bytes(conn.serialize())
             else:
@@ -702,6 +719,28 @@ class DatabaseClient:
             "age_seconds": time.time() - self.opened_at,
             "in_transaction": not self.closed and self._conn.in_transaction,
         }
+
+
+def _vacuum_into(conn: Any, destination: Path) -> None:
+    """Copy the database of the libsql ``conn`` into ``destination``, replacing the file
+    there: VACUUM INTO writes a new file next to it, renamed over it once complete."""
+    if conn.in_transaction:
+        raise RuntimeError(
+            "backup() inside a transaction needs the sqlite3 engine: libsql copies with "
+            "VACUUM INTO, which SQLite refuses in a transaction; call backup() after the "
+            "transaction commits (the copy then holds what it wrote)"
+        )
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
+    )
+    os.close(descriptor)  # VACUUM INTO writes into an empty file
+    try:
+        conn.execute("VACUUM INTO ?", (temporary,))
+        os.replace(temporary, destination)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def _ended_elsewhere(when: str) -> RuntimeError:
@@ -809,6 +848,8 @@ class DatabaseService:
             return self._client_factory()
         if self._url is None:
             source, target = "DATABASE_URL", database_target()
+            if target.sync_url is None and target.path == os.environ.get("TURSO_DATABASE_URL"):
+                source = "TURSO_DATABASE_URL"
         else:
             source = "DatabaseService(url)"
             target = url_target(self._url, variable=source)

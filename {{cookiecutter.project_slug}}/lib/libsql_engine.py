@@ -2,9 +2,11 @@
 
 ``lib.database`` uses it when ``DATABASE_DRIVER=libsql``, ``DATABASE_URL`` is a
 ``libsql://`` URL or ``TURSO_DATABASE_URL`` is set. libsql-python raises ``ValueError``
-for every database error and has no row factory, so results and errors are translated
-here into what the sqlite3 engine gives: rows that read like ``sqlite3.Row`` and
-``sqlite3.IntegrityError`` / ``sqlite3.OperationalError``.
+for every database error, has no row factory and checks less than sqlite3 does, so
+:class:`LibsqlConnection` refuses what sqlite3 refuses (several statements at once, the
+wrong number of parameters, an int too large, an unsupported type), with sqlite3's
+exception classes and messages, and translates libsql's errors into the sqlite3 classes
+sqlite3 raises for the same failure; rows read like ``sqlite3.Row``.
 """
 
 from __future__ import annotations
@@ -12,46 +14,118 @@ from __future__ import annotations
 import importlib
 import re
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 # What sqlite3 counts as DML (its cursor.rowcount rule): the statements that change rows.
 _DML = re.compile(r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.I | re.S)
+# The statements that can fire a trigger, and so fail with the message of its RAISE().
+_FIRES_TRIGGERS = re.compile(
+    r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE|WITH)\b", re.I | re.S
+)
+
+# The tokens that matter for counting parameters and finding a statement's end; string
+# literals, quoted identifiers and comments are matched so that what is inside them is not.
+_TOKEN = re.compile(
+    r"""
+      '(?:[^']|'')*'?                # a string (or blob x'..') literal, '' inside
+    | "(?:[^"]|"")*"?                # a quoted identifier
+    | `(?:[^`]|``)*`?                # a MySQL-quoted identifier
+    | \[[^\]]*\]?                    # an MS-quoted identifier
+    | --[^\n]*                       # a line comment
+    | /\*(?:.*?\*/|.*)               # a block comment, perhaps unclosed at the end
+    | [A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*  # a word: $ may be inside one
+    | (?P<number>\?[0-9]*)           # ? or ?NNN
+    | (?P<name>[:@$][A-Za-z0-9_$\x80-\U0010ffff]+(?:(?:::[A-Za-z0-9_$\x80-\U0010ffff]+)*
+                (?:\([^)]*\))?)?)    # :name, @name, $name (with Tcl's ::a and (b) suffixes)
+    | (?P<semicolon>;)
+    """,
+    re.X | re.S,
+)
+_ONLY_COMMENTS = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.S)
+# SQLite's largest INTEGER; sqlite3 refuses larger ints, libsql would store them as REAL.
+_INT_RANGE = range(-(2**63), 2**63)
+_INT32_RANGE = range(-(2**31), 2**31)
+# A trigger's RAISE(ABORT | FAIL | ROLLBACK, 'message'): its message is the error's.
+_RAISE = re.compile(r"RAISE\s*\(\s*(?:ABORT|FAIL|ROLLBACK)\s*,\s*'((?:[^']|'')*)'\s*\)", re.I)
+# Connection failures of a remote database or an embedded replica's sync.
+_REMOTE_FAILURE = ("Hrana", "sync error", "http error", "error trying to connect")
 
 
-class LibsqlRow(tuple[Any, ...]):
-    """A result row that reads like ``sqlite3.Row``: ``row["col"]``, ``row[0]``, ``dict(row)``."""
-
-    _index: Mapping[str, int]
-
-    def __new__(cls, values: Sequence[Any], index: Mapping[str, int]) -> LibsqlRow:
-        """The row's values, with the column index every row of its result shares."""
-        row = super().__new__(cls, values)
-        row._index = index
-        return row
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            return super().__getitem__(self._index[key])
-        return super().__getitem__(key)
-
-    def keys(self) -> list[str]:
-        """The column names, in order: what ``dict(row)`` needs."""
-        return list(self._index)
+class RemoteDatabaseError(sqlite3.OperationalError):
+    """A remote Turso/libSQL database (or an embedded replica's sync) could not be reached;
+    the message names the setting it came from."""
 
 
-def connect(path: str, *, timeout: float, sync_url: str | None, auth_token: str | None) -> Any:
-    """Open a libSQL connection: a local file, a remote URL, or an embedded replica."""
-    libsql = importlib.import_module("libsql")
-    options: dict[str, Any] = {"isolation_level": None, "_check_same_thread": False}
-    if sync_url:
-        options["sync_url"] = sync_url
-    if auth_token:
-        options["auth_token"] = auth_token
-    try:
-        return libsql.connect(path, timeout=timeout, **options)
-    except ValueError as error:  # libsql reports every database error this way
-        raise translate_error(error) from error
+def _placeholders(sql: str) -> Iterator[tuple[re.Match[str], int]]:
+    """The placeholders of the first statement of ``sql``, each with the number SQLite
+    gives it: ``?`` the next number, ``?NNN`` number NNN, and a name (``:a``, ``@a``,
+    ``$a``) the next number the first time it is used, the same number after that."""
+    count = 0
+    names: dict[str, int] = {}
+    for token in _TOKEN.finditer(sql):
+        if token.group("semicolon"):
+            return
+        if number := token.group("number"):
+            if len(number) > 1:
+                count = max(count, int(number[1:]))
+                yield token, int(number[1:])
+            else:
+                count += 1
+                yield token, count
+        elif name := token.group("name"):
+            if name not in names:
+                count += 1
+                names[name] = count
+            yield token, names[name]
+
+
+def statement_parameters(sql: str) -> int:
+    """How many parameters the first statement of ``sql`` takes, counted as SQLite counts
+    them (``sqlite3_bind_parameter_count``: the highest number a placeholder has)."""
+    return max((number for _, number in _placeholders(sql)), default=0)
+
+
+def widened(sql: str, values: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """``sql`` and ``values`` with every int outside 32 bits passed as text and cast back
+    in SQL: libsql-python binds those as REAL, which loses digits beyond 2**53 and stores
+    a REAL where sqlite3 stores an INTEGER."""
+    wide = {position for position, value in enumerate(values, 1) if type(value) is int}
+    wide = {position for position in wide if values[position - 1] not in _INT32_RANGE}
+    if not wide:
+        return sql, values
+    pieces, end = [], 0
+    for token, number in _placeholders(sql):
+        if number in wide:
+            pieces += [sql[end : token.start()], f"CAST({token.group()} AS INTEGER)"]
+            end = token.end()
+    pieces.append(sql[end:])
+    text = tuple(
+        str(value) if position in wide else value for position, value in enumerate(values, 1)
+    )
+    return "".join(pieces), text
+
+
+def second_statement(sql: str) -> bool:
+    """Whether ``sql`` holds more than one statement: anything but whitespace and comments
+    after the first one's ``;`` (a trigger's body ends with ``END;``, not its first ``;``)."""
+    for token in _TOKEN.finditer(sql):
+        if token.group("semicolon") and sqlite3.complete_statement(sql[: token.end()]):
+            rest = sql[token.end() :]
+            return _ONLY_COMMENTS.fullmatch(rest) is None
+    return False
+
+
+def check_statement(sql: str, args: Sequence[Any]) -> None:
+    """Refuse what sqlite3 refuses before it runs a statement, as sqlite3 does."""
+    if second_statement(sql):
+        raise sqlite3.ProgrammingError("You can only execute one statement at a time.")
+    uses = statement_parameters(sql)
+    if uses != len(args):
+        raise sqlite3.ProgrammingError(
+            "Incorrect number of bindings supplied. The current statement uses "
+            f"{uses}, and there are {len(args)} supplied."
+        )
 
 
 def positional(args: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...]:
@@ -64,26 +138,210 @@ def positional(args: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(args)
 
 
-def translate_error(error: Exception) -> sqlite3.Error:
-    """The sqlite3 exception a libSQL ``ValueError`` stands for."""
+def bound(values: Sequence[Any]) -> tuple[Any, ...]:
+    """The parameters as libsql-python binds them, of the types it takes.
+
+    Values sqlite3 would adapt are adapted (bytearray and memoryview become bytes, subclasses
+    of int, float and str their base type, registered sqlite3 adapters apply); an int out of
+    SQLite's range and a type sqlite3 does not support are refused with sqlite3's errors."""
+    return tuple(_value(value, position) for position, value in enumerate(values, 1))
+
+
+def _value(value: Any, position: int) -> Any:
+    kind = type(value)
+    if value is None or kind in (str, bytes, float):
+        return value
+    if kind is int:
+        if value not in _INT_RANGE:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return value
+    adapter = sqlite3.adapters.get((kind, sqlite3.PrepareProtocol))
+    if adapter is not None:
+        return _value(adapter(value), position)
+    if isinstance(value, int):  # bool, IntEnum, ...
+        return _value(int(value), position)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):  # StrEnum, ...
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise sqlite3.ProgrammingError(
+        f"Error binding parameter {position}: type '{kind.__name__}' is not supported"
+    )
+
+
+def translate_error(
+    error: Exception, connection: Any = None, remote: str | None = None
+) -> sqlite3.Error:
+    """The sqlite3 exception a libSQL ``ValueError`` stands for: the class sqlite3 raises
+    for the same failure, told by its message (libsql gives no error code).
+
+    ``connection``: the libsql connection it came from, to tell a trigger's RAISE() by its
+    message (None when the statement fires no trigger); ``remote``: what to say of a
+    remote database that cannot be reached."""
     message = str(error)
-    if "constraint failed" in message:
+    if remote is not None and any(marker in message for marker in _REMOTE_FAILURE):
+        return RemoteDatabaseError(f"{message}; {remote}")
+    if (
+        "constraint failed" in message
+        or message.startswith("cannot store ")  # a STRICT table's column type
+        or message == "datatype mismatch"
+        or (
+            connection is not None
+            and "locked" not in message  # the look-up would wait for that lock too
+            and _raised_by_a_trigger(connection, message)
+        )
+    ):
         return sqlite3.IntegrityError(message)
+    if message == "string or blob too big":
+        return sqlite3.DataError(message)
+    if message.startswith("Unsupported parameter type"):
+        return sqlite3.ProgrammingError(message)
+    if message in ("file is not a database", "database disk image is malformed"):
+        return sqlite3.DatabaseError(message)
     return sqlite3.OperationalError(message)
+
+
+def _raised_by_a_trigger(connection: Any, message: str) -> bool:
+    """Whether a trigger's ``RAISE(ABORT | FAIL | ROLLBACK, message)`` says ``message``."""
+    try:
+        triggers = connection.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%RAISE%' "
+            "UNION ALL "
+            "SELECT sql FROM sqlite_temp_master WHERE type = 'trigger' AND sql LIKE '%RAISE%'"
+        ).fetchall()
+    except ValueError:
+        return False
+    return any(
+        raised.replace("''", "'") == message
+        for (sql,) in triggers or ()
+        for raised in _RAISE.findall(sql or "")
+    )
+
+
+class LibsqlConnection:
+    """A libsql connection that checks and fails as a sqlite3 one does (see the module)."""
+
+    def __init__(self, connection: Any, remote: str | None = None) -> None:
+        """``remote``: what to say when the remote database cannot be reached."""
+        self._connection = connection
+        self._remote = remote
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open."""
+        return bool(self._connection.in_transaction)
+
+    def execute(self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
+        """Run one statement with ``args``; the cursor, or sqlite3's exception."""
+        values = positional(args)
+        check_statement(sql, values)  # sqlite3 counts before it looks at the values
+        try:
+            return self._connection.execute(*widened(sql, bound(values)))
+        except ValueError as error:  # libsql reports every database error this way
+            triggers = self._connection if _FIRES_TRIGGERS.match(sql) else None
+            raise translate_error(error, triggers, self._remote) from error
+
+    def executescript(self, sql: str) -> None:
+        """Run several statements."""
+        try:
+            self._connection.executescript(sql)
+        except ValueError as error:
+            raise translate_error(error, self._connection, self._remote) from error
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._connection.close()
+
+
+def connect(
+    path: str,
+    *,
+    timeout: float,
+    sync_url: str | None,
+    auth_token: str | None,
+    remote: str | None = None,
+) -> LibsqlConnection:
+    """Open a libSQL connection: a local file, a remote URL, or an embedded replica.
+
+    ``remote``: what to say when a remote database cannot be reached, or a replica synced."""
+    libsql = importlib.import_module("libsql")
+    options: dict[str, Any] = {"isolation_level": None, "_check_same_thread": False}
+    if sync_url:
+        options["sync_url"] = sync_url
+    if auth_token:
+        options["auth_token"] = auth_token
+    try:
+        return LibsqlConnection(libsql.connect(path, timeout=timeout, **options), remote)
+    except ValueError as error:  # libsql reports every database error this way
+        raise translate_error(error, remote=remote) from error
+
+
+class LibsqlRow:
+    """A result row that reads like ``sqlite3.Row``: ``row["col"]`` (the first column of
+    that name, in any case; IndexError if none), ``row[0]``, ``row[1:]``, ``dict(row)``,
+    ``keys()`` with every column; equal only to a row of the same columns and values."""
+
+    __slots__ = ("_columns", "_index", "_values")
+
+    def __init__(
+        self, values: Sequence[Any], columns: tuple[str, ...], index: Mapping[str, int]
+    ) -> None:
+        """The row's values, with the columns and name index every row of its result shares."""
+        self._values = tuple(values)
+        self._columns = columns
+        self._index = index
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            position = self._index.get(key.translate(_ASCII_LOWER))
+            if position is None:
+                raise IndexError("No item with that key")
+            return self._values[position]
+        return self._values[key]
+
+    def keys(self) -> list[str]:
+        """The column names, in order, repeated names included: what ``dict(row)`` needs."""
+        return list(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LibsqlRow):
+            return NotImplemented
+        return self._columns == other._columns and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(self._columns) ^ hash(self._values)
+
+    def __repr__(self) -> str:
+        return f"<LibsqlRow {self._values!r}>"
+
+
+# sqlite3.Row compares column names in ASCII case only.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def rows(cursor: Any) -> tuple[list[LibsqlRow], tuple[str, ...]]:
     """Fetch a cursor's rows as :class:`LibsqlRow` objects, with the column names."""
     columns = tuple(column[0] for column in cursor.description or ())
-    index = {name: position for position, name in enumerate(columns)}
+    index: dict[str, int] = {}
+    for position, name in enumerate(columns):
+        index.setdefault(name.translate(_ASCII_LOWER), position)  # the first of a name
     fetched = cursor.fetchall() or []  # libsql gives None for statements without rows
-    return [LibsqlRow(values, index) for values in fetched], columns
+    return [LibsqlRow(values, columns, index) for values in fetched], columns
 
 
 def rows_affected(sql: str, rowcount: int, rows: list[Any], columns: tuple[str, ...]) -> int:
     """sqlite3's ``rowcount`` for ``sql``: that of INSERT, UPDATE, DELETE and REPLACE, 0 for
-    any other statement (libsql repeats the previous statement's count for those).
-    ``... RETURNING`` gives one row per changed row, so those are counted."""
+    any other statement (libsql repeats the previous statement's count for those), and 0
+    too for one that begins with ``WITH``, as sqlite3 reports it. ``... RETURNING`` gives
+    one row per changed row, so those are counted."""
     if not _DML.match(sql):
         return 0
     return len(rows) if columns else max(rowcount, 0)

@@ -1635,6 +1635,22 @@ def test_a_new_database_another_connection_holds_is_switched_to_wal_once_it_lets
     client.close()
 
 
+def test_opening_a_database_held_longer_than_the_busy_timeout_waits_only_that_long(
+    tmp_path: Path,
+) -> None:
+    """The WAL switch's own busy wait counts towards the timeout: waiting it out and then
+    retrying for as long again took twice the busy timeout."""
+    path = tmp_path / "held.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as holder:
+        holder.execute("CREATE TABLE a (x)")
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            DatabaseClient(str(path), pragmas={"busy_timeout": "500", "journal_mode": "WAL"})
+        waited = time.monotonic() - started
+    assert 0.45 < waited < 0.85
+
+
 def test_the_async_client_is_importable_from_lib_database_too() -> None:
     """The public names of the contract stay where they were."""
     assert database.AsyncDatabaseClient is async_database.AsyncDatabaseClient

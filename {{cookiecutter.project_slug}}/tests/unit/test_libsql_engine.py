@@ -4,18 +4,26 @@ libsql client raises ClientClosedError, never libsql's panic."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from lib import libsql_engine
 from lib.connection_tracking import record_connections, refuse_files
 from lib.database import (
     ClientClosedError,
     DatabaseAccessBlockedError,
     DatabaseClient,
     DatabaseConfigError,
+    Engine,
+    RemoteDatabaseError,
+    forbid_remote_databases,
 )
 from lib.isolation_manager import TestIsolationManager
 
@@ -129,3 +137,295 @@ def test_the_developers_database_is_refused_to_libsql_too(tmp_path: Path) -> Non
     finally:
         refuse_files([], "")
     assert not own.exists()
+
+
+@pytest.fixture(params=["sqlite3", "libsql"])
+def either(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseClient]:
+    """A client of each engine on a file of its own: what one does, the other must."""
+    client = DatabaseClient(str(tmp_path / "either.db"), owner="engine test", engine=request.param)
+    yield client
+    client.close()
+
+
+def test_a_commit_that_fails_rolls_back_and_later_transactions_land(
+    either: DatabaseClient,
+) -> None:
+    """A deferred foreign key fails at COMMIT: the transaction must not stay open, or every
+    later one would be a savepoint inside it, lost with it."""
+    either.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    either.execute(
+        "CREATE TABLE child (id INTEGER PRIMARY KEY, "
+        "pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), either.transaction() as tx:
+        tx.execute("INSERT INTO child (pid) VALUES (42)")
+    assert either.get_connection_stats()["in_transaction"] is False
+    with either.transaction() as tx:
+        tx.execute("INSERT INTO parent (id) VALUES (1)")
+    with closing(sqlite3.connect(either.path)) as other:
+        assert other.execute("SELECT count(*) FROM parent").fetchone() == (1,)
+        assert other.execute("SELECT count(*) FROM child").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("sql", "args", "error", "message"),
+    [
+        (
+            "INSERT INTO t (name) VALUES ('x'); DELETE FROM t",
+            (),
+            sqlite3.ProgrammingError,
+            "You can only execute one statement at a time.",
+        ),
+        ("SELECT 1;;", (), sqlite3.ProgrammingError, "one statement at a time"),
+        (
+            "INSERT INTO t (name, qty) VALUES (?, ?)",
+            ("only-name",),
+            sqlite3.ProgrammingError,
+            "Incorrect number of bindings supplied. The current statement uses 2, and there "
+            "are 1 supplied.",
+        ),
+        (
+            "INSERT INTO t (name, qty) VALUES (?, ?)",
+            ("n", 3, "extra"),
+            sqlite3.ProgrammingError,
+            "The current statement uses 2, and there are 3 supplied.",
+        ),
+        (
+            "SELECT * FROM t WHERE name = ?",
+            ("ada@example.com"),  # a str, not a tuple: the classic mistake
+            sqlite3.ProgrammingError,
+            "The current statement uses 1, and there are 15 supplied.",
+        ),
+        (
+            "INSERT INTO t (name, qty) VALUES (?, ?)",
+            ("big", 2**63),
+            OverflowError,
+            "Python int too large to convert to SQLite INTEGER",
+        ),
+        ("SELECT ?", (-(2**63) - 1,), OverflowError, "too large"),
+        (
+            "SELECT ?",
+            (object(),),
+            sqlite3.ProgrammingError,
+            "Error binding parameter 1: type 'object' is not supported",
+        ),
+    ],
+)
+def test_what_sqlite3_refuses_libsql_refuses_alike(
+    either: DatabaseClient, sql: str, args: Any, error: type[Exception], message: str
+) -> None:
+    either.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")
+    with pytest.raises(error) as raised:
+        either.execute(sql, args)
+    assert message in str(raised.value)
+    assert either.execute("SELECT count(*) FROM t").rows[0][0] == 0  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("sql", "args", "expected"),
+    [
+        ("SELECT 1; -- a comment after the statement", (), (1,)),
+        ("SELECT 1 /* unclosed", (), (1,)),
+        ("SELECT ';', '?', \"a;?\" FROM (SELECT 1 AS \"a;?\")", (), (";", "?", 1)),
+        ("SELECT [x?], `y;` FROM (SELECT 1 AS [x?], 2 AS `y;`) -- ?;\n", (), (1, 2)),
+        ("SELECT :a, ?, :a, ?5, ?", (1, 2, 3, 4, 5, 6), (1, 2, 1, 5, 6)),
+        ("SELECT @a, $a, :a", (1, 2, 3), (1, 2, 3)),
+        ("SELECT 'it''s ?' || ?", ("!",), ("it's ?!",)),
+        ("SELECT x'3f' = CAST('?' AS BLOB), ?", (7,), (1, 7)),
+        ("SELECT ?2, ?1", ("a", "b"), ("b", "a")),
+        ("SELECT ?", (2**63 - 1,), (2**63 - 1,)),
+        (
+            "SELECT ?, typeof(?1), ?",
+            (2**53 + 1, -(2**31) - 1),
+            (2**53 + 1, "integer", -(2**31) - 1),
+        ),
+        ("SELECT typeof(?), ?", (bytearray(b"x"), memoryview(b"y")), ("blob", b"y")),
+        ("SELECT ?, ?", (True, 1.5), (1, 1.5)),
+    ],
+)
+def test_what_sqlite3_accepts_libsql_accepts_alike(
+    either: DatabaseClient, sql: str, args: tuple[Any, ...], expected: tuple[Any, ...]
+) -> None:
+    """Placeholders and ';' inside strings, quoted names and comments do not count; named
+    and numbered parameters count as SQLite counts them."""
+    assert tuple(either.execute(sql, args).rows[0]) == expected
+
+
+def test_a_trigger_body_is_one_statement_with_its_semicolons(either: DatabaseClient) -> None:
+    either.execute("CREATE TABLE g (x)")
+    either.execute(
+        "CREATE TRIGGER g_log AFTER INSERT ON g BEGIN "
+        "UPDATE g SET x = x + 1 WHERE rowid = NEW.rowid; SELECT 1; END;"
+    )
+    either.execute("INSERT INTO g VALUES (?)", (1,))
+    assert either.execute("SELECT x FROM g").rows[0][0] == 2
+    with pytest.raises(sqlite3.ProgrammingError, match="one statement"):
+        either.execute("CREATE TRIGGER g2 AFTER INSERT ON g BEGIN SELECT 1; END; SELECT 2")
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT 1", 0),
+        ("SELECT ?, ?", 2),
+        ("SELECT ?3, ?", 4),
+        ("SELECT :a, :a, @a, $a::b(c)", 3),
+        ("SELECT a$b, '?', \"?\", [?], `?` -- ?\n /* ? */", 0),
+        ("SELECT ?; SELECT ?, ?", 1),
+    ],
+)
+def test_parameters_are_counted_as_sqlite_counts_them(sql: str, expected: int) -> None:
+    assert libsql_engine.statement_parameters(sql) == expected
+    with closing(sqlite3.connect(":memory:")) as conn:
+        first = sql.split(";")[0] if sql.startswith("SELECT ?;") else sql
+        conn.execute('CREATE TABLE a ("a$b")')
+        if expected:
+            with pytest.raises(sqlite3.ProgrammingError, match=f"statement uses {expected},"):
+                conn.execute(first.replace("a$b", "1"), ())
+
+
+def test_rows_read_like_sqlite3_rows_with_repeated_and_cased_names(
+    either: DatabaseClient,
+) -> None:
+    either.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    either.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INT)")
+    either.execute("INSERT INTO users VALUES (7, 'ada')")
+    either.execute("INSERT INTO orders VALUES (100, 7)")
+    row = either.execute("SELECT * FROM orders JOIN users ON users.id = orders.user_id").rows[0]
+    assert row.keys() == ["id", "user_id", "id", "name"]
+    assert (row["id"], row["ID"], row["Name"]) == (100, 100, "ada")  # the first "id"
+    assert dict(row) == {"id": 100, "user_id": 7, "name": "ada"}
+    assert (len(row), row[-1], row[1:3], tuple(row)) == (4, "ada", (7, 7), (100, 7, 7, "ada"))
+    with pytest.raises(IndexError):
+        row["nope"]
+    assert row != (100, 7, 7, "ada")  # a row is not a tuple
+    assert not isinstance(row, tuple)
+    again = either.execute("SELECT * FROM orders JOIN users ON users.id = orders.user_id").rows[0]
+    assert row == again
+    assert hash(row) == hash(again)
+    assert row != either.execute("SELECT 100, 7, 7, 'ada'").rows[0]  # other column names
+
+
+@pytest.mark.parametrize(
+    ("sql", "args", "error"),
+    [
+        ("INSERT INTO s (n) VALUES (?)", ("abc",), sqlite3.IntegrityError),  # STRICT
+        ("INSERT INTO s (id) VALUES (?)", ("abc",), sqlite3.IntegrityError),  # rowid
+        ("INSERT INTO g VALUES (-1)", (), sqlite3.IntegrityError),  # RAISE(ABORT)
+        ("INSERT INTO g VALUES (0)", (), sqlite3.IntegrityError),  # RAISE(FAIL)
+        ("INSERT INTO g VALUES (1)", (), sqlite3.IntegrityError),  # RAISE(ROLLBACK)
+        ("INSERT INTO s (n) VALUES (NULL), (NULL)", (), None),
+        ("SELECT zeroblob(2000000000)", (), sqlite3.DataError),
+        ("SELECT * FROM nope", (), sqlite3.OperationalError),
+    ],
+)
+def test_errors_have_the_class_sqlite3_gives_them(
+    either: DatabaseClient, sql: str, args: tuple[Any, ...], error: type[Exception] | None
+) -> None:
+    either.execute("CREATE TABLE s (id INTEGER PRIMARY KEY, n INTEGER) STRICT")
+    either.execute("CREATE TABLE g (x)")
+    for when, action in [("x < 0", "ABORT"), ("x = 0", "FAIL"), ("x = 1", "ROLLBACK")]:
+        either.execute(
+            f"CREATE TRIGGER g_{action} BEFORE INSERT ON g WHEN NEW.{when} "
+            f"BEGIN SELECT RAISE({action}, 'it''s {action}'); END"
+        )
+    if error is None:
+        either.execute(sql, args)
+        return
+    with pytest.raises(error) as raised:
+        either.execute(sql, args)
+    assert type(raised.value) is error
+
+
+def test_backup_replaces_an_existing_copy(either: DatabaseClient, tmp_path: Path) -> None:
+    either.execute("CREATE TABLE t (x)")
+    either.execute("INSERT INTO t VALUES (1)")
+    copy = tmp_path / "copy.db"
+    either.backup(copy)
+    either.execute("INSERT INTO t VALUES (2)")
+    either.backup(copy)
+    with closing(sqlite3.connect(copy)) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    assert sorted(path.name for path in tmp_path.iterdir() if "copy" in path.name) == ["copy.db"]
+
+
+def test_a_libsql_backup_inside_a_transaction_says_what_to_do(
+    client: DatabaseClient, tmp_path: Path
+) -> None:
+    with client.transaction() as tx:
+        tx.execute("INSERT INTO items (name) VALUES ('pen')")
+        with pytest.raises(RuntimeError, match=r"needs the sqlite3 engine.*after the trans"):
+            client.backup(tmp_path / "copy.db")
+    assert not list(tmp_path.glob("*copy*"))
+
+
+@pytest.fixture
+def remote_allowed() -> Iterator[None]:
+    """The test session refuses remote databases; these tests reach only a closed port."""
+    previous = forbid_remote_databases(None)
+    yield
+    forbid_remote_databases(previous)
+
+
+@pytest.mark.usefixtures("remote_allowed")
+def test_an_unreachable_remote_database_names_its_setting() -> None:
+    client = DatabaseClient(
+        "libsql://127.0.0.1:9?authToken=secret-token", engine="libsql", source="DATABASE_URL"
+    )  # libsql connects at the first statement
+    with closing(client), pytest.raises(RemoteDatabaseError) as raised:
+        client.execute("SELECT 1")
+    message = str(raised.value)
+    assert "libsql://127.0.0.1:9 (DATABASE_URL) could not be reached" in message
+    assert "TURSO_AUTH_TOKEN" in message
+    assert "network" in message
+    assert "secret-token" not in message
+    assert isinstance(raised.value, sqlite3.OperationalError)
+
+
+@pytest.mark.usefixtures("remote_allowed")
+def test_an_embedded_replica_that_cannot_sync_names_both_settings(tmp_path: Path) -> None:
+    with pytest.raises(RemoteDatabaseError) as raised:
+        DatabaseClient(
+            str(tmp_path / "replica.db"),
+            engine="libsql",
+            sync_url="libsql://127.0.0.1:9",
+            source="DATABASE_URL",
+        )
+    message = str(raised.value)
+    assert "replica.db' (DATABASE_URL) could not sync from libsql://127.0.0.1:9" in message
+    assert "TURSO_DATABASE_URL" in message
+    assert "TURSO_AUTH_TOKEN" in message
+
+
+HOLD = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("engine", ["sqlite3", "libsql"])
+def test_a_database_another_process_holds_is_waited_for_the_busy_timeout_only(
+    tmp_path: Path, engine: Engine
+) -> None:
+    """Another process: libsql does not see the locks of this process's sqlite3."""
+    path = tmp_path / "held.db"
+    with closing(sqlite3.connect(path)) as setup:
+        setup.execute("CREATE TABLE a (x)")
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE
+    ) as holder:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"held\n"
+        started = time.monotonic()
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                DatabaseClient(
+                    str(path), engine=engine, pragmas={"busy_timeout": "500", "journal_mode": "WAL"}
+                )
+            waited = time.monotonic() - started
+        finally:
+            holder.kill()
+    assert 0.45 < waited < 0.85
