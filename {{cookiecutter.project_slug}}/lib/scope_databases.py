@@ -20,10 +20,10 @@ import shutil
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import IO, Literal, TypeVar
 from urllib.parse import quote
 
 from . import migrate
@@ -68,6 +68,10 @@ TEST_DATABASES_SOURCE = "the isolation_data_dir and isolation_use_dev_shm settin
 SHM_MIN_FREE = 1 << 30
 
 _run_dirs: dict[tuple[Path, int], Path] = {}
+# This process's hold on each of its run directories, for as long as it uses them.
+_holds: dict[Path, IO[bytes]] = {}
+# In every run directory: the file its process holds a lock on while it runs.
+ALIVE_FILE = ".alive"
 _templates: dict[tuple[Path, Path, int], Template] = {}
 _lock = threading.Lock()
 
@@ -127,6 +131,7 @@ def _make_run_directory(runs: Path, attempts: int = 1000) -> Path:
         try:
             runs.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.mkdir()
+            _hold(path)
             return path
         except _RUNS_VANISHED:
             if attempt == attempts:
@@ -134,15 +139,43 @@ def _make_run_directory(runs: Path, attempts: int = 1000) -> Path:
             attempt += 1
 
 
+def _hold(path: Path) -> None:
+    """Lock the run directory's alive file for as long as this process uses it: other
+    processes tell from it that the run lives, even one whose pid they cannot see (in
+    another PID namespace: a container sharing the project's data directory)."""
+    if fcntl is None:
+        return
+    handle = open(path / ALIVE_FILE, "wb")  # noqa: SIM115 (held until the run ends)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    _holds[path] = handle
+
+
+def _held(path: Path) -> bool:
+    """Whether a live process holds the run directory ``path`` (see :func:`_hold`)."""
+    if fcntl is None:
+        return False
+    try:
+        with open(path / ALIVE_FILE, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no such file: a run from before it was held, or a killed one's
+        return False
+    return False
+
+
 def remove_run_directory(runs: Path) -> None:
     """Delete this process's test databases and forget its templates (end of session)."""
     with _lock:
         path = _run_dirs.pop((runs, os.getpid()), None)
         forgotten = [_templates.pop(key) for key in list(_templates) if key[0] == runs]
+        hold = _holds.pop(path, None) if path is not None else None
     for template in forgotten:
         template.close()
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+    if hold is not None:
+        hold.close()
         with suppress(OSError):  # not empty: another process's run, or the template cache
             runs.rmdir()
 
@@ -157,13 +190,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _live_runs(runs: Path) -> Iterator[tuple[Path, bool]]:
+    """Each run directory of another process in ``runs``, and whether that process lives:
+    its pid is alive here, or it holds the directory (from another PID namespace)."""
+    for path in runs.iterdir() if runs.is_dir() else ():
+        pid, _, _ = path.name.partition("-")
+        if pid.isdigit() and int(pid) != os.getpid():
+            yield path, _pid_alive(int(pid)) or _held(path)
+
+
+def oldest_live_run(roots: Iterable[Path]) -> float | None:
+    """When the oldest live run of another process in ``roots`` began (None: there is
+    none; 0.0: one whose start is unknown): what that run kept is newer."""
+    began = [_began(path) for runs in roots for path, alive in list(_live_runs(runs)) if alive]
+    return min(began, default=None)
+
+
+def _began(path: Path) -> float:
+    """When the run of the directory ``path`` began: its alive file is made then and never
+    written again (the directory's own times change with every test's database)."""
+    try:
+        return (path / ALIVE_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def remove_stale_runs(runs: Path) -> list[Path]:
     """Delete run directories whose process is gone (a killed run), and ``runs`` itself if
     that empties it; return them."""
     removed = []
-    for path in runs.iterdir() if runs.is_dir() else ():
-        pid, _, _ = path.name.partition("-")
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+    for path, alive in list(_live_runs(runs)):
+        if not alive:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:

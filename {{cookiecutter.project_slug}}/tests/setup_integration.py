@@ -25,6 +25,7 @@ import shutil
 import sqlite3
 import warnings
 from collections.abc import Callable, Generator, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -43,7 +44,7 @@ from lib.isolation_manager import (
     install_test_isolation_manager,
 )
 from lib.migrate import MigrationError
-from lib.scope_databases import check_strategy, runs_root
+from lib.scope_databases import all_runs_roots, check_strategy, oldest_live_run, runs_root
 from lib.thread_tracking import running_threads
 
 __all__ = [
@@ -388,8 +389,21 @@ def _start_isolating(config: pytest.Config, manager: TestIsolationManager) -> No
     """What a run that isolates tests does first: forget the databases an earlier run
     kept, and build (or check) the template."""
     if not hasattr(config, "workerinput") and not config.option.collectonly:
-        shutil.rmtree(_kept_directory(manager), ignore_errors=True)
+        _forget_kept(manager)
     _prepare_template(manager, config)
+
+
+def _forget_kept(manager: TestIsolationManager) -> None:
+    """Delete the databases earlier runs kept, but none that a run still going kept."""
+    began = oldest_live_run({manager.runs_dir, *all_runs_roots(manager.data_dir)})
+    kept = _kept_directory(manager)
+    if began is None:
+        shutil.rmtree(kept, ignore_errors=True)
+        return
+    for path in kept.glob("*.db") if kept.is_dir() else ():
+        with suppress(OSError):
+            if path.stat().st_mtime < began:
+                path.unlink()
 
 
 def _prepare_template(manager: TestIsolationManager, config: pytest.Config) -> None:

@@ -9,6 +9,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,31 @@ def test_every_failed_test_keeps_its_own_database_with_its_data(
             names |= {name for (name,) in conn.execute("SELECT name FROM users")}
     # a teardown failure is a failure; a commit still in the WAL is kept too
     assert names == {"teardown", "a/b", "a b", "own"}
+
+
+def test_a_run_keeps_the_databases_a_run_still_going_kept(tmp_path: Path) -> None:
+    """A run starting deletes what earlier runs kept, but not what a live run kept since
+    it began (its alive file's time), which it has just printed the path of."""
+    runs = tmp_path / "data" / ".isolation"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        now = time.time()
+        alive = runs / f"{live.pid}-0000" / ".alive"
+        alive.parent.mkdir(parents=True)
+        alive.touch()
+        os.utime(alive, (now - 100, now - 100))
+        (runs / "kept").mkdir()
+        earlier, since = runs / "kept" / "earlier.db", runs / "kept" / "since.db"
+        for path, age in ((earlier, 200), (since, 50)):
+            path.touch()
+            os.utime(path, (now - age, now - age))
+        child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", "isolation_use_dev_shm=false")
+        assert child.returncode == 0, child.stdout + child.stderr
+        assert not earlier.exists()
+        assert since.exists()
+    finally:
+        live.kill()
+        live.wait()
 
 
 BROKEN_MIGRATION = "CREATE TABLE refunds (id INTEGER PRIMARY KEY);\nINSERT INTO nowhere VALUES (1);"

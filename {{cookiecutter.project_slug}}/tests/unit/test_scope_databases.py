@@ -230,6 +230,37 @@ def test_a_template_the_disk_cannot_hold_is_one_clear_error_and_never_cached(
     assert [path.name for path in (data_dir / RUNS_DIR_NAME / "templates").iterdir()] == [".lock"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="run directories are held with flock")
+def test_a_run_directory_held_by_a_process_out_of_sight_is_not_stale(tmp_path: Path) -> None:
+    """A run in another PID namespace (a container sharing the data directory) has a pid
+    no process has here: its hold on the directory says it lives."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    path = tmp_path / "runs" / f"{int(gone.stdout)}-0000"
+    path.mkdir(parents=True)
+    hold = (
+        "import fcntl, time\n"
+        f"handle = open({str(path / '.alive')!r}, 'wb')\n"
+        "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        assert scope_databases.remove_stale_runs(tmp_path / "runs") == []
+        assert path.is_dir()
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert scope_databases.remove_stale_runs(tmp_path / "runs") == [path]
+
+
 def test_parallel_processes_build_the_template_once(migrations: Path, tmp_path: Path) -> None:
     """Four processes start at once on an empty cache: one builds, the others wait and reuse."""
     script = textwrap.dedent(
