@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import sqlite3
+import sys
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from contextlib import suppress
@@ -479,6 +480,8 @@ def pytest_runtest_makereport(
     item: pytest.Item,
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    if report.when == "setup":  # a new attempt (pytest-rerunfailures runs the item again)
+        item.stash[_failed_key] = False
     if report.failed:
         item.stash[_failed_key] = True
     return report
@@ -556,8 +559,10 @@ def _described(fixturedef: pytest.FixtureDef[Any]) -> tuple[str, str]:
     test: a fixture, or an xunit-style setup (``setUpClass``) that pytest runs as one."""
     for prefix, (written, per_test) in _XUNIT_FIXTURES.items():
         if fixturedef.argname.startswith(prefix):
-            where = written.format(fixturedef.argname.removeprefix(prefix))
-            return where, f"Do it in {per_test} instead"
+            name = fixturedef.argname.removeprefix(prefix)
+            if hasattr(sys.modules.get(name), "setUpModule"):  # unittest's, run as the same
+                written, per_test = "setUpModule of {}", "setUp"
+            return written.format(name), f"Do it in {per_test} instead"
     fixture = f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
     return fixture, "Make the fixture function-scoped"
 

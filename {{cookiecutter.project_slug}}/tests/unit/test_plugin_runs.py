@@ -887,6 +887,80 @@ def test_a_wider_fixture_connecting_to_its_first_tests_database_is_an_error_in_e
     assert "Do it in setUp instead" in child.stdout
 
 
+UNITTEST_MODULE_CONNECTION = """
+import os
+import sqlite3
+import unittest
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+shared = None
+
+
+def setUpModule():
+    global shared
+    shared = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+
+
+def tearDownModule():
+    shared.close()
+
+
+class TestUsers(unittest.TestCase):
+    def test_first(self):
+        shared.execute("SELECT 1")
+"""
+
+
+def test_a_unittest_setupmodule_connecting_to_its_first_tests_database_is_named_as_such(
+    tmp_path: Path,
+) -> None:
+    child = run_suite(tmp_path, UNITTEST_MODULE_CONNECTION)
+    assert "setUpModule of test_suite opened a connection to the database" in child.stdout
+    assert "Do it in setUp instead" in child.stdout, child.stdout
+
+
+RERUN_PLUGIN = """
+from _pytest.runner import runtestprotocol
+
+
+def pytest_runtest_protocol(item, nextitem):
+    \"\"\"Run a test that failed once more, as pytest-rerunfailures does.\"\"\"
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    if any(report.failed for report in reports):
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
+
+FLAKY_ONCE = """
+import pytest
+
+pytestmark = pytest.mark.isolated
+attempts = []
+
+
+def test_flaky(db):
+    attempts.append(1)
+    db.execute("INSERT INTO users (email, name) VALUES (?, 'x')", (f"attempt{len(attempts)}",))
+    assert len(attempts) > 1
+"""
+
+
+def test_a_rerun_that_passes_keeps_the_failed_attempts_database(tmp_path: Path) -> None:
+    (tmp_path / "rerun_once.py").write_text(RERUN_PLUGIN)
+    child = run_suite(tmp_path, FLAKY_ONCE, "-p", "rerun_once", "--isolation-keep-failed")
+    assert child.returncode == 0, child.stdout + child.stderr
+    kept = re.findall(r"Kept database of a failed test: (\S+)", child.stdout)
+    assert len(kept) == 1, child.stdout
+    with closing(sqlite3.connect(kept[0])) as conn:
+        assert conn.execute("SELECT email FROM users").fetchall() == [("attempt1",)]
+
+
 CRASHING_WORKER = (
     ONE_ISOLATED_TEST
     + """
