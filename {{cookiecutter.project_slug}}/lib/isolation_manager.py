@@ -548,11 +548,23 @@ class TestIsolationManager:
     def _point_at(self, scope_id: str) -> None:
         assert self._context is not None
         self._context.scope_id = scope_id
-        os.environ["DATABASE_URL"] = self.active_scopes[scope_id].database_url
-        scope_service = DatabaseService(
-            client_factory=lambda: self.get_scoped_database_client(scope_id)
+        scope = self.active_scopes[scope_id]
+        os.environ["DATABASE_URL"] = scope.database_url
+
+        def scope_client() -> DatabaseClient:
+            try:
+                return self.get_scoped_database_client(scope_id)
+            except ScopeNotFoundError:  # a service kept past its test (a wider fixture)
+                raise database.ClientClosedError(
+                    f"CLIENT_CLOSED: this database service belonged to {scope.owner}, whose "
+                    "database is gone. A service lives only as long as its test: call "
+                    "get_database_service() where it is used instead of keeping it (in a "
+                    "fixture wider than the test, or a variable)."
+                ) from None
+
+        self._install_service(
+            DatabaseService(client_factory=scope_client), self._context.saved_service
         )
-        self._install_service(scope_service, self._context.saved_service)
 
     def _point_at_nothing(self, reason: str) -> None:
         assert self._context is not None

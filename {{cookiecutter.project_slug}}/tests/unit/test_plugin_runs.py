@@ -921,6 +921,36 @@ def test_a_unittest_setupmodule_connecting_to_its_first_tests_database_is_named_
     assert "Do it in setUp instead" in child.stdout, child.stdout
 
 
+KEPT_SERVICE = """
+import pytest
+
+from lib.database import get_database_service
+
+pytestmark = pytest.mark.isolated
+
+
+class TestKept:
+    @pytest.fixture(scope="class")
+    def service(self):
+        return get_database_service()
+
+    def test_first(self, service):
+        service.get_client().execute("SELECT 1")
+
+    def test_second(self, service):
+        service.get_client().execute("SELECT 1")
+"""
+
+
+def test_a_service_kept_past_its_test_says_whose_it_was(tmp_path: Path) -> None:
+    child = run_suite(tmp_path, KEPT_SERVICE)
+    assert "1 failed, 1 passed" in child.stdout, child.stdout + child.stderr
+    assert "ClientClosedError: CLIENT_CLOSED: this database service belonged to scope" in (
+        child.stdout
+    )
+    assert "test_suite.py::TestKept::test_first), whose database is gone" in child.stdout
+
+
 RERUN_PLUGIN = """
 from _pytest.runner import runtestprotocol
 
