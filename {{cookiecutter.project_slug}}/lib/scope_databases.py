@@ -484,14 +484,17 @@ class DatabaseFactory:
         with the template when ``new``, or when it was gone (its last client closed)."""
         with untracked():
             if path is not None:
-                return DatabaseClient(
+                client = DatabaseClient(
                     str(path),
                     owner=owner,
                     pragmas=SCOPE_PRAGMAS,
                     engine=self.engine,
                     source=TEST_DATABASES_SOURCE,
                 )
+                client.let_signals_interrupt()  # a test's timeout stops its statement
+                return client
             client = DatabaseClient(url, owner=owner, pragmas=MEMORY_PRAGMAS)
+            client.let_signals_interrupt()
         try:
             if new or client.execute("PRAGMA page_count").rows[0][0] == 0:
                 self.template.copy_into(client)

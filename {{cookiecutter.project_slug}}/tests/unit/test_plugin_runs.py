@@ -921,6 +921,33 @@ def test_a_unittest_setupmodule_connecting_to_its_first_tests_database_is_named_
     assert "Do it in setUp instead" in child.stdout, child.stdout
 
 
+RUNAWAY_STATEMENT = """
+import pytest
+
+pytestmark = pytest.mark.isolated
+FOREVER = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+
+
+@pytest.mark.timeout(1)
+def test_runaway(db):
+    db.execute(FOREVER)
+
+
+def test_next(db):
+    assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+"""
+
+
+@pytest.mark.parametrize("strategy", ["file", "memory"])
+def test_a_timeout_stops_a_statement_that_runs_away(tmp_path: Path, strategy: str) -> None:
+    """pytest-timeout's alarm reaches the test inside SQLite: the statement is interrupted
+    and the test fails, where the run used to hang until killed."""
+    child = run_suite(tmp_path, RUNAWAY_STATEMENT, "--isolation-strategy", strategy)
+    assert "1 failed, 1 passed" in child.stdout, child.stdout + child.stderr
+    assert "sqlite3.OperationalError: interrupted" in child.stdout
+    assert "the statement was interrupted by a signal" in child.stdout
+
+
 KEPT_SERVICE = """
 import pytest
 
