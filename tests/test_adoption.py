@@ -45,8 +45,9 @@ def test_isolation_only_bakes_just_the_isolation_files(
     expected = {".cookiecutter.json", "ADOPTING.md", *lib, *ISOLATION_TESTS, *SNIPPETS}
     assert _files(isolation_only) == expected
     # Nothing that would overwrite an existing repository's own configuration.
-    for own in ("pyproject.toml", "noxfile.py", "README.md", ".gitignore", "tests/conftest.py"):
+    for own in ("pyproject.toml", "noxfile.py", "README.md", ".gitignore", "conftest.py"):
         assert not (isolation_only / own).exists(), own
+    assert not (isolation_only / "tests" / "conftest.py").exists()
 
 
 def test_isolation_files_are_the_full_layouts(isolation_only: Path, default_project: Path) -> None:

@@ -80,6 +80,32 @@ def test_integration_suite_leaves_the_developer_database_alone(bake: Bake, tmp_p
         assert not database.with_name(database.name + suffix).exists()
 
 
+DOCTEST_PROBE = '''"""A doctest of application code that asks for the database.
+
+>>> from lib.database import get_database_client
+>>> get_database_client().execute("SELECT 1").rows[0][0]
+1
+"""
+'''
+
+
+def test_doctests_of_the_application_alone_never_reach_the_developer_database(
+    bake: Bake, tmp_path: Path
+) -> None:
+    """A run over app/ alone loads the plugin too (the root conftest.py): the doctest is
+    refused the database instead of creating and writing data/app.db."""
+    project = bake(tmp_path / "baked")
+    (project / "app" / "doc_probe.py").write_text(DOCTEST_PROBE)
+    result = run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--doctest-modules", "app"],
+        project,
+        env=clean_env(),
+    )
+    assert result.returncode == 1, result.stdout
+    assert "DatabaseAccessBlockedError" in result.stdout
+    assert not (project / "data" / "app.db").exists()
+
+
 RUNS_ROOT = (
     "from pathlib import Path; from lib.scope_databases import runs_root; "
     "print(runs_root(Path('data').resolve(), use_shm=True))"
