@@ -456,6 +456,9 @@ class TestIsolationManager:
             context, self._context = self._context, None
         if context is None:
             return True
+        # First, while the scope is open: a thread still inside a transaction now would
+        # otherwise die of the scope's close, its error landing in whichever test runs next.
+        self._refuse_threads_left_running(context)
         cleaned = True
         stale: list[str] = []
         if context.scope_id is not None:
@@ -504,7 +507,6 @@ class TestIsolationManager:
                     "isolation_database_module so that it reconnects for each test"
                 )
             self._leak("connection", context.test_name, detail)
-        self._refuse_threads_left_running(context)
         return stale
 
     def allow_threads(self, threads: Iterable[threading.Thread]) -> None:

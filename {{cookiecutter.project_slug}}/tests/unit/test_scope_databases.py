@@ -10,13 +10,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 from sqlite_utils.migrations import Migrations
 
-from lib import migrate, scope_databases
+from lib import database, migrate, scope_databases
 from lib.isolation_manager import TestIsolationManager
 from lib.scope_databases import RUNS_DIR_NAME, cached_template, remove_run_directory, runs_root
 
@@ -261,6 +262,38 @@ def test_a_run_directory_held_by_a_process_out_of_sight_is_not_stale(tmp_path: P
     assert scope_databases.remove_stale_runs(tmp_path / "runs") == [path]
 
 
+def test_a_thread_still_in_a_transaction_when_its_test_ends_is_that_tests_leak(
+    tmp_path: Path,
+) -> None:
+    """Threads are looked at before the scope closes: one that the close would have made
+    fail (its error landing in whichever test ran next) is its own test's leak."""
+    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager.ensure_test_isolation("writer test")
+    inside, failures = threading.Event(), []
+
+    def write() -> None:
+        try:
+            with database.get_database_client().transaction() as tx:
+                tx.execute("INSERT INTO users (email, name) VALUES ('w@x', 'w')")
+                inside.set()
+                time.sleep(0.3)
+        except database.ClientClosedError as error:
+            failures.append(str(error))
+
+    writer = threading.Thread(target=write, name="writer")
+    writer.start()
+    inside.wait()
+    try:
+        manager.complete_test()
+        assert [(leak.kind, leak.test) for leak in manager.leaks] == [("thread", "writer test")]
+        assert "thread 'writer' running" in manager.leaks[0].detail
+    finally:
+        writer.join()
+        manager.shutdown()
+    assert len(failures) == 1
+    assert "writer test" in failures[0]
+
+
 def test_parallel_processes_build_the_template_once(migrations: Path, tmp_path: Path) -> None:
     """Four processes start at once on an empty cache: one builds, the others wait and reuse."""
     script = textwrap.dedent(
@@ -349,10 +382,10 @@ def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path
     try:
         assert manager.complete_test() is True
         assert [(leak.kind, leak.test) for leak in manager.leaks] == [
-            ("connection", "threaded test"),
             ("thread", "threaded test"),  # still running, holding it
+            ("connection", "threaded test"),
         ]
-        assert "(in another thread, which must close it)" in manager.leaks[0].detail
+        assert "(in another thread, which must close it)" in manager.leaks[1].detail
         assert manager.current_test_id is None
     finally:
         test_done.set()
