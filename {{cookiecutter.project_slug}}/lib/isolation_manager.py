@@ -369,15 +369,14 @@ class TestIsolationManager:
                 self._point_at_nothing(f"the scope of test {scope.test_name} was destroyed")
         if keep_as is not None:
             self._keep(scope, keep_as)
-        closed_cleanly = scope_databases.discard_database(
-            scope.database_path, lambda: self._close_connections(scope)
-        )
-        stale: list[str] = []
-        if scope.options.isolate_modules:
-            imported = self.modules.imported_since(scope.module_snapshot)
-            # Before they go: a module imported during the test may hold the client too.
-            stale = self._look_for_stale_bindings(scope, imported)
-            self._drop_modules(imported)
+        try:
+            closed_cleanly = scope_databases.discard_database(
+                scope.database_path, lambda: self._close_connections(scope)
+            )
+        except BaseException:  # interrupted (a timeout): the test's modules go all the same
+            self._forget_modules(scope)
+            raise
+        stale = self._forget_modules(scope)
         scope.connections.clear()
         scope.client = None
         elapsed = (time.perf_counter() - started) * 1000
@@ -388,6 +387,16 @@ class TestIsolationManager:
             metrics["average_cleanup_time"] += (elapsed - metrics["average_cleanup_time"]) / count
         logger.debug("scope destroyed: %s (%.2f ms)", scope_id, elapsed)
         return closed_cleanly, [stale_warning(binding, scope.owner) for binding in stale]
+
+    def _forget_modules(self, scope: IsolationScope) -> list[str]:
+        """Drop the project modules imported during the scope; return the globals found
+        holding its clients (looked for first: such a module may hold one too)."""
+        if not scope.options.isolate_modules:
+            return []
+        imported = self.modules.imported_since(scope.module_snapshot)
+        stale = self._look_for_stale_bindings(scope, imported)
+        self._drop_modules(imported)
+        return stale
 
     def _keep(self, scope: IsolationScope, destination: Path) -> None:
         try:
@@ -463,14 +472,26 @@ class TestIsolationManager:
         stale: list[str] = []
         if context.scope_id is not None:
             scope_id, context.scope_id = context.scope_id, None
-            cleaned, stale = self._end_scope(scope_id, keep_database)
-        # Recorded until here: what the reset hooks open for the next test is not a leak.
-        still_open = context.recording.stop() if context.recording is not None else []
-        self._restore(context)
+            try:
+                cleaned, stale = self._end_scope(scope_id, keep_database)
+            except BaseException:  # interrupted (a timeout): put back what the test changed
+                ended = "its end was interrupted, so its connections may still be open"
+                self._leak("scope", context.test_name, f"{scope_id} ({ended})")
+                self._stop_recording_and_restore(context)
+                raise
+        still_open = self._stop_recording_and_restore(context)
         stale += self._clean_up_leaks(context, still_open)
         _warn_stale(stale)  # last: filterwarnings may make them errors
         self._raise_failed_resets()
         return cleaned
+
+    def _stop_recording_and_restore(self, context: _TestContext) -> list[TrackedConnection]:
+        """Stop recording the test's connections (what the reset hooks open for the next
+        test is not its leak) and put back what the test changed; return the connections
+        still open."""
+        still_open = context.recording.stop() if context.recording is not None else []
+        self._restore(context)
+        return still_open
 
     def _clean_up_leaks(
         self, context: _TestContext, still_open: list[TrackedConnection]

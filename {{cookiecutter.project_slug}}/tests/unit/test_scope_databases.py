@@ -5,13 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,54 @@ def test_a_thread_still_in_a_transaction_when_its_test_ends_is_that_tests_leak(
         manager.shutdown()
     assert len(failures) == 1
     assert "writer test" in failures[0]
+
+
+class TimeIsUp(BaseException):
+    """What a timeout raises in the test's thread."""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a timer signal cuts the end short")
+def test_a_test_end_cut_short_by_a_timeout_is_a_scope_leak_and_puts_everything_back(
+    tmp_path: Path,
+) -> None:
+    """pytest-timeout firing while the scope closes (a thread holds its client): the scope
+    is reported, and the environment and singleton are put back for the next test."""
+    before = os.environ.get("DATABASE_URL")
+    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager.ensure_test_isolation("cut short")
+    scope_id = str(manager.current_test_id)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        client = database.get_database_client()
+        with suppress(database.ClientClosedError), client.transaction():
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold, name="holder")
+    holder.start()
+    holding.wait()
+
+    def time_is_up(signum: int, frame: object) -> None:
+        raise TimeIsUp  # as pytest-timeout's pytest.fail(), not an Exception
+
+    previous = signal.signal(signal.SIGALRM, time_is_up)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(TimeIsUp):
+            manager.complete_test()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        release.set()
+        holder.join()
+    try:
+        assert ("scope", "cut short") in [(leak.kind, leak.test) for leak in manager.leaks]
+        assert any(scope_id in leak.detail for leak in manager.leaks if leak.kind == "scope")
+        assert os.environ.get("DATABASE_URL") == before
+        assert manager.current_test_id is None
+    finally:
+        manager.shutdown()
 
 
 def test_parallel_processes_build_the_template_once(migrations: Path, tmp_path: Path) -> None:
