@@ -24,6 +24,7 @@ import re
 import shutil
 import sqlite3
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from contextlib import suppress
@@ -77,6 +78,8 @@ OUTSIDE_SCOPE = (
 _environment = pytest.MonkeyPatch()
 _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
+# After how long preparing the template database is said on the terminal.
+PREPARING_NOTICE_SECONDS = 2.0
 _isolated_key = pytest.StashKey[bool]()
 _test_paths_key = pytest.StashKey[list[Path]]()
 _debug_loggers_key = pytest.StashKey[list[str]]()  # live at DEBUG, set by DEBUG=...
@@ -408,7 +411,11 @@ def _forget_kept(manager: TestIsolationManager) -> None:
 
 
 def _prepare_template(manager: TestIsolationManager, config: pytest.Config) -> None:
-    """Build (or check) the template the isolated tests copy; a problem is one clear error."""
+    """Build (or check) the template the isolated tests copy; a problem is one clear error,
+    and a wait of more than a few seconds is said on the terminal."""
+    notice = threading.Timer(PREPARING_NOTICE_SECONDS, _say_still_preparing, (config, manager))
+    notice.daemon = True
+    notice.start()
     try:
         manager.prepare_template()
     except MigrationError as error:
@@ -430,6 +437,22 @@ def _prepare_template(manager: TestIsolationManager, config: pytest.Config) -> N
             "dependencies with the tests' (uv sync --group test; with pip, pip install "
             "sqlite-utils)"
         ) from error
+    finally:
+        notice.cancel()
+
+
+def _say_still_preparing(config: pytest.Config, manager: TestIsolationManager) -> None:
+    """The run would otherwise wait without a word for another run that is building the
+    template (or was stopped while it did: Ctrl-Z)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        lock = manager.data_dir / RUNS_DIR_NAME / "templates" / ".lock"
+        reporter.write_line(
+            f"isolation: still preparing the template database after "
+            f"{PREPARING_NOTICE_SECONDS:.0f}s: its migrations are running, or another run "
+            f"is building it and holds {lock} (a run stopped with Ctrl-Z holds it until it "
+            "goes on or ends)"
+        )
 
 
 def _migrations_hint(directory: Path, config: pytest.Config) -> str:

@@ -296,6 +296,31 @@ def test_a_run_keeps_the_databases_a_run_still_going_kept(tmp_path: Path) -> Non
         live.wait()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the template cache is locked with flock")
+def test_waiting_for_another_run_building_the_template_is_said(tmp_path: Path) -> None:
+    """Another run holds the template cache's lock (building, or stopped with Ctrl-Z)."""
+    lock = tmp_path / "data" / ".isolation" / "templates" / ".lock"
+    lock.parent.mkdir(parents=True)
+    hold = (
+        "import fcntl, sys, time\n"
+        f"handle = open({str(lock)!r}, 'a')\n"
+        "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(3)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", "isolation_use_dev_shm=false")
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "isolation: still preparing the template database after 2s" in child.stdout
+    assert f"holds {lock}" in child.stdout
+
+
 BROKEN_MIGRATION = "CREATE TABLE refunds (id INTEGER PRIMARY KEY);\nINSERT INTO nowhere VALUES (1);"
 
 
