@@ -719,6 +719,11 @@ def _database_problem(path: str, error: sqlite3.Error) -> str:
             "shell in a transaction, a long migration run): stop it or let it finish, then "
             "run the migrations again"
         )
+    elif getattr(error, "sqlite_errorcode", 0) & 0xFF in (
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+    ):
+        hint = "the disk refused the write: make room on it (is it full?), then run again"
     else:
         hint = "check that DATABASE_URL names the database to migrate"
     return f"cannot migrate {path!r} (from DATABASE_URL): {error}; {hint}"

@@ -272,8 +272,8 @@ class TemplateWriteError(OSError):
     """The template could not be written whole: the disk is full, or failing."""
 
 
-# SQLite's primary result codes for a write the disk refused: SQLITE_IOERR, SQLITE_FULL.
-_DISK_REFUSED = frozenset({10, 13})
+# SQLite's primary result codes for a write the disk refused.
+_DISK_REFUSED = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL})
 
 
 def _build_template(path: Path, migrations_dir: Path, expected: list[str]) -> None:
