@@ -465,20 +465,21 @@ class TestIsolationManager:
             context, self._context = self._context, None
         if context is None:
             return True
-        # First, while the scope is open: a thread still inside a transaction now would
-        # otherwise die of the scope's close, its error landing in whichever test runs next.
-        self._refuse_threads_left_running(context)
         cleaned = True
         stale: list[str] = []
-        if context.scope_id is not None:
-            scope_id, context.scope_id = context.scope_id, None
-            try:
+        scope_id, context.scope_id = context.scope_id, None
+        try:
+            # First, while the scope is open: a thread still inside a transaction now would
+            # die of the scope's close, its error landing in whichever test runs next.
+            self._refuse_threads_left_running(context)
+            if scope_id is not None:
                 cleaned, stale = self._end_scope(scope_id, keep_database)
-            except BaseException:  # interrupted (a timeout): put back what the test changed
+        except BaseException:  # interrupted (a timeout): put back what the test changed
+            if scope_id is not None:
                 ended = "its end was interrupted, so its connections may still be open"
                 self._leak("scope", context.test_name, f"{scope_id} ({ended})")
-                self._stop_recording_and_restore(context)
-                raise
+            self._stop_recording_and_restore(context)
+            raise
         still_open = self._stop_recording_and_restore(context)
         stale += self._clean_up_leaks(context, still_open)
         _warn_stale(stale)  # last: filterwarnings may make them errors

@@ -11,6 +11,7 @@ file, or a named in-memory database (:func:`memory_url`). The runs directory is
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
 import logging
@@ -150,6 +151,17 @@ def _hold(path: Path) -> None:
     _holds[path] = handle
 
 
+@atexit.register
+def _let_go_of_all() -> None:
+    """At exit, the holds of a process that never ended its session (a script that made
+    a manager and no ``shutdown()``): the lock goes with the process either way."""
+    with _lock:
+        holds = list(_holds.values())
+        _holds.clear()
+    for handle in holds:
+        handle.close()
+
+
 def _held(path: Path) -> bool:
     """Whether a live process holds the run directory ``path`` (see :func:`_hold`)."""
     if fcntl is None:
@@ -174,8 +186,8 @@ def remove_run_directory(runs: Path) -> None:
         template.close()
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
-    if hold is not None:
-        hold.close()
+        if hold is not None:
+            hold.close()
         with suppress(OSError):  # not empty: another process's run, or the template cache
             runs.rmdir()
 
