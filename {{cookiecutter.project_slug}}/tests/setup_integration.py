@@ -75,11 +75,11 @@ OUTSIDE_SCOPE = (
     "function (the `db` fixture or get_db_client()), or inside the application function "
     "that uses it, never at import time or in a unit test"
 )
+# After how long preparing the template database is said on the terminal.
+PREPARING_NOTICE_SECONDS = 2.0
 _environment = pytest.MonkeyPatch()
 _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
-# After how long preparing the template database is said on the terminal.
-PREPARING_NOTICE_SECONDS = 2.0
 _isolated_key = pytest.StashKey[bool]()
 _test_paths_key = pytest.StashKey[list[Path]]()
 _debug_loggers_key = pytest.StashKey[list[str]]()  # live at DEBUG, set by DEBUG=...
