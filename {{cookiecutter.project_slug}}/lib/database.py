@@ -49,6 +49,7 @@ from .database_config import (
     url_target,
 )
 from .libsql_engine import RemoteDatabaseError
+from .statement_alarm import CHECK_EVERY_STEPS, StatementAlarm
 
 if TYPE_CHECKING:
     import sqlite_utils  # imported when first used: it takes longer to import than a test runs
@@ -399,18 +400,6 @@ def _normalize(statement: Statement) -> tuple[str, Args]:
     return sql, args
 
 
-# How many SQLite virtual machine steps a statement runs between two looks for signals
-# (see DatabaseClient.let_signals_interrupt): about every 10 ms of a runaway query.
-SIGNAL_CHECK_STEPS = 1_000_000
-
-
-def _run_pending_signals() -> int:
-    """SQLite's progress handler: merely being Python code lets pending signal handlers
-    run; one that raises (a timeout, KeyboardInterrupt) makes SQLite interrupt the
-    statement."""
-    return 0
-
-
 class DatabaseClient:
     """One SQLite connection, safe to share between threads (calls are serialized)."""
 
@@ -441,7 +430,7 @@ class DatabaseClient:
         self._lock = ClientLock()
         self._transaction_thread: int | None = None  # the thread of the innermost open one
         self._closed_message: str | None = None
-        self._interrupted_by = ""  # what may interrupt a statement (let_signals_interrupt)
+        self._alarm: StatementAlarm | None = None  # what interrupts its statements, if any
         self._begin_statement = "BEGIN" if is_read_only_uri(path) else "BEGIN IMMEDIATE"
         remote = is_remote_url(path) or sync_url is not None
         if remote and _remote_blocked_reason is not None:
@@ -496,14 +485,13 @@ class DatabaseClient:
         state = "closed" if self.closed else "open"
         return f"<DatabaseClient {self.path} owner={self.owner!r} {state}>"
 
-    def let_signals_interrupt(self) -> None:
-        """Let signal handlers run while a statement runs (sqlite3 engine): a timeout's
-        SIGALRM (pytest-timeout) or Ctrl-C then stops a runaway query, which fails with
-        ``OperationalError: interrupted``, where it would otherwise hang until killed (Python
-        runs a handler only between its own instructions, never inside SQLite)."""
+    def stop_statements_on(self, alarm: StatementAlarm) -> None:
+        """Interrupt this client's statements once ``alarm`` rings (sqlite3 engine): a
+        statement running then fails with ``OperationalError: interrupted``, where a
+        runaway query would otherwise run on past any timeout (see ``lib.statement_alarm``)."""
         if self.engine == "sqlite3":
-            self._conn.set_progress_handler(_run_pending_signals, SIGNAL_CHECK_STEPS)
-            self._interrupted_by = "a signal (a timeout such as pytest-timeout's, or Ctrl-C)"
+            self._conn.set_progress_handler(alarm.rung, CHECK_EVERY_STEPS)
+            self._alarm = alarm
 
     @property
     def closed(self) -> bool:
@@ -532,8 +520,11 @@ class DatabaseClient:
                 raise libsql_engine.translate_error(error) from error
         except sqlite3.Error as error:  # e.g. "interrupted": another thread closed us
             if self._closed_message is None:
-                if self._interrupted_by and str(error) == "interrupted":
-                    error.add_note(f"the statement was interrupted by {self._interrupted_by}")
+                if self._alarm is not None and self._alarm.has_rung:
+                    error.add_note(
+                        "the statement ran past its test's timeout (pytest-timeout) and was "
+                        "interrupted: a query that never ends?"
+                    )
                 raise
             raise ClientClosedError(self._closed_message) from error
         finally:

@@ -177,6 +177,7 @@ class _TestContext:
     recording: Recording | None
     scope_id: str | None = None
     database_urls: list[str] = field(default_factory=list)  # of the scopes made meanwhile
+    threads_refused: bool = False  # the threads it left running were looked at
 
 
 class TestIsolationManager:
@@ -479,6 +480,8 @@ class TestIsolationManager:
                 ended = "its end was interrupted, so its connections may still be open"
                 self._leak("scope", context.test_name, f"{scope_id} ({ended})")
             self._stop_recording_and_restore(context)
+            if not context.threads_refused:  # without waiting, this time
+                self._refuse_threads_left_running(context, grace=0.0)
             raise
         still_open = self._stop_recording_and_restore(context)
         stale += self._clean_up_leaks(context, still_open)
@@ -536,16 +539,21 @@ class TestIsolationManager:
         server), and are not that test's to stop."""
         self._allowed_threads.update(threads)
 
-    def _refuse_threads_left_running(self, context: _TestContext) -> None:
+    def _refuse_threads_left_running(
+        self, context: _TestContext, grace: float = thread_tracking.GRACE_SECONDS
+    ) -> None:
         """A thread of the project's code that the test's thread started and left running
-        would use whichever test's database comes next: a leak, refused the database from
-        now on."""
-        for thread in thread_tracking.left_running(
+        (``grace`` seconds after the test) would use whichever test's database comes next:
+        a leak, refused the database from now on."""
+        left = thread_tracking.left_running(
             context.threads_before,
             context.thread,
             self._allowed_threads,
             self.modules.is_project_file,
-        ):
+            grace,
+        )
+        context.threads_refused = True
+        for thread in left:
             running = thread_tracking.describe(thread)
             database.refuse_thread(
                 thread,

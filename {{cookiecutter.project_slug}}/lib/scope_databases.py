@@ -31,6 +31,7 @@ from . import migrate
 from .connection_tracking import untracked
 from .database import DatabaseClient
 from .database_config import Engine
+from .statement_alarm import ALARM
 
 try:
     import fcntl
@@ -503,10 +504,10 @@ class DatabaseFactory:
                     engine=self.engine,
                     source=TEST_DATABASES_SOURCE,
                 )
-                client.let_signals_interrupt()  # a test's timeout stops its statement
+                client.stop_statements_on(ALARM)  # a test's timeout stops its statement
                 return client
             client = DatabaseClient(url, owner=owner, pragmas=MEMORY_PRAGMAS)
-            client.let_signals_interrupt()
+            client.stop_statements_on(ALARM)
         try:
             if new or client.execute("PRAGMA page_count").rows[0][0] == 0:
                 self.template.copy_into(client)

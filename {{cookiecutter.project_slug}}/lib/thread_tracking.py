@@ -22,6 +22,7 @@ from typing import Any
 
 # How long threads a test told to stop, but did not join, get to end with it.
 GRACE_SECONDS = 0.1
+_POLL_SECONDS = 0.005  # how often the grace looks whether they ended
 
 # Which thread started each thread, while watch_thread_starts() is on.
 _starters: weakref.WeakKeyDictionary[threading.Thread, threading.Thread] = (
@@ -87,10 +88,11 @@ def left_running(
     started_by: threading.Thread,
     allowed: Collection[threading.Thread],
     is_project_file: Callable[[str], bool],
+    grace: float = GRACE_SECONDS,
 ) -> list[threading.Thread]:
     """The threads running the project's code that ``started_by`` (the test's thread)
     started since ``before``, not ``allowed`` (a wider fixture's), and still running
-    after a short grace."""
+    after ``grace`` seconds."""
     started = [
         thread
         for thread in threading.enumerate()
@@ -100,9 +102,11 @@ def left_running(
         and (code := code_of(thread)) is not None
         and is_project_file(code.co_filename)
     ]
-    deadline = time.monotonic() + GRACE_SECONDS
-    for thread in started:
-        thread.join(max(0.0, deadline - time.monotonic()))
+    # Polled, not joined: on Python 3.11 a join that a signal interrupts (a timeout)
+    # marks a thread still running as stopped.
+    deadline = time.monotonic() + grace
+    while any(thread.is_alive() for thread in started) and time.monotonic() < deadline:
+        time.sleep(_POLL_SECONDS)
     return [thread for thread in started if thread.is_alive()]
 
 

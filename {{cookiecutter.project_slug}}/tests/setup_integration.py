@@ -47,6 +47,7 @@ from lib.isolation_manager import (
 )
 from lib.migrate import MigrationError
 from lib.scope_databases import all_runs_roots, check_strategy, oldest_live_run, runs_root
+from lib.statement_alarm import ALARM
 from lib.thread_tracking import running_threads
 
 __all__ = [
@@ -77,6 +78,9 @@ OUTSIDE_SCOPE = (
 )
 # After how long preparing the template database is said on the terminal.
 PREPARING_NOTICE_SECONDS = 2.0
+# The share of a test's timeout after which its database's statements are interrupted:
+# before pytest-timeout fires, so that the statement's error fails the test first.
+ALARM_SHARE = 0.9
 _environment = pytest.MonkeyPatch()
 _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
@@ -622,6 +626,20 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
             if failed and item.config.getoption("isolation_keep_failed"):
                 keep = _kept_directory(manager) / _kept_name(item.nodeid)
             manager.complete_test(keep_database=keep)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """pytest-timeout starts its timer (its own runs after this): a statement of the test's
+    database still running a little before it fires is interrupted, so that a runaway
+    query fails its test instead of hanging the run (see ``lib.statement_alarm``)."""
+    if is_isolated(item):
+        ALARM.set(settings.timeout * ALARM_SHARE)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    ALARM.cancel()
 
 
 @pytest.hookimpl(trylast=True)
