@@ -21,6 +21,8 @@ CORE_MODULES = frozenset(
     | {f"{__package__}.{path.stem}" for path in Path(__file__).parent.glob("[!_]*.py")}
 )
 
+_CORE_PREFIX = f"{Path(__file__).resolve().parent}{os.sep}"
+
 # Paths inside the project that hold installed packages, not project modules.
 _NOT_PROJECT = tuple(
     f"{os.sep}{name}{os.sep}"
@@ -74,9 +76,12 @@ class ProjectModules:
         return names
 
     def is_project_file(self, filename: str) -> bool:
-        """A file of the project's own code (not of a virtual environment in it)."""
-        return filename.startswith(self._root_prefix) and not any(
-            part in filename for part in _NOT_PROJECT
+        """A file of the project's own code (not of a virtual environment in it, nor of the
+        isolation core, whose threads serve every test)."""
+        return (
+            filename.startswith(self._root_prefix)
+            and not filename.startswith(_CORE_PREFIX)
+            and not any(part in filename for part in _NOT_PROJECT)
         )
 
     def _is_project(self, name: str) -> bool:

@@ -21,6 +21,7 @@ from sqlite_utils.migrations import Migrations
 from lib import database, migrate, scope_databases
 from lib.isolation_manager import TestIsolationManager
 from lib.scope_databases import RUNS_DIR_NAME, cached_template, remove_run_directory, runs_root
+from lib.statement_alarm import StatementAlarm
 
 MIGRATIONS = migrate.MIGRATIONS_DIR
 PROJECT_ROOT = MIGRATIONS.parent
@@ -341,6 +342,65 @@ def test_a_test_end_cut_short_by_a_timeout_is_a_scope_leak_and_puts_everything_b
         assert manager.current_test_id is None
     finally:
         manager.shutdown()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a timer signal cuts the end short")
+def test_a_timeout_while_threads_are_looked_at_still_refuses_them_the_database(
+    tmp_path: Path,
+) -> None:
+    """The timeout fires while the test's end waits its grace for a thread it started:
+    that thread is refused all the same, and never writes into the next test's database."""
+    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager.ensure_test_isolation("cut short")
+    stop, refused = threading.Event(), []
+
+    def write_until_stopped() -> None:
+        while not stop.wait(0.01):
+            try:
+                database.get_database_client().execute("SELECT 1")
+            except (database.ClientClosedError, database.DatabaseAccessBlockedError) as error:
+                refused.append(str(error))
+                return
+
+    writer = threading.Thread(target=write_until_stopped, name="writer")
+    writer.start()
+
+    def time_is_up(signum: int, frame: object) -> None:
+        raise TimeIsUp
+
+    previous = signal.signal(signal.SIGALRM, time_is_up)
+    signal.setitimer(signal.ITIMER_REAL, 0.03)  # within the 0.1 s grace
+    try:
+        with pytest.raises(TimeIsUp):
+            manager.complete_test()
+        manager.ensure_test_isolation("the next test")
+        writer.join(2)
+        assert not writer.is_alive()
+        assert refused
+        assert "was started by cut short" in refused[0]
+        assert ("thread", "cut short") in [(leak.kind, leak.test) for leak in manager.leaks]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        stop.set()
+        writer.join()
+        manager.complete_test()
+        manager.shutdown()
+
+
+def test_a_thread_of_the_isolation_core_started_in_a_test_is_not_its_leak(
+    tmp_path: Path,
+) -> None:
+    """The statement alarm's watch thread starts in the first test that pytest-timeout
+    times (inside the test with ``func_only``) and serves every test after it."""
+    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager.ensure_test_isolation("first timed test")
+    try:
+        StatementAlarm().set(60)
+    finally:
+        manager.complete_test()
+        manager.shutdown()
+    assert manager.leaks == []
 
 
 def test_parallel_processes_build_the_template_once(migrations: Path, tmp_path: Path) -> None:
