@@ -78,9 +78,10 @@ OUTSIDE_SCOPE = (
 )
 # After how long preparing the template database is said on the terminal.
 PREPARING_NOTICE_SECONDS = 2.0
-# The share of a test's timeout after which its database's statements are interrupted:
-# before pytest-timeout fires, so that the statement's error fails the test first.
-ALARM_SHARE = 0.9
+# How long before pytest-timeout fires the test database's statements are interrupted: so
+# that the statement's error fails the test first, with time left to report it (an alarm
+# firing while pytest makes the report is an INTERNALERROR).
+ALARM_MARGIN_SECONDS = 2.0
 _environment = pytest.MonkeyPatch()
 _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
@@ -634,7 +635,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
     database still running a little before it fires is interrupted, so that a runaway
     query fails its test instead of hanging the run (see ``lib.statement_alarm``)."""
     if is_isolated(item):
-        ALARM.set(settings.timeout * ALARM_SHARE)
+        ALARM.set(max(settings.timeout / 2, settings.timeout - ALARM_MARGIN_SECONDS))
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
