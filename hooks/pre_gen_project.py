@@ -20,23 +20,56 @@ MAX_PYTHON = 14
 
 SLUG = re.compile(r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$")
 MAX_SLUG = 64  # as the slug made from the name; the directory's name must fit the system's
-# The project's own dependencies, as pyproject.toml names them (a template test keeps the two
-# in step): a project of the same name would depend on itself, which no installer resolves.
+# The packages the project installs: those pyproject.toml names (a template test keeps the
+# two in step) and those they depend on, as resolved today. A project of the same name
+# would depend on itself, which no installer resolves.
 DEPENDENCIES = frozenset(
     {
+        "anyio",
+        "argcomplete",
+        "ast-serialize",
+        "attrs",
+        "certifi",
+        "click",
+        "click-default-group",
+        "colorlog",
+        "dependency-groups",
+        "distlib",
+        "execnet",
+        "filelock",
+        "h11",
+        "httpcore",
         "httpx",
+        "humanize",
+        "idna",
+        "iniconfig",
+        "librt",
         "libsql",
         "mypy",
+        "mypy-extensions",
         "nox",
+        "packaging",
+        "pathspec",
+        "pip",
+        "platformdirs",
+        "pluggy",
+        "pygments",
         "pytest",
         "pytest-asyncio",
         "pytest-split",
         "pytest-timeout",
         "pytest-xdist",
+        "python-dateutil",
+        "python-discovery",
         "ruff",
+        "sqlite-fts4",
         "sqlite-utils",
         "starlette",
+        "tabulate",
+        "typing-extensions",
+        "tzdata",
         "uvicorn",
+        "virtualenv",
     }
 )
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
@@ -74,8 +107,9 @@ def _check_project_slug(value: str) -> str | None:
         return f"must be at most {MAX_SLUG} characters: it names the project's directory"
     if value.replace("_", "-") in DEPENDENCIES:
         return (
-            "is the name of one of the project's dependencies: the project would depend on "
-            "itself, which uv and pip cannot install; choose another name"
+            "is the name of a package the project installs (one it depends on, or one of "
+            "theirs): the project would depend on itself, which uv and pip cannot install; "
+            "choose another name"
         )
     return None
 

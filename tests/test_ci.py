@@ -342,6 +342,15 @@ def test_check_fails_on_failed_tests_that_tee_hid(shard_run: ShardRun, tmp_path:
     assert "::error title=Failed tests::1 test(s) failed" in output
     assert f"integration-tests.log:{summary + 1}: {lines[summary].strip()}" in output
 
+    # In colour (--color=yes), with pytest's subtests counted as two words.
+    red, bold, reset = "\x1b[31m", "\x1b[1m", "\x1b[0m"
+    counts = f"{bold}3 failed{reset}, 81 passed, 1 subtests passed"
+    lines[summary] = f"{red}== {counts} in 2.19s =={reset}"
+    log.write_text("\n".join(lines) + "\n")
+    code, output = _check(shard_run.project, log)
+    assert code == 1, output
+    assert "::error title=Failed tests::3 test(s) failed" in output
+
     report = json.loads(shard.report.read_text())
     report["summary"]["failed_tests"] = 2
     failed_report = tmp_path / "failed.json"

@@ -22,6 +22,7 @@ INVALID = [
     ("project_slug", "orders_-service", "use lowercase letters"),
     ("project_slug", "o" * 65, "at most 64 characters"),
     ("project_slug", "sqlite_utils", "the project would depend on itself"),
+    ("project_slug", "anyio", "one it depends on, or one of theirs"),  # starlette's
     ("project_name", "", "must not be empty"),
     ("project_name", "   ", "must not be empty"),
     ("project_name", 'The "Best" Service', "without double quotes"),

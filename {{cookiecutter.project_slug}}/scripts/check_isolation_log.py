@@ -48,9 +48,12 @@ SCOPE_LEAK = "Scope leak detected in test:"
 THREAD_LEAK = "Thread leak detected in test:"
 HIGH_MEMORY = "High memory growth in test:"
 REPORT_HEADING = "Isolation Metrics Report"
-# pytest's last line: "==== 1 failed, 80 passed, 2 errors in 3.21s ====" (no "=" with -q).
-PYTEST_SUMMARY = re.compile(r"^=*\s*(?P<counts>\d+ \w+(?:, \d+ \w+)*) in [\d.]+s\b[^=]*=*$")
-FAILED_COUNTS = re.compile(r"(\d+) (?:failed|errors?)\b")
+# pytest's last line: "==== 1 failed, 80 passed, 2 errors in 3.21s ====" (no "=" with -q;
+# "1 subtests passed" with subtests), its colours taken out.
+COUNT = r"\d+ \w+(?: \w+)?"
+PYTEST_SUMMARY = re.compile(rf"^=*\s*(?P<counts>{COUNT}(?:, {COUNT})*) in [\d.]+s\b[^=]*=*$")
+FAILED_COUNTS = re.compile(r"(\d+) (?:\w+ )?(?:failed|errors?)\b")
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 MAX_QUOTED = 20
 
 PASSED, WARNING, FAILED, UNCHECKED = "passed", "warning", "FAILED", "UNCHECKED"
@@ -143,9 +146,10 @@ def check_test_failures(
         return check
     in_log = 0
     for number, line in enumerate(log_lines or [], start=1):
-        if counts := PYTEST_SUMMARY.match(line.strip()):
+        plain = ANSI_CODE.sub("", line).strip()
+        if counts := PYTEST_SUMMARY.match(plain):
             in_log = sum(int(count) for count in FAILED_COUNTS.findall(counts["counts"]))
-            check.lines = [f"{log_name}:{number}: {line.strip()}"] if in_log else []
+            check.lines = [f"{log_name}:{number}: {plain}"] if in_log else []
     summary = report.get("summary") if report is not None else None
     in_report = summary.get("failed_tests", 0) if isinstance(summary, dict) else 0
     failed = max(in_log, in_report if isinstance(in_report, int) else 0)
