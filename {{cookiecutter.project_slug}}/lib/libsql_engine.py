@@ -42,7 +42,9 @@ _TOKEN = re.compile(
     """,
     re.X | re.S,
 )
-_ONLY_COMMENTS = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.S)
+# Whitespace and comments only; a block comment ends at its first */ (or, unclosed, at the
+# end of the text), so nothing after it is taken for part of it.
+_ONLY_COMMENTS = re.compile(r"(?:\s|--[^\n]*+(?:\n|$)|/\*(?:[^*]|\*(?!/))*+(?:\*/|$))*+", re.S)
 # SQLite's largest INTEGER; sqlite3 refuses larger ints, libsql would store them as REAL.
 _INT_RANGE = range(-(2**63), 2**63)
 _INT32_RANGE = range(-(2**31), 2**31)

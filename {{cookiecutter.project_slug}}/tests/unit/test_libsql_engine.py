@@ -178,6 +178,18 @@ def test_a_commit_that_fails_rolls_back_and_later_transactions_land(
         ),
         ("SELECT 1;;", (), sqlite3.ProgrammingError, "one statement at a time"),
         (
+            "INSERT INTO t (name) VALUES ('x'); /* then */ DELETE FROM t",
+            (),
+            sqlite3.ProgrammingError,
+            "one statement at a time",
+        ),
+        (
+            "INSERT INTO t (name) VALUES ('x'); /* a */ /* b */ -- c\n DELETE FROM t /* d",
+            (),
+            sqlite3.ProgrammingError,
+            "one statement at a time",
+        ),
+        (
             "INSERT INTO t (name, qty) VALUES (?, ?)",
             ("only-name",),
             sqlite3.ProgrammingError,
@@ -226,6 +238,7 @@ def test_what_sqlite3_refuses_libsql_refuses_alike(
     [
         ("SELECT 1; -- a comment after the statement", (), (1,)),
         ("SELECT 1 /* unclosed", (), (1,)),
+        ("SELECT 1; /* a */ -- b\n /* c */ /* unclosed", (), (1,)),
         ("SELECT ';', '?', \"a;?\" FROM (SELECT 1 AS \"a;?\")", (), (";", "?", 1)),
         ("SELECT [x?], `y;` FROM (SELECT 1 AS [x?], 2 AS `y;`) -- ?;\n", (), (1, 2)),
         ("SELECT :a, ?, :a, ?5, ?", (1, 2, 3, 4, 5, 6), (1, 2, 1, 5, 6)),
