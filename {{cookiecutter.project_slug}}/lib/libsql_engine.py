@@ -118,6 +118,20 @@ def second_statement(sql: str) -> bool:
     return False
 
 
+def script_statements(sql: str) -> Iterator[str]:
+    """The statements of the script ``sql``, one by one, as SQLite runs them: each ends at
+    the first ``;`` that completes it (not at one inside a trigger's body); pieces that
+    hold only whitespace and comments are left out."""
+    start = 0
+    for token in _TOKEN.finditer(sql):
+        if token.group("semicolon") and sqlite3.complete_statement(sql[start : token.end()]):
+            if not _ONLY_COMMENTS.fullmatch(sql, start, token.start()):
+                yield sql[start : token.end()]
+            start = token.end()
+    if not _ONLY_COMMENTS.fullmatch(sql, start):
+        yield sql[start:]
+
+
 def check_statement(sql: str, args: Sequence[Any]) -> None:
     """Refuse what sqlite3 refuses before it runs a statement, as sqlite3 does."""
     if second_statement(sql):
@@ -246,11 +260,22 @@ class LibsqlConnection:
             raise translate_error(error, triggers, self._remote) from error
 
     def executescript(self, sql: str) -> None:
-        """Run several statements."""
+        """Run the statements of the script ``sql`` one by one, as sqlite3 does: an open
+        transaction is committed first, and the first statement that fails raises sqlite3's
+        exception (those before it stay done, those after it do not run). libsql's own
+        executescript stops at a failing statement without a word."""
+        if self.in_transaction:
+            self._run("COMMIT")
+        for statement in script_statements(sql):
+            self._run(statement)
+
+    def _run(self, sql: str) -> None:
+        """Run ``sql``, one statement without parameters, to its end."""
         try:
-            self._connection.executescript(sql)
-        except ValueError as error:
-            raise translate_error(error, self._connection, self._remote) from error
+            self._connection.execute(sql).fetchall()
+        except ValueError as error:  # libsql reports every database error this way
+            triggers = self._connection if _FIRES_TRIGGERS.match(sql) else None
+            raise translate_error(error, triggers, self._remote) from error
 
     def close(self) -> None:
         """Close the connection."""

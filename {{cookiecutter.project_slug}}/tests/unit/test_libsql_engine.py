@@ -297,6 +297,37 @@ def test_parameters_are_counted_as_sqlite_counts_them(sql: str, expected: int) -
                 conn.execute(first.replace("a$b", "1"), ())
 
 
+SCRIPT = """
+CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER CHECK (balance >= 0));
+CREATE TRIGGER no_overdraft BEFORE UPDATE ON accounts WHEN NEW.balance < 0
+BEGIN SELECT RAISE(ABORT, 'overdrawn'); SELECT 1; END;
+INSERT INTO accounts VALUES (1, 100); /* a comment; with a ';' */ -- and another;
+SELECT * FROM accounts;
+"""
+
+
+@pytest.mark.parametrize(
+    ("statement", "error", "message"),
+    [
+        ("UPDATE acounts SET balance = 0 WHERE id = 1", sqlite3.OperationalError, "no such table"),
+        ("UPDATE accounts SET balance = -1", sqlite3.IntegrityError, "overdrawn"),
+        ("INSERT INTO accounts VALUES (1, 5)", sqlite3.IntegrityError, "UNIQUE"),
+        ("SELEC 1", sqlite3.OperationalError, "syntax error"),
+        ("SELECT abs(-9223372036854775807 - 1)", sqlite3.OperationalError, "integer overflow"),
+    ],
+)
+def test_a_script_stops_at_its_first_failing_statement_with_its_error(
+    either: DatabaseClient, statement: str, error: type[Exception], message: str
+) -> None:
+    """Those before it stay done, those after it do not run; a trigger's body is one."""
+    with pytest.raises(error, match=message) as raised:
+        either.executescript(f"{SCRIPT}{statement}; INSERT INTO accounts VALUES (2, 50);")
+    assert type(raised.value) is error
+    assert [tuple(row) for row in either.execute("SELECT * FROM accounts").rows] == [(1, 100)]
+    either.executescript("INSERT INTO accounts VALUES (3, 1); -- the last one, no ';' after")
+    assert either.execute("SELECT count(*) FROM accounts").rows[0][0] == 2
+
+
 def test_rows_read_like_sqlite3_rows_with_repeated_and_cased_names(
     either: DatabaseClient,
 ) -> None:
