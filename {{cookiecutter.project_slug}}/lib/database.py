@@ -737,25 +737,29 @@ class DatabaseClient:
 
 
 def _vacuum_into(conn: Any, destination: Path) -> None:
-    """Copy the database of the libsql ``conn`` into ``destination``, replacing the file
-    there: VACUUM INTO writes a new file next to it, renamed over it once complete."""
+    """Copy the database of the libsql ``conn`` into ``destination`` as the sqlite3 engine
+    does: VACUUM INTO writes a temporary file next to it, which SQLite's backup API then
+    copies into the destination, taking its locks and its WAL into account (a file renamed
+    over it would leave the old one's -wal beside it, replayed onto the copy)."""
     if conn.in_transaction:
         raise RuntimeError(
             "backup() inside a transaction needs the sqlite3 engine: libsql copies with "
             "VACUUM INTO, which SQLite refuses in a transaction; call backup() after the "
             "transaction commits (the copy then holds what it wrote)"
         )
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
-    )
-    os.close(descriptor)  # VACUUM INTO writes into an empty file
-    try:
-        conn.execute("VACUUM INTO ?", (temporary,))
-        os.replace(temporary, destination)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with closing(sqlite3.connect(destination)) as target:  # what sqlite3's backup raises
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
+        )
+        os.close(descriptor)  # VACUUM INTO writes into an empty file
+        try:
+            conn.execute("VACUUM INTO ?", (temporary,))
+            with closing(sqlite3.connect(temporary)) as copy:
+                copy.backup(target)
+        finally:
+            for leftover in ("", "-journal", "-wal", "-shm"):
+                with suppress(FileNotFoundError):
+                    os.unlink(temporary + leftover)
 
 
 def _ended_elsewhere(when: str) -> RuntimeError:

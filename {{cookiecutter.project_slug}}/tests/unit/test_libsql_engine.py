@@ -393,6 +393,38 @@ def test_backup_replaces_an_existing_copy(either: DatabaseClient, tmp_path: Path
     assert sorted(path.name for path in tmp_path.iterdir() if "copy" in path.name) == ["copy.db"]
 
 
+def test_backup_over_a_copy_another_connection_holds_in_wal_mode(
+    either: DatabaseClient, tmp_path: Path
+) -> None:
+    """The old copy's -wal must not be replayed onto the new one."""
+    either.execute("CREATE TABLE t (x)")
+    either.execute("INSERT INTO t VALUES ('new')")
+    copy = tmp_path / "copy.db"
+    with closing(sqlite3.connect(copy, isolation_level=None)) as reader:
+        reader.execute("PRAGMA journal_mode=WAL")
+        reader.execute("CREATE TABLE t (x)")
+        reader.execute("INSERT INTO t VALUES ('yesterday')")
+        either.backup(copy)
+        assert reader.execute("SELECT * FROM t").fetchall() == [("new",)]
+        with closing(sqlite3.connect(copy)) as fresh:
+            assert fresh.execute("SELECT * FROM t").fetchall() == [("new",)]
+    with closing(sqlite3.connect(copy)) as fresh:
+        assert fresh.execute("SELECT * FROM t").fetchall() == [("new",)]
+    assert not [path.name for path in tmp_path.iterdir() if ".tmp" in path.name]
+
+
+def test_a_backup_file_and_a_missing_directory_are_as_sqlite3_makes_them(
+    either: DatabaseClient, tmp_path: Path
+) -> None:
+    either.execute("CREATE TABLE t (x)")
+    with closing(sqlite3.connect(tmp_path / "made-by-sqlite3.db")) as made:
+        made.execute("CREATE TABLE t (x)")
+    either.backup(tmp_path / "copy.db")
+    assert (tmp_path / "copy.db").stat().st_mode == (tmp_path / "made-by-sqlite3.db").stat().st_mode
+    with pytest.raises(sqlite3.OperationalError, match="unable to open database file"):
+        either.backup(tmp_path / "missing" / "copy.db")
+
+
 def test_a_libsql_backup_inside_a_transaction_says_what_to_do(
     client: DatabaseClient, tmp_path: Path
 ) -> None:
