@@ -52,6 +52,43 @@ _INT32_RANGE = range(-(2**31), 2**31)
 _RAISE = re.compile(r"RAISE\s*\(\s*(?:ABORT|FAIL|ROLLBACK)\s*,\s*'((?:[^']|'')*)'\s*\)", re.I)
 # Connection failures of a remote database or an embedded replica's sync.
 _REMOTE_FAILURE = ("Hrana", "sync error", "http error", "error trying to connect")
+# An error the remote database answered with (Hrana's stream or cursor error, as libsql
+# shows it): a failure of the statement, told by its code, not of the connection.
+_REMOTE_ANSWER = re.compile(r'message: "((?:[^"\\]|\\.)*)", code: "([A-Z0-9_]+)"')
+_RUST_ESCAPE = re.compile(r"\\(u\{[0-9a-fA-F]+\}|.)")
+_RUST_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+# The sqlite3 class of each primary result code (an extended one, SQLITE_CONSTRAINT_UNIQUE,
+# has its primary one's); sqlite3 raises DatabaseError for those not named here.
+_CODE_CLASSES: dict[str, type[sqlite3.Error]] = {
+    "SQLITE_CONSTRAINT": sqlite3.IntegrityError,
+    "SQLITE_MISMATCH": sqlite3.IntegrityError,
+    "SQLITE_TOOBIG": sqlite3.DataError,
+    "SQLITE_RANGE": sqlite3.InterfaceError,
+    "SQLITE_MISUSE": sqlite3.InterfaceError,
+    "SQLITE_INTERNAL": sqlite3.InternalError,
+    "SQLITE_NOTFOUND": sqlite3.InternalError,
+    "SQLITE_CORRUPT": sqlite3.DatabaseError,
+    "SQLITE_NOTADB": sqlite3.DatabaseError,
+    **dict.fromkeys(
+        (
+            "SQLITE_ERROR",
+            "SQLITE_PERM",
+            "SQLITE_ABORT",
+            "SQLITE_BUSY",
+            "SQLITE_LOCKED",
+            "SQLITE_NOMEM",
+            "SQLITE_READONLY",
+            "SQLITE_INTERRUPT",
+            "SQLITE_IOERR",
+            "SQLITE_FULL",
+            "SQLITE_CANTOPEN",
+            "SQLITE_PROTOCOL",
+            "SQLITE_EMPTY",
+            "SQLITE_SCHEMA",
+        ),
+        sqlite3.OperationalError,
+    ),
+}
 
 
 class RemoteDatabaseError(sqlite3.OperationalError):
@@ -197,6 +234,8 @@ def translate_error(
     message (None when the statement fires no trigger); ``remote``: what to say of a
     remote database that cannot be reached."""
     message = str(error)
+    if message.startswith("Hrana") and (answer := _REMOTE_ANSWER.search(message)):
+        return _remote_answer(answer[1], answer[2])
     if remote is not None and any(marker in message for marker in _REMOTE_FAILURE):
         return RemoteDatabaseError(f"{message}; {remote}")
     if (
@@ -217,6 +256,29 @@ def translate_error(
     if message in ("file is not a database", "database disk image is malformed"):
         return sqlite3.DatabaseError(message)
     return sqlite3.OperationalError(message)
+
+
+def _remote_answer(quoted: str, code: str) -> sqlite3.Error:
+    """The sqlite3 exception for the error a remote database answered with: the class
+    sqlite3 gives its result ``code``, the message as SQLite words it (without the code
+    and "SQLite error: " that the server puts first). Codes of the server's own
+    (SQL_PARSE_ERROR, ...) are OperationalErrors."""
+    message = _RUST_ESCAPE.sub(_unescaped, quoted)
+    message = re.sub(r"^(?:[A-Z0-9_]+: )?(?:SQLite error: )?", "", message)
+    if not code.startswith("SQLITE_"):
+        return sqlite3.OperationalError(message)
+    primary = code
+    while primary not in _CODE_CLASSES and "_" in primary[len("SQLITE_") :]:
+        primary = primary.rpartition("_")[0]
+    return _CODE_CLASSES.get(primary, sqlite3.DatabaseError)(message)
+
+
+def _unescaped(escape: re.Match[str]) -> str:
+    """The character a Rust string's ``\\x`` escape (``Debug``) stands for."""
+    text = escape[1]
+    if text.startswith("u{"):
+        return chr(int(text[2:-1], 16))
+    return _RUST_ESCAPES.get(text, text)
 
 
 def _raised_by_a_trigger(connection: Any, message: str) -> bool:

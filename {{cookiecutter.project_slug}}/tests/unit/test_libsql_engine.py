@@ -473,6 +473,57 @@ def test_an_embedded_replica_that_cannot_sync_names_both_settings(tmp_path: Path
     assert "TURSO_AUTH_TOKEN" in message
 
 
+def _stream_error(message: str, code: str) -> ValueError:
+    """A statement's error as libsql reports what a remote database answered."""
+    fields = f'message: "{message}", code: "{code}"'
+    return ValueError("Hrana: `stream error: `Error { " + fields + " }``")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "message"),
+    [
+        (
+            _stream_error(
+                "SQLITE_CONSTRAINT: UNIQUE constraint failed: users.email", "SQLITE_CONSTRAINT"
+            ),
+            sqlite3.IntegrityError,
+            "UNIQUE constraint failed: users.email",
+        ),
+        (
+            _stream_error(
+                'SQLite error: CHECK constraint failed: \\"n\\" >= 0', "SQLITE_CONSTRAINT_CHECK"
+            ),
+            sqlite3.IntegrityError,
+            'CHECK constraint failed: "n" >= 0',
+        ),
+        (
+            _stream_error("SQLITE_ERROR: no such table: nope", "SQLITE_ERROR"),
+            sqlite3.OperationalError,
+            "no such table: nope",
+        ),
+        (_stream_error("string or blob too big", "SQLITE_TOOBIG"), sqlite3.DataError, None),
+        (_stream_error("file is not a database", "SQLITE_NOTADB"), sqlite3.DatabaseError, None),
+        (
+            _stream_error('near \\"SELEC\\": syntax error', "SQL_PARSE_ERROR"),
+            sqlite3.OperationalError,
+            'near "SELEC": syntax error',
+        ),
+        (
+            ValueError("Hrana: `http error: `error trying to connect: tcp connect error``"),
+            RemoteDatabaseError,
+            "could not be reached",
+        ),
+        (ValueError("Hrana: `api error: `status=401 Unauthorized``"), RemoteDatabaseError, None),
+    ],
+)
+def test_a_remote_databases_sql_errors_are_sqlite3_errors_and_only_failures_to_reach_it_remote(
+    error: ValueError, expected: type[sqlite3.Error], message: str | None
+) -> None:
+    translated = libsql_engine.translate_error(error, remote="it could not be reached")
+    assert type(translated) is expected
+    assert message is None or str(translated).endswith(message)
+
+
 HOLD = """
 import sqlite3, sys, time
 connection = sqlite3.connect(sys.argv[1], isolation_level=None)
