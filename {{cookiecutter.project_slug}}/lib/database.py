@@ -511,13 +511,7 @@ class DatabaseClient:
             raise TimeoutError(f"{self!r} was still busy in another thread after {timeout}s")
         try:
             self._raise_if_closed()
-            if self.engine == "sqlite3":
-                yield self._conn
-                return
-            try:
-                yield self._conn
-            except ValueError as error:  # libsql reports every database error this way
-                raise libsql_engine.translate_error(error) from error
+            yield self._conn  # libsql's errors are translated by libsql_engine
         except sqlite3.Error as error:  # e.g. "interrupted": another thread closed us
             if self._closed_message is None:
                 if self._alarm is not None and self._alarm.has_rung:

@@ -194,15 +194,18 @@ def positional(args: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...]:
 def bound(values: Sequence[Any]) -> tuple[Any, ...]:
     """The parameters as libsql-python binds them, of the types it takes.
 
-    Values sqlite3 would adapt are adapted (bytearray and memoryview become bytes, subclasses
-    of int, float and str their base type, registered sqlite3 adapters apply); an int out of
-    SQLite's range and a type sqlite3 does not support are refused with sqlite3's errors."""
+    Values are adapted as sqlite3 adapts them: a registered sqlite3 adapter applies, else
+    the value's ``__conform__``, and an exception either raises is raised as it is;
+    subclasses of int, float and str bind their own value (not what their ``__str__`` says,
+    ``class Status(str, Enum)``), objects with the buffer protocol (bytearray, memoryview,
+    array.array) their bytes. An int out of SQLite's range and a type sqlite3 does not
+    support are refused with sqlite3's errors."""
     return tuple(_value(value, position) for position, value in enumerate(values, 1))
 
 
 def _value(value: Any, position: int) -> Any:
     kind = type(value)
-    if value is None or kind in (str, bytes, float):
+    if value is None or kind is str or kind is float:
         return value
     if kind is int:
         if value not in _INT_RANGE:
@@ -210,18 +213,32 @@ def _value(value: Any, position: int) -> Any:
         return value
     adapter = sqlite3.adapters.get((kind, sqlite3.PrepareProtocol))
     if adapter is not None:
-        return _value(adapter(value), position)
+        value = adapter(value)
+    elif (conform := getattr(value, "__conform__", None)) is not None:
+        adapted = conform(sqlite3.PrepareProtocol)
+        value = value if adapted is None else adapted
+    return _bindable(value, position)
+
+
+def _bindable(value: Any, position: int) -> Any:
+    """``value``, adapted already, as sqlite3 binds it."""
+    if value is None or type(value) in (str, bytes, float):
+        return value
     if isinstance(value, int):  # bool, IntEnum, ...
-        return _value(int(value), position)
+        number = int.__int__(value)
+        if number not in _INT_RANGE:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return number
     if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):  # StrEnum, ...
-        return str(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise sqlite3.ProgrammingError(
-        f"Error binding parameter {position}: type '{kind.__name__}' is not supported"
-    )
+        return float.__float__(value)
+    if isinstance(value, str):  # class Status(str, Enum), StrEnum, ...
+        return str.__str__(value)
+    try:
+        return memoryview(value).tobytes()
+    except TypeError:
+        raise sqlite3.ProgrammingError(
+            f"Error binding parameter {position}: type '{type(value).__name__}' is not supported"
+        ) from None
 
 
 def translate_error(
@@ -315,8 +332,9 @@ class LibsqlConnection:
         """Run one statement with ``args``; the cursor, or sqlite3's exception."""
         values = positional(args)
         check_statement(sql, values)  # sqlite3 counts before it looks at the values
+        sent, values = widened(sql, bound(values))  # an adapter's error is raised as it is
         try:
-            return self._connection.execute(*widened(sql, bound(values)))
+            return self._connection.execute(sent, values)
         except ValueError as error:  # libsql reports every database error this way
             triggers = self._connection if _FIRES_TRIGGERS.match(sql) else None
             raise translate_error(error, triggers, self._remote) from error
@@ -417,12 +435,16 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 
 def rows(cursor: Any) -> tuple[list[LibsqlRow], tuple[str, ...]]:
-    """Fetch a cursor's rows as :class:`LibsqlRow` objects, with the column names."""
+    """Fetch a cursor's rows as :class:`LibsqlRow` objects, with the column names; an
+    error while they are read (libsql runs a statement as its rows are read) is sqlite3's."""
     columns = tuple(column[0] for column in cursor.description or ())
     index: dict[str, int] = {}
     for position, name in enumerate(columns):
         index.setdefault(name.translate(_ASCII_LOWER), position)  # the first of a name
-    fetched = cursor.fetchall() or []  # libsql gives None for statements without rows
+    try:
+        fetched = cursor.fetchall() or []  # libsql gives None for statements without rows
+    except ValueError as error:  # libsql reports every database error this way
+        raise translate_error(error) from error
     return [LibsqlRow(values, columns, index) for values in fetched], columns
 
 

@@ -3,6 +3,8 @@ libsql client raises ClientClosedError, never libsql's panic."""
 
 from __future__ import annotations
 
+import array
+import enum
 import sqlite3
 import subprocess
 import sys
@@ -262,6 +264,45 @@ def test_what_sqlite3_accepts_libsql_accepts_alike(
     """Placeholders and ';' inside strings, quoted names and comments do not count; named
     and numbered parameters count as SQLite counts them."""
     assert tuple(either.execute(sql, args).rows[0]) == expected
+
+
+class Status(str, enum.Enum):  # noqa: UP042 - its str() is "Status.ACTIVE", unlike StrEnum
+    ACTIVE = "active"
+
+
+class Plan(enum.IntEnum):
+    PRO = 2
+
+
+class Money:
+    def __init__(self, cents: int) -> None:
+        self.cents = cents
+
+    def __conform__(self, protocol: Any) -> Any:
+        return self.cents if protocol is sqlite3.PrepareProtocol else None
+
+
+class Unadaptable:
+    pass
+
+
+def _refuse(value: Unadaptable) -> Any:
+    raise ValueError("cannot adapt")
+
+
+def test_values_are_adapted_and_bound_as_sqlite3_binds_them(either: DatabaseClient) -> None:
+    row = either.execute(
+        "SELECT ?, typeof(?1), ?, ?, ?, typeof(?4)",
+        (Status.ACTIVE, Plan.PRO, Money(250), array.array("B", b"ab")),
+    ).rows[0]
+    assert tuple(row) == ("active", "text", 2, 250, b"ab", "blob")
+    sqlite3.register_adapter(Unadaptable, _refuse)
+    try:
+        with pytest.raises(ValueError, match=r"^cannot adapt$") as raised:
+            either.execute("SELECT ?", (Unadaptable(),))
+        assert type(raised.value) is ValueError
+    finally:
+        del sqlite3.adapters[(Unadaptable, sqlite3.PrepareProtocol)]
 
 
 def test_a_trigger_body_is_one_statement_with_its_semicolons(either: DatabaseClient) -> None:
