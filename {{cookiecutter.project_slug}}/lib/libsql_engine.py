@@ -126,23 +126,48 @@ def statement_parameters(sql: str) -> int:
 
 
 def widened(sql: str, values: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
-    """``sql`` and ``values`` with every int outside 32 bits passed as text and cast back
-    in SQL: libsql-python binds those as REAL, which loses digits beyond 2**53 and stores
-    a REAL where sqlite3 stores an INTEGER."""
-    wide = {position for position, value in enumerate(values, 1) if type(value) is int}
-    wide = {position for position in wide if values[position - 1] not in _INT32_RANGE}
+    """``sql`` and ``values`` with every int outside 32 bits written into the SQL, as an
+    integer literal in place of its placeholder (its value bound as NULL instead):
+    libsql-python binds those as REAL, which loses digits beyond 2**53 and stores a REAL
+    where sqlite3 stores an INTEGER. A literal, as a bound value, has no affinity, so it
+    compares as sqlite3's would (a CAST would give it INTEGER affinity). Placeholders after
+    the first such literal are written with their number (``?N``), which would shift."""
+    wide = {
+        position: value
+        for position, value in enumerate(values, 1)
+        if type(value) is int and value not in _INT32_RANGE
+    }
     if not wide:
         return sql, values
-    pieces, end = [], 0
-    for token, number in _placeholders(sql):
+    pieces: list[str] = []
+    end = 0
+    for start, stop, number in _places(sql):
         if number in wide:
-            pieces += [sql[end : token.start()], f"CAST({token.group()} AS INTEGER)"]
-            end = token.end()
+            text = _int_literal(wide[number])
+        elif pieces:  # after a literal
+            text = f"?{number}"
+        else:
+            continue
+        pieces += [sql[end:start], text]
+        end = stop
     pieces.append(sql[end:])
-    text = tuple(
-        str(value) if position in wide else value for position, value in enumerate(values, 1)
+    bound_values = tuple(
+        None if position in wide else value for position, value in enumerate(values, 1)
     )
-    return "".join(pieces), text
+    return "".join(pieces), bound_values
+
+
+def _places(sql: str) -> tuple[tuple[int, int, int], ...]:
+    """Where the placeholders of the first statement of ``sql`` are, with their numbers."""
+    return tuple((token.start(), token.end(), number) for token, number in _placeholders(sql))
+
+
+def _int_literal(value: int) -> str:
+    """``value``, an int of SQLite's range, as an SQL expression of that INTEGER: digits
+    from Python's int only, in parentheses (-2**63 has no literal of its own)."""
+    if value == -(2**63):
+        return "(-9223372036854775807 - 1)"
+    return f"({int.__repr__(value)})"
 
 
 def second_statement(sql: str) -> bool:

@@ -305,6 +305,34 @@ def test_values_are_adapted_and_bound_as_sqlite3_binds_them(either: DatabaseClie
         del sqlite3.adapters[(Unadaptable, sqlite3.PrepareProtocol)]
 
 
+BIG = 2**40
+
+
+@pytest.mark.parametrize(
+    ("sql", "args", "expected"),
+    [
+        ("SELECT ? = '1099511627776'", (BIG,), [(0,)]),
+        ("SELECT id FROM t WHERE txt = ? ORDER BY id", (BIG,), []),
+        ("SELECT id FROM t WHERE a = ?", (BIG,), []),
+        ("SELECT id FROM t WHERE a IN (?, 5)", (BIG,), []),
+        ("SELECT count(*) FROM t WHERE txt > ?", (BIG,), [(1,)]),
+        ("SELECT id FROM t WHERE n = ?", (BIG,), [(3,)]),
+        ("SELECT ?, typeof(?1), ? * 2", (-(2**63), 2**62), [(-(2**63), "integer", 2.0**63)]),
+        ("SELECT ? - ?, ?", (BIG, -BIG, 7), [(2 * BIG, 7)]),
+        ("SELECT :a, ?, :a, ?5, ?", (1, BIG, 3, 4, 5, BIG + 1), [(1, BIG, 1, 5, BIG + 1)]),
+        ("SELECT ?2, ?1, ?", (BIG, 2**62, 3), [(2**62, BIG, 3)]),
+    ],
+)
+def test_a_wide_int_compares_as_sqlite3_compares_it(
+    either: DatabaseClient, sql: str, args: tuple[Any, ...], expected: list[tuple[Any, ...]]
+) -> None:
+    """A bound int has no affinity: a text column's affinity turns it into text."""
+    either.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, txt TEXT, a, n INTEGER)")
+    either.execute(f"INSERT INTO t VALUES (1, '{BIG}.0', '{BIG}', NULL)")
+    either.execute(f"INSERT INTO t VALUES (2, '0{BIG}', NULL, NULL), (3, NULL, NULL, {BIG})")
+    assert [tuple(row) for row in either.execute(sql, args).rows] == expected
+
+
 def test_a_trigger_body_is_one_statement_with_its_semicolons(either: DatabaseClient) -> None:
     either.execute("CREATE TABLE g (x)")
     either.execute(
