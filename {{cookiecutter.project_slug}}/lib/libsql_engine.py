@@ -11,11 +11,12 @@ sqlite3 raises for the same failure; rows read like ``sqlite3.Row``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 # What sqlite3 counts as DML (its cursor.rowcount rule): the statements that change rows.
 _DML = re.compile(r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.I | re.S)
@@ -119,10 +120,32 @@ def _placeholders(sql: str) -> Iterator[tuple[re.Match[str], int]]:
             yield token, names[name]
 
 
+class _Shape(NamedTuple):
+    """What the layer needs to know of a statement's text, found once per text."""
+
+    second_statement: bool
+    parameters: int
+    places: tuple[tuple[int, int, int], ...]  # each placeholder's start, end and number
+    dml: bool
+
+
+@functools.lru_cache(maxsize=512)
+def _shape(sql: str) -> _Shape:
+    """The shape of ``sql``; the texts an application runs are few, and each is looked at
+    on every run: a statement's text is lexed once, not each time it runs."""
+    places = tuple((token.start(), token.end(), number) for token, number in _placeholders(sql))
+    return _Shape(
+        second_statement=_second_statement(sql),
+        parameters=max((number for _, _, number in places), default=0),
+        places=places,
+        dml=_DML.match(sql) is not None,
+    )
+
+
 def statement_parameters(sql: str) -> int:
     """How many parameters the first statement of ``sql`` takes, counted as SQLite counts
     them (``sqlite3_bind_parameter_count``: the highest number a placeholder has)."""
-    return max((number for _, number in _placeholders(sql)), default=0)
+    return _shape(sql).parameters
 
 
 def widened(sql: str, values: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
@@ -141,7 +164,7 @@ def widened(sql: str, values: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
         return sql, values
     pieces: list[str] = []
     end = 0
-    for start, stop, number in _places(sql):
+    for start, stop, number in _shape(sql).places:
         if number in wide:
             text = _int_literal(wide[number])
         elif pieces:  # after a literal
@@ -157,11 +180,6 @@ def widened(sql: str, values: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
     return "".join(pieces), bound_values
 
 
-def _places(sql: str) -> tuple[tuple[int, int, int], ...]:
-    """Where the placeholders of the first statement of ``sql`` are, with their numbers."""
-    return tuple((token.start(), token.end(), number) for token, number in _placeholders(sql))
-
-
 def _int_literal(value: int) -> str:
     """``value``, an int of SQLite's range, as an SQL expression of that INTEGER: digits
     from Python's int only, in parentheses (-2**63 has no literal of its own)."""
@@ -173,6 +191,10 @@ def _int_literal(value: int) -> str:
 def second_statement(sql: str) -> bool:
     """Whether ``sql`` holds more than one statement: anything but whitespace and comments
     after the first one's ``;`` (a trigger's body ends with ``END;``, not its first ``;``)."""
+    return _shape(sql).second_statement
+
+
+def _second_statement(sql: str) -> bool:
     for token in _TOKEN.finditer(sql):
         if token.group("semicolon") and sqlite3.complete_statement(sql[: token.end()]):
             rest = sql[token.end() :]
@@ -196,9 +218,10 @@ def script_statements(sql: str) -> Iterator[str]:
 
 def check_statement(sql: str, args: Sequence[Any]) -> None:
     """Refuse what sqlite3 refuses before it runs a statement, as sqlite3 does."""
-    if second_statement(sql):
+    shape = _shape(sql)
+    if shape.second_statement:
         raise sqlite3.ProgrammingError("You can only execute one statement at a time.")
-    uses = statement_parameters(sql)
+    uses = shape.parameters
     if uses != len(args):
         raise sqlite3.ProgrammingError(
             "Incorrect number of bindings supplied. The current statement uses "
@@ -478,6 +501,6 @@ def rows_affected(sql: str, rowcount: int, rows: list[Any], columns: tuple[str, 
     any other statement (libsql repeats the previous statement's count for those), and 0
     too for one that begins with ``WITH``, as sqlite3 reports it. ``... RETURNING`` gives
     one row per changed row, so those are counted."""
-    if not _DML.match(sql):
+    if not _shape(sql).dml:
         return 0
     return len(rows) if columns else max(rowcount, 0)

@@ -397,6 +397,20 @@ def test_a_script_stops_at_its_first_failing_statement_with_its_error(
     assert either.execute("SELECT count(*) FROM accounts").rows[0][0] == 2
 
 
+def test_a_statements_text_is_lexed_once_in_a_bounded_cache() -> None:
+    sql = "INSERT INTO log (id, n) VALUES " + ", ".join("(?, ?)" for _ in range(500))
+    shape = libsql_engine._shape
+    libsql_engine.check_statement(sql, tuple(range(1000)))
+    before = shape.cache_info()
+    libsql_engine.check_statement(sql, tuple(range(1000)))
+    assert libsql_engine.widened(sql, tuple(range(1000)))[0] is sql
+    assert libsql_engine.rows_affected(sql, 500, [], ()) == 500
+    after = shape.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)
+    assert after.maxsize is not None
+    assert after.maxsize <= 1024
+
+
 def test_rows_read_like_sqlite3_rows_with_repeated_and_cased_names(
     either: DatabaseClient,
 ) -> None:
