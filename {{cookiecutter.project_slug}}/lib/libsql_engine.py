@@ -363,6 +363,17 @@ def _raised_by_a_trigger(connection: Any, message: str) -> bool:
     )
 
 
+def _panic(error: BaseException) -> BaseException:
+    """sqlite3's OperationalError for a panic of libsql's (a ``PanicException``, which is
+    no Exception: ``except Exception`` would not catch it), such as the one text that is
+    not valid UTF-8 causes; any other exception as it is."""
+    if type(error).__name__ != "PanicException":
+        return error
+    if "Utf8Error" in str(error):
+        return sqlite3.OperationalError(f"Could not decode to UTF-8 a text value read: {error}")
+    return sqlite3.OperationalError(f"libsql failed: {error}")
+
+
 class LibsqlConnection:
     """A libsql connection that checks and fails as a sqlite3 one does (see the module)."""
 
@@ -404,6 +415,9 @@ class LibsqlConnection:
         except ValueError as error:  # libsql reports every database error this way
             triggers = self._connection if _FIRES_TRIGGERS.match(sql) else None
             raise translate_error(error, triggers, self._remote) from error
+        except BaseException as error:  # sqlite3 never decodes the rows of a script
+            if type(error).__name__ != "PanicException":
+                raise
 
     def close(self) -> None:
         """Close the connection."""
@@ -493,6 +507,8 @@ def rows(cursor: Any) -> tuple[list[LibsqlRow], tuple[str, ...]]:
         fetched = cursor.fetchall() or []  # libsql gives None for statements without rows
     except ValueError as error:  # libsql reports every database error this way
         raise translate_error(error) from error
+    except BaseException as error:
+        raise _panic(error) from error
     return [LibsqlRow(values, columns, index) for values in fetched], columns
 
 

@@ -411,6 +411,15 @@ def test_a_statements_text_is_lexed_once_in_a_bounded_cache() -> None:
     assert after.maxsize <= 1024
 
 
+def test_text_that_is_not_utf8_is_an_operational_error(either: DatabaseClient) -> None:
+    either.execute("CREATE TABLE notes (body TEXT)")
+    either.execute("INSERT INTO notes VALUES (CAST(x'6361666580' AS TEXT))")
+    with pytest.raises(sqlite3.OperationalError, match="decode to UTF-8"):
+        either.execute("SELECT body FROM notes")
+    either.executescript("SELECT body FROM notes;")  # its rows are not read
+    assert either.execute("SELECT length(CAST(body AS BLOB)) FROM notes").rows[0][0] == 5
+
+
 def test_rows_read_like_sqlite3_rows_with_repeated_and_cased_names(
     either: DatabaseClient,
 ) -> None:
