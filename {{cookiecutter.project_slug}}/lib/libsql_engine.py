@@ -51,6 +51,8 @@ _INT_RANGE = range(-(2**63), 2**63)
 _INT32_RANGE = range(-(2**31), 2**31)
 # A trigger's RAISE(ABORT | FAIL | ROLLBACK, 'message'): its message is the error's.
 _RAISE = re.compile(r"RAISE\s*\(\s*(?:ABORT|FAIL|ROLLBACK)\s*,\s*'((?:[^']|'')*)'\s*\)", re.I)
+# SQLite's own messages for a lock it could not get.
+_LOCKED = ("database is locked", "database table is locked", "database schema is locked")
 # Connection failures of a remote database or an embedded replica's sync.
 _REMOTE_FAILURE = ("Hrana", "sync error", "http error", "error trying to connect")
 # An error the remote database answered with (Hrana's stream or cursor error, as libsql
@@ -290,14 +292,15 @@ def _bindable(value: Any, position: int) -> Any:
 
 
 def translate_error(
-    error: Exception, connection: Any = None, remote: str | None = None
+    error: Exception, connection: Any = None, remote: str | None = None, sql: str | None = None
 ) -> sqlite3.Error:
     """The sqlite3 exception a libSQL ``ValueError`` stands for: the class sqlite3 raises
     for the same failure, told by its message (libsql gives no error code).
 
     ``connection``: the libsql connection it came from, to tell a trigger's RAISE() by its
     message (None when the statement fires no trigger); ``remote``: what to say of a
-    remote database that cannot be reached."""
+    remote database that cannot be reached; ``sql``: the statement that failed, which a
+    trigger's RAISE() can have failed only if SQLite compiles it."""
     message = str(error)
     if message.startswith("Hrana") and (answer := _REMOTE_ANSWER.search(message)):
         return _remote_answer(answer[1], answer[2])
@@ -309,8 +312,8 @@ def translate_error(
         or message == "datatype mismatch"
         or (
             connection is not None
-            and "locked" not in message  # the look-up would wait for that lock too
-            and _raised_by_a_trigger(connection, message)
+            and not message.startswith(_LOCKED)  # the look-up would wait for that lock too
+            and _raised_by_a_trigger(connection, message, sql)
         )
     ):
         return sqlite3.IntegrityError(message)
@@ -346,8 +349,9 @@ def _unescaped(escape: re.Match[str]) -> str:
     return _RUST_ESCAPES.get(text, text)
 
 
-def _raised_by_a_trigger(connection: Any, message: str) -> bool:
-    """Whether a trigger's ``RAISE(ABORT | FAIL | ROLLBACK, message)`` says ``message``."""
+def _raised_by_a_trigger(connection: Any, message: str, sql: str | None) -> bool:
+    """Whether a trigger's ``RAISE(ABORT | FAIL | ROLLBACK, message)`` says ``message``
+    (and ``sql``, if given, compiles: an error of its own with that message does not)."""
     try:
         triggers = connection.execute(
             "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%RAISE%' "
@@ -356,11 +360,19 @@ def _raised_by_a_trigger(connection: Any, message: str) -> bool:
         ).fetchall()
     except ValueError:
         return False
-    return any(
+    if not any(
         raised.replace("''", "'") == message
-        for (sql,) in triggers or ()
-        for raised in _RAISE.findall(sql or "")
-    )
+        for (trigger,) in triggers or ()
+        for raised in _RAISE.findall(trigger or "")
+    ):
+        return False
+    if sql is None:
+        return True
+    try:
+        connection.execute(f"EXPLAIN {sql}").fetchall()  # compiled, not run
+    except ValueError:
+        return False
+    return True
 
 
 def _panic(error: BaseException) -> BaseException:
@@ -396,7 +408,7 @@ class LibsqlConnection:
             return self._connection.execute(sent, values)
         except ValueError as error:  # libsql reports every database error this way
             triggers = self._connection if _FIRES_TRIGGERS.match(sql) else None
-            raise translate_error(error, triggers, self._remote) from error
+            raise translate_error(error, triggers, self._remote, sql) from error
 
     def executescript(self, sql: str) -> None:
         """Run the statements of the script ``sql`` one by one, as sqlite3 does: an open
@@ -414,7 +426,7 @@ class LibsqlConnection:
             self._connection.execute(sql).fetchall()
         except ValueError as error:  # libsql reports every database error this way
             triggers = self._connection if _FIRES_TRIGGERS.match(sql) else None
-            raise translate_error(error, triggers, self._remote) from error
+            raise translate_error(error, triggers, self._remote, sql) from error
         except BaseException as error:  # sqlite3 never decodes the rows of a script
             if type(error).__name__ != "PanicException":
                 raise

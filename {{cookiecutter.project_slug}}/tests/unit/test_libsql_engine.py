@@ -473,6 +473,34 @@ def test_errors_have_the_class_sqlite3_gives_them(
     assert type(raised.value) is error
 
 
+@pytest.mark.parametrize(
+    ("sql", "error"),
+    [
+        ("UPDATE acct SET n = 2", sqlite3.IntegrityError),
+        ("DELETE FROM acct", sqlite3.IntegrityError),
+        ("INSERT INTO log VALUES ('bad')", sqlite3.IntegrityError),
+        ("INSERT INTO log SELECT * FROM nope", sqlite3.OperationalError),
+    ],
+)
+def test_a_triggers_raise_is_told_from_an_error_with_its_words(
+    either: DatabaseClient, sql: str, error: type[Exception]
+) -> None:
+    either.executescript(
+        "CREATE TABLE acct (id INTEGER PRIMARY KEY, state TEXT, n INTEGER);"
+        "INSERT INTO acct VALUES (1, 'frozen', 1);"
+        "CREATE TRIGGER frozen BEFORE UPDATE ON acct WHEN OLD.state = 'frozen' "
+        "BEGIN SELECT RAISE(ABORT, 'account is locked'); END;"
+        "CREATE TRIGGER kept BEFORE DELETE ON acct "
+        "BEGIN SELECT RAISE(ROLLBACK, 'order is locked by its customer'); END;"
+        "CREATE TABLE log (m);"
+        "CREATE TRIGGER bad BEFORE INSERT ON log WHEN NEW.m = 'bad' "
+        "BEGIN SELECT RAISE(FAIL, 'no such table: nope'); END;"
+    )
+    with pytest.raises(error) as raised:
+        either.execute(sql)
+    assert type(raised.value) is error
+
+
 def test_backup_replaces_an_existing_copy(either: DatabaseClient, tmp_path: Path) -> None:
     either.execute("CREATE TABLE t (x)")
     either.execute("INSERT INTO t VALUES (1)")
