@@ -37,8 +37,8 @@ _TOKEN = re.compile(
     | /\*(?:.*?\*/|.*)               # a block comment, perhaps unclosed at the end
     | [A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*  # a word: $ may be inside one
     | (?P<number>\?[0-9]*)           # ? or ?NNN
-    | (?P<name>[:@$][A-Za-z0-9_$\x80-\U0010ffff]+(?:(?:::[A-Za-z0-9_$\x80-\U0010ffff]+)*
-                (?:\([^)]*\))?)?)    # :name, @name, $name (with Tcl's ::a and (b) suffixes)
+    | (?P<name>[:@$\#][A-Za-z0-9_$\x80-\U0010ffff]+(?:(?:::[A-Za-z0-9_$\x80-\U0010ffff]+)*
+                (?:\([^)]*\))?)?)    # :name, @name, $name, #name (Tcl's ::a and (b) suffixes)
     | (?P<semicolon>;)
     """,
     re.X | re.S,
@@ -102,12 +102,17 @@ class RemoteDatabaseError(sqlite3.OperationalError):
 def _placeholders(sql: str) -> Iterator[tuple[re.Match[str], int]]:
     """The placeholders of the first statement of ``sql``, each with the number SQLite
     gives it: ``?`` the next number, ``?NNN`` number NNN, and a name (``:a``, ``@a``,
-    ``$a``) the next number the first time it is used, the same number after that."""
+    ``$a``) the next number the first time it is used, the same number after that. Empty
+    statements before the first one (``; SELECT ?``) are skipped, as SQLite skips them."""
     count = 0
     names: dict[str, int] = {}
+    started = False
     for token in _TOKEN.finditer(sql):
         if token.group("semicolon"):
-            return
+            if started:
+                return
+            continue
+        started = started or not token.group().startswith(("--", "/*"))
         if number := token.group("number"):
             if len(number) > 1:
                 count = max(count, int(number[1:]))
@@ -129,6 +134,7 @@ class _Shape(NamedTuple):
     parameters: int
     places: tuple[tuple[int, int, int], ...]  # each placeholder's start, end and number
     dml: bool
+    empty: bool  # only whitespace, comments and semicolons: no statement at all
 
 
 @functools.lru_cache(maxsize=512)
@@ -141,6 +147,7 @@ def _shape(sql: str) -> _Shape:
         parameters=max((number for _, _, number in places), default=0),
         places=places,
         dml=_DML.match(sql) is not None,
+        empty=next(script_statements(sql), None) is None,
     )
 
 
@@ -197,10 +204,13 @@ def second_statement(sql: str) -> bool:
 
 
 def _second_statement(sql: str) -> bool:
+    start = 0
     for token in _TOKEN.finditer(sql):
-        if token.group("semicolon") and sqlite3.complete_statement(sql[: token.end()]):
-            rest = sql[token.end() :]
-            return _ONLY_COMMENTS.fullmatch(rest) is None
+        if token.group("semicolon") and sqlite3.complete_statement(sql[start : token.end()]):
+            if _ONLY_COMMENTS.fullmatch(sql, start, token.start()):
+                start = token.end()  # an empty statement first: SQLite skips it
+                continue
+            return _ONLY_COMMENTS.fullmatch(sql, token.end()) is None
     return False
 
 
@@ -233,6 +243,10 @@ def check_statement(sql: str, args: Sequence[Any]) -> None:
 
 def positional(args: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...]:
     """libsql-python binds positional parameters only."""
+    if type(args) is tuple:
+        return args
+    if args is None or not hasattr(type(args), "__getitem__"):
+        raise sqlite3.ProgrammingError("parameters are of unsupported type")
     if isinstance(args, Mapping):
         raise TypeError(
             "named parameters (a mapping of args) need the sqlite3 engine; "
@@ -375,6 +389,21 @@ def _raised_by_a_trigger(connection: Any, message: str, sql: str | None) -> bool
     return True
 
 
+class _NoRows:
+    """The cursor of a statement that holds no statement, as sqlite3 gives it."""
+
+    description = None
+    rowcount = -1
+    lastrowid = None
+
+    def fetchall(self) -> list[Any]:
+        """No rows."""
+        return []
+
+
+_NO_ROWS = _NoRows()
+
+
 def _panic(error: BaseException) -> BaseException:
     """sqlite3's OperationalError for a panic of libsql's (a ``PanicException``, which is
     no Exception: ``except Exception`` would not catch it), such as the one text that is
@@ -403,6 +432,8 @@ class LibsqlConnection:
         """Run one statement with ``args``; the cursor, or sqlite3's exception."""
         values = positional(args)
         check_statement(sql, values)  # sqlite3 counts before it looks at the values
+        if _shape(sql).empty:
+            return _NO_ROWS  # sqlite3 runs nothing; libsql would fail with "not an error"
         sent, values = widened(sql, bound(values))  # an adapter's error is raised as it is
         try:
             return self._connection.execute(sent, values)

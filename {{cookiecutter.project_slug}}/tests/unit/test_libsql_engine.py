@@ -256,6 +256,7 @@ def test_what_sqlite3_refuses_libsql_refuses_alike(
         ),
         ("SELECT typeof(?), ?", (bytearray(b"x"), memoryview(b"y")), ("blob", b"y")),
         ("SELECT ?, ?", (True, 1.5), (1, 1.5)),
+        ("SELECT #a, ?, #a", (1, 2), (1, 2, 1)),
     ],
 )
 def test_what_sqlite3_accepts_libsql_accepts_alike(
@@ -333,6 +334,20 @@ def test_a_wide_int_compares_as_sqlite3_compares_it(
     assert [tuple(row) for row in either.execute(sql, args).rows] == expected
 
 
+@pytest.mark.parametrize("sql", ["", "   ", "-- only a comment", ";", " /* a */ ; ; -- b"])
+def test_a_text_without_a_statement_gives_no_rows(either: DatabaseClient, sql: str) -> None:
+    result = either.execute(sql)
+    assert (result.rows, result.columns, result.rows_affected) == ([], (), 0)
+
+
+def test_parameters_of_no_sequence_are_refused_as_sqlite3_refuses_them(
+    either: DatabaseClient,
+) -> None:
+    for args in (None, 1, (value for value in [1])):
+        with pytest.raises(sqlite3.ProgrammingError, match="parameters are of unsupported type"):
+            either.execute("SELECT ?", args)  # type: ignore[arg-type]
+
+
 def test_a_trigger_body_is_one_statement_with_its_semicolons(either: DatabaseClient) -> None:
     either.execute("CREATE TABLE g (x)")
     either.execute(
@@ -354,6 +369,7 @@ def test_a_trigger_body_is_one_statement_with_its_semicolons(either: DatabaseCli
         ("SELECT :a, :a, @a, $a::b(c)", 3),
         ("SELECT a$b, '?', \"?\", [?], `?` -- ?\n /* ? */", 0),
         ("SELECT ?; SELECT ?, ?", 1),
+        (" ; /* ; */ ; SELECT ?, ?", 2),
     ],
 )
 def test_parameters_are_counted_as_sqlite_counts_them(sql: str, expected: int) -> None:
