@@ -37,6 +37,7 @@ from .database_config import (
     DatabaseConfigError,
     DatabaseTarget,
     Engine,
+    check_remote_url,
     create_database_directory,
     database_driver,
     database_target,
@@ -46,6 +47,7 @@ from .database_config import (
     open_error,
     parse_database_url,
     remote_hint,
+    shown_url,
     url_target,
 )
 from .libsql_engine import RemoteDatabaseError
@@ -433,6 +435,10 @@ class DatabaseClient:
         self._alarm: StatementAlarm | None = None  # what interrupts its statements, if any
         self._begin_statement = "BEGIN" if is_read_only_uri(path) else "BEGIN IMMEDIATE"
         remote = is_remote_url(path) or sync_url is not None
+        if is_remote_url(path):
+            check_remote_url(path, source or "the path")
+        if sync_url is not None:
+            check_remote_url(sync_url, "TURSO_DATABASE_URL" if source else "sync_url")
         if remote and _remote_blocked_reason is not None:
             raise DatabaseAccessBlockedError(f"{_remote_blocked_reason} ({caller_location()})")
         try:
@@ -483,7 +489,8 @@ class DatabaseClient:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"<DatabaseClient {self.path} owner={self.owner!r} {state}>"
+        path = shown_url(self.path) if is_remote_url(self.path) else self.path
+        return f"<DatabaseClient {path} owner={self.owner!r} {state}>"
 
     def stop_statements_on(self, alarm: StatementAlarm) -> None:
         """Interrupt this client's statements once ``alarm`` rings (sqlite3 engine): a

@@ -20,6 +20,8 @@ DEFAULT_DATABASE_URL = "file:./data/app.db"
 Engine = Literal["sqlite3", "libsql"]
 ENGINES: tuple[Engine, ...] = ("sqlite3", "libsql")
 REMOTE_SCHEMES = frozenset({"libsql", "http", "https", "ws", "wss"})
+# Remote schemes that libsql-python opens as a local file of that name: refused.
+_FILE_TO_LIBSQL = frozenset({"ws", "wss"})
 
 
 class DatabaseConfigError(ValueError):
@@ -30,6 +32,17 @@ def is_remote_url(value: str) -> bool:
     """Whether ``value`` names a remote libSQL/Turso database rather than a local file."""
     scheme, separator, _ = value.partition("://")
     return bool(separator) and scheme.lower() in REMOTE_SCHEMES
+
+
+def shown_url(value: str) -> str:
+    """The URL ``value`` as a message may show it: without its query (a token may be
+    there) and without the user and password before its host."""
+    head = value.partition("?")[0].partition("#")[0]
+    scheme, separator, rest = head.partition("://")
+    if not separator:
+        return head
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def local_database_file(path: str) -> Path | None:
@@ -61,7 +74,7 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         path = unquote(parts.path)
         if parts.netloc not in ("", "localhost") or not path:
             raise DatabaseConfigError(
-                f"{variable}={value!r} is not a local SQLite file URL: "
+                f"{variable}={shown_url(value)!r} is not a local SQLite file URL: "
                 "use file:./relative/path.db or file:///absolute/path.db"
             )
         return value if parts.query else path
@@ -69,8 +82,9 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         scheme, slashes = scheme_match.group(1).lower(), scheme_match.group(2)
         if scheme in REMOTE_SCHEMES:
             if slashes:
-                return _remote_url(value, variable)
+                return check_remote_url(value, variable)
             rest = value[len(scheme) + 1 :].partition("?")[0]  # never the query: tokens
+            rest = rest.rpartition("@")[2]  # nor a password
             raise DatabaseConfigError(
                 f"{variable}={scheme}:{rest}...: a {scheme} URL needs '//' after the scheme, "
                 f"as in {scheme}://{rest}"
@@ -94,12 +108,21 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
     return value
 
 
-def _remote_url(value: str, variable: str) -> str:
-    """``value``, a remote URL, if it names a host; libsql would try to reach none."""
-    if not urlsplit(value).hostname:
-        scheme = value.partition(":")[0]
+def check_remote_url(value: str, variable: str) -> str:
+    """``value``, a remote URL (from ``variable``), if libsql can reach it: it names a host
+    (libsql would try to reach none), and its scheme is not ws:// or wss://, which
+    libsql-python opens as a local file of that name."""
+    scheme = value.partition(":")[0]
+    host = urlsplit(value).hostname
+    if scheme.lower() in _FILE_TO_LIBSQL:
         raise DatabaseConfigError(
-            f"{variable}={value.partition('?')[0]!r} names no host: set it to the URL of the "
+            f"{variable}={shown_url(value)!r}: libsql opens a {scheme}:// URL as a local file, "
+            f"not a remote database: use the database's libsql:// or https:// URL, as in "
+            f"libsql://{host or '<database>-<organization>.turso.io'}"
+        )
+    if not host:
+        raise DatabaseConfigError(
+            f"{variable}={shown_url(value)!r} names no host: set it to the URL of the "
             f"database, as in {scheme}://<database>-<organization>.turso.io"
         )
     return value
@@ -108,17 +131,17 @@ def _remote_url(value: str, variable: str) -> str:
 def remote_hint(path: str, source: str | None, sync_url: str | None = None) -> str:
     """What to say when the remote database ``path`` (from the setting ``source``), or the
     ``sync_url`` an embedded replica syncs from, cannot be reached: the settings to check.
-    No query is shown: it may hold a token."""
+    No query nor password is shown."""
     source = source or "the path"
     if sync_url is not None:
         sync_source = "TURSO_DATABASE_URL" if source == "DATABASE_URL" else "sync_url"
         where = (
             f"the embedded replica {path!r} ({source}) could not sync from "
-            f"{sync_url.partition('?')[0]} ({sync_source})"
+            f"{shown_url(sync_url)} ({sync_source})"
         )
         check = sync_source
     else:
-        shown = path.partition("?")[0]
+        shown = shown_url(path)
         where = f"the remote libSQL database {shown} ({source}) could not be reached"
         check = source
     return (
@@ -171,10 +194,10 @@ def database_target(environ: Mapping[str, str] = os.environ) -> DatabaseTarget:
     if turso:
         if not is_remote_url(turso):
             raise DatabaseConfigError(
-                f"TURSO_DATABASE_URL={turso.partition('?')[0]!r} must be a libsql:// or "
+                f"TURSO_DATABASE_URL={shown_url(turso)!r} must be a libsql:// or "
                 "https:// URL of a Turso database"
             )
-        _remote_url(turso, "TURSO_DATABASE_URL")
+        check_remote_url(turso, "TURSO_DATABASE_URL")
         local = parse_database_url(url) if url is not None else None  # "" is an error
         if local is None or is_remote_url(local):
             return DatabaseTarget(turso, "libsql", auth_token=token)

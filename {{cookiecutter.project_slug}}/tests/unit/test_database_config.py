@@ -158,6 +158,45 @@ def test_a_remote_url_without_a_host_is_refused_naming_the_variable(
     assert "authToken" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"DATABASE_URL": "wss://db-org.turso.io"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "ws://127.0.0.1:8080?authToken=t"}, "DATABASE_URL"),
+        ({"TURSO_DATABASE_URL": "WSS://db-org.turso.io"}, "TURSO_DATABASE_URL"),
+    ],
+)
+def test_a_websocket_url_is_refused_saying_what_to_use(
+    environ: dict[str, str], variable: str
+) -> None:
+    """libsql-python would open it as a local file of that name."""
+    with pytest.raises(
+        DatabaseConfigError, match=rf"^{variable}=.*libsql:// or https://"
+    ) as raised:
+        database_target(environ)
+    assert "authToken" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"DATABASE_URL": "https://user:SECRETPW@"},
+        {"DATABASE_URL": "wss://user:SECRETPW@db.turso.io"},
+        {"DATABASE_URL": "libsql:user:SECRETPW@db.turso.io"},
+        {"DATABASE_URL": "file://user:SECRETPW@host/app.db"},
+        {"TURSO_DATABASE_URL": "libsql://user:SECRETPW@"},
+    ],
+)
+def test_a_password_in_a_url_is_never_shown(environ: dict[str, str]) -> None:
+    with pytest.raises(DatabaseConfigError) as raised:
+        database_target(environ)
+    assert "SECRETPW" not in str(raised.value)
+    hint = remote_hint("https://user:SECRETPW@db.turso.io/x?authToken=t", "DATABASE_URL")
+    assert "https://db.turso.io/x (DATABASE_URL)" in hint
+    replica = remote_hint("./r.db", "DATABASE_URL", "libsql://u:SECRETPW@db.turso.io")
+    assert "could not sync from libsql://db.turso.io (TURSO_DATABASE_URL)" in replica
+
+
 def test_the_remote_hint_names_the_settings_to_check_and_never_a_token() -> None:
     direct = remote_hint("libsql://db.turso.io?authToken=secret", "TURSO_DATABASE_URL")
     assert direct.startswith(

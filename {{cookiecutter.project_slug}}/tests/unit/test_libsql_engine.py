@@ -595,6 +595,19 @@ def test_an_unreachable_remote_database_names_its_setting() -> None:
 
 
 @pytest.mark.usefixtures("remote_allowed")
+def test_a_url_of_a_client_never_shows_its_password_and_ws_is_refused() -> None:
+    client = DatabaseClient(
+        "https://user:SECRETPW@127.0.0.1:9", engine="libsql", source="DATABASE_URL"
+    )
+    with closing(client), pytest.raises(RemoteDatabaseError) as raised:
+        client.execute("SELECT 1")
+    assert "https://127.0.0.1:9 (DATABASE_URL)" in str(raised.value)
+    assert "SECRETPW" not in str(raised.value) + repr(client)
+    with pytest.raises(DatabaseConfigError, match=r"^DATABASE_URL=.*libsql:// or https://"):
+        DatabaseClient("wss://127.0.0.1:9", engine="libsql", source="DATABASE_URL")
+
+
+@pytest.mark.usefixtures("remote_allowed")
 def test_an_embedded_replica_that_cannot_sync_names_both_settings(tmp_path: Path) -> None:
     with pytest.raises(RemoteDatabaseError) as raised:
         DatabaseClient(
