@@ -446,6 +446,8 @@ class LibsqlConnection:
         transaction is committed first, and the first statement that fails raises sqlite3's
         exception (those before it stay done, those after it do not run). libsql's own
         executescript stops at a failing statement without a word."""
+        if "\0" in sql:  # sqlite3 refuses the script before it runs any of it
+            raise ValueError("embedded null character")
         if self.in_transaction:
             self._run("COMMIT")
         for statement in script_statements(sql):

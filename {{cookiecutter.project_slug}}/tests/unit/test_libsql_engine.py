@@ -411,6 +411,9 @@ def test_a_script_stops_at_its_first_failing_statement_with_its_error(
     assert [tuple(row) for row in either.execute("SELECT * FROM accounts").rows] == [(1, 100)]
     either.executescript("INSERT INTO accounts VALUES (3, 1); -- the last one, no ';' after")
     assert either.execute("SELECT count(*) FROM accounts").rows[0][0] == 2
+    with pytest.raises(ValueError, match="embedded null character"):
+        either.executescript("INSERT INTO accounts VALUES (4, 1);\0 SELECT 1;")
+    assert either.execute("SELECT count(*) FROM accounts").rows[0][0] == 2
 
 
 def test_a_statements_text_is_lexed_once_in_a_bounded_cache() -> None:
