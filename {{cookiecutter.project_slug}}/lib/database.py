@@ -618,7 +618,12 @@ class DatabaseClient:
         if not self._lock.acquire_to_close(0):
             if self.engine == "sqlite3":
                 self._conn.interrupt()
-            if not self._lock.acquire_to_close(timeout):
+            try:
+                acquired = self._lock.acquire_to_close(timeout)
+            except BaseException:  # a timeout cut the wait short: it closes when released
+                self._lock.close_when_free(self._close_now)
+                raise
+            if not acquired:
                 logger.warning("%r still busy after %.1fs; it closes when released", self, timeout)
                 self._lock.close_when_free(self._close_now)
                 return not self._lock.close_pending

@@ -479,9 +479,9 @@ class TestIsolationManager:
             if scope_id is not None:
                 ended = "its end was interrupted, so its connections may still be open"
                 self._leak("scope", context.test_name, f"{scope_id} ({ended})")
-            self._stop_recording_and_restore(context)
             if not context.threads_refused:  # without waiting, this time
                 self._refuse_threads_left_running(context, grace=0.0)
+            self._stop_recording_and_restore(context)
             raise
         still_open = self._stop_recording_and_restore(context)
         stale += self._clean_up_leaks(context, still_open)
@@ -742,8 +742,9 @@ class TestIsolationManager:
         """End of session: clean up whatever scopes are left, then delete this process's
         directory of test databases and its copy of the template (a later scope makes new
         ones), so that nothing of the session stays behind."""
-        try:
-            return self.emergency_cleanup() if self.active_scopes else True
+        try:  # also clients whose close was cut short (a timeout), in no scope any more
+            left = self.active_scopes or self.global_connection_registry
+            return self.emergency_cleanup() if left else True
         finally:
             thread_tracking.stop_watching_thread_starts()
             self._factories.clear()

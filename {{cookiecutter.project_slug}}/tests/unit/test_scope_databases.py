@@ -300,20 +300,49 @@ class TimeIsUp(BaseException):
     """What a timeout raises in the test's thread."""
 
 
+def time_is_up(signum: int, frame: object) -> None:
+    raise TimeIsUp  # as pytest-timeout's pytest.fail(), not an Exception
+
+
+def alarm_once_inside(function: str) -> threading.Thread:
+    """A thread that sends SIGALRM to the test's thread once that thread runs
+    ``function``: a timeout firing there, at no time that depends on the machine's speed."""
+
+    def alarm() -> None:
+        main = threading.main_thread().ident
+        assert main is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            frame = sys._current_frames().get(main)
+            while frame is not None and frame.f_code.co_name != function:
+                frame = frame.f_back
+            if frame is not None:
+                signal.pthread_kill(main, signal.SIGALRM)
+                return
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=alarm, name="alarm")
+    thread.start()
+    return thread
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="a timer signal cuts the end short")
 def test_a_test_end_cut_short_by_a_timeout_is_a_scope_leak_and_puts_everything_back(
     tmp_path: Path,
 ) -> None:
     """pytest-timeout firing while the scope closes (a thread holds its client): the scope
-    is reported, and the environment and singleton are put back for the next test."""
+    is reported, the environment and singleton are put back for the next test, and the
+    connection whose close it cut short closes once the holder lets go."""
     before = os.environ.get("DATABASE_URL")
     manager = TestIsolationManager(data_dir=tmp_path / "data")
     manager.ensure_test_isolation("cut short")
     scope_id = str(manager.current_test_id)
     holding, release = threading.Event(), threading.Event()
+    held: list[database.DatabaseClient] = []
 
     def hold() -> None:
         client = database.get_database_client()
+        held.append(client)
         with suppress(database.ClientClosedError), client.transaction():
             holding.set()
             release.wait(5)
@@ -322,16 +351,13 @@ def test_a_test_end_cut_short_by_a_timeout_is_a_scope_leak_and_puts_everything_b
     holder.start()
     holding.wait()
 
-    def time_is_up(signum: int, frame: object) -> None:
-        raise TimeIsUp  # as pytest-timeout's pytest.fail(), not an Exception
-
     previous = signal.signal(signal.SIGALRM, time_is_up)
-    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    alarm = alarm_once_inside("_close_connections")  # while the close waits for the holder
     try:
         with pytest.raises(TimeIsUp):
             manager.complete_test()
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        alarm.join()
         signal.signal(signal.SIGALRM, previous)
         release.set()
         holder.join()
@@ -340,6 +366,8 @@ def test_a_test_end_cut_short_by_a_timeout_is_a_scope_leak_and_puts_everything_b
         assert any(scope_id in leak.detail for leak in manager.leaks if leak.kind == "scope")
         assert os.environ.get("DATABASE_URL") == before
         assert manager.current_test_id is None
+        with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+            sqlite3.Connection.execute(held[0]._conn, "SELECT 1")
     finally:
         manager.shutdown()
 
@@ -365,11 +393,8 @@ def test_a_timeout_while_threads_are_looked_at_still_refuses_them_the_database(
     writer = threading.Thread(target=write_until_stopped, name="writer")
     writer.start()
 
-    def time_is_up(signum: int, frame: object) -> None:
-        raise TimeIsUp
-
     previous = signal.signal(signal.SIGALRM, time_is_up)
-    signal.setitimer(signal.ITIMER_REAL, 0.03)  # within the 0.1 s grace
+    alarm = alarm_once_inside("left_running")  # while the grace waits for the writer
     try:
         with pytest.raises(TimeIsUp):
             manager.complete_test()
@@ -380,7 +405,7 @@ def test_a_timeout_while_threads_are_looked_at_still_refuses_them_the_database(
         assert "was started by cut short" in refused[0]
         assert ("thread", "cut short") in [(leak.kind, leak.test) for leak in manager.leaks]
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        alarm.join()
         signal.signal(signal.SIGALRM, previous)
         stop.set()
         writer.join()
