@@ -91,6 +91,12 @@ def _missing_from_log(found: list[str], candidates: list[str]) -> list[str]:
     return [line for line in candidates if not any(line in quoted for quoted in found)]
 
 
+def _unchecked(check: Check) -> Check:
+    """``check``, marked as not made: neither the log nor the report could be read."""
+    check.status, check.message = UNCHECKED, "neither the log nor the report could be read"
+    return check
+
+
 def check_client_closed(log_lines: Sequence[str] | None, log_name: str) -> Check:
     check = Check("CLIENT_CLOSED")
     if log_lines is None:
@@ -119,8 +125,7 @@ def check_leaks(
     report's leaks the log does not quote; a test ``left`` what it says."""
     check = Check(f"{kind.capitalize()} leaks")
     if log_lines is None and report is None:
-        check.status, check.message = UNCHECKED, "neither the log nor the report could be read"
-        return check
+        return _unchecked(check)
     found = _grep(log_lines, prefix, log_name)
     if report is not None:
         leaks = [
@@ -142,8 +147,7 @@ def check_test_failures(
     """Tests that failed or errored, by pytest's summary line and the report."""
     check = Check("Failed tests")
     if log_lines is None and report is None:
-        check.status, check.message = UNCHECKED, "neither the log nor the report could be read"
-        return check
+        return _unchecked(check)
     in_log = 0
     for number, line in enumerate(log_lines or [], start=1):
         plain = ANSI_CODE.sub("", line).strip()
@@ -167,8 +171,7 @@ def check_memory_growth(
 ) -> Check:
     check = Check("High memory growth")
     if log_lines is None and report is None:
-        check.status, check.message = UNCHECKED, "neither the log nor the report could be read"
-        return check
+        return _unchecked(check)
     found = _grep(log_lines, HIGH_MEMORY, log_name)
     found += _missing_from_log(found, _report_lines(report, HIGH_MEMORY))
     check.lines = found
