@@ -258,6 +258,16 @@ def open_error(path: str, source: str | None, error: sqlite3.Error) -> DatabaseC
     return DatabaseConfigError(f"cannot open the SQLite database {named}: {error}; {hint}")
 
 
+def is_disk_refusal(error: sqlite3.Error) -> bool:
+    """A write the disk refused: it is full, or failing (SQLITE_FULL, SQLITE_IOERR; told by
+    SQLite's message where no code comes with it, as from libsql)."""
+    name = getattr(error, "sqlite_errorname", None)
+    if name:
+        return bool(name.startswith(("SQLITE_FULL", "SQLITE_IOERR")))
+    text = str(error).lower()
+    return "disk i/o error" in text or "database or disk is full" in text
+
+
 def _open_hint(path: str, subject: str, error: sqlite3.Error) -> str:
     """What to do about ``error``, said in terms of ``subject`` (what the user sets)."""
     name = getattr(error, "sqlite_errorname", None) or ""
@@ -269,7 +279,7 @@ def _open_hint(path: str, subject: str, error: sqlite3.Error) -> str:
         )
     if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
         return _cannot_open_hint(path, subject)
-    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or "disk i/o" in text or "full" in text:
+    if is_disk_refusal(error):
         return (
             "the filesystem that holds it may be full (a RAM one such as /dev/shm fills up "
             f"too) or failing: make room there, or point {subject} elsewhere"

@@ -33,6 +33,7 @@ from .database_config import (
     DatabaseConfigError,
     create_database_directory,
     database_target,
+    is_disk_refusal,
     is_read_only_uri,
     local_database_file,
     open_error,
@@ -719,10 +720,7 @@ def _database_problem(path: str, error: sqlite3.Error) -> str:
             "shell in a transaction, a long migration run): stop it or let it finish, then "
             "run the migrations again"
         )
-    elif getattr(error, "sqlite_errorcode", 0) & 0xFF in (
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_FULL,
-    ):
+    elif is_disk_refusal(error):
         hint = "the disk refused the write: make room on it (is it full?), then run again"
     else:
         hint = "check that DATABASE_URL names the database to migrate"

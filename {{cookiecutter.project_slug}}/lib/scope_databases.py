@@ -30,7 +30,7 @@ from urllib.parse import quote
 from . import migrate
 from .connection_tracking import untracked
 from .database import DatabaseClient
-from .database_config import Engine
+from .database_config import Engine, is_disk_refusal
 from .statement_alarm import ALARM
 
 try:
@@ -285,10 +285,6 @@ class TemplateWriteError(OSError):
     """The template could not be written whole: the disk is full, or failing."""
 
 
-# SQLite's primary result codes for a write the disk refused.
-_DISK_REFUSED = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL})
-
-
 def _build_template(path: Path, migrations_dir: Path, expected: list[str]) -> None:
     """Migrate a new file, then put it in the cache as ``path``, only once it is whole: a
     close that cannot copy the WAL back (a full disk) raises nothing, and would leave an
@@ -318,8 +314,7 @@ def _disk_refused(error: BaseException, path: Path) -> TemplateWriteError | None
     None for any other failure."""
     cause: BaseException | None = error
     while cause is not None:
-        code = getattr(cause, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF in _DISK_REFUSED:
+        if isinstance(cause, sqlite3.Error) and is_disk_refusal(cause):
             break
         cause = cause.__cause__ or cause.__context__
     else:
