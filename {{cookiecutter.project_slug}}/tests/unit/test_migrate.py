@@ -20,6 +20,7 @@ import pytest
 from lib import migrate
 from lib.database import DatabaseClient
 from lib.scope_databases import cached_template
+from tests.unit.disk_limits import BULK_MIGRATION, run_with_file_size_limit
 from tests.unit.holding import new_database_held_for
 
 PROJECT_ROOT = migrate.MIGRATIONS_DIR.parent
@@ -271,24 +272,16 @@ def run_cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
 def test_the_cli_says_when_the_disk_refuses_the_write(migrations: Path, tmp_path: Path) -> None:
     """A file size limit stands in for a full disk: the advice is to make room, not to
     check DATABASE_URL."""
-    (migrations / "0099_bulk.sql").write_text(
-        "CREATE TABLE bulk (data BLOB);\n"
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)\n"
-        "INSERT INTO bulk SELECT randomblob(4000) FROM n;\n"
-    )
-    limited = (
-        "import resource, runpy, sys\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))\n"
-        f"sys.argv = ['lib.migrate', '--migrations', {str(migrations)!r}]\n"
-        "runpy.run_module('lib.migrate', run_name='__main__')\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", limited],
+    (migrations / "0099_bulk.sql").write_text(BULK_MIGRATION)
+    result = run_with_file_size_limit(
+        200_000,
+        f"""
+        import runpy
+        sys.argv = ["lib.migrate", "--migrations", {str(migrations)!r}]
+        runpy.run_module("lib.migrate", run_name="__main__")
+        """,
         cwd=tmp_path,
-        env={"PYTHONPATH": str(PROJECT_ROOT), "DATABASE_URL": "file:./app.db"},
-        capture_output=True,
-        text=True,
-        timeout=60,
+        env={"DATABASE_URL": "file:./app.db"},
     )
     assert result.returncode == 1, result.stderr
     assert "the disk refused the write: make room on it (is it full?)" in result.stderr

@@ -22,6 +22,7 @@ from lib import database, migrate, scope_databases
 from lib.isolation_manager import TestIsolationManager
 from lib.scope_databases import RUNS_DIR_NAME, cached_template, remove_run_directory, runs_root
 from lib.statement_alarm import StatementAlarm
+from tests.unit.disk_limits import BULK_MIGRATION, run_with_file_size_limit
 
 MIGRATIONS = migrate.MIGRATIONS_DIR
 PROJECT_ROOT = MIGRATIONS.parent
@@ -181,22 +182,18 @@ def test_a_copy_that_cannot_be_written_whole_leaves_no_file(
     """A file size limit stops the copy part-way, as a full disk would: no half copy stays."""
     template = cached_template(migrations, tmp_path / "data")
     copy = tmp_path / "copy.db"
-    script = textwrap.dedent(
+    result = run_with_file_size_limit(
+        4096,
         f"""
-        import resource, sys
         from pathlib import Path
-        sys.path.insert(0, {str(PROJECT_ROOT)!r})
         from lib.scope_databases import Template
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
         try:
             Template(Path({str(template)!r})).copy_to(Path({str(copy)!r}))
         except OSError as error:
             print(error.errno)
-        """
+        """,
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
+    assert result.returncode == 0, result
     assert result.stdout.strip() == str(errno.EFBIG), result
     assert not copy.exists()
 
@@ -206,28 +203,20 @@ def test_a_template_the_disk_cannot_hold_is_one_clear_error_and_never_cached(
 ) -> None:
     """A file size limit stops the build, as a full disk would: the error says so (not
     "fix that migration"), and no template, half-written or empty, is cached."""
-    (migrations / "0099_bulk.sql").write_text(
-        "CREATE TABLE bulk (data BLOB);\n"
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)\n"
-        "INSERT INTO bulk SELECT randomblob(4000) FROM n;\n"
-    )
+    (migrations / "0099_bulk.sql").write_text(BULK_MIGRATION)
     data_dir = tmp_path / "data"
-    script = textwrap.dedent(
+    result = run_with_file_size_limit(
+        200_000,
         f"""
-        import resource, sys
         from pathlib import Path
-        sys.path.insert(0, {str(PROJECT_ROOT)!r})
         from lib.scope_databases import TemplateWriteError, cached_template
-        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
         try:
             cached_template(Path({str(migrations)!r}), Path({str(data_dir)!r}))
         except TemplateWriteError as error:
             print(error)
-        """
+        """,
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
+    assert result.returncode == 0, result
     assert "cannot write the template database" in result.stdout, result
     assert "is the disk full?" in result.stdout
     assert [path.name for path in (data_dir / RUNS_DIR_NAME / "templates").iterdir()] == [".lock"]
