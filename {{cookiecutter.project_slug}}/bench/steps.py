@@ -14,11 +14,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from lib.database import delete_database_files
 from lib.scope_databases import (
     MEMORY_PRAGMAS,
     SCOPE_PRAGMAS,
     Template,
-    delete_database_files,
     discard_database,
     memory_url,
 )

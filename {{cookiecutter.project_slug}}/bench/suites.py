@@ -126,12 +126,11 @@ DATABASES = """
 import itertools
 
 from bench.suites import DATA_DIR, MIGRATIONS_DIR, RUNS_DIR, scope_pragmas
-from lib.database import DatabaseClient
+from lib.database import DatabaseClient, delete_database_files
 from lib.migrate import apply_migrations
 from lib.scope_databases import (
     MEMORY_PRAGMAS,
     SCOPE_PRAGMAS,
-    delete_database_files,
     discard_database,
     memory_url,
     remove_run_directory,

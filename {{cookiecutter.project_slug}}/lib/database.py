@@ -85,6 +85,7 @@ __all__ = [
     "create_database_directory",
     "database_driver",
     "database_target",
+    "delete_database_files",
     "forbid_remote_databases",
     "get_database_client",
     "get_database_service",
@@ -742,6 +743,15 @@ class DatabaseClient:
         }
 
 
+def delete_database_files(path: str | Path | None) -> None:
+    """Remove a database file with its WAL, shared-memory and journal files."""
+    if path is None:
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+
+
 def _vacuum_into(conn: Any, destination: Path) -> None:
     """Copy the database of the libsql ``conn`` into ``destination`` as the sqlite3 engine
     does: VACUUM INTO writes a temporary file next to it, which SQLite's backup API then
@@ -763,9 +773,7 @@ def _vacuum_into(conn: Any, destination: Path) -> None:
             with closing(sqlite3.connect(temporary)) as copy:
                 copy.backup(target)
         finally:
-            for leftover in ("", "-journal", "-wal", "-shm"):
-                with suppress(FileNotFoundError):
-                    os.unlink(temporary + leftover)
+            delete_database_files(temporary)
 
 
 def _ended_elsewhere(when: str) -> RuntimeError:

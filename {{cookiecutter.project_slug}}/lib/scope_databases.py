@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from . import migrate
 from .connection_tracking import untracked
-from .database import DatabaseClient
+from .database import DatabaseClient, delete_database_files
 from .database_config import Engine, is_disk_refusal
 from .statement_alarm import ALARM
 
@@ -553,12 +553,3 @@ def discard_database(path: Path | None, close: Callable[[], T]) -> T:
         return closed
     delete_database_files(path)
     return close()
-
-
-def delete_database_files(path: Path | None) -> None:
-    """Remove a database file with its WAL and shared-memory files."""
-    if path is None:
-        return
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        with suppress(FileNotFoundError):
-            os.unlink(f"{path}{suffix}")
