@@ -52,10 +52,17 @@ MIGRATIONS_TABLE = "_sqlite_migrations"
 SHOWN_ROWIDS = 5
 # How many schema differences a drift warning names before it just counts them.
 SHOWN_DIFFERENCES = 8
+# How many directories or files a message about the migrations directory names.
+SHOWN_DIRECTORIES = 5
 
 
 class MigrationError(RuntimeError):
     """A migration file failed; nothing from this run was applied."""
+
+
+class MigrationsDirectoryError(MigrationError):
+    """The migrations setting names no directory of ``*.sql`` migrations: the setting is
+    what to fix, not a migration."""
 
 
 class ReadOnlyDatabaseError(MigrationError):
@@ -70,11 +77,8 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
     which undo a migration, are left out; files in subdirectories are not searched."""
     _check_directory(directory)
     files = [path for path in directory.iterdir() if _is_migration(path)]
-    if not files and any(_is_sql(path) for path in directory.glob("*/**/*")):
-        raise MigrationError(
-            f"migrations directory {directory} has *.sql files only in its subdirectories, "
-            "which are not searched: point the setting at the directory that holds them"
-        )
+    if not files:
+        _refuse_a_directory_without_migrations(directory)
     _refuse_duplicate_names(files)
     return sorted(files, key=_natural_order)
 
@@ -82,12 +86,40 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
 def _check_directory(directory: Path) -> None:
     """A file given as the directory is named as such: a lone ``schema.sql`` is common."""
     if directory.is_file():
-        raise MigrationError(
+        raise MigrationsDirectoryError(
             f"migrations directory {directory} is a file, not a directory: the migrations "
             f"are the *.sql files of a directory. {_schema_file_hint(directory)}"
         )
     if not directory.is_dir():
-        raise MigrationError(f"migrations directory {directory} does not exist")
+        raise MigrationsDirectoryError(
+            f"migrations directory {directory} does not exist: put the schema there as "
+            "ordered *.sql migration files, or point the setting at the directory that "
+            "holds them"
+        )
+
+
+def _refuse_a_directory_without_migrations(directory: Path) -> None:
+    """No schema is never what was meant: the setting names the parent of the migrations,
+    or another tool's directory (Alembic's ``migrations/`` holds ``env.py``)."""
+    nested = sorted({str(path.parent) for path in directory.glob("*/**/*") if _is_migration(path)})
+    if nested:
+        raise MigrationsDirectoryError(
+            f"migrations directory {directory} has *.sql files only in its subdirectories "
+            f"({_some(nested)}), which are not searched: point the setting at the directory "
+            "that holds them"
+        )
+    held = sorted(path.name + "/" * path.is_dir() for path in directory.iterdir())
+    holds = f"it holds {_some(held)}" if held else "it is empty"
+    raise MigrationsDirectoryError(
+        f"migrations directory {directory} has no *.sql migration files ({holds}): "
+        "write the schema as the first one (0001_schema.sql), or point the setting at the "
+        "directory that holds them"
+    )
+
+
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:SHOWN_DIRECTORIES])
+    return shown + (", ..." if len(names) > SHOWN_DIRECTORIES else "")
 
 
 def _schema_file_hint(file: Path) -> str:

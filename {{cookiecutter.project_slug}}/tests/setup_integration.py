@@ -45,7 +45,7 @@ from lib.isolation_manager import (
     get_test_isolation_manager,
     install_test_isolation_manager,
 )
-from lib.migrate import MigrationError
+from lib.migrate import MigrationError, MigrationsDirectoryError
 from lib.scope_databases import all_runs_roots, check_strategy, oldest_live_run, runs_root
 from lib.statement_alarm import ALARM
 from lib.thread_tracking import running_threads
@@ -426,7 +426,7 @@ def _prepare_template(manager: TestIsolationManager, config: pytest.Config) -> N
     except MigrationError as error:
         raise pytest.UsageError(
             f"cannot build the template database the isolated tests copy: {error}. "
-            + _migrations_hint(manager.migrations_dir, config)
+            + _migrations_hint(error, manager.migrations_dir, config)
         ) from error
     # A data directory it may not write (the template build's file: DatabaseConfigError),
     # a full disk.
@@ -460,14 +460,11 @@ def _say_still_preparing(config: pytest.Config, manager: TestIsolationManager) -
         )
 
 
-def _migrations_hint(directory: Path, config: pytest.Config) -> str:
+def _migrations_hint(error: MigrationError, directory: Path, config: pytest.Config) -> str:
     """What to do, naming the configuration file pytest read (it reads only one)."""
     where = f"in {config.inipath}" if config.inipath else "in pytest's configuration"
-    if not directory.is_dir():
-        return (
-            "Put the schema there as ordered *.sql migration files, or set "
-            f"isolation_migrations_dir {where} to the directory that holds them."
-        )
+    if isinstance(error, MigrationsDirectoryError):
+        return f"The isolation_migrations_dir setting is {where}."
     return f"Fix that migration in {directory} (the isolation_migrations_dir setting {where})."
 
 

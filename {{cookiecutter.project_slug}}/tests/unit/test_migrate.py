@@ -196,9 +196,18 @@ def test_migrations_only_in_subdirectories_are_an_error_not_an_empty_schema(
 ) -> None:
     (tmp_path / "v1").mkdir()
     (tmp_path / "v1" / "0001_a.sql").write_text("CREATE TABLE a (id INTEGER);")
-    with pytest.raises(migrate.MigrationError, match="only in its subdirectories"):
+    with pytest.raises(migrate.MigrationsDirectoryError) as raised:
         migrate.migration_files(tmp_path)
+    assert f"only in its subdirectories ({tmp_path / 'v1'})" in str(raised.value)
     assert migrate.migration_files(tmp_path / "v1") == [tmp_path / "v1" / "0001_a.sql"]
+
+
+def test_a_directory_without_migrations_is_an_error_not_an_empty_schema(tmp_path: Path) -> None:
+    with pytest.raises(migrate.MigrationsDirectoryError, match=r"\(it is empty\)"):
+        migrate.migration_files(tmp_path)
+    (tmp_path / "0001_a.down.sql").write_text("DROP TABLE a;")
+    with pytest.raises(migrate.MigrationsDirectoryError, match=r"\(it holds 0001_a.down.sql\)"):
+        migrate.migration_files(tmp_path)
 
 
 @pytest.mark.parametrize("control", ["COMMIT", "END", "ROLLBACK", "BEGIN"])

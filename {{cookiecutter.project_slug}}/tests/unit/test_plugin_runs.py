@@ -714,9 +714,29 @@ def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Pat
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
     assert child.returncode == 4, child.stdout + child.stderr
     assert f"migrations directory {tmp_path / 'db' / 'migrations'} does not exist" in child.stderr
-    assert "Put the schema there as ordered *.sql migration files" in child.stderr
+    assert "put the schema there as ordered *.sql migration files" in child.stderr
     # pytest reads one configuration file: the hint names the one it read
-    assert f"set isolation_migrations_dir in {tmp_path / 'pytest.ini'} to" in child.stderr
+    assert f"The isolation_migrations_dir setting is in {tmp_path / 'pytest.ini'}." in (
+        child.stderr
+    )
+
+
+def test_a_migrations_directory_of_another_tool_is_refused_not_an_empty_schema(
+    tmp_path: Path,
+) -> None:
+    """Alembic's ``migrations/`` (Python files, no SQL) would give every test a database
+    without tables: the run stops before the first test, naming what it found there."""
+    migrations = tmp_path / "alembic"
+    (migrations / "versions").mkdir(parents=True)
+    (migrations / "env.py").write_text("")
+    (migrations / "versions" / "1a2b_create_users.py").write_text("")
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f"isolation_migrations_dir={migrations}")
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert (
+        f"migrations directory {migrations} has no *.sql migration files "
+        "(it holds env.py, versions/)"
+    ) in child.stderr
+    assert "Fix that migration" not in child.stderr
 
 
 # Modules named by isolation_database_module in the tests below, written to tmp_path.
