@@ -37,6 +37,7 @@ import pytest
 from lib import database
 from lib.connection_tracking import database_path, refuse_files, untracked
 from lib.database import AsyncDatabaseClient, DatabaseClient
+from lib.database_config import shown_url
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
     IsolationError,
@@ -376,9 +377,9 @@ def _own_database(config: pytest.Config) -> tuple[str, str] | None:
         if sqlalchemy is None:
             config.issue_config_time_warning(
                 IsolationWarning(
-                    f"DATABASE_URL={url!r} is no database URL this project reads, so the "
-                    "tests cannot tell which file is your own database to keep them from "
-                    "opening it: set it as a path or a file: URL"
+                    f"DATABASE_URL={shown_url(url)!r} is no database URL this project "
+                    "reads, so the tests cannot tell which file is your own database to "
+                    "keep them from opening it: set it as a path or a file: URL"
                 ),
                 stacklevel=2,
             )
