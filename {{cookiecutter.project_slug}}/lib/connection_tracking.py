@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -31,6 +32,8 @@ _recordings: list[Recording] = []
 _refused: tuple[frozenset[str], str] = (frozenset(), "")  # paths (real, as given), and why
 _local = threading.local()
 _lock = threading.Lock()
+# Where a test's scratch files go (pytest's tmp_path too): never an application's database.
+_TEMPORARY = os.path.join(os.path.realpath(tempfile.gettempdir()), "")
 
 
 @dataclass(eq=False, frozen=True)
@@ -182,6 +185,7 @@ class Recording:
 
     def __init__(self) -> None:
         self.opened: list[TrackedConnection] = []
+        self.databases: dict[str, str] = {}  # each database opened: where it first was
         self._search_at = PRUNE_EVERY
 
     def add(self, tracked: TrackedConnection) -> None:
@@ -191,6 +195,18 @@ class Recording:
             self.opened = self.still_open()
             self._search_at = len(self.opened) + PRUNE_EVERY
         self.opened.append(tracked)
+        if tracked.database is not None:
+            self.databases.setdefault(tracked.database, tracked.location)
+
+    def other_files(self, own: Iterable[object]) -> dict[str, str]:
+        """The database files opened meanwhile, with where each first was, other than the
+        ``own`` databases (as :func:`database_key` takes them) and temporary files."""
+        others = self.databases.keys() - {database_key(database) for database in own}
+        return {
+            path: self.databases[path]
+            for path in sorted(others)
+            if not path.startswith(_TEMPORARY) and os.path.isfile(path)  # not a memdb name
+        }
 
     def still_open(self) -> list[TrackedConnection]:
         """The recorded connections still open and held by their code. One that only the

@@ -237,6 +237,7 @@ class TestIsolationManager:
         self._context: _TestContext | None = None
         self._deferred_scans: list[_DeferredScan] = []
         self._failed_resets: list[str] = []
+        self._other_databases_seen: set[str] = set()  # warned about once a session
         self._allowed_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._lock = threading.RLock()
 
@@ -353,7 +354,7 @@ class TestIsolationManager:
         either way.
         """
         closed_cleanly, stale = self._end_scope(scope_id, keep_as)
-        _warn_stale(stale)
+        _warn(stale)
         return closed_cleanly
 
     def _end_scope(self, scope_id: str, keep_as: Path | None = None) -> tuple[bool, list[str]]:
@@ -467,14 +468,14 @@ class TestIsolationManager:
         if context is None:
             return True
         cleaned = True
-        stale: list[str] = []
+        warned: list[str] = []  # IsolationWarnings, given last
         scope_id, context.scope_id = context.scope_id, None
         try:
             # First, while the scope is open: a thread still inside a transaction now would
             # die of the scope's close, its error landing in whichever test runs next.
             self._refuse_threads_left_running(context)
             if scope_id is not None:
-                cleaned, stale = self._end_scope(scope_id, keep_database)
+                cleaned, warned = self._end_scope(scope_id, keep_database)
         except BaseException:  # interrupted (a timeout): put back what the test changed
             if scope_id is not None:
                 ended = "its end was interrupted, so its connections may still be open"
@@ -484,8 +485,9 @@ class TestIsolationManager:
             self._stop_recording_and_restore(context)
             raise
         still_open = self._stop_recording_and_restore(context)
-        stale += self._clean_up_leaks(context, still_open)
-        _warn_stale(stale)  # last: filterwarnings may make them errors
+        warned += self._clean_up_leaks(context, still_open)
+        warned += self._other_databases_opened(context)
+        _warn(warned)  # last: filterwarnings may make them errors
         self._raise_failed_resets()
         return cleaned
 
@@ -533,6 +535,25 @@ class TestIsolationManager:
                 )
             self._leak("connection", context.test_name, detail)
         return stale
+
+    def _other_databases_opened(self, context: _TestContext) -> list[str]:
+        """Warnings about the database files the test opened besides its own, each once a
+        session: an application module that reads another setting than ``DATABASE_URL``
+        writes into its real database while its tests pass."""
+        if context.recording is None or not context.recording.databases:
+            return []
+        others = context.recording.other_files(context.database_urls)
+        messages = []
+        for path in others.keys() - self._other_databases_seen:
+            self._other_databases_seen.add(path)
+            messages.append(
+                f"{context.test_name} opened {path} (at {others[path]}), a database that is "
+                "not its own: if it is your application's, the code that opened it reads "
+                "another setting than DATABASE_URL, and the test wrote to your real "
+                "database; make it read DATABASE_URL when it connects. A file tests only "
+                "read (reference data) is fine: filter this warning out"
+            )
+        return messages
 
     def allow_threads(self, threads: Iterable[threading.Thread]) -> None:
         """Threads that a wider fixture started while a test ran: they serve every test (a
@@ -688,7 +709,7 @@ class TestIsolationManager:
 
     def scan_deferred_bindings(self) -> None:
         """Warn about what :meth:`deferred_stale_bindings` finds."""
-        _warn_stale(self.deferred_stale_bindings())
+        _warn(self.deferred_stale_bindings())
 
     def deferred_stale_bindings(self) -> list[str]:
         """Search every project module for the clients of the scopes ended since the last
@@ -735,7 +756,7 @@ class TestIsolationManager:
         self.global_connection_registry.clear()
         self._remove_stale_runs()
         logger.debug("emergency cleanup done (clean: %s)", cleaned)
-        _warn_stale([warning for _, stale in ended for warning in stale])
+        _warn([warning for _, stale in ended for warning in stale])
         return cleaned
 
     def shutdown(self) -> bool:
@@ -781,7 +802,8 @@ class TestIsolationManager:
         }
 
 
-def _warn_stale(messages: list[str]) -> None:
+def _warn(messages: list[str]) -> None:
+    """Each message as an IsolationWarning, from the caller's caller."""
     for message in messages:
         warnings.warn(message, IsolationWarning, stacklevel=3)
 

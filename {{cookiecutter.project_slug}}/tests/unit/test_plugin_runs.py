@@ -739,6 +739,47 @@ def test_a_migrations_directory_of_another_tool_is_refused_not_an_empty_schema(
     assert "Fix that migration" not in child.stderr
 
 
+WRITES_THROUGH_ITS_OWN_SETTING = """
+import os
+import sqlite3
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+def add_note(body):
+    notes = sqlite3.connect(os.environ["NOTES_DB"])
+    notes.execute("CREATE TABLE IF NOT EXISTS notes (body TEXT)")
+    notes.execute("INSERT INTO notes VALUES (?)", [body])
+    notes.commit()
+    notes.close()
+
+
+@pytest.mark.parametrize("body", ["first", "second"])
+def test_adds_a_note(db, tmp_path, body):
+    add_note(body)
+    sqlite3.connect(tmp_path / "scratch.db").close()
+    assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+"""
+
+
+def test_a_database_the_test_opens_besides_its_own_is_named_once(tmp_path: Path) -> None:
+    """An application module reading another setting than DATABASE_URL writes into its
+    real database while the tests pass: the run names that file and where it was opened,
+    once; a temporary file (pytest's tmp_path) is no application's database."""
+    notes = tmp_path / "instance" / "notes.sqlite"
+    notes.parent.mkdir()
+    (tmp_path / "tmp").mkdir()
+    environ = {"NOTES_DB": str(notes), "TMPDIR": str(tmp_path / "tmp")}
+    child = run_suite(tmp_path, WRITES_THROUGH_ITS_OWN_SETTING, environ=environ)
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert child.stdout.count("a database that is not its own") == 1, child.stdout
+    opened_at = f"{tmp_path / 'test_suite.py'}:11"
+    assert f"opened {notes} (at {opened_at})" in child.stdout
+    assert "scratch.db" not in child.stdout
+
+
 # Modules named by isolation_database_module in the tests below, written to tmp_path.
 CONNECTS_AT_IMPORT = """
 import os
