@@ -1,4 +1,5 @@
-"""Finds the module globals that still hold a test's database client after its scope ended.
+"""Finds the module globals that still hold a test's database client after its scope ended,
+or a closed sqlite3 connection.
 
 A client kept in a global (``db = get_database_client()`` at import time, a registry, a
 class attribute) is the root cause of ``CLIENT_CLOSED`` in a later test; naming that global
@@ -9,6 +10,7 @@ project's code runs (a lazy proxy's factory) and nothing raises.
 from __future__ import annotations
 
 import reprlib
+import sqlite3
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import cast
@@ -16,7 +18,7 @@ from typing import cast
 from .async_database import AsyncDatabaseClient
 from .database import DatabaseClient
 
-__all__ = ["SEARCHED_ITEMS", "globals_holding", "stale_warning"]
+__all__ = ["SEARCHED_ITEMS", "closed_connections_held", "globals_holding", "stale_warning"]
 
 # The most items of a container in a module global the search looks at.
 SEARCHED_ITEMS = 10_000
@@ -51,6 +53,33 @@ def globals_holding(
     return found
 
 
+def closed_connections_held(modules: Iterable[str]) -> list[str]:
+    """The globals of ``modules`` that hold a closed ``sqlite3`` connection, or one level
+    inside them: what a test failing with "Cannot operate on a closed database" used, kept
+    from the database module that a reset made reconnect (``_conn = db.connection()`` at
+    import)."""
+    found: list[str] = []
+    for name in modules:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            if not attribute.startswith("__"):
+                places = _places(f"{name}.{attribute}", value, name, inside=True)
+                found += [place for place, item in places if _is_closed_connection(item)]
+    return found
+
+
+def _is_closed_connection(value: object) -> bool:
+    if not issubclass(type(value), sqlite3.Connection):
+        return False
+    try:  # sqlite3's own attribute, which raises once the connection is closed
+        sqlite3.Connection.total_changes.__get__(value)
+    except sqlite3.ProgrammingError:
+        return True
+    return False
+
+
 def stale_warning(binding: str, owner: str) -> str:
     """What to tell the developer about a global that holds the client of ``owner``."""
     return (
@@ -64,30 +93,36 @@ def _places_holding(
     where: str, value: object, module: str, stale_ids: set[int], *, inside: bool
 ) -> Iterator[str]:
     """Where ``value`` holds one of the clients ``stale_ids`` (or an async wrapper of one):
-    itself, and with ``inside`` one level down, in the attributes of a class ``module``
-    defines, a dict's values, a list's or tuple's items (not in one of more than
-    :data:`SEARCHED_ITEMS`: a table of data, not a registry)."""
-    if id(_unwrapped(value)) in stale_ids:
-        yield where
+    itself, and with ``inside`` one level down (see :func:`_places`)."""
+    for place, item in _places(where, value, module, inside=inside):
+        if id(_unwrapped(item)) in stale_ids:
+            yield place
+
+
+def _places(
+    where: str, value: object, module: str, *, inside: bool
+) -> Iterator[tuple[str, object]]:
+    """``value`` at ``where`` and, with ``inside``, each of its items one level down: the
+    attributes of a class ``module`` defines, a dict's values, a list's or tuple's items
+    (not those of one of more than :data:`SEARCHED_ITEMS`: a table of data, not a
+    registry)."""
+    yield where, value
     if not inside:
         return
     kind = type(value)
     if issubclass(kind, type) and vars(value).get("__module__") == module:
         for name, item in list(vars(value).items()):
-            if id(_unwrapped(item)) in stale_ids:
-                yield f"{where}.{name}"
+            yield f"{where}.{name}", item
     elif issubclass(kind, dict):
         mapping = cast("dict[object, object]", value)
         if len(mapping) <= SEARCHED_ITEMS:
             for key, item in list(mapping.items()):
-                if id(_unwrapped(item)) in stale_ids:
-                    yield f"{where}[{reprlib.repr(key)}]"
+                yield f"{where}[{reprlib.repr(key)}]", item
     elif kind is list or kind is tuple:
         items = cast("Sequence[object]", value)
         if len(items) <= SEARCHED_ITEMS:
             for index, item in enumerate(list(items)):
-                if id(_unwrapped(item)) in stale_ids:
-                    yield f"{where}[{index}]"
+                yield f"{where}[{index}]", item
 
 
 def _unwrapped(value: object) -> object:

@@ -47,7 +47,9 @@ from lib.isolation_manager import (
     install_test_isolation_manager,
 )
 from lib.migrate import MigrationError, MigrationsDirectoryError
+from lib.project_modules import ProjectModules
 from lib.scope_databases import all_runs_roots, check_strategy, oldest_live_run, runs_root
+from lib.stale_bindings import closed_connections_held
 from lib.statement_alarm import ALARM
 from lib.thread_tracking import running_threads
 
@@ -503,14 +505,36 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
-    item: pytest.Item,
+    item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.when == "setup":  # a new attempt (pytest-rerunfailures runs the item again)
         item.stash[_failed_key] = False
     if report.failed:
         item.stash[_failed_key] = True
+        if call.excinfo is not None and _is_closed_database_error(call.excinfo.value):
+            _name_closed_connections(report)
     return report
+
+
+def _is_closed_database_error(error: BaseException) -> bool:
+    return isinstance(error, sqlite3.ProgrammingError) and "closed database" in str(error)
+
+
+def _name_closed_connections(report: pytest.TestReport) -> None:
+    """sqlite3 names no connection: name the module globals holding a closed one."""
+    modules = ProjectModules(get_test_isolation_manager().project_root).current()
+    held = closed_connections_held(modules)
+    if held:
+        report.sections.append(
+            (
+                "isolation: closed connections kept in module globals",
+                "\n".join(held) + "\n\nEach holds a closed sqlite3 connection: "
+                "a reset closed it when DATABASE_URL changed around an isolated test (or "
+                "code closed it), and the global kept it. Ask your database module for the "
+                "connection where it is used instead of keeping it.",
+            )
+        )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -842,6 +842,55 @@ def test_the_database_module_is_imported_only_once_the_developers_database_is_hi
         assert not developer_db.exists(), args
 
 
+KEEPS_THE_CONNECTION = """
+import os
+import sqlite3
+
+_connection = None
+
+
+def connection():
+    global _connection
+    if _connection is None:
+        _connection = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+    return _connection
+
+
+def reset():
+    global _connection
+    kept, _connection = _connection, None
+    if kept is not None:
+        kept.close()
+"""
+
+USES_A_KEPT_CONNECTION = """
+import pytest
+
+import shop_db
+
+CONNECTIONS = {"orders": shop_db.connection()}  # kept at import, as collected
+pytestmark = pytest.mark.isolated
+
+
+def test_count(db):
+    CONNECTIONS["orders"].execute("SELECT 1")
+"""
+
+
+def test_a_closed_sqlite3_connection_a_test_used_is_named_where_it_is_kept(
+    tmp_path: Path,
+) -> None:
+    """sqlite3's "Cannot operate on a closed database" names no connection: the failure
+    names the module global that kept the one the reset closed."""
+    (tmp_path / "shop_db.py").write_text(KEEPS_THE_CONNECTION)
+    setting = "isolation_database_module=shop_db:reset"
+    child = run_suite(tmp_path, USES_A_KEPT_CONNECTION, "-o", setting)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "Cannot operate on a closed database" in child.stdout
+    assert "isolation: closed connections kept in module globals" in child.stdout
+    assert "test_suite.CONNECTIONS['orders']\n" in child.stdout
+
+
 def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
     """Its connection may still point at this test's database: the next test would see
     this one's rows. A warning in a captured log was all it got."""
