@@ -355,14 +355,6 @@ class AsyncTransaction:
         """Discard every change made in this transaction."""
         await self._finish(rollback=True)
 
-    def _statements(self, *, rollback: bool) -> tuple[str, ...]:
-        savepoint = self._savepoint
-        if not savepoint:
-            return ("ROLLBACK",) if rollback else ("COMMIT",)
-        if rollback:
-            return (f"ROLLBACK TO {savepoint}", f"RELEASE {savepoint}")
-        return (f"RELEASE {savepoint}",)
-
     def _begin(self) -> str | None:
         """BEGIN, or a savepoint inside an open transaction; returns the savepoint's name.
         Then the client is reserved for this transaction until its end."""
@@ -455,7 +447,7 @@ class AsyncTransaction:
         client._raise_if_closed()
         client._lock.innermost_open(reservation)  # raises if a rollback around it undid it
         try:
-            client._end(self._statements(rollback=False), roll_back_on_error=not self._savepoint)
+            client._end(self._savepoint, rollback=False)
         except KeptOut:  # nothing ran: _call waits and tries again
             raise
         except BaseException:
@@ -471,7 +463,7 @@ class AsyncTransaction:
         if not client._lock.take_for_rollback(reservation):
             return
         try:
-            client._end(self._statements(rollback=True), roll_back_on_error=not self._savepoint)
+            client._end(self._savepoint, rollback=True)
         finally:
             client._lock.end_reservation(reservation, committed=False)
             client._lock.release()

@@ -685,19 +685,25 @@ class DatabaseClient:
             conn.execute(f"SAVEPOINT {name}" if name else self._begin_statement)
             return name
 
-    def _end(self, statements: Sequence[str], *, roll_back_on_error: bool) -> None:
-        """Commit, release or roll back; a failed commit does not leave the transaction open,
-        and one finding no transaction open any more raises (see :func:`_ended_elsewhere`)."""
+    def _end(self, savepoint: str | None, *, rollback: bool) -> None:
+        """Commit or roll back the transaction (``savepoint`` None) or the savepoint; a
+        failed commit does not leave the transaction open, and a commit or release finding
+        no transaction open any more raises (see :func:`_ended_elsewhere`)."""
+        if savepoint is None:
+            statements = ["ROLLBACK" if rollback else "COMMIT"]
+        else:
+            statements = [f"ROLLBACK TO {savepoint}"] if rollback else []
+            statements.append(f"RELEASE {savepoint}")
         with self._connection() as conn:
             if not conn.in_transaction:
-                if statements[0].startswith(("COMMIT", "RELEASE")):
+                if not rollback:
                     raise _ended_elsewhere("when it was to be committed")
                 return
             try:
                 for statement in statements:
                     conn.execute(statement)
             except sqlite3.Error:
-                if roll_back_on_error and conn.in_transaction:
+                if savepoint is None and conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
 
@@ -826,14 +832,11 @@ class Transaction:
 
     def commit(self) -> None:
         """Make the changes permanent (or fold a savepoint into its outer transaction)."""
-        self._finish(f"RELEASE {self._savepoint}" if self._savepoint else "COMMIT")
+        self._finish(rollback=False)
 
     def rollback(self) -> None:
         """Discard every change made in this transaction."""
-        if self._savepoint:
-            self._finish(f"ROLLBACK TO {self._savepoint}", f"RELEASE {self._savepoint}")
-        else:
-            self._finish("ROLLBACK")
+        self._finish(rollback=True)
 
     def _refuse_another_thread(self) -> None:
         """The transaction's thread holds the client until it ends: another thread would
@@ -845,13 +848,13 @@ class Transaction:
                 "waits for that one to end)"
             )
 
-    def _finish(self, *statements: str) -> None:
+    def _finish(self, *, rollback: bool) -> None:
         if not self._open:
             return
         self._refuse_another_thread()
         self._open = False
         try:
-            self._client._end(statements, roll_back_on_error=not self._savepoint)
+            self._client._end(self._savepoint, rollback=rollback)
         finally:
             self._client._transaction_thread = self._outer_thread
             self._client._lock.release()

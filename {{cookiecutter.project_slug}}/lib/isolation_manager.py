@@ -34,7 +34,7 @@ from .connection_tracking import (
 from .database import DatabaseClient, DatabaseService
 from .database_config import Engine
 from .project_modules import ProjectModules, drop_modules
-from .scope_databases import RUNS_DIR_NAME, DatabaseFactory, Strategy, Template
+from .scope_databases import RUNS_DIR_NAME, STRATEGIES, DatabaseFactory, Strategy, Template
 from .stale_bindings import globals_holding, stale_warning
 
 __all__ = [
@@ -108,8 +108,9 @@ class ScopeOptions:
     strategy: Strategy = "file"
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("file", "memory"):
-            raise ValueError(f"strategy must be 'file' or 'memory', not {self.strategy!r}")
+        if self.strategy not in STRATEGIES:
+            allowed = " or ".join(map(repr, STRATEGIES))
+            raise ValueError(f"strategy must be {allowed}, not {self.strategy!r}")
 
 
 @dataclass(eq=False)
@@ -206,10 +207,10 @@ class TestIsolationManager:
         (default ``<data_dir>/.isolation``; see ``scope_databases.runs_root``).
         ``defer_binding_scan``: when a scope ends, look for its clients only in the modules
         imported during it (dropped next); the other modules are searched when
-        :meth:`scan_deferred_bindings` is called (the ended scopes wait until then), and
+        :meth:`deferred_stale_bindings` is called (the ended scopes wait until then), and
         only for a client still alive then. The pytest plugin calls it once pytest has let
-        go of each test's fixtures, so a test whose clients were all freed costs no search
-        of the project's module globals."""
+        go of each test's fixtures (``pytest_runtest_logfinish``), so a test whose clients
+        were all freed costs no search of the project's module globals."""
         self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
         self.runs_dir = runs_dir or self.data_dir / RUNS_DIR_NAME
@@ -346,21 +347,21 @@ class TestIsolationManager:
             self.performance_metrics["connections_created"] += 1
         return client
 
-    def destroy_scope(self, scope_id: str, *, keep_as: Path | None = None) -> bool:
+    def destroy_scope(self, scope_id: str) -> bool:
         """Delete the scope's database, close its clients, drop its modules.
 
-        With ``keep_as``, the database is first saved there for a post-mortem. Returns
-        False if the scope is unknown or a client did not close cleanly; the scope is gone
-        either way.
+        Returns False if the scope is unknown or a client did not close cleanly; the scope
+        is gone either way.
         """
-        closed_cleanly, stale = self._end_scope(scope_id, keep_as)
+        closed_cleanly, stale = self._end_scope(scope_id)
         _warn(stale)
         return closed_cleanly
 
     def _end_scope(self, scope_id: str, keep_as: Path | None = None) -> tuple[bool, list[str]]:
-        """:meth:`destroy_scope`'s work; the warnings about stale bindings are returned, to
-        be given once the caller has cleaned up everything (filterwarnings may make them
-        errors)."""
+        """:meth:`destroy_scope`'s work, first saving the database to ``keep_as`` if given
+        (a failed test's, for a post-mortem); the warnings about stale bindings are
+        returned, to be given once the caller has cleaned up everything (filterwarnings may
+        make them errors)."""
         started = time.perf_counter()
         with self._lock:
             scope = self.active_scopes.pop(scope_id, None)
@@ -745,7 +746,10 @@ class TestIsolationManager:
     # -- failure handling and reporting -------------------------------------------------
 
     def emergency_cleanup(self, scope_id: str | None = None) -> bool:
-        """Close everything and delete every scope file (also a killed run's); stay usable."""
+        """Close everything and delete every scope file (also a killed run's); stay usable.
+
+        With ``scope_id``, only that scope is ended, as :meth:`destroy_scope` does (counted
+        as an emergency cleanup all the same)."""
         self.performance_metrics["emergency_cleanups"] += 1
         if scope_id is not None:
             return self.destroy_scope(scope_id)

@@ -131,7 +131,7 @@ class _Shape(NamedTuple):
     """What the layer needs to know of a statement's text, found once per text."""
 
     second_statement: bool
-    parameters: int
+    parameters: int  # as sqlite3_bind_parameter_count: the highest placeholder number
     places: tuple[tuple[int, int, int], ...]  # each placeholder's start, end and number
     dml: bool
     empty: bool  # only whitespace, comments and semicolons: no statement at all
@@ -149,12 +149,6 @@ def _shape(sql: str) -> _Shape:
         dml=_DML.match(sql) is not None,
         empty=next(script_statements(sql), None) is None,
     )
-
-
-def statement_parameters(sql: str) -> int:
-    """How many parameters the first statement of ``sql`` takes, counted as SQLite counts
-    them (``sqlite3_bind_parameter_count``: the highest number a placeholder has)."""
-    return _shape(sql).parameters
 
 
 def widened(sql: str, values: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
@@ -197,13 +191,9 @@ def _int_literal(value: int) -> str:
     return f"({int.__repr__(value)})"
 
 
-def second_statement(sql: str) -> bool:
+def _second_statement(sql: str) -> bool:
     """Whether ``sql`` holds more than one statement: anything but whitespace and comments
     after the first one's ``;`` (a trigger's body ends with ``END;``, not its first ``;``)."""
-    return _shape(sql).second_statement
-
-
-def _second_statement(sql: str) -> bool:
     start = 0
     for token in _TOKEN.finditer(sql):
         if token.group("semicolon") and sqlite3.complete_statement(sql[start : token.end()]):
@@ -438,8 +428,7 @@ class LibsqlConnection:
         try:
             return self._connection.execute(sent, values)
         except ValueError as error:  # libsql reports every database error this way
-            triggers = self._connection if _FIRES_TRIGGERS.match(sql) else None
-            raise translate_error(error, triggers, self._remote, sql) from error
+            raise self._translated(error, sql) from error
 
     def executescript(self, sql: str) -> None:
         """Run the statements of the script ``sql`` one by one, as sqlite3 does: an open
@@ -458,11 +447,17 @@ class LibsqlConnection:
         try:
             self._connection.execute(sql).fetchall()
         except ValueError as error:  # libsql reports every database error this way
-            triggers = self._connection if _FIRES_TRIGGERS.match(sql) else None
-            raise translate_error(error, triggers, self._remote, sql) from error
+            raise self._translated(error, sql) from error
         except BaseException as error:  # sqlite3 never decodes the rows of a script
             if type(error).__name__ != "PanicException":
                 raise
+
+    def _translated(self, error: ValueError, sql: str) -> sqlite3.Error:
+        """sqlite3's exception for libsql's ``error`` running ``sql`` (see
+        :func:`translate_error`); only a statement that can fire a trigger may have failed
+        on a trigger's RAISE()."""
+        triggers = self._connection if _FIRES_TRIGGERS.match(sql) else None
+        return translate_error(error, triggers, self._remote, sql)
 
     def close(self) -> None:
         """Close the connection."""

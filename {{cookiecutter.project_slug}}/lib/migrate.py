@@ -52,6 +52,8 @@ MIGRATIONS_TABLE = "_sqlite_migrations"
 SHOWN_ROWIDS = 5
 # How many schema differences a drift warning names before it just counts them.
 SHOWN_DIFFERENCES = 8
+# How a refusal before any migration ran ends, unless the command says otherwise.
+NOTHING_APPLIED = "No migration of this run was applied"
 # How many directories or files a message about the migrations directory names.
 SHOWN_DIRECTORIES = 5
 
@@ -350,7 +352,7 @@ def refuse_renamed(
     applied: Sequence[str],
     names: Sequence[str],
     directory: Path,
-    outcome: str = "No migration of this run was applied",
+    outcome: str = NOTHING_APPLIED,
 ) -> None:
     """Raise :class:`MigrationError` for :func:`renamed_migrations`: applying such a file
     runs statements the database has already run (a second seed row, "table exists").
@@ -632,10 +634,7 @@ def _migrate(path: str, directory: Path) -> list[str]:
     create_database_directory(path)
     client = _open_for_migrating(path)
     try:
-        names = [file.stem for file in migration_files(directory)]
-        applied = recorded_migrations(client.db.conn)
-        refuse_renamed(applied, names, directory)  # said before the drift it also is
-        _warn(drift_warnings(applied, names, directory))
+        _check_history(client.db.conn, directory)
         done = apply_migrations(client.db, directory)
         _warn_schema(client.db.conn, path, directory)
         return done
@@ -652,6 +651,19 @@ def _open_for_migrating(path: str) -> DatabaseClient:
         if not _is_read_only(error.__cause__):
             raise
         raise ReadOnlyDatabaseError(f"the database is read-only ({error.__cause__})") from error
+
+
+def _check_history(
+    conn: sqlite3.Connection, directory: Path, outcome: str = NOTHING_APPLIED
+) -> tuple[list[str], list[str]]:
+    """The names of the migration files and of the migrations ``conn``'s database records
+    as applied: a renamed one is refused (``outcome`` ends the error), said before the
+    drift it also is; other drift from the files is warned about."""
+    names = [file.stem for file in migration_files(directory)]
+    applied = recorded_migrations(conn)
+    refuse_renamed(applied, names, directory, outcome)
+    _warn(drift_warnings(applied, names, directory))
+    return names, applied
 
 
 def recorded_migrations(conn: sqlite3.Connection) -> list[str]:
@@ -709,10 +721,9 @@ def _pending_read_only(path: str, directory: Path) -> list[str]:
         return [migration.stem for migration in migration_files(directory)]
     client = DatabaseClient(path, owner="python -m lib.migrate --list", pragmas={})
     try:
-        names = [migration.stem for migration in migration_files(directory)]
-        applied = recorded_migrations(client.db.conn)
-        refuse_renamed(applied, names, directory, "python -m lib.migrate refuses until then")
-        _warn(drift_warnings(applied, names, directory))
+        names, applied = _check_history(
+            client.db.conn, directory, "python -m lib.migrate refuses until then"
+        )
         _warn_schema(client.db.conn, path, directory)
         return [name for name in names if name not in applied]
     except sqlite3.DatabaseError as error:  # unopened until read: a file that is no database

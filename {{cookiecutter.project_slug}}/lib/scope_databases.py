@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
-from typing import IO, Literal, TypeVar
+from typing import IO, Literal, TypeVar, get_args
 from urllib.parse import quote
 
 from . import migrate
@@ -41,6 +41,7 @@ except ImportError:  # Windows: the atomic rename below still keeps the cache co
 logger = logging.getLogger("isolation")
 
 Strategy = Literal["file", "memory"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 T = TypeVar("T")
 RUNS_DIR_NAME = ".isolation"
 # Bump when the way templates are built changes, so cached ones are rebuilt.
@@ -326,6 +327,11 @@ def _disk_refused(error: BaseException, path: Path) -> TemplateWriteError | None
     )
 
 
+def template_lock(data_dir: Path) -> Path:
+    """The file lock held while a template is built in the cache of ``data_dir``."""
+    return data_dir / RUNS_DIR_NAME / "templates" / ".lock"
+
+
 def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
     """The migrated template for these migrations, built only when missing or unsound.
 
@@ -333,14 +339,15 @@ def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
     Otherwise the build runs under a file lock, which also clears what other templates
     and builds killed half-way left behind: no other build can be running then.
     """
-    cache_dir = data_dir / RUNS_DIR_NAME / "templates"
+    lock = template_lock(data_dir)
+    cache_dir = lock.parent
     key = _template_key(migrations_dir)
     path = cache_dir / f"{key}.db"
     expected = [path.stem for path in migrate.migration_files(migrations_dir)]
     if _is_valid_template(path, expected) and not any(cache_dir.glob("*.partial*")):
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache_dir / ".lock"):
+    with _file_lock(lock):
         if not _is_valid_template(path, expected):
             logger.debug("building template %s", path)
             _remove_cache_entry(path)

@@ -60,6 +60,17 @@ PASSED, WARNING, FAILED, UNCHECKED = "passed", "warning", "FAILED", "UNCHECKED"
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 
+# The leak checks: the report's kind of leak, the log's line prefix, what a test left.
+LEAK_CHECKS = (
+    ("connection", CONNECTION_LEAK, "a test left a database connection open"),
+    ("scope", SCOPE_LEAK, "a test created a database scope and left it"),
+    (
+        "thread",
+        THREAD_LEAK,
+        "a test left a thread running, which would use the next test's database",
+    ),
+)
+
 
 @dataclass
 class Check:
@@ -283,6 +294,31 @@ def _read_report(path: Path) -> dict[str, Any]:
     return data
 
 
+def _read_inputs(
+    log: Path, report_path: Path | None
+) -> tuple[list[str] | None, dict[str, Any] | None, list[str]]:
+    """The log's lines and the report (None where unreadable or not given), and what
+    makes them unreadable or prove nothing."""
+    unreadable = []
+    log_lines: list[str] | None = None
+    try:
+        log_lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        unreadable.append(f"cannot read the log {log}: {error.strerror or error}")
+    if log_lines is not None and not any(line.strip() == REPORT_HEADING for line in log_lines):
+        unreadable.append(
+            f"the log {log} holds no {REPORT_HEADING}: the test run ended before its "
+            "end-of-run report, or this is not its output (pass the tests' stdout and stderr)"
+        )
+    report: dict[str, Any] | None = None
+    if report_path is not None:
+        try:
+            report = _read_report(report_path)
+        except (OSError, ValueError) as error:
+            unreadable.append(f"cannot read the report {report_path}: {error}")
+    return log_lines, report, unreadable
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Fail on isolation failures in an integration test log.",
@@ -293,50 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--title", default="", help="a heading suffix, e.g. 'shard 1/2'")
     args = parser.parse_args(argv)
 
-    unreadable = []
-    log_lines: list[str] | None = None
-    try:
-        log_lines = args.log.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as error:
-        unreadable.append(f"cannot read the log {args.log}: {error.strerror or error}")
-    if log_lines is not None and not any(line.strip() == REPORT_HEADING for line in log_lines):
-        unreadable.append(
-            f"the log {args.log} holds no {REPORT_HEADING}: the test run ended before its "
-            "end-of-run report, or this is not its output (pass the tests' stdout and stderr)"
-        )
-    report: dict[str, Any] | None = None
-    if args.report is not None:
-        try:
-            report = _read_report(args.report)
-        except (OSError, ValueError) as error:
-            unreadable.append(f"cannot read the report {args.report}: {error}")
-
+    log_lines, report, unreadable = _read_inputs(args.log, args.report)
     log_name = args.log.name
     checks = [
         check_client_closed(log_lines, log_name),
-        check_leaks(
-            log_lines,
-            log_name,
-            report,
-            kind="connection",
-            prefix=CONNECTION_LEAK,
-            left="a test left a database connection open",
-        ),
-        check_leaks(
-            log_lines,
-            log_name,
-            report,
-            kind="scope",
-            prefix=SCOPE_LEAK,
-            left="a test created a database scope and left it",
-        ),
-        check_leaks(
-            log_lines,
-            log_name,
-            report,
-            kind="thread",
-            prefix=THREAD_LEAK,
-            left="a test left a thread running, which would use the next test's database",
+        *(
+            check_leaks(log_lines, log_name, report, kind=kind, prefix=prefix, left=left)
+            for kind, prefix, left in LEAK_CHECKS
         ),
         check_test_failures(log_lines, log_name, report),
         check_memory_growth(log_lines, log_name, report),

@@ -30,12 +30,12 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import pytest
 
 from lib import database
-from lib.connection_tracking import database_path, refuse_files, untracked
+from lib.connection_tracking import database_key, database_path, refuse_files, untracked
 from lib.database import AsyncDatabaseClient, DatabaseClient
 from lib.database_config import shown_url
 from lib.isolation_manager import (
@@ -48,7 +48,14 @@ from lib.isolation_manager import (
 )
 from lib.migrate import MigrationError, MigrationsDirectoryError
 from lib.project_modules import ProjectModules
-from lib.scope_databases import all_runs_roots, check_strategy, oldest_live_run, runs_root
+from lib.scope_databases import (
+    STRATEGIES,
+    all_runs_roots,
+    check_strategy,
+    oldest_live_run,
+    runs_root,
+    template_lock,
+)
 from lib.stale_bindings import closed_connections_held
 from lib.statement_alarm import ALARM
 from lib.thread_tracking import running_threads
@@ -64,7 +71,6 @@ __all__ = [
     "unquoted",
 ]
 
-STRATEGIES = ("file", "memory")
 DEBUG_LOGGERS = ("isolation", "database")
 DEFAULT_TEST_PATH = "tests/integration"
 # SQLAlchemy's SQLite URL (sqlite:///app.db, sqlite:////abs/app.db; sqlite:// in memory),
@@ -454,7 +460,7 @@ def _say_still_preparing(config: pytest.Config, manager: TestIsolationManager) -
     template (or was stopped while it did: Ctrl-Z)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        lock = manager.data_dir / RUNS_DIR_NAME / "templates" / ".lock"
+        lock = template_lock(manager.data_dir)
         reporter.write_line(
             f"isolation: still preparing the template database after "
             f"{PREPARING_NOTICE_SECONDS:.0f}s: its migrations are running, or another run "
@@ -624,7 +630,7 @@ def _opens(connection: Any, url: str) -> bool:
     except sqlite3.Error:  # closed already, or of another thread: it holds nothing open
         return False
     main = next((file for _, name, file in rows if name == "main"), "")
-    return bool(main) and os.path.realpath(main) == os.path.realpath(unquote(urlsplit(url).path))
+    return bool(main) and database_key(main) == database_key(url)
 
 
 def _fail_the_fixture(fixturedef: pytest.FixtureDef[Any], error: IsolationError) -> None:
