@@ -351,6 +351,15 @@ def test_check_fails_on_failed_tests_that_tee_hid(shard_run: ShardRun, tmp_path:
     assert code == 1, output
     assert "::error title=Failed tests::3 test(s) failed" in output
 
+    # -qq prints no summary line: the Isolation Metrics Report's count is in the log still.
+    metrics = lines.index("  Failed Tests: 0")
+    lines[metrics] = "  Failed Tests: 4"
+    log.write_text("\n".join(line for index, line in enumerate(lines) if index != summary))
+    code, output = _check(shard_run.project, log)
+    assert code == 1, output
+    assert "::error title=Failed tests::4 test(s) failed" in output
+    assert f"integration-tests.log:{metrics + 1}: Failed Tests: 4" in output
+
     report = json.loads(shard.report.read_text())
     report["summary"]["failed_tests"] = 2
     failed_report = tmp_path / "failed.json"

@@ -13,9 +13,9 @@ Checks:
   fails: a test left a database connection open. ``Scope leak detected in test:`` (or a
   scope leak in the report) fails too: a test created a scope and left it; and so does
   ``Thread leak detected in test:``: a test left a thread of its own running.
-- Failed tests (pytest's last summary line in the log, or the report's ``failed_tests``)
-  fail, so that a log saved through ``| tee``, which hides the run's exit code, is
-  never a pass.
+- Failed tests (pytest's last summary line in the log, the Isolation Metrics Report's
+  ``Failed Tests:`` line, or the report's ``failed_tests``) fail, so that a log saved
+  through ``| tee``, which hides the run's exit code, is never a pass.
 - ``High memory growth in test:`` warns.
 - Performance regressions in the report (the check against
   ``tests/performance-baseline.json``) fail at severity ``error`` and warn at ``warning``.
@@ -53,6 +53,8 @@ REPORT_HEADING = "Isolation Metrics Report"
 COUNT = r"\d+ \w+(?: \w+)?"
 PYTEST_SUMMARY = re.compile(rf"^=*\s*(?P<counts>{COUNT}(?:, {COUNT})*) in [\d.]+s\b[^=]*=*$")
 FAILED_COUNTS = re.compile(r"(\d+) (?:\w+ )?(?:failed|errors?)\b")
+# The Isolation Metrics Report's count, in the log even where -qq left out pytest's line.
+REPORTED_FAILURES = re.compile(r"^Failed Tests: (\d+)$")
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 MAX_QUOTED = 20
 
@@ -159,15 +161,20 @@ def check_test_failures(
     check = Check("Failed tests")
     if log_lines is None and report is None:
         return _unchecked(check)
-    in_log = 0
+    in_log = in_metrics = 0
+    quoted: dict[str, str] = {}  # the last line of each kind that counted failures
     for number, line in enumerate(log_lines or [], start=1):
         plain = ANSI_CODE.sub("", line).strip()
         if counts := PYTEST_SUMMARY.match(plain):
             in_log = sum(int(count) for count in FAILED_COUNTS.findall(counts["counts"]))
-            check.lines = [f"{log_name}:{number}: {plain}"] if in_log else []
+            quoted["summary"] = f"{log_name}:{number}: {plain}" if in_log else ""
+        elif reported := REPORTED_FAILURES.match(plain):
+            in_metrics = int(reported[1])
+            quoted["metrics"] = f"{log_name}:{number}: {plain}" if in_metrics else ""
+    check.lines = [line for line in quoted.values() if line]
     summary = report.get("summary") if report is not None else None
     in_report = summary.get("failed_tests", 0) if isinstance(summary, dict) else 0
-    failed = max(in_log, in_report if isinstance(in_report, int) else 0)
+    failed = max(in_log, in_metrics, in_report if isinstance(in_report, int) else 0)
     if failed:
         check.status = FAILED
         check.message = (
