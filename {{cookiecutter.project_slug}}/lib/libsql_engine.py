@@ -18,6 +18,8 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from .sql_text import ONLY_COMMENTS, TOKEN, script_statements
+
 # What sqlite3 counts as DML (its cursor.rowcount rule): the statements that change rows.
 _DML = re.compile(r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.I | re.S)
 # The statements that can fire a trigger, and so fail with the message of its RAISE().
@@ -25,27 +27,6 @@ _FIRES_TRIGGERS = re.compile(
     r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE|WITH)\b", re.I | re.S
 )
 
-# The tokens that matter for counting parameters and finding a statement's end; string
-# literals, quoted identifiers and comments are matched so that what is inside them is not.
-_TOKEN = re.compile(
-    r"""
-      '(?:[^']|'')*'?                # a string (or blob x'..') literal, '' inside
-    | "(?:[^"]|"")*"?                # a quoted identifier
-    | `(?:[^`]|``)*`?                # a MySQL-quoted identifier
-    | \[[^\]]*\]?                    # an MS-quoted identifier
-    | --[^\n]*                       # a line comment
-    | /\*(?:.*?\*/|.*)               # a block comment, perhaps unclosed at the end
-    | [A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*  # a word: $ may be inside one
-    | (?P<number>\?[0-9]*)           # ? or ?NNN
-    | (?P<name>[:@$\#][A-Za-z0-9_$\x80-\U0010ffff]+(?:(?:::[A-Za-z0-9_$\x80-\U0010ffff]+)*
-                (?:\([^)]*\))?)?)    # :name, @name, $name, #name (Tcl's ::a and (b) suffixes)
-    | (?P<semicolon>;)
-    """,
-    re.X | re.S,
-)
-# Whitespace and comments only; a block comment ends at its first */ (or, unclosed, at the
-# end of the text), so nothing after it is taken for part of it.
-_ONLY_COMMENTS = re.compile(r"(?:\s|--[^\n]*+(?:\n|$)|/\*(?:[^*]|\*(?!/))*+(?:\*/|$))*+", re.S)
 # SQLite's largest INTEGER; sqlite3 refuses larger ints, libsql would store them as REAL.
 _INT_RANGE = range(-(2**63), 2**63)
 _INT32_RANGE = range(-(2**31), 2**31)
@@ -107,7 +88,7 @@ def _placeholders(sql: str) -> Iterator[tuple[re.Match[str], int]]:
     count = 0
     names: dict[str, int] = {}
     started = False
-    for token in _TOKEN.finditer(sql):
+    for token in TOKEN.finditer(sql):
         if token.group("semicolon"):
             if started:
                 return
@@ -195,27 +176,13 @@ def _second_statement(sql: str) -> bool:
     """Whether ``sql`` holds more than one statement: anything but whitespace and comments
     after the first one's ``;`` (a trigger's body ends with ``END;``, not its first ``;``)."""
     start = 0
-    for token in _TOKEN.finditer(sql):
+    for token in TOKEN.finditer(sql):
         if token.group("semicolon") and sqlite3.complete_statement(sql[start : token.end()]):
-            if _ONLY_COMMENTS.fullmatch(sql, start, token.start()):
+            if ONLY_COMMENTS.fullmatch(sql, start, token.start()):
                 start = token.end()  # an empty statement first: SQLite skips it
                 continue
-            return _ONLY_COMMENTS.fullmatch(sql, token.end()) is None
+            return ONLY_COMMENTS.fullmatch(sql, token.end()) is None
     return False
-
-
-def script_statements(sql: str) -> Iterator[str]:
-    """The statements of the script ``sql``, one by one, as SQLite runs them: each ends at
-    the first ``;`` that completes it (not at one inside a trigger's body); pieces that
-    hold only whitespace and comments are left out."""
-    start = 0
-    for token in _TOKEN.finditer(sql):
-        if token.group("semicolon") and sqlite3.complete_statement(sql[start : token.end()]):
-            if not _ONLY_COMMENTS.fullmatch(sql, start, token.start()):
-                yield sql[start : token.end()]
-            start = token.end()
-    if not _ONLY_COMMENTS.fullmatch(sql, start):
-        yield sql[start:]
 
 
 def check_statement(sql: str, args: Sequence[Any]) -> None:

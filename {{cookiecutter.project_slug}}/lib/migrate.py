@@ -38,6 +38,7 @@ from .database_config import (
     local_database_file,
     open_error,
 )
+from .sql_text import script_statements
 
 if TYPE_CHECKING:  # imported when migrations run, so that a test session starts faster
     import sqlite_utils
@@ -172,16 +173,9 @@ def migrations_fingerprint(directory: Path = MIGRATIONS_DIR) -> str:
 
 def split_statements(sql: str) -> list[str]:
     """Split a script into complete statements, also several on one line; a ``;`` inside a
-    string, a comment or a trigger's ``BEGIN ... END`` does not end one."""
-    statements: list[str] = []
-    start = end = 0
-    while (end := sql.find(";", end) + 1) > 0:
-        if sqlite3.complete_statement(sql[start:end]):
-            statements.append(sql[start:end].strip())
-            start = end
-    if sql[start:].strip():
-        statements.append(sql[start:].strip())
-    return statements
+    string, a comment or a trigger's ``BEGIN ... END`` does not end one, and pieces of
+    comments alone are left out."""
+    return [statement.strip() for statement in script_statements(sql)]
 
 
 def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:

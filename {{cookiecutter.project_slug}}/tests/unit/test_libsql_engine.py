@@ -373,7 +373,7 @@ def test_a_trigger_body_is_one_statement_with_its_semicolons(either: DatabaseCli
     ],
 )
 def test_parameters_are_counted_as_sqlite_counts_them(sql: str, expected: int) -> None:
-    assert libsql_engine.statement_parameters(sql) == expected
+    assert libsql_engine._shape(sql).parameters == expected
     with closing(sqlite3.connect(":memory:")) as conn:
         first = sql.split(";")[0] if sql.startswith("SELECT ?;") else sql
         conn.execute('CREATE TABLE a ("a$b")')

@@ -156,6 +156,11 @@ def test_dangling_references_the_database_already_had_do_not_fail_a_migration(
             ["CREATE TRIGGER t AFTER INSERT ON t BEGIN SELECT 1; SELECT 2; END;", "SELECT 3"],
             id="a-trigger-and-no-final-semicolon",
         ),
+        pytest.param(
+            "SELECT 1; ; -- the end\n/* really; */",
+            ["SELECT 1;"],
+            id="pieces-of-comments-alone-left-out",
+        ),
     ],
 )
 def test_split_statements(script: str, expected: list[str]) -> None:
