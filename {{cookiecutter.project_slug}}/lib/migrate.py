@@ -334,12 +334,23 @@ def _number(name: str) -> int | None:
 
 
 def renamed_migrations(applied: Sequence[str], names: Sequence[str]) -> list[tuple[str, str]]:
-    """``(applied, pending)`` pairs with the same number where the applied migration is no
-    longer among ``names`` (the files): most likely one file renamed, which would apply
-    a second time under its new name."""
+    """``(applied, pending)`` pairs where the applied migration is no longer among ``names``
+    (the files) and a pending one has its name after the number (renumbered: two
+    branches took the same number) or, failing that, its number (retitled): most likely
+    one file renamed, which would apply a second time under its new name."""
     missing = [name for name in applied if name not in names and _number(name) is not None]
     pending = [name for name in names if name not in applied]
-    return [(old, new) for old in missing for new in pending if _number(old) == _number(new)]
+    pairs = []
+    for old in missing:
+        renumbered = [new for new in pending if _title(old) and _title(new) == _title(old)]
+        retitled = [new for new in pending if _number(new) == _number(old)]
+        pairs += [(old, new) for new in renumbered or retitled]
+    return pairs
+
+
+def _title(name: str) -> str:
+    """A migration's name after its number (``0004_phone``: ``phone``)."""
+    return re.sub(r"^\d+[-_. ]*", "", name)
 
 
 def refuse_renamed(
@@ -354,20 +365,19 @@ def refuse_renamed(
     pairs = renamed_migrations(applied, names)
     if not pairs:
         return
-    news = ", ".join(f"{new}.sql" for _, new in pairs)
-    olds = ", ".join(old for old, _ in pairs)
+    renames = ", ".join(f"{old} as {new}.sql" for old, new in pairs)
     updates = " ".join(
         f"UPDATE {MIGRATIONS_TABLE} SET name = {_quoted(new)} "
         f"WHERE migration_set = '{MIGRATION_SET}' AND name = {_quoted(old)};"
         for old, new in pairs
     )
     raise MigrationError(
-        f"pending migration(s) {news} have the number of {olds}, applied to this database "
-        f"but no longer in {_relative(directory)}: renamed? Applying them would run the same "
-        "statements a second time. Give each its applied name back (the database records "
-        f"applied migrations by name), or record the new name ({updates}); if they are "
-        f"different migrations (from another branch), recreate the development database. "
-        f"{outcome}"
+        f"applied migration(s) renamed? {renames}: the applied ones are recorded in this "
+        f"database but no longer in {_relative(directory)}, and applying the pending ones "
+        "would run the same statements a second time. Give each its applied name back (the "
+        "database records applied migrations by name), or if it is the same migration "
+        f"renamed, record the new name ({updates}); if they are different migrations (from "
+        f"another branch), recreate the development database. {outcome}"
     )
 
 

@@ -654,7 +654,7 @@ def test_a_renamed_applied_migration_is_refused_not_applied_again(
     seed.write_text("INSERT INTO authors (name) VALUES ('Morrison');")
     migrate.apply_migrations(client.db, migrations)
     seed.rename(migrations / "0002_more_authors.sql")
-    with pytest.raises(migrate.MigrationError, match=r"0002_more_authors\.sql have the number"):
+    with pytest.raises(migrate.MigrationError, match=r"0002_seed as 0002_more_authors\.sql:"):
         migrate.apply_migrations(client.db, migrations)
 
     client.close()
@@ -663,8 +663,8 @@ def test_a_renamed_applied_migration_is_refused_not_applied_again(
     )
     assert result.returncode == 1, result
     assert result.stderr.startswith(
-        "error: pending migration(s) 0002_more_authors.sql have the number of 0002_seed, "
-        "applied to this database but no longer in "
+        "error: applied migration(s) renamed? 0002_seed as 0002_more_authors.sql: the "
+        "applied ones are recorded in this database but no longer in "
     )
     assert (
         "SET name = '0002_more_authors' WHERE migration_set = 'app' AND name = '0002_seed'"
@@ -676,6 +676,27 @@ def test_a_renamed_applied_migration_is_refused_not_applied_again(
             1,
         )
         assert migrate.applied_migrations(conn) == ["0001_authors_and_books", "0002_seed"]
+
+
+def test_a_renumbered_migration_is_refused_and_paired_by_its_name(
+    client: DatabaseClient, migrations: Path
+) -> None:
+    """Two branches took number 0002: renumbering one is the usual fix. A seed renumbered
+    after it was applied would add its rows again; and where main's new 0002 has the
+    number of the applied one, the pair named is the one with the same name."""
+    (migrations / "0002_description.sql").write_text("ALTER TABLE books ADD description TEXT;")
+    migrate.apply_migrations(client.db, migrations)
+    (migrations / "0002_description.sql").rename(migrations / "0003_description.sql")
+    (migrations / "0002_refunds.sql").write_text("CREATE TABLE refunds (id INTEGER);")
+    with pytest.raises(migrate.MigrationError) as raised:
+        migrate.apply_migrations(client.db, migrations)
+    message = str(raised.value)
+    assert "renamed? 0002_description as 0003_description.sql:" in message
+    assert "0002_refunds" not in message
+    assert migrate.applied_migrations(client.db.conn) == [
+        "0001_authors_and_books",
+        "0002_description",
+    ]
 
 
 def test_a_database_built_by_its_files_gets_no_drift_warning(
