@@ -67,6 +67,12 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         )
     if value == ":memory:":
         return value
+    if value.removeprefix("file:").startswith("~"):
+        home = os.path.expanduser(value.removeprefix("file:").partition("?")[0])
+        raise DatabaseConfigError(
+            f"{variable}={value!r} starts with ~, which only a shell expands: SQLite would "
+            f"make a directory named ~ here. Write the path out ({home})"
+        )
     # A scheme, with or without "//" (sqlite:data/app.db); one letter is a Windows drive.
     scheme_match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):(//)?", value)
     if value.startswith("file:"):

@@ -582,14 +582,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReadOnlyDatabaseError:
         print(f"error: {_read_only_problem(path)}", file=sys.stderr)
         return 2
-    except DatabaseConfigError as error:
+    except (DatabaseConfigError, MigrationsDirectoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except MigrationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except sqlite3.Error as error:  # not a migration's statement: the database itself
-        print(f"error: {_database_problem(path, error)}", file=sys.stderr)
+        print(f"error: {_database_problem(path, error, listing=args.list)}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as error:  # sqlite-utils, which runs the migrations
         print(
@@ -723,7 +723,9 @@ def _pending_read_only(path: str, directory: Path) -> list[str]:
     file = local_database_file(path)
     if file is not None and not file.exists():
         return [migration.stem for migration in migration_files(directory)]
-    client = DatabaseClient(path, owner="python -m lib.migrate --list", pragmas={})
+    client = DatabaseClient(
+        path, owner="python -m lib.migrate --list", pragmas={}, source="DATABASE_URL"
+    )
     try:
         names, applied = _check_history(
             client.db.conn, directory, "python -m lib.migrate refuses until then"
@@ -756,8 +758,15 @@ def _read_only_problem(path: str) -> str:
     )
 
 
-def _database_problem(path: str, error: sqlite3.Error) -> str:
-    """What to do when the database itself (not a migration) refused: locked, read-only."""
+def _database_problem(path: str, error: sqlite3.Error, *, listing: bool = False) -> str:
+    """What to do when the database itself (not a migration) refused: locked, read-only.
+    ``listing``: ``--list`` was only reading it."""
+    if _is_read_only(error) and listing:
+        return (
+            f"cannot read {path!r} (from DATABASE_URL): {error}; SQLite writes a file beside "
+            "a WAL database (its -shm) even to read it: run this where the database's "
+            "directory is writable, or on a copy of the database"
+        )
     if _is_read_only(error):
         return f"{_read_only_problem(path)} ({error})"
     if is_contention(error):

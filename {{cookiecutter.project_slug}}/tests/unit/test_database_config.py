@@ -72,11 +72,14 @@ def test_parse_database_url_rejects_bad_values_naming_the_variable(url: str) -> 
         ("libsql:db.turso.io", "as in libsql://db.turso.io"),
         ("https:db.turso.io?authToken=secret", "as in https://db.turso.io"),
         ("./data/app.db?mode=ro", "(file:./data/app.db?mode=ro)"),
+        ("~/app.db", f"Write the path out ({Path.home() / 'app.db'})"),
+        ("file:~/app.db?mode=ro", f"Write the path out ({Path.home() / 'app.db'})"),
     ],
 )
 def test_parse_database_url_says_how_to_write_a_misspelt_url(url: str, fix: str) -> None:
-    """A remote URL without ``//`` is not an unsupported scheme, and a plain path with a
-    query would be a file whose name ends in the query: the error gives the spelling."""
+    """A remote URL without ``//`` is not an unsupported scheme, a plain path with a query
+    would be a file whose name ends in the query, and ``~``, which no shell expanded, a
+    directory named so: the error gives the spelling."""
     with pytest.raises(DatabaseConfigError, match="DATABASE_URL") as excinfo:
         parse_database_url(url)
     assert fix in str(excinfo.value)

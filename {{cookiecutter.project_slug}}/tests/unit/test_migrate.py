@@ -417,6 +417,29 @@ def test_the_cli_reports_a_file_that_is_not_a_database_without_a_traceback(
     assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
 
 
+@pytest.mark.parametrize("command", [(), ("--list",)])
+def test_the_cli_names_the_variable_of_a_directory_given_as_the_database(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    result = run_cli(tmp_path, {"DATABASE_URL": str(tmp_path)}, *command)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"error: cannot open the SQLite database '{tmp_path}' (from")
+    assert f"it is a directory: point DATABASE_URL at a file, such as '{tmp_path / 'app.db'}'" in (
+        result.stderr
+    )
+
+
+def test_listing_a_database_it_may_not_read_never_suggests_listing() -> None:
+    """SQLite writes a WAL database's -shm file even to read it: ``--list`` fails in a
+    directory it may not write, and saying "use --list, which only reads" would loop."""
+    error = sqlite3.OperationalError("attempt to write a readonly database")
+    for path in ("/srv/app.db", "file:/srv/app.db?mode=ro"):
+        message = migrate._database_problem(path, error, listing=True)
+        assert message.startswith(f"cannot read {path!r} (from DATABASE_URL): attempt to write")
+        assert "(its -shm) even to read it" in message
+        assert "--list" not in message
+
+
 def test_listing_pending_migrations_writes_nothing(
     client: DatabaseClient, migrations: Path, tmp_path: Path
 ) -> None:
