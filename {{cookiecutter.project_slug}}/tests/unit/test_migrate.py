@@ -213,6 +213,10 @@ def test_a_directory_without_migrations_is_an_error_not_an_empty_schema(tmp_path
     (tmp_path / "0001_a.down.sql").write_text("DROP TABLE a;")
     with pytest.raises(migrate.MigrationsDirectoryError, match=r"\(it holds 0001_a.down.sql\)"):
         migrate.migration_files(tmp_path)
+    database = tmp_path / "app.db"
+    result = run_cli(tmp_path, {"DATABASE_URL": str(database)}, "--migrations", str(tmp_path))
+    assert result.returncode == 2, result  # the setting is wrong, not a migration
+    assert result.stderr.startswith(f"error: migrations directory {tmp_path} has no *.sql")
 
 
 @pytest.mark.parametrize("control", ["COMMIT", "END", "ROLLBACK", "BEGIN"])
