@@ -582,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReadOnlyDatabaseError:
         print(f"error: {_read_only_problem(path)}", file=sys.stderr)
         return 2
-    except (DatabaseConfigError, MigrationsDirectoryError) as error:
+    except DatabaseConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except MigrationError as error:
@@ -617,6 +617,10 @@ def _directory_problem(directory: Path) -> str | None:
             f"migrations directory {directory} does not exist: pass --migrations with the "
             "directory of the project's .sql migration files"
         )
+    try:
+        migration_files(directory)
+    except MigrationsDirectoryError as error:  # before the database file is created
+        return str(error)
     return None
 
 

@@ -217,6 +217,7 @@ def test_a_directory_without_migrations_is_an_error_not_an_empty_schema(tmp_path
     result = run_cli(tmp_path, {"DATABASE_URL": str(database)}, "--migrations", str(tmp_path))
     assert result.returncode == 2, result  # the setting is wrong, not a migration
     assert result.stderr.startswith(f"error: migrations directory {tmp_path} has no *.sql")
+    assert not database.exists()
 
 
 @pytest.mark.parametrize("control", ["COMMIT", "END", "ROLLBACK", "BEGIN"])
