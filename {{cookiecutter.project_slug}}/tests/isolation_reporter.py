@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from lib.isolation_manager import TestIsolationManager, get_test_isolation_manager
-from tests.setup_integration import is_isolated, unquoted
+from tests.setup_integration import ini_flag, is_isolated, unquoted
 
 FINDING_PREFIXES = {
     "scope": "Scope leak detected in test",
@@ -191,8 +191,8 @@ class IsolationReporter:
         if self.report_path:
             check_report_path(Path(self.report_path))
         self.unwritten: list[str] = []  # reports asked for that could not be written
-        self.strict = bool(
-            config.getoption("isolation_strict") or config.getini("isolation_strict")
+        self.strict = bool(config.getoption("isolation_strict")) or ini_flag(
+            config, "isolation_strict"
         )
         self.regressions: list[Regression] = []
         self._summary: dict[str, float] | None = None  # the run's, once it has ended

@@ -66,6 +66,7 @@ __all__ = [
     "get_db_client",
     "get_isolation_stats",
     "get_test_isolation_manager",
+    "ini_flag",
     "is_isolated",
     "isolation_manager",
     "unquoted",
@@ -232,7 +233,7 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
             unquoted("isolation_migrations_dir", config.getini("isolation_migrations_dir")),
         ),
         data_dir=data_dir,
-        runs_dir=runs_root(data_dir, use_shm=config.getini("isolation_use_dev_shm")),
+        runs_dir=runs_root(data_dir, use_shm=ini_flag(config, "isolation_use_dev_shm")),
         module_patterns=patterns or None,
         project_root=config.rootpath,
         engine=_engine(config),
@@ -308,6 +309,17 @@ def unquoted(name: str, value: str) -> str:
             "setup.cfg, tox.ini) a value is taken as written, quotes and all"
         )
     return value
+
+
+def ini_flag(config: pytest.Config, name: str) -> bool:
+    """The true/false setting ``name``; a value pytest cannot read is an error naming it
+    (pytest's own names only the value: ``invalid truth value '"false"'``)."""
+    try:
+        return bool(config.getini(name))
+    except (ValueError, pytest.UsageError) as error:  # pytest 9 raises a UsageError
+        raise pytest.UsageError(
+            f"{name}: {error}: write true or false, without quotes in an ini file"
+        ) from None
 
 
 @pytest.hookimpl(tryfirst=True)

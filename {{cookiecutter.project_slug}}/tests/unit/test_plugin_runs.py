@@ -709,6 +709,17 @@ def test_a_data_directory_sqlite_cannot_open_a_file_in_is_one_error_naming_the_s
     assert "INTERNALERROR" not in child.stdout + child.stderr
 
 
+@pytest.mark.parametrize("name", ["isolation_use_dev_shm", "isolation_strict"])
+def test_a_true_or_false_setting_pytest_cannot_read_is_an_error_naming_it(
+    tmp_path: Path, name: str
+) -> None:
+    """pytest's own error names only the value; in an ini file quotes are part of it."""
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f'{name}="false"')
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert f"""{name}: invalid truth value '"false"': write true or false""" in child.stderr
+    assert "INTERNALERROR" not in child.stdout + child.stderr
+
+
 def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Path) -> None:
     setting = f"isolation_migrations_dir={tmp_path / 'db' / 'migrations'}"
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
