@@ -928,7 +928,8 @@ class DatabaseService:
             self.is_closing = False
 
     def reset_for_testing(self) -> None:
-        """Forget everything: the next call connects afresh to the current ``DATABASE_URL``."""
+        """Forget everything: the next call connects afresh (to the current ``DATABASE_URL``
+        for a service that was given neither a URL nor a client factory)."""
         self.close(timeout=1.0)
 
     @property
