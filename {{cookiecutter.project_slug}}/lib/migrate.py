@@ -38,7 +38,7 @@ from .database_config import (
     local_database_file,
     open_error,
 )
-from .sql_text import script_statements
+from .sql_text import DATA_STATEMENT, script_statements
 
 if TYPE_CHECKING:  # imported when migrations run, so that a test session starts faster
     import sqlite_utils
@@ -178,7 +178,12 @@ def split_statements(sql: str) -> list[str]:
     return [statement.strip() for statement in script_statements(sql)]
 
 
-def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:
+def _sql_migration(
+    path: Path, *, schema_only: bool = False
+) -> Callable[[sqlite_utils.Database], None]:
+    """The migration ``path`` as sqlite-utils runs it; ``schema_only``: without the
+    statements that only read or write rows (a seed, a backfill), which build no schema."""
+
     def run(db: sqlite_utils.Database) -> None:
         refused: list[str] = []
 
@@ -193,6 +198,8 @@ def _sql_migration(path: Path) -> Callable[[sqlite_utils.Database], None]:
         db.conn.set_authorizer(no_transaction_control)
         try:
             for number, statement in enumerate(split_statements(_read(path)), start=1):
+                if schema_only and DATA_STATEMENT.match(statement):
+                    continue
                 try:
                     db.execute(statement)
                 except sqlite3.Error as error:
@@ -488,13 +495,14 @@ def schema_differences(
 
 
 def _built_schema(files: Sequence[Path]) -> dict[tuple[str, str], str | None]:
-    """The schema ``files`` build, applied in order to a new in-memory database."""
+    """The schema ``files`` build, applied in order to a new in-memory database: their
+    seeds and backfills are left out, so the check costs what the schema does."""
     import sqlite_utils
 
     with closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
         db = sqlite_utils.Database(conn, execute_plugins=False)
         for path in files:
-            _sql_migration(path)(db)
+            _sql_migration(path, schema_only=True)(db)
         return _schema(conn)
 
 

@@ -10,7 +10,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 
-__all__ = ["ONLY_COMMENTS", "TOKEN", "script_statements"]
+__all__ = ["DATA_STATEMENT", "ONLY_COMMENTS", "TOKEN", "script_statements"]
 
 # The tokens that matter for counting parameters and finding a statement's end; string
 # literals, quoted identifiers and comments are matched so that what is inside them is not.
@@ -29,6 +29,11 @@ TOKEN = re.compile(
     | (?P<semicolon>;)
     """,
     re.X | re.S,
+)
+# A statement that reads or writes rows and changes no schema (after comments).
+DATA_STATEMENT = re.compile(
+    r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE|WITH|SELECT|VALUES)\b",
+    re.I | re.S,
 )
 # Whitespace and comments only; a block comment ends at its first */ (or, unclosed, at the
 # end of the text), so nothing after it is taken for part of it.

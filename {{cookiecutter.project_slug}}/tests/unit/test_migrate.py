@@ -16,6 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from lib import migrate
 from lib.database import DatabaseClient
@@ -725,6 +726,28 @@ def test_a_renumbered_migration_is_refused_and_paired_by_its_name(
         "0001_authors_and_books",
         "0002_description",
     ]
+
+
+def test_the_drift_check_builds_the_schema_without_seeds_and_backfills(
+    client: DatabaseClient, migrations: Path
+) -> None:
+    """Every command compares the database with what its applied files build: re-running a
+    seed of two million rows each time cost seconds, and rows shape no schema."""
+    (migrations / "0002_seed.sql").write_text(
+        "INSERT INTO authors (name) VALUES ('Morrison');\n"
+        "-- the backfill\nUPDATE authors SET name = upper(name);\n"
+        "CREATE INDEX authors_name ON authors (name);\n"
+        "WITH n(i) AS (VALUES (1)) INSERT INTO books (author_id, title) SELECT i, 'x' FROM n;"
+    )
+    migrate.apply_migrations(client.db, migrations)
+    applied = migrate.applied_migrations(client.db.conn)
+    assert migrate.schema_differences(client.db.conn, migrations, applied) == []
+
+    built = sqlite_utils.Database(memory=True)
+    for path in migrate.migration_files(migrations):
+        migrate._sql_migration(path, schema_only=True)(built)
+    assert built.table("authors").count == built.table("books").count == 0
+    assert "authors_name" in {index.name for index in built.table("authors").indexes}
 
 
 def test_a_database_built_by_its_files_gets_no_drift_warning(
