@@ -743,11 +743,11 @@ def test_the_drift_check_builds_the_schema_without_seeds_and_backfills(
     applied = migrate.applied_migrations(client.db.conn)
     assert migrate.schema_differences(client.db.conn, migrations, applied) == []
 
-    built = sqlite_utils.Database(memory=True)
-    for path in migrate.migration_files(migrations):
-        migrate._sql_migration(path, schema_only=True)(built)
-    assert built.table("authors").count == built.table("books").count == 0
-    assert "authors_name" in {index.name for index in built.table("authors").indexes}
+    with closing(sqlite_utils.Database(memory=True)) as built:
+        for path in migrate.migration_files(migrations):
+            migrate._sql_migration(path, schema_only=True)(built)
+        assert built.table("authors").count == built.table("books").count == 0
+        assert "authors_name" in {index.name for index in built.table("authors").indexes}
 
 
 def test_a_database_built_by_its_files_gets_no_drift_warning(
