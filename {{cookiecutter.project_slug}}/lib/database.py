@@ -7,12 +7,13 @@ sqlite3's anonymous "Cannot operate on a closed database".
 
 The settings are read by ``lib.database_config``, whose public names can be imported from
 here too; ``lib.client_lock`` decides which thread or task may use a client at a time;
-the async client, ``lib.async_database``, can be imported from here too.
+``lib.guarded_connection`` is the sqlite3 connection a client opens, which refuses to be
+used once its client closed; the async client, ``lib.async_database``, can be imported
+from here too.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sqlite3
@@ -21,14 +22,14 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
-from . import libsql_engine
+from . import guarded_connection, libsql_engine
 from .client_lock import ClientLock
 from .database_config import (
     DEFAULT_DATABASE_URL,
@@ -50,6 +51,7 @@ from .database_config import (
     shown_url,
     url_target,
 )
+from .guarded_connection import ClientClosedError, client_of
 from .libsql_engine import RemoteDatabaseError
 from .statement_alarm import CHECK_EVERY_STEPS, StatementAlarm
 
@@ -114,10 +116,6 @@ LOCK_RETRY_SECONDS = 0.05
 T = TypeVar("T")
 Args: TypeAlias = Sequence[Any] | Mapping[str, Any]
 Statement: TypeAlias = str | tuple[str, Args] | Mapping[str, Any]
-
-
-class ClientClosedError(RuntimeError):
-    """A client was used after it was closed; the message names its owner."""
 
 
 class DatabaseShuttingDownError(RuntimeError):
@@ -211,189 +209,6 @@ def caller_location() -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
-class _GuardedCursor(sqlite3.Cursor):
-    """A cursor that raises :class:`ClientClosedError` once its client closed: sqlite-utils
-    keeps cursors in generators (``db["t"].rows``) that are read after the client is gone."""
-
-    connection: _GuardedConnection
-
-    def _read(self, read: Callable[..., Any], *args: Any) -> Any:
-        """``read(self, *args)``, or ClientClosedError once the client closed, also when a
-        close (maybe another thread's) makes the read itself fail."""
-        message = self.connection.closed_message
-        if message is None:
-            try:
-                return read(self, *args)
-            except sqlite3.Error as error:
-                message = self.connection.closed_message
-                if message is None:
-                    raise
-                raise ClientClosedError(message) from error
-        raise ClientClosedError(message)
-
-    def execute(self, *args: Any, **kwargs: Any) -> Self:
-        with self.connection.lock:
-            self.connection._guard()  # closed while this thread waited for the lock
-            return super().execute(*args, **kwargs)
-
-    def executemany(self, *args: Any, **kwargs: Any) -> Self:
-        with self.connection.lock:
-            self.connection._guard()  # closed while this thread waited for the lock
-            return super().executemany(*args, **kwargs)
-
-    def executescript(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        with self.connection.lock:
-            self.connection._guard()  # closed while this thread waited for the lock
-            return super().executescript(*args, **kwargs)
-
-    def fetchone(self) -> Any:
-        """The next row, or None."""
-        return self._read(sqlite3.Cursor.fetchone)
-
-    def fetchmany(self, size: int | None = None) -> list[Any]:
-        """Up to ``size`` rows (the cursor's ``arraysize`` by default)."""
-        rows: list[Any] = self._read(
-            sqlite3.Cursor.fetchmany, self.arraysize if size is None else size
-        )
-        return rows
-
-    def fetchall(self) -> list[Any]:
-        """The remaining rows."""
-        rows: list[Any] = self._read(sqlite3.Cursor.fetchall)
-        return rows
-
-    def __next__(self) -> Any:
-        return self._read(sqlite3.Cursor.__next__)
-
-
-@functools.cache
-def _guarded_cursor_class(factory: type[sqlite3.Cursor]) -> type[sqlite3.Cursor]:
-    """A cursor class of the caller's, with the guard under its own methods."""
-    if issubclass(factory, _GuardedCursor):
-        return factory
-    return type(factory.__name__, (factory, _GuardedCursor), {})
-
-
-class _GuardedConnection(sqlite3.Connection):
-    """A sqlite3 connection that raises :class:`ClientClosedError` once its client closed it.
-
-    ``DatabaseClient.db`` (sqlite-utils) talks to this connection directly, so the guard
-    lives here rather than in the client. Its cursors are :class:`_GuardedCursor`; the
-    ``execute*`` shortcuts go through :meth:`cursor`, which Python 3.11's C versions skip.
-    Their statements take the client's lock, so that one sqlite-utils handle used from
-    several threads waits for another thread's or task's transaction as the client's
-    calls do.
-    """
-
-    closed_message: str | None = None
-    lock: ClientLock = ClientLock()  # the client's own, set when it connects
-    client_ref: weakref.ref[DatabaseClient] | None = None  # likewise
-
-    def _guard(self) -> None:
-        if self.closed_message is not None:
-            raise ClientClosedError(self.closed_message)
-
-    @property
-    def in_transaction(self) -> bool:
-        self._guard()
-        return bool(sqlite3.Connection.in_transaction.__get__(self))
-
-    def cursor(self, factory: Any = None) -> Any:
-        self._guard()
-        if factory is None or factory is sqlite3.Cursor:
-            return super().cursor(_GuardedCursor)
-        if isinstance(factory, type) and issubclass(factory, sqlite3.Cursor):
-            return super().cursor(_guarded_cursor_class(factory))
-        return super().cursor(factory)  # a function returning a cursor: its own business
-
-    def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        cursor: sqlite3.Cursor = self.cursor()
-        return cursor.execute(*args, **kwargs)
-
-    def executemany(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        cursor: sqlite3.Cursor = self.cursor()
-        return cursor.executemany(*args, **kwargs)
-
-    def executescript(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        cursor: sqlite3.Cursor = self.cursor()
-        return cursor.executescript(*args, **kwargs)
-
-    def __enter__(self) -> Self:  # `with conn:`, as sqlite-utils writes
-        self._guard()
-        return super().__enter__()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        """Commit or roll back as sqlite3 does, holding the client like a statement; a
-        block that failed because the client closed keeps its own ClientClosedError."""
-        if exc is not None and self.closed_message is not None:
-            return False
-        self._locked(sqlite3.Connection.__exit__, exc_type, exc, tb)
-        return False
-
-    def _locked(self, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``action(self, *args, **kwargs)`` holding the client, as a statement does:
-        another thread's transaction ends first, not committed or rolled back here."""
-        with self.lock:
-            self._guard()  # closed while this thread waited for the lock
-            return action(self, *args, **kwargs)
-
-    def create_function(self, *args: Any, **kwargs: Any) -> None:  # db.register_function
-        self._guard()
-        super().create_function(*args, **kwargs)
-
-    def blobopen(self, *args: Any, **kwargs: Any) -> sqlite3.Blob:
-        self._guard()
-        return super().blobopen(*args, **kwargs)
-
-    def commit(self) -> None:
-        self._locked(sqlite3.Connection.commit)
-
-    def rollback(self) -> None:
-        self._locked(sqlite3.Connection.rollback)
-
-    def backup(self, *args: Any, **kwargs: Any) -> None:
-        self._locked(sqlite3.Connection.backup, *args, **kwargs)
-
-    def serialize(self, *args: Any, **kwargs: Any) -> bytes:
-        return self._locked(sqlite3.Connection.serialize, *args, **kwargs)
-
-    def deserialize(self, *args: Any, **kwargs: Any) -> None:
-        self._locked(sqlite3.Connection.deserialize, *args, **kwargs)
-
-    def iterdump(self, *args: Any, **kwargs: Any) -> Generator[str, Any, Any]:
-        self._guard()  # its queries go through cursor(), guarded as they run
-        return super().iterdump(*args, **kwargs)
-
-    @property
-    def total_changes(self) -> int:
-        self._guard()
-        return int(sqlite3.Connection.total_changes.__get__(self))
-
-    def close(self) -> None:
-        """Refused while its client is open (sqlite-utils' ``db.close()`` and ``with
-        client.db:`` end here): the connection is the client's, which its owner closes."""
-        client = None if self.client_ref is None else self.client_ref()
-        if client is not None and self.closed_message is None:
-            raise RuntimeError(
-                f"client.db shares the connection of {client!r}, which only the client's "
-                "owner closes (client.close()): take `view = client.db` rather than "
-                "`with client.db as view:`, which closes it on leaving the block"
-            )
-        super().close()
-
-
-def client_of(connection: Any) -> DatabaseClient | None:
-    """The open client whose connection ``connection`` is, if any."""
-    reference = getattr(connection, "client_ref", None)
-    client: DatabaseClient | None = reference() if reference is not None else None
-    return client if client is not None and not client.closed else None
-
-
 def _normalize(statement: Statement) -> tuple[str, Args]:
     if isinstance(statement, str):
         return statement, ()
@@ -468,15 +283,7 @@ class DatabaseClient:
         if self.engine == "libsql":
             conn = _libsql_connect(self.path, sync_url, auth_token, remote)
         else:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-                factory=_GuardedConnection,
-                uri=self.path.startswith("file:"),
-            )
-            conn.lock = self._lock
+            conn = guarded_connection.connect(self.path, self._lock, timeout=BUSY_TIMEOUT_MS / 1000)
         if remote is not None:
             return conn
         try:
