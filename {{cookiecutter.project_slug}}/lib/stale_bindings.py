@@ -3,8 +3,9 @@ or a closed sqlite3 connection.
 
 A client kept in a global (``db = get_database_client()`` at import time, a registry, a
 class attribute) is the root cause of ``CLIENT_CLOSED`` in a later test; naming that global
-is what lets the developer fix it. The search decides by types alone, so that none of the
-project's code runs (a lazy proxy's factory) and nothing raises.
+is what lets the developer fix it. The search decides by types alone and reads namespaces
+with the built-in types' own methods, so that none of the project's code runs (a lazy
+proxy's factory, a dict subclass's ``items()``) and nothing raises.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import reprlib
 import sqlite3
 import sys
+import types
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
 from typing import cast
 
 from .async_database import AsyncDatabaseClient
@@ -22,6 +25,9 @@ __all__ = ["SEARCHED_ITEMS", "closed_connections_held", "globals_holding", "stal
 
 # The most items of a container in a module global the search looks at.
 SEARCHED_ITEMS = 10_000
+# The C-level getters of a module's and a class's namespace: no code of theirs runs.
+_MODULE_DICT = vars(types.ModuleType)["__dict__"]
+_CLASS_DICT = vars(type)["__dict__"]
 
 
 def globals_holding(
@@ -35,22 +41,30 @@ def globals_holding(
     stale_ids = {id(client) for client in clients}
     found: list[str] = []
     for name in modules:
-        module = sys.modules.get(name)
-        if module is None:
-            continue
-        values = list(vars(module).values())
+        namespace = _namespace(name)
+        values = list(dict.values(namespace))
         if (
             not inside
             and stale_ids.isdisjoint(map(id, values))
             and AsyncDatabaseClient not in map(type, values)
         ):
             continue  # the common case, checked at C speed
-        for attribute, value in list(vars(module).items()):
+        for attribute, value in list(dict.items(namespace)):
             if not attribute.startswith("__"):  # __builtins__ and the like
                 found += _places_holding(
                     f"{name}.{attribute}", value, name, stale_ids, inside=inside
                 )
     return found
+
+
+def _namespace(name: str) -> dict[str, object]:
+    """The globals of the module ``name``, read without running its code: nothing for an
+    object that stands in for a module in ``sys.modules`` (a settings object)."""
+    module = sys.modules.get(name)
+    if not issubclass(type(module), types.ModuleType):
+        return {}
+    namespace: dict[str, object] = _MODULE_DICT.__get__(module)
+    return namespace
 
 
 def closed_connections_held(modules: Iterable[str]) -> list[str]:
@@ -60,10 +74,7 @@ def closed_connections_held(modules: Iterable[str]) -> list[str]:
     import)."""
     found: list[str] = []
     for name in modules:
-        module = sys.modules.get(name)
-        if module is None:
-            continue
-        for attribute, value in list(vars(module).items()):
+        for attribute, value in list(dict.items(_namespace(name))):
             if not attribute.startswith("__"):
                 places = _places(f"{name}.{attribute}", value, name, inside=True)
                 found += [place for place, item in places if _is_closed_connection(item)]
@@ -103,26 +114,38 @@ def _places(
     where: str, value: object, module: str, *, inside: bool
 ) -> Iterator[tuple[str, object]]:
     """``value`` at ``where`` and, with ``inside``, each of its items one level down: the
-    attributes of a class ``module`` defines, a dict's values, a list's or tuple's items
-    (not those of one of more than :data:`SEARCHED_ITEMS`: a table of data, not a
-    registry)."""
+    attributes of a class ``module`` defines and of an instance of one, a dict's values, a
+    list's or tuple's items (not those of one of more than :data:`SEARCHED_ITEMS`: a table
+    of data, not a registry). Read with the built-in types' own methods: a subclass's
+    ``items()`` or ``__getattr__`` never runs."""
     yield where, value
     if not inside:
         return
     kind = type(value)
-    if issubclass(kind, type) and vars(value).get("__module__") == module:
-        for name, item in list(vars(value).items()):
+    if issubclass(kind, type) and _defined_in(cast("type", value), module):
+        for name, item in list(_CLASS_DICT.__get__(value).items()):
             yield f"{where}.{name}", item
     elif issubclass(kind, dict):
         mapping = cast("dict[object, object]", value)
-        if len(mapping) <= SEARCHED_ITEMS:
-            for key, item in list(mapping.items()):
-                yield f"{where}[{reprlib.repr(key)}]", item
+        if dict.__len__(mapping) <= SEARCHED_ITEMS:
+            for key, item in list(dict.items(mapping)):
+                shown = reprlib.repr(key) if type(key) in (str, int) else type(key).__name__
+                yield f"{where}[{shown}]", item
     elif kind is list or kind is tuple:
         items = cast("Sequence[object]", value)
         if len(items) <= SEARCHED_ITEMS:
             for index, item in enumerate(list(items)):
                 yield f"{where}[{index}]", item
+    elif _defined_in(kind, module) and kind.__getattribute__ is object.__getattribute__:
+        with suppress(AttributeError, TypeError):  # __slots__: no __dict__
+            attributes = object.__getattribute__(value, "__dict__")
+            if type(attributes) is dict:
+                for name, item in list(dict.items(attributes)):
+                    yield f"{where}.{name}", item
+
+
+def _defined_in(kind: type, module: str) -> bool:
+    return bool(_CLASS_DICT.__get__(kind).get("__module__") == module)
 
 
 def _unwrapped(value: object) -> object:

@@ -875,11 +875,31 @@ def reset():
 """
 
 USES_A_KEPT_CONNECTION = """
+import sys
+
 import pytest
 
 import shop_db
 
-CONNECTIONS = {"orders": shop_db.connection()}  # kept at import, as collected
+
+class Repository:
+    def __init__(self):
+        self.connection = shop_db.connection()  # kept at import, as collected
+
+
+class LazyDict(dict):
+    def items(self):
+        raise RuntimeError("project code ran: LazyDict.items")
+
+
+class Settings:  # stands in for a module in sys.modules, as some settings modules do
+    __slots__ = ()
+
+
+CONNECTIONS = {"orders": shop_db.connection()}
+repository = Repository()
+lazy = LazyDict(a=1)
+sys.modules["shop_settings"] = Settings()
 pytestmark = pytest.mark.isolated
 
 
@@ -892,14 +912,19 @@ def test_a_closed_sqlite3_connection_a_test_used_is_named_where_it_is_kept(
     tmp_path: Path,
 ) -> None:
     """sqlite3's "Cannot operate on a closed database" names no connection: the failure
-    names the module global that kept the one the reset closed."""
+    names the module globals that kept the one the reset closed, an instance's attribute
+    too, without running project code (a dict subclass's items()) and past an object
+    standing in for a module."""
     (tmp_path / "shop_db.py").write_text(KEEPS_THE_CONNECTION)
     setting = "isolation_database_module=shop_db:reset"
     child = run_suite(tmp_path, USES_A_KEPT_CONNECTION, "-o", setting)
     assert child.returncode == 1, child.stdout + child.stderr
     assert "Cannot operate on a closed database" in child.stdout
     assert "isolation: closed connections kept in module globals" in child.stdout
-    assert "test_suite.CONNECTIONS['orders']\n" in child.stdout
+    assert "test_suite.CONNECTIONS['orders']\ntest_suite.repository.connection\n" in (
+        child.stdout
+    )
+    assert "project code ran" not in child.stdout + child.stderr
 
 
 def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
