@@ -16,15 +16,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
-import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .database import DatabaseAccessBlockedError, caller_location
+from .database_config import is_read_only_uri
 
 _original_libsql_connect: Any = None
 _audit_hook_added = False
@@ -32,8 +33,9 @@ _recordings: list[Recording] = []
 _refused: tuple[frozenset[str], str] = (frozenset(), "")  # paths (real, as given), and why
 _local = threading.local()
 _lock = threading.Lock()
-# Where a test's scratch files go (pytest's tmp_path too): never an application's database.
-_TEMPORARY = os.path.join(os.path.realpath(tempfile.gettempdir()), "")
+# Test tools that keep SQLite files of their own while tests run (coverage's data with
+# dynamic contexts, pytest-testmon's): never the application's database.
+_TEST_TOOLS = tuple(f"{os.sep}{name}{os.sep}" for name in ("coverage", "testmon"))
 
 
 @dataclass(eq=False, frozen=True)
@@ -78,8 +80,9 @@ def _record(connection: Any, database: object) -> None:
         suspended.append(connection)
     elif _recordings:
         tracked = TrackedConnection(connection, caller_location(), database_key(database))
+        writes = not (isinstance(database, str) and is_read_only_uri(database))
         for recording in list(_recordings):
-            recording.add(tracked)
+            recording.add(tracked, writes=writes)
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
@@ -183,29 +186,49 @@ def untracked() -> Iterator[list[Any]]:
 class Recording:
     """The connections opened since :func:`record_connections` returned it."""
 
-    def __init__(self) -> None:
+    def __init__(self, is_project_file: Callable[[str], bool] | None = None) -> None:
         self.opened: list[TrackedConnection] = []
-        self.databases: dict[str, str] = {}  # each database opened: where it first was
+        # Each database the project's code opened to write: where it first did.
+        self.written: dict[str, str] = {}
+        self._is_project_file = is_project_file
         self._search_at = PRUNE_EVERY
 
-    def add(self, tracked: TrackedConnection) -> None:
+    def add(self, tracked: TrackedConnection, *, writes: bool = True) -> None:
         """Remember ``tracked``; now and then, first, forget those closed or dropped
-        meanwhile (not ``tracked``, whose connection is still being opened)."""
+        meanwhile (not ``tracked``, whose connection is still being opened). ``writes``:
+        not opened read-only."""
         if len(self.opened) >= self._search_at:
             self.opened = self.still_open()
             self._search_at = len(self.opened) + PRUNE_EVERY
         self.opened.append(tracked)
-        if tracked.database is not None:
-            self.databases.setdefault(tracked.database, tracked.location)
+        if writes and tracked.database is not None and tracked.database not in self.written:
+            where = self._project_caller() if self._is_project_file else tracked.location
+            if where is not None:  # not a tool's own file (coverage's data file)
+                self.written[tracked.database] = where
 
-    def other_files(self, own: Iterable[object]) -> dict[str, str]:
-        """The database files opened meanwhile, with where each first was, other than the
-        ``own`` databases (as :func:`database_key` takes them) and temporary files."""
-        others = self.databases.keys() - {database_key(database) for database in own}
+    def _project_caller(self) -> str | None:
+        """``file:line`` of the nearest caller in the project's own code (through a library
+        such as SQLAlchemy), if any; none for a test tool's own file (coverage's data)."""
+        frame: FrameType | None = sys._getframe(2)
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if any(tool in filename for tool in _TEST_TOOLS):
+                return None
+            if self._is_project_file and self._is_project_file(filename):
+                return f"{filename}:{frame.f_lineno}"
+            frame = frame.f_back
+        return None
+
+    def other_files(self, own: Iterable[object], scratch: Iterable[str]) -> dict[str, str]:
+        """The database files the project's code opened to write meanwhile, with where it
+        first did, other than the ``own`` databases (as :func:`database_key` takes them)
+        and files under the ``scratch`` directories (a test's temporary files)."""
+        others = self.written.keys() - {database_key(database) for database in own}
+        roots = tuple(os.path.join(os.path.realpath(root), "") for root in scratch)
         return {
-            path: self.databases[path]
+            path: self.written[path]
             for path in sorted(others)
-            if not path.startswith(_TEMPORARY) and os.path.isfile(path)  # not a memdb name
+            if not path.startswith(roots) and os.path.isfile(path)  # not a memdb name
         }
 
     def still_open(self) -> list[TrackedConnection]:
@@ -280,9 +303,10 @@ def _uninstall() -> None:
     _original_libsql_connect = None
 
 
-def record_connections() -> Recording:
-    """Start recording the connections opened from now on."""
-    recording = Recording()
+def record_connections(is_project_file: Callable[[str], bool] | None = None) -> Recording:
+    """Start recording the connections opened from now on; ``is_project_file`` tells the
+    project's own code, which alone :attr:`Recording.written` counts."""
+    recording = Recording(is_project_file)
     with _lock:
         _recordings.append(recording)
         _install()

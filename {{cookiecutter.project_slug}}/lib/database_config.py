@@ -67,11 +67,14 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> str:
         )
     if value == ":memory:":
         return value
-    if value.removeprefix("file:").startswith("~"):
-        home = os.path.expanduser(value.removeprefix("file:").partition("?")[0])
+    scheme, path = ("file:", value[5:]) if value.startswith("file:") else ("", value)
+    if re.match(r"~[^/\\]*[/\\]", path):  # ~/app.db, ~user/app.db: a home directory
+        name, question, query = path.partition("?")
+        written_out = f"{scheme}{os.path.expanduser(name)}{question}{query}"
         raise DatabaseConfigError(
             f"{variable}={value!r} starts with ~, which only a shell expands: SQLite would "
-            f"make a directory named ~ here. Write the path out ({home})"
+            f"make a directory named {name.partition('/')[0]} here. Write the path out "
+            f"({written_out})"
         )
     # A scheme, with or without "//" (sqlite:data/app.db); one letter is a Windows drive.
     scheme_match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):(//)?", value)

@@ -14,6 +14,7 @@ import os
 import secrets
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -30,6 +31,7 @@ from .connection_tracking import (
     TrackedConnection,
     database_key,
     record_connections,
+    untracked,
 )
 from .database import DatabaseClient, DatabaseService
 from .database_config import Engine
@@ -239,6 +241,8 @@ class TestIsolationManager:
         self._deferred_scans: list[_DeferredScan] = []
         self._failed_resets: list[str] = []
         self._other_databases_seen: set[str] = set()  # warned about once a session
+        # Where a test's scratch files go: a database there is never the application's.
+        self.scratch_dirs: list[str] = [tempfile.gettempdir()]
         self._allowed_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._lock = threading.RLock()
 
@@ -403,9 +407,13 @@ class TestIsolationManager:
 
     def _keep(self, scope: IsolationScope, destination: Path) -> None:
         try:
-            kept = scope_databases.keep_database(
-                scope.client, scope.database_path, destination, scope.options.connection_timeout
-            )
+            with untracked():  # the isolation's own copy: no connection of the test's
+                kept = scope_databases.keep_database(
+                    scope.client,
+                    scope.database_path,
+                    destination,
+                    scope.options.connection_timeout,
+                )
             if kept is not None:
                 self.kept_databases.append(kept)
                 logger.debug("database of %s kept at %s", scope.test_name, kept)
@@ -452,7 +460,11 @@ class TestIsolationManager:
                 scopes_before=frozenset(self.active_scopes),
                 threads_before=thread_tracking.running_threads(),
                 thread=threading.current_thread(),
-                recording=record_connections() if options.get("track_connections", True) else None,
+                recording=(
+                    record_connections(self.modules.is_project_file)
+                    if options.get("track_connections", True)
+                    else None
+                ),
             )
             scope_id = self.create_scope(test_name, **options)
             self._point_at(scope_id)
@@ -541,9 +553,9 @@ class TestIsolationManager:
         """Warnings about the database files the test opened besides its own, each once a
         session: an application module that reads another setting than ``DATABASE_URL``
         writes into its real database while its tests pass."""
-        if context.recording is None or not context.recording.databases:
+        if context.recording is None or not context.recording.written:
             return []
-        others = context.recording.other_files(context.database_urls)
+        others = context.recording.other_files(context.database_urls, self.scratch_dirs)
         messages = []
         for path in others.keys() - self._other_databases_seen:
             self._other_databases_seen.add(path)

@@ -38,7 +38,7 @@ from .database_config import (
     local_database_file,
     open_error,
 )
-from .sql_text import DATA_STATEMENT, script_statements
+from .sql_text import DATA_STATEMENT, EDITS_SCHEMA, script_statements
 
 if TYPE_CHECKING:  # imported when migrations run, so that a test session starts faster
     import sqlite_utils
@@ -198,7 +198,11 @@ def _sql_migration(
         db.conn.set_authorizer(no_transaction_control)
         try:
             for number, statement in enumerate(split_statements(_read(path)), start=1):
-                if schema_only and DATA_STATEMENT.match(statement):
+                if (
+                    schema_only
+                    and DATA_STATEMENT.match(statement)
+                    and not EDITS_SCHEMA.search(statement)
+                ):
                     continue
                 try:
                     db.execute(statement)

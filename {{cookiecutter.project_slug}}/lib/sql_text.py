@@ -10,7 +10,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 
-__all__ = ["DATA_STATEMENT", "ONLY_COMMENTS", "TOKEN", "script_statements"]
+__all__ = ["DATA_STATEMENT", "EDITS_SCHEMA", "ONLY_COMMENTS", "TOKEN", "script_statements"]
 
 # The tokens that matter for counting parameters and finding a statement's end; string
 # literals, quoted identifiers and comments are matched so that what is inside them is not.
@@ -35,6 +35,9 @@ DATA_STATEMENT = re.compile(
     r"(?:\s|--[^\n]*|/\*.*?\*/)*+(?:INSERT|UPDATE|DELETE|REPLACE|WITH|SELECT|VALUES)\b",
     re.I | re.S,
 )
+# A name of the schema table itself: a statement writing it (SQLite's writable_schema
+# procedure) changes the schema, whatever it starts with.
+EDITS_SCHEMA = re.compile(r"\bsqlite_(?:temp_)?(?:schema|master)\b", re.I)
 # Whitespace and comments only; a block comment ends at its first */ (or, unclosed, at the
 # end of the text), so nothing after it is taken for part of it.
 ONLY_COMMENTS = re.compile(r"(?:\s|--[^\n]*+(?:\n|$)|/\*(?:[^*]|\*(?!/))*+(?:\*/|$))*+", re.S)

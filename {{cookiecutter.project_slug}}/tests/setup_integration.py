@@ -37,7 +37,6 @@ import pytest
 from lib import database
 from lib.connection_tracking import database_key, database_path, refuse_files, untracked
 from lib.database import AsyncDatabaseClient, DatabaseClient
-from lib.database_config import shown_url
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
     IsolationError,
@@ -227,7 +226,7 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
     data_dir = Path(
         config.rootpath, unquoted("isolation_data_dir", config.getini("isolation_data_dir"))
     )
-    return TestIsolationManager(
+    manager = TestIsolationManager(
         migrations_dir=Path(
             config.rootpath,
             unquoted("isolation_migrations_dir", config.getini("isolation_migrations_dir")),
@@ -239,6 +238,11 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
         engine=_engine(config),
         defer_binding_scan=True,  # see pytest_runtest_logfinish
     )
+    # Where pytest puts tmp_path when told to (--basetemp, as tox does): scratch files.
+    for scratch in (config.option.basetemp, os.environ.get("PYTEST_DEBUG_TEMPROOT")):
+        if scratch:
+            manager.scratch_dirs.append(str(Path(config.invocation_params.dir, scratch)))
+    return manager
 
 
 def configure_debug_logging(value: str) -> list[str]:
@@ -391,15 +395,14 @@ def _own_database(config: pytest.Config) -> tuple[str, str] | None:
     url = os.environ.get("DATABASE_URL", database.DEFAULT_DATABASE_URL)
     try:
         target = database.database_target()
-    except database.DatabaseConfigError:
+    except database.DatabaseConfigError as error:
         sqlalchemy = re.fullmatch(SQLALCHEMY_SQLITE_URL, url)
         path = database_path(unquote(sqlalchemy[1] or "")) if sqlalchemy else None
         if sqlalchemy is None:
             config.issue_config_time_warning(
                 IsolationWarning(
-                    f"DATABASE_URL={shown_url(url)!r} is no database URL this project "
-                    "reads, so the tests cannot tell which file is your own database to "
-                    "keep them from opening it: set it as a path or a file: URL"
+                    f"{error}. So the tests cannot tell which file is your own database, "
+                    "to keep them from opening it"
                 ),
                 stacklevel=2,
             )
@@ -485,7 +488,7 @@ def _migrations_hint(error: MigrationError, directory: Path, config: pytest.Conf
     """What to do, naming the configuration file pytest read (it reads only one)."""
     where = f"in {config.inipath}" if config.inipath else "in pytest's configuration"
     if isinstance(error, MigrationsDirectoryError):
-        return f"The isolation_migrations_dir setting is {where}."
+        return f"Set isolation_migrations_dir {where} to the directory of the migrations."
     return f"Fix that migration in {directory} (the isolation_migrations_dir setting {where})."
 
 

@@ -73,7 +73,7 @@ def test_parse_database_url_rejects_bad_values_naming_the_variable(url: str) -> 
         ("https:db.turso.io?authToken=secret", "as in https://db.turso.io"),
         ("./data/app.db?mode=ro", "(file:./data/app.db?mode=ro)"),
         ("~/app.db", f"Write the path out ({Path.home() / 'app.db'})"),
-        ("file:~/app.db?mode=ro", f"Write the path out ({Path.home() / 'app.db'})"),
+        ("file:~/app.db?mode=ro", f"Write the path out (file:{Path.home() / 'app.db'}?mode=ro)"),
     ],
 )
 def test_parse_database_url_says_how_to_write_a_misspelt_url(url: str, fix: str) -> None:
@@ -84,6 +84,10 @@ def test_parse_database_url_says_how_to_write_a_misspelt_url(url: str, fix: str)
         parse_database_url(url)
     assert fix in str(excinfo.value)
     assert "secret" not in str(excinfo.value)
+
+
+def test_a_file_whose_name_starts_with_a_tilde_is_a_path() -> None:
+    assert parse_database_url("~app.db") == "~app.db"
 
 
 def test_a_windows_drive_is_a_path_not_a_scheme() -> None:

@@ -36,7 +36,7 @@ from lib.isolation_manager import (
     TestIsolationManager,
 )
 from lib.migrate import MIGRATIONS_DIR, pending_migrations
-from lib.scope_databases import cached_template
+from lib.scope_databases import Strategy, cached_template
 from lib.stale_bindings import SEARCHED_ITEMS
 from tests.unit.holding import held_in_another_thread
 
@@ -980,3 +980,18 @@ def test_a_refused_database_is_refused_under_every_spelling_and_others_open(
         connection_tracking.refuse_files([], "")
     assert not own.exists()
     sqlite3.connect(own).close()  # lifted
+
+
+@pytest.mark.parametrize("strategy", ["file", "memory"])
+def test_keeping_a_failed_tests_database_is_no_other_database_it_opened(
+    manager: TestIsolationManager, tmp_path: Path, strategy: Strategy
+) -> None:
+    """The kept copy is the isolation's own file, not a database the test opened besides
+    its own: no warning about the application writing to its real database."""
+    manager.scratch_dirs.clear()  # the kept copy is under tmp_path, a scratch directory
+    manager.ensure_test_isolation("failed", strategy=strategy)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        manager.complete_test(keep_database=tmp_path / "kept" / "failed.db")
+    assert (tmp_path / "kept" / "failed.db").is_file()
+    assert [str(w.message) for w in record if issubclass(w.category, IsolationWarning)] == []

@@ -739,11 +739,19 @@ def test_the_drift_check_builds_the_schema_without_seeds_and_backfills(
         "CREATE INDEX authors_name ON authors (name);\n"
         "WITH n(i) AS (VALUES (1)) INSERT INTO books (author_id, title) SELECT i, 'x' FROM n;"
     )
+    # SQLite's writable_schema procedure changes the schema with an UPDATE: kept.
+    (migrations / "0003_notes.sql").write_text(
+        "CREATE TABLE notes (body TEXT);\n"
+        "PRAGMA writable_schema=ON;\n"
+        "UPDATE sqlite_schema SET sql = 'CREATE TABLE notes (body TEXT NOT NULL)' "
+        "WHERE name = 'notes';\n"
+        "PRAGMA writable_schema=OFF;"
+    )
     migrate.apply_migrations(client.db, migrations)
     applied = migrate.applied_migrations(client.db.conn)
     assert migrate.schema_differences(client.db.conn, migrations, applied) == []
 
-    with closing(sqlite_utils.Database(memory=True)) as built:
+    with closing(sqlite_utils.Database(sqlite3.connect(":memory:", isolation_level=None))) as built:
         for path in migrate.migration_files(migrations):
             migrate._sql_migration(path, schema_only=True)(built)
         assert built.table("authors").count == built.table("books").count == 0

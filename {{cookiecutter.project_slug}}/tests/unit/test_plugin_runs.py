@@ -727,7 +727,7 @@ def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Pat
     assert f"migrations directory {tmp_path / 'db' / 'migrations'} does not exist" in child.stderr
     assert "put the schema there as ordered *.sql migration files" in child.stderr
     # pytest reads one configuration file: the hint names the one it read
-    assert f"The isolation_migrations_dir setting is in {tmp_path / 'pytest.ini'}." in (
+    assert f"Set isolation_migrations_dir in {tmp_path / 'pytest.ini'} to the directory" in (
         child.stderr
     )
 
@@ -757,6 +757,11 @@ import sqlite3
 import pytest
 
 pytestmark = pytest.mark.isolated
+CONNECT = "import sqlite3\\ndef connect(path):\\n    sqlite3.connect(path).close()\\n"
+SITE_PACKAGES = os.path.join(os.sep, "opt", ".venv", "site-packages")
+TOOL, LIBRARY = {}, {}  # coverage writing its data file; SQLAlchemy opening the app's
+exec(compile(CONNECT, os.path.join(SITE_PACKAGES, "coverage", "sqldata.py"), "exec"), TOOL)
+exec(compile(CONNECT, os.path.join(SITE_PACKAGES, "sqlalchemy", "pool.py"), "exec"), LIBRARY)
 
 
 def add_note(body):
@@ -771,6 +776,9 @@ def add_note(body):
 def test_adds_a_note(db, tmp_path, body):
     add_note(body)
     sqlite3.connect(tmp_path / "scratch.db").close()
+    sqlite3.connect(f"file:{os.environ['REFERENCE_DB']}?mode=ro", uri=True).close()
+    TOOL["connect"](os.environ["TOOL_DB"])
+    LIBRARY["connect"](os.environ["LEGACY_DB"])
     assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
 """
 
@@ -778,17 +786,29 @@ def test_adds_a_note(db, tmp_path, body):
 def test_a_database_the_test_opens_besides_its_own_is_named_once(tmp_path: Path) -> None:
     """An application module reading another setting than DATABASE_URL writes into its
     real database while the tests pass: the run names that file and where it was opened,
-    once; a temporary file (pytest's tmp_path) is no application's database."""
+    once, also through a library (SQLAlchemy). Not a scratch file (pytest's tmp_path,
+    wherever --basetemp puts it), a file only read, nor a test tool's (coverage's data)."""
     notes = tmp_path / "instance" / "notes.sqlite"
+    reference = tmp_path / "instance" / "reference.sqlite"
     notes.parent.mkdir()
+    sqlite3.connect(reference).close()
     (tmp_path / "tmp").mkdir()
-    environ = {"NOTES_DB": str(notes), "TMPDIR": str(tmp_path / "tmp")}
-    child = run_suite(tmp_path, WRITES_THROUGH_ITS_OWN_SETTING, environ=environ)
+    environ = {
+        "NOTES_DB": str(notes),
+        "REFERENCE_DB": str(reference),
+        "TOOL_DB": str(tmp_path / ".coverage"),
+        "LEGACY_DB": str(tmp_path / "instance" / "legacy.sqlite"),
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
+    basetemp = f"--basetemp={tmp_path / 'scratch'}"
+    child = run_suite(tmp_path, WRITES_THROUGH_ITS_OWN_SETTING, basetemp, environ=environ)
     assert child.returncode == 0, child.stdout + child.stderr
-    assert child.stdout.count("a database that is not its own") == 1, child.stdout
-    opened_at = f"{tmp_path / 'test_suite.py'}:11"
-    assert f"opened {notes} (at {opened_at})" in child.stdout
-    assert "scratch.db" not in child.stdout
+    assert child.stdout.count("a database that is not its own") == 2, child.stdout
+    test_file = tmp_path / "test_suite.py"
+    assert f"opened {notes} (at {test_file}:16)" in child.stdout
+    assert f"opened {notes.parent / 'legacy.sqlite'} (at {test_file}:29)" in child.stdout
+    for unnamed in ("scratch.db", "reference.sqlite", ".coverage"):
+        assert unnamed not in child.stdout
 
 
 # Modules named by isolation_database_module in the tests below, written to tmp_path.
@@ -921,9 +941,8 @@ def test_a_closed_sqlite3_connection_a_test_used_is_named_where_it_is_kept(
     assert child.returncode == 1, child.stdout + child.stderr
     assert "Cannot operate on a closed database" in child.stdout
     assert "isolation: closed connections kept in module globals" in child.stdout
-    assert "test_suite.CONNECTIONS['orders']\ntest_suite.repository.connection\n" in (
-        child.stdout
-    )
+    named = "test_suite.CONNECTIONS['orders']\ntest_suite.repository.connection\n"
+    assert named in child.stdout
     assert "project code ran" not in child.stdout + child.stderr
 
 
@@ -1411,7 +1430,7 @@ def test_the_developers_database_named_by_an_sqlalchemy_url_is_refused(
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("postgresql://app:s3cret@db.internal:5432/shop", "postgresql://db.internal:5432/shop"),
+        ("postgresql://app:s3cret@db.internal:5432/shop", "postgresql://db.internal"),
         ("sqlite://", None),
     ],
 )
@@ -1422,11 +1441,11 @@ def test_a_database_url_the_project_cannot_read_is_a_warning(
     (SQLAlchemy's in-memory URL names no file to protect), without the URL's password."""
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, environ={"DATABASE_URL": url})
     assert child.returncode == 0, child.stdout + child.stderr
-    warned = "is no database URL this project reads" in child.stdout
+    warned = "So the tests cannot tell which file is your own database" in child.stdout
     assert warned is (shown is not None), child.stdout
     assert "s3cret" not in child.stdout + child.stderr
     if shown is not None:
-        assert f"DATABASE_URL={shown!r} is no database URL" in child.stdout
+        assert f"DATABASE_URL={shown}... uses the unsupported scheme 'postgresql'" in (child.stdout)
 
 
 LEAVES_A_THREAD_RUNNING = """
