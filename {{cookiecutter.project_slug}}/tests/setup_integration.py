@@ -117,6 +117,15 @@ def get_isolation_stats() -> dict[str, Any]:
     return get_test_isolation_manager().get_stats()
 
 
+def pytest_plugin_registered(plugin: object) -> None:
+    """From the plugin's registration on (by the root conftest.py, before any other
+    conftest.py is imported), the application's database is refused as during the
+    session: a conftest.py that imports the application, run before the session starts
+    when pytest is given a path below it, never reaches the developer's database."""
+    if plugin is sys.modules[__name__]:
+        database.block_database_access(OUTSIDE_SCOPE)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("isolation", "per-test database isolation")
     group.addoption(

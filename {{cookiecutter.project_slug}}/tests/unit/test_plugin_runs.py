@@ -858,6 +858,38 @@ def test_two(db):
 )
 
 
+def test_a_conftest_below_the_root_that_uses_the_database_at_import_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Given a path below it, pytest imports that directory's conftest.py before the
+    session starts: the application it imports must not reach the developer's database."""
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "conftest.py").write_text(
+        "from lib.database import get_database_client\n\n"
+        "get_database_client().execute('CREATE TABLE written_at_import (id INTEGER)')\n"
+    )
+    (tmp_path / "api" / "test_api.py").write_text("def test_one():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    developer_db = tmp_path / "dev.db"
+    env = {**child_environment(tmp_path), "DATABASE_URL": f"file:{developer_db}"}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+    command += ["-p", "tests.setup_integration", "-c", str(tmp_path / "pytest.ini")]
+    child = subprocess.run(
+        [*command, str(tmp_path / "api" / "test_api.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "DatabaseAccessBlockedError: the database is only available inside an isolated" in (
+        child.stdout + child.stderr
+    )
+    assert not developer_db.exists()
+
+
 def test_the_database_module_is_imported_only_once_the_developers_database_is_hidden(
     tmp_path: Path,
 ) -> None:
