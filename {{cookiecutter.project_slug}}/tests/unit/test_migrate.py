@@ -450,9 +450,11 @@ def test_listing_pending_migrations_writes_nothing(
     client: DatabaseClient, migrations: Path, tmp_path: Path
 ) -> None:
     """Not a directory or database for a mistyped DATABASE_URL, not a byte of one that exists."""
-    missing = run_cli(tmp_path, {"DATABASE_URL": "file:./dta/app.db"}, "--list")
+    missing = run_cli(
+        tmp_path, {"DATABASE_URL": "file:./dta/app.db"}, "--migrations", str(migrations), "--list"
+    )
     assert (missing.returncode, missing.stderr) == (0, ""), missing
-    assert missing.stdout.startswith("3 pending migration(s) for ./dta/app.db: 0001_")
+    assert missing.stdout == "1 pending migration(s) for ./dta/app.db: 0001_authors_and_books\n"
     assert not (tmp_path / "dta").exists()
 
     client.close()

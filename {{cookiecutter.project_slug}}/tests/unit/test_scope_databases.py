@@ -107,7 +107,9 @@ def test_a_corrupt_or_half_written_cache_is_rebuilt(
         (path.with_name("stale.db") / "inside").mkdir(parents=True)
     else:
         with sqlite3.connect(path) as conn:
-            conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0003_logs'")
+            conn.execute(  # the last one the template applied
+                "DELETE FROM _sqlite_migrations WHERE id = (SELECT max(id) FROM _sqlite_migrations)"
+            )
         conn.close()
     rebuilt = cached_template(migrations, tmp_path / "data")
     with sqlite3.connect(rebuilt) as conn:
