@@ -35,7 +35,7 @@ def api_url() -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))  # an ephemeral port, known before the server starts
     host, port = sock.getsockname()
     config = uvicorn.Config(
-        create_app(),
+        create_app(debug=True),  # a 500's body is its traceback: see raise_server_errors
         log_config=None,  # leave logging to pytest
         access_log=False,
         lifespan="off",
@@ -64,12 +64,25 @@ def api_url() -> Iterator[str]:
             pytest.fail(f"the API test server did not stop within {SHUTDOWN_TIMEOUT:.0f}s")
 
 
+def raise_server_errors(response: httpx.Response) -> None:
+    """A 500 fails the test that sent the request, with the server's traceback: uvicorn
+    logs it only after the response is sent, often under the next test."""
+    if response.status_code == 500:
+        response.read()
+        request = response.request
+        raise AssertionError(
+            f"the server failed on {request.method} {request.url}:\n{response.text}"
+        )
+
+
 @pytest.fixture(scope="session")
 def api(api_url: str) -> Iterator[httpx.Client]:
-    """An HTTP client for the session's server, safe to share between threads.
+    """An HTTP client for the session's server, safe to share between threads; a 500 fails
+    the test (a test that expects one uses a client of its own).
 
     It holds no database, only connections to the server: each request uses the database
     of the test that sends it.
     """
-    with httpx.Client(base_url=api_url, timeout=REQUEST_TIMEOUT) as client:
+    hooks = {"response": [raise_server_errors]}
+    with httpx.Client(base_url=api_url, timeout=REQUEST_TIMEOUT, event_hooks=hooks) as client:
         yield client

@@ -293,6 +293,16 @@ def test_other_database_errors_are_not_reported_busy(
     assert _stock(db, shop["pen"]) == 10
 
 
+def test_a_server_error_fails_the_test_with_the_servers_traceback(
+    api: httpx.Client, db: DatabaseClient, shop: dict[str, int]
+) -> None:
+    """The shared client turns a 500 into this test's failure, saying what the server hit."""
+    db.execute("DROP TABLE logs")
+    order = {"user_id": shop["user"], "items": [{"product_id": shop["pen"], "quantity": 1}]}
+    with pytest.raises(AssertionError, match=r"(?s)POST .*/orders.*no such table: logs"):
+        api.post("/orders", json=order)
+
+
 def test_concurrent_purchases_sell_exactly_the_stock(
     api: httpx.Client, db: DatabaseClient, shop: dict[str, int]
 ) -> None:
