@@ -16,7 +16,7 @@ ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | tojson }}""")
 PRUNE: dict[tuple[str, str], tuple[str, ...]] = {
     ("ci", "none"): (".github",),
     ("layout", "full"): ("snippets",),
-    ("example_app", "no"): ("app", "tests/integration/api"),
+    ("example_app", "no"): ("app", "tests/integration/api", "tests/unit/api"),
     ("turso", "no"): ("tests/unit/test_libsql_engine.py",),
 }
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import Bake, run, run_pytest
 
-APP_PATHS = ("app", "tests/integration/api")
+APP_PATHS = ("app", "tests/integration/api", "tests/unit/api")
 APP_DEPENDENCIES = ("starlette", "uvicorn", "httpx")
 JINJA_LEFTOVERS = ("{{ cookiecutter.", "{{cookiecutter.", "{%", "{#")
 

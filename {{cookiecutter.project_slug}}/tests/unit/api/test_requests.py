@@ -1,0 +1,56 @@
+"""The API's checks of a request, in process and without a database: a request it
+refuses is refused before any database call, so a unit test can cover it (a unit test
+has no database). What a request does to the database is for the integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from app.api import create_app
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """The application in this process, as httpx's ASGI transport calls it."""
+    transport = httpx.ASGITransport(app=create_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        ("/users", b"{not json", {"error": "the request body must be a JSON object"}),
+        ("/users", b"[]", {"error": "the request body must be a JSON object"}),
+        (
+            "/users",
+            b'{"email": " ", "name": "Ada"}',
+            {"error": "email must be a non-empty string", "field": "email"},
+        ),
+        (
+            "/products",
+            b'{"sku": "PEN-1", "name": "Pen", "price_cents": -1, "stock": 1}',
+            {
+                "error": "price_cents must be an integer from 0 to 1000000000",
+                "field": "price_cents",
+            },
+        ),
+        (
+            "/orders",
+            b'{"user_id": true, "items": []}',
+            {
+                "error": "user_id must be an integer from 1 to 9223372036854775807",
+                "field": "user_id",
+            },
+        ),
+    ],
+)
+async def test_a_bad_request_is_a_400_naming_what_is_wrong(
+    client: httpx.AsyncClient, path: str, body: bytes, error: dict[str, str]
+) -> None:
+    response = await client.post(path, content=body)
+    assert response.status_code == 400
+    assert response.json() == error
