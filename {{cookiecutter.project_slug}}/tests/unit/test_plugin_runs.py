@@ -869,19 +869,10 @@ def test_a_conftest_below_the_root_that_uses_the_database_at_import_is_refused(
         "get_database_client().execute('CREATE TABLE written_at_import (id INTEGER)')\n"
     )
     (tmp_path / "api" / "test_api.py").write_text("def test_one():\n    pass\n")
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
     developer_db = tmp_path / "dev.db"
-    env = {**child_environment(tmp_path), "DATABASE_URL": f"file:{developer_db}"}
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
-    command += ["-p", "tests.setup_integration", "-c", str(tmp_path / "pytest.ini")]
-    child = subprocess.run(
-        [*command, str(tmp_path / "api" / "test_api.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    below = str(tmp_path / "api" / "test_api.py")
+    child = run_suite(
+        tmp_path, ONE_ISOLATED_TEST, below, environ={"DATABASE_URL": f"file:{developer_db}"}
     )
     assert child.returncode == 4, child.stdout + child.stderr
     assert "DatabaseAccessBlockedError: the database is only available inside an isolated" in (
