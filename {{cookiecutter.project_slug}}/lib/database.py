@@ -543,6 +543,14 @@ class DatabaseClient:
         latency_ms = (time.perf_counter() - started) * 1000
         return {"healthy": True, "latency_ms": latency_ms, "path": self.path}
 
+    @property
+    def rows_changed(self) -> int | None:
+        """Rows inserted, updated or deleted through this client since it opened (SQLite's
+        ``total_changes``); None once closed, and for libsql, which does not count them."""
+        if self.engine != "sqlite3" or self.closed:
+            return None
+        return int(self._conn.total_changes)
+
     def get_connection_stats(self) -> dict[str, Any]:
         """What this client is connected to and how much it has done."""
         return {

@@ -579,12 +579,44 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
     if fixturedef.scope == "function":
         return (yield)
     threads = running_threads()
+    rows_before = _rows_changed_in_the_tests_database()
     with untracked() as opened:
         value = yield
     get_test_isolation_manager().allow_threads(running_threads() - threads)  # a server's
     _refuse_a_tests_client(fixturedef, value)
     _refuse_a_connection_to_the_tests_database(fixturedef, opened)
+    _warn_of_rows_written(fixturedef, rows_before)
     return value
+
+
+def _rows_changed_in_the_tests_database() -> tuple[str, int] | None:
+    """The current test's owner and the rows its client has changed so far (none before
+    the client opens), if there is a current test of the sqlite3 engine."""
+    manager = get_test_isolation_manager()
+    scope = manager.active_scopes.get(manager.current_test_id or "")
+    if scope is None or manager.engine != "sqlite3":
+        return None
+    changed = 0 if scope.client is None else scope.client.rows_changed
+    return None if changed is None else (scope.owner, changed)
+
+
+def _warn_of_rows_written(
+    fixturedef: pytest.FixtureDef[Any], before: tuple[str, int] | None
+) -> None:
+    """A wider fixture's rows go into the database of the test it was set up in, and go
+    with it: every later test using the fixture runs without them, silently."""
+    after = _rows_changed_in_the_tests_database()
+    if before is None or after is None or after[0] != before[0] or after[1] <= before[1]:
+        return
+    fixture, per_test = _described(fixturedef)
+    warnings.warn(
+        IsolationWarning(
+            f"{fixture} wrote {after[1] - before[1]} row(s) into the database of {before[0]}, "
+            "set up during that test: they go with that test's database, and later tests "
+            f"that use the fixture do not see them. {per_test} to give each test its rows"
+        ),
+        stacklevel=2,
+    )
 
 
 def _refuse_a_tests_client(fixturedef: pytest.FixtureDef[Any], value: object) -> None:

@@ -858,6 +858,50 @@ def test_two(db):
 )
 
 
+SEEDS_IN_A_SESSION_FIXTURE = """
+import pytest
+
+from lib.database import get_database_client
+
+pytestmark = pytest.mark.isolated
+
+
+@pytest.fixture(scope="session")
+def customer():
+    get_database_client().execute(
+        "INSERT INTO users (email, name) VALUES ('ada@example.com', 'Ada')"
+    )
+    return "ada@example.com"
+
+
+@pytest.fixture(scope="module")
+def reads_only():
+    return get_database_client().execute("SELECT COUNT(*) FROM users").rows[0][0]
+
+
+def test_first(customer, reads_only):
+    pass
+
+
+def test_second(customer, reads_only):
+    pass
+"""
+
+
+def test_rows_a_wider_fixture_writes_are_said_to_be_the_first_tests_alone(
+    tmp_path: Path,
+) -> None:
+    """Seeded while the first test that uses it runs, they go with that test's database:
+    the second test runs without them, and nothing said so."""
+    child = run_suite(tmp_path, SEEDS_IN_A_SESSION_FIXTURE)
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert child.stdout.count("row(s) into the database of") == 1, child.stdout
+    assert (
+        "the session-scoped fixture 'customer' wrote 1 row(s) into the database of scope test_"
+    ) in child.stdout
+    assert "reads_only" not in child.stdout.split("warnings summary")[-1]
+
+
 def test_a_conftest_below_the_root_that_uses_the_database_at_import_is_refused(
     tmp_path: Path,
 ) -> None:
