@@ -202,22 +202,13 @@ class Recording:
             self._search_at = len(self.opened) + PRUNE_EVERY
         self.opened.append(tracked)
         if writes and tracked.database is not None and tracked.database not in self.written:
-            where = self._project_caller() if self._is_project_file else tracked.location
+            where = (
+                _project_caller(self._is_project_file)
+                if self._is_project_file
+                else tracked.location
+            )
             if where is not None:  # not a tool's own file (coverage's data file)
                 self.written[tracked.database] = where
-
-    def _project_caller(self) -> str | None:
-        """``file:line`` of the nearest caller in the project's own code (through a library
-        such as SQLAlchemy), if any; none for a test tool's own file (coverage's data)."""
-        frame: FrameType | None = sys._getframe(2)
-        while frame is not None:
-            filename = frame.f_code.co_filename
-            if any(tool in filename for tool in _TEST_TOOLS):
-                return None
-            if self._is_project_file and self._is_project_file(filename):
-                return f"{filename}:{frame.f_lineno}"
-            frame = frame.f_back
-        return None
 
     def other_files(self, own: Iterable[object], scratch: Iterable[str]) -> dict[str, str]:
         """The database files the project's code opened to write meanwhile, with where it
@@ -247,6 +238,20 @@ class Recording:
             _uninstall_if_unused()
         still_open, self.opened = self.still_open(), []
         return still_open
+
+
+def _project_caller(is_project_file: Callable[[str], bool]) -> str | None:
+    """``file:line`` of the nearest caller in the project's own code (through a library
+    such as SQLAlchemy), if any; none for a test tool's own file (coverage's data)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if any(tool in filename for tool in _TEST_TOOLS):
+            return None
+        if is_project_file(filename):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
 
 
 def _references(tracked: TrackedConnection) -> int:

@@ -31,7 +31,6 @@ from .connection_tracking import (
     TrackedConnection,
     database_key,
     record_connections,
-    untracked,
 )
 from .database import DatabaseClient, DatabaseService
 from .database_config import Engine
@@ -407,13 +406,9 @@ class TestIsolationManager:
 
     def _keep(self, scope: IsolationScope, destination: Path) -> None:
         try:
-            with untracked():  # the isolation's own copy: no connection of the test's
-                kept = scope_databases.keep_database(
-                    scope.client,
-                    scope.database_path,
-                    destination,
-                    scope.options.connection_timeout,
-                )
+            kept = scope_databases.keep_database(
+                scope.client, scope.database_path, destination, scope.options.connection_timeout
+            )
             if kept is not None:
                 self.kept_databases.append(kept)
                 logger.debug("database of %s kept at %s", scope.test_name, kept)
@@ -557,7 +552,7 @@ class TestIsolationManager:
             return []
         others = context.recording.other_files(context.database_urls, self.scratch_dirs)
         messages = []
-        for path in others.keys() - self._other_databases_seen:
+        for path in sorted(others.keys() - self._other_databases_seen):
             self._other_databases_seen.add(path)
             messages.append(
                 f"{context.test_name} opened {path} (at {others[path]}), a database that is "

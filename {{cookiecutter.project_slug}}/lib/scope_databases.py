@@ -532,17 +532,17 @@ def keep_database(
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.unlink(missing_ok=True)
-    if path is not None and path.exists():
-        with (
-            untracked(),
-            closing(sqlite3.connect(path)) as source,
-            closing(sqlite3.connect(destination)) as target,
-        ):
-            source.backup(target)
-    elif client is not None and not client.closed:
-        client.backup(destination, timeout=timeout)
-    else:
-        return None
+    with untracked():  # the isolation's own copy: no connection of the test's
+        if path is not None and path.exists():
+            with (
+                closing(sqlite3.connect(path)) as source,
+                closing(sqlite3.connect(destination)) as target,
+            ):
+                source.backup(target)
+        elif client is not None and not client.closed:
+            client.backup(destination, timeout=timeout)
+        else:
+            return None
     return destination
 
 
