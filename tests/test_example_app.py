@@ -2,18 +2,20 @@
 
 The default bake (example_app=yes) runs its whole integration suite, API tests included,
 in test_baked_project.py; here the API suite also runs on two workers with in-memory
-databases, and a bake without the application passes its own checks.
+databases, a server error stays in the test that met it, and a bake without the
+application passes its own checks.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from conftest import Bake, run, run_pytest
+from conftest import Bake, passed_count, run, run_pytest
 
 APP_PATHS = ("app", "tests/integration/api", "tests/unit/api")
 APP_DEPENDENCIES = ("starlette", "uvicorn", "httpx")
@@ -110,3 +112,56 @@ def test_api_suite_passes_on_two_workers_with_in_memory_databases(
     )
     # The setting was followed: the migrated template was cached there.
     assert list((tmp_path / "data" / ".isolation" / "templates").glob("*.db"))
+
+
+SLOW_CLOSE_AFTER_A_SERVER_ERROR = '''
+import logging
+import time
+
+import httpx
+import pytest
+
+
+class SlowToClose(logging.Filter):
+    """uvicorn logs a failed request's traceback before it closes the connection."""
+
+    def filter(self, record):
+        time.sleep(0.5)
+        return True
+
+
+@pytest.fixture
+def slow_close():
+    logger = logging.getLogger("uvicorn.error")
+    slow = SlowToClose()
+    logger.addFilter(slow)
+    yield
+    logger.removeFilter(slow)
+
+
+def test_a_server_error(api, db, slow_close):
+    db.execute("INSERT INTO users (id, email, name) VALUES (1, 'ada@example.com', 'Ada')")
+    db.execute(
+        "INSERT INTO products (id, sku, name, price_cents, stock) VALUES (1, 'P', 'P', 1, 5)"
+    )
+    db.execute("DROP TABLE logs")
+    with pytest.raises(AssertionError, match="no such table: logs"):
+        api.post("/orders", json={"user_id": 1, "items": [{"product_id": 1, "quantity": 1}]})
+
+
+def test_the_next_request(api):
+    assert api.get("/health").status_code == 200
+'''
+
+
+def test_a_server_error_does_not_reach_the_next_tests_requests(
+    default_project: Path, tmp_path: Path
+) -> None:
+    """The server drops the connection of a failed request only after logging it: the
+    next test's request must not go out on it."""
+    project = shutil.copytree(default_project, tmp_path / "project")
+    (project / "tests/integration/api/test_after_error.py").write_text(
+        SLOW_CLOSE_AFTER_A_SERVER_ERROR
+    )
+    output = run_pytest(project, "tests/integration/api/test_after_error.py", "-p", "no:randomly")
+    assert passed_count(output) == 2, output

@@ -11,6 +11,7 @@ database: starting it asks for none (outside a test the singleton is blocked).
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -75,14 +76,25 @@ def raise_server_errors(response: httpx.Response) -> None:
         )
 
 
-@pytest.fixture(scope="session")
-def api(api_url: str) -> Iterator[httpx.Client]:
+@pytest.fixture
+def api(api_url: str, _tls_context: ssl.SSLContext) -> Iterator[httpx.Client]:
     """An HTTP client for the session's server, safe to share between threads; a 500 fails
     the test (a test that expects one uses a client of its own).
 
-    It holds no database, only connections to the server: each request uses the database
-    of the test that sends it.
+    Each test has its own client, so its own connections: uvicorn closes the connection of
+    a request that failed only after logging the traceback, and a client kept for the
+    session could send the next test's request on it. It holds no database: each request
+    uses the database of the test that sends it.
     """
     hooks = {"response": [raise_server_errors]}
-    with httpx.Client(base_url=api_url, timeout=REQUEST_TIMEOUT, event_hooks=hooks) as client:
+    with httpx.Client(
+        base_url=api_url, timeout=REQUEST_TIMEOUT, event_hooks=hooks, verify=_tls_context
+    ) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def _tls_context() -> ssl.SSLContext:
+    """Loaded once: a client loads the CA bundle itself (~25 ms), though this server
+    speaks plain HTTP."""
+    return httpx.create_ssl_context()

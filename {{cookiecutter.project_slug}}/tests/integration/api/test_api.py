@@ -282,8 +282,7 @@ def test_other_database_errors_are_not_reported_busy(
     db.execute("DROP TABLE logs")  # the purchase's last statement now fails
     order = {"user_id": shop["user"], "items": [{"product_id": shop["pen"], "quantity": 1}]}
 
-    # A client of its own: uvicorn closes the connection of a request whose error it had
-    # to catch, which the shared client could otherwise reuse for the next test's request.
+    # A client of its own: `api` fails the test on a 500.
     with httpx.Client(base_url=api_url) as client:
         response = client.post("/orders", json=order)
 
@@ -296,7 +295,7 @@ def test_other_database_errors_are_not_reported_busy(
 def test_a_server_error_fails_the_test_with_the_servers_traceback(
     api: httpx.Client, db: DatabaseClient, shop: dict[str, int]
 ) -> None:
-    """The shared client turns a 500 into this test's failure, saying what the server hit."""
+    """`api` turns a 500 into this test's failure, saying what the server hit."""
     db.execute("DROP TABLE logs")
     order = {"user_id": shop["user"], "items": [{"product_id": shop["pen"], "quantity": 1}]}
     with pytest.raises(AssertionError, match=r"(?s)POST .*/orders.*no such table: logs"):
