@@ -175,6 +175,17 @@ def run_suite(
     """Run ``source`` as a test module with the plugin, confined to ``tmp_path`` (where a
     plugin of the test's own can be written: ``args`` come first, so a ``-p`` there is
     registered before the isolation plugin), with ``environ`` added to the environment."""
+    command, env = suite_command(tmp_path, source, *args, environ=environ)
+    return subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def suite_command(
+    tmp_path: Path, source: str, *args: str, environ: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment :func:`run_suite` runs, for a test that watches the run
+    as it goes."""
     (tmp_path / "test_suite.py").write_text(source)
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
@@ -186,9 +197,7 @@ def run_suite(
     command += [*args, "-p", "tests.setup_integration", "-p", "tests.isolation_reporter"]
     command += ["-c", str(tmp_path / "pytest.ini")]
     command.append(str(tmp_path / "test_suite.py"))
-    return subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return command, env
 
 
 def test_a_marker_another_plugin_adds_at_collection_counts(tmp_path: Path) -> None:
@@ -301,24 +310,47 @@ def test_waiting_for_another_run_building_the_template_is_said(tmp_path: Path) -
     """Another run holds the template cache's lock (building, or stopped with Ctrl-Z)."""
     lock = tmp_path / "data" / ".isolation" / "templates" / ".lock"
     lock.parent.mkdir(parents=True)
-    hold = (
-        "import fcntl, sys, time\n"
+    notice = "isolation: still preparing the template database after 2s"
+    hold = (  # until told to let go, or 30 s at most should the notice never come
+        "import fcntl, select, sys\n"
         f"handle = open({str(lock)!r}, 'a')\n"
         "fcntl.flock(handle, fcntl.LOCK_EX)\n"
         "print('held', flush=True)\n"
-        "time.sleep(6)\n"  # the run's start, under load too, takes well under 4 s
+        "select.select([sys.stdin], [], [], 30)\n"
     )
-    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
     try:
-        assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"
-        child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", "isolation_use_dev_shm=false")
+        command, env = suite_command(
+            tmp_path, ONE_ISOLATED_TEST, "-o", "isolation_use_dev_shm=false"
+        )
+        child = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert child.stdout is not None
+        seen = []
+        for line in child.stdout:  # the child waits for the lock: read up to the notice
+            seen.append(line)
+            if notice in line:
+                break
+        holder.stdin.write("let go\n")
+        holder.stdin.flush()
+        output = "".join(seen) + child.communicate(timeout=120)[0]
     finally:
         holder.kill()
         holder.communicate()
-    assert child.returncode == 0, child.stdout + child.stderr
-    assert "isolation: still preparing the template database after 2s" in child.stdout
-    assert f"holds {lock}" in child.stdout
+    assert child.returncode == 0, output
+    assert notice in output
+    assert f"holds {lock}" in output
 
 
 BROKEN_MIGRATION = "CREATE TABLE refunds (id INTEGER PRIMARY KEY);\nINSERT INTO nowhere VALUES (1);"
