@@ -311,43 +311,39 @@ def test_waiting_for_another_run_building_the_template_is_said(tmp_path: Path) -
     lock = tmp_path / "data" / ".isolation" / "templates" / ".lock"
     lock.parent.mkdir(parents=True)
     notice = "isolation: still preparing the template database after 2s"
-    hold = (  # until told to let go, or 30 s at most should the notice never come
+    hold = (  # until its stdin closes, or 30 s at most should the notice never come
         "import fcntl, select, sys\n"
         f"handle = open({str(lock)!r}, 'a')\n"
         "fcntl.flock(handle, fcntl.LOCK_EX)\n"
         "print('held', flush=True)\n"
         "select.select([sys.stdin], [], [], 30)\n"
     )
-    holder = subprocess.Popen(
+    command, env = suite_command(tmp_path, ONE_ISOLATED_TEST, "-o", "isolation_use_dev_shm=false")
+    with subprocess.Popen(
         [sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert holder.stdin is not None
-    assert holder.stdout is not None
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        command, env = suite_command(
-            tmp_path, ONE_ISOLATED_TEST, "-o", "isolation_use_dev_shm=false"
-        )
-        child = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert child.stdout is not None
-        seen = []
-        for line in child.stdout:  # the child waits for the lock: read up to the notice
-            seen.append(line)
-            if notice in line:
-                break
-        holder.stdin.write("let go\n")
-        holder.stdin.flush()
-        output = "".join(seen) + child.communicate(timeout=120)[0]
-    finally:
-        holder.kill()
-        holder.communicate()
+    ) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            with subprocess.Popen(
+                command,
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ) as child:
+                assert child.stdout is not None
+                seen = []
+                for line in child.stdout:  # the child waits for the lock: read up to the notice
+                    seen.append(line)
+                    if notice in line:
+                        break
+                holder.stdin.close()  # let go
+                output = "".join(seen) + child.communicate(timeout=120)[0]
+        finally:
+            holder.kill()
     assert child.returncode == 0, output
     assert notice in output
     assert f"holds {lock}" in output
