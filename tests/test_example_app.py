@@ -2,8 +2,8 @@
 
 The default bake (example_app=yes) runs its whole integration suite, API tests included,
 in test_baked_project.py; here the API suite also runs on two workers with in-memory
-databases, a server error stays in the test that met it, and a bake without the
-application passes its own checks.
+databases, a server error and a request still running stay in the test that made them,
+and a bake without the application passes its own checks.
 """
 
 from __future__ import annotations
@@ -164,4 +164,42 @@ def test_a_server_error_does_not_reach_the_next_tests_requests(
         SLOW_CLOSE_AFTER_A_SERVER_ERROR
     )
     output = run_pytest(project, "tests/integration/api/test_after_error.py", "-p", "no:randomly")
+    assert passed_count(output) == 2, output
+
+
+A_REQUEST_THAT_OUTLIVES_ITS_CLIENT = """
+import time
+
+import httpx
+import pytest
+
+import app.store
+
+
+def test_a_request_given_up_on(api_url, db, monkeypatch):
+    real = app.store.get_database_client
+
+    def slow():
+        time.sleep(1)
+        return real()
+
+    monkeypatch.setattr(app.store, "get_database_client", slow)
+    with httpx.Client(base_url=api_url, timeout=0.3) as client, pytest.raises(httpx.ReadTimeout):
+        client.post("/users", json={"email": "late@example.com", "name": "Late"})
+
+
+def test_the_next_test(db):
+    time.sleep(1.5)  # the request above would be done by now
+    assert db.execute("SELECT email FROM users").rows == []
+"""
+
+
+def test_a_request_still_running_ends_with_its_test(default_project: Path, tmp_path: Path) -> None:
+    """A handler that outlives the client's timeout still writes into its own test's
+    database: the test ends only once the server is done with its requests."""
+    project = shutil.copytree(default_project, tmp_path / "project")
+    (project / "tests/integration/api/test_late_request.py").write_text(
+        A_REQUEST_THAT_OUTLIVES_ITS_CLIENT
+    )
+    output = run_pytest(project, "tests/integration/api/test_late_request.py", "-p", "no:randomly")
     assert passed_count(output) == 2, output

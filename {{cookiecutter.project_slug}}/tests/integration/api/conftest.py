@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import create_app
 
@@ -27,8 +28,56 @@ SHUTDOWN_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 10.0
 
 
+class RequestsInFlight:
+    """The API application, keeping count of the requests it is still handling: a handler
+    that outlives its test (its client gave up waiting) would write into the database of
+    the test running then."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._running: list[str] = []
+        self._changed = threading.Condition()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = f"{scope.get('method', scope['type'])} {scope.get('path', '')}"
+        with self._changed:
+            self._running.append(request)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            with self._changed:
+                self._running.remove(request)
+                self._changed.notify_all()
+
+    def wait_until_idle(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` seconds for the requests in progress to end; return
+        those still running."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._running, timeout)
+            return list(self._running)
+
+
 @pytest.fixture(scope="session")
-def api_url() -> Iterator[str]:
+def api_app() -> RequestsInFlight:
+    """The application the session's server runs."""
+    # debug=True: a 500's body is its traceback, which raise_server_errors shows.
+    return RequestsInFlight(create_app(debug=True))
+
+
+@pytest.fixture(autouse=True)
+def _requests_end_with_their_test(api_app: RequestsInFlight) -> Iterator[None]:
+    """A test ends only once the server is done with its requests."""
+    yield
+    running = api_app.wait_until_idle(REQUEST_TIMEOUT)
+    if running:
+        pytest.fail(
+            f"the server was still handling {', '.join(running)} {REQUEST_TIMEOUT:.0f}s after "
+            "the test ended: what it writes would land in the next test's database"
+        )
+
+
+@pytest.fixture(scope="session")
+def api_url(api_app: RequestsInFlight) -> Iterator[str]:
     """The base URL of a server running the API for the whole session."""
     # IPPROTO_TCP explicitly: only then does asyncio set TCP_NODELAY on the accepted
     # connections; without it every keep-alive response waits ~40 ms for a delayed ACK.
@@ -36,7 +85,7 @@ def api_url() -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))  # an ephemeral port, known before the server starts
     host, port = sock.getsockname()
     config = uvicorn.Config(
-        create_app(debug=True),  # a 500's body is its traceback: see raise_server_errors
+        api_app,
         log_config=None,  # leave logging to pytest
         access_log=False,
         lifespan="off",
