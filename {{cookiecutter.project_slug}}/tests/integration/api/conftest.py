@@ -29,7 +29,7 @@ REQUEST_TIMEOUT = 10.0
 
 
 class RequestsInFlight:
-    """The API application, keeping count of the requests it is still handling: a handler
+    """The API application, keeping track of the requests it is still handling: a handler
     that outlives its test (its client gave up waiting) would write into the database of
     the test running then."""
 
