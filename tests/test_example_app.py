@@ -175,15 +175,22 @@ import pytest
 
 import app.store
 
+CALLS = []
+
 
 def test_a_request_given_up_on(api_url, db, monkeypatch):
-    real = app.store.get_database_client
+    real_client, real_row = app.store.get_database_client, app.store._row
 
     def slow():
         time.sleep(1)
-        return real()
+        return real_client()
+
+    def row(*args):
+        CALLS.append("the test's own")
+        return real_row(*args)
 
     monkeypatch.setattr(app.store, "get_database_client", slow)
+    monkeypatch.setattr(app.store, "_row", row)
     with httpx.Client(base_url=api_url, timeout=0.3) as client, pytest.raises(httpx.ReadTimeout):
         client.post("/users", json={"email": "late@example.com", "name": "Late"})
 
@@ -191,15 +198,29 @@ def test_a_request_given_up_on(api_url, db, monkeypatch):
 def test_the_next_test(db):
     time.sleep(1.5)  # the request above would be done by now
     assert db.execute("SELECT email FROM users").rows == []
+    assert CALLS == ["the test's own"]  # the late handler ran with the test's mocks
 """
 
 
 def test_a_request_still_running_ends_with_its_test(default_project: Path, tmp_path: Path) -> None:
     """A handler that outlives the client's timeout still writes into its own test's
-    database: the test ends only once the server is done with its requests."""
+    database, with the test's fixtures in place: the test ends only once the server is
+    done with its requests."""
     project = shutil.copytree(default_project, tmp_path / "project")
     (project / "tests/integration/api/test_late_request.py").write_text(
         A_REQUEST_THAT_OUTLIVES_ITS_CLIENT
     )
     output = run_pytest(project, "tests/integration/api/test_late_request.py", "-p", "no:randomly")
     assert passed_count(output) == 2, output
+
+
+def test_the_api_suite_passes_with_the_lifespan_on(default_project: Path, tmp_path: Path) -> None:
+    """An application with startup work turns the server's lifespan on: it lasts the whole
+    session, and no test waits for it."""
+    project = shutil.copytree(default_project, tmp_path / "project")
+    conftest = project / "tests/integration/api/conftest.py"
+    text = conftest.read_text()
+    assert 'lifespan="off"' in text
+    conftest.write_text(text.replace('lifespan="off"', 'lifespan="on"'))
+    output = run_pytest(project, "tests/integration/api", "-p", "no:randomly")
+    assert "still handling" not in output, output

@@ -10,6 +10,7 @@ database: starting it asks for none (outside a test the singleton is blocked).
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -29,9 +30,9 @@ REQUEST_TIMEOUT = 10.0
 
 
 class RequestsInFlight:
-    """The API application, keeping track of the requests it is still handling: a handler
-    that outlives its test (its client gave up waiting) would write into the database of
-    the test running then."""
+    """The API application, keeping track of the HTTP requests it is still handling: a
+    handler that outlives its test (its client gave up waiting) would write into the
+    database of the test running then."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -39,7 +40,11 @@ class RequestsInFlight:
         self._changed = threading.Condition()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = f"{scope.get('method', scope['type'])} {scope.get('path', '')}"
+        if scope["type"] != "http":  # the lifespan, if turned on, lasts the whole session
+            await self.app(scope, receive, send)
+            return
+        test = os.environ.get("PYTEST_CURRENT_TEST", "no test").rsplit(" (", 1)[0]
+        request = f"{scope['method']} {scope['path']} (sent by {test})"
         with self._changed:
             self._running.append(request)
         try:
@@ -57,27 +62,40 @@ class RequestsInFlight:
             return list(self._running)
 
 
-@pytest.fixture(scope="session")
-def api_app() -> RequestsInFlight:
-    """The application the session's server runs."""
-    # debug=True: a 500's body is its traceback, which raise_server_errors shows.
-    return RequestsInFlight(create_app(debug=True))
+# debug=True: a 500's body is its traceback, which raise_server_errors shows.
+API_APP = RequestsInFlight(create_app(debug=True))
 
 
-@pytest.fixture(autouse=True)
-def _requests_end_with_their_test(api_app: RequestsInFlight) -> Iterator[None]:
-    """A test ends only once the server is done with its requests."""
-    yield
-    running = api_app.wait_until_idle(REQUEST_TIMEOUT)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """A fixture's requests end with the setup: see :func:`pytest_runtest_call`."""
+    try:
+        return (yield)
+    finally:
+        _wait_for_the_server()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test ends only once the server is done with its requests, and before its
+    fixtures are undone: a late handler still sees the test's database and its mocks."""
+    try:
+        return (yield)
+    finally:
+        _wait_for_the_server()
+
+
+def _wait_for_the_server() -> None:
+    running = API_APP.wait_until_idle(REQUEST_TIMEOUT)
     if running:
         pytest.fail(
-            f"the server was still handling {', '.join(running)} {REQUEST_TIMEOUT:.0f}s after "
-            "the test ended: what it writes would land in the next test's database"
+            f"the server was still handling {', '.join(running)} {REQUEST_TIMEOUT:.0f}s "
+            "later: what it writes would land in the next test's database"
         )
 
 
 @pytest.fixture(scope="session")
-def api_url(api_app: RequestsInFlight) -> Iterator[str]:
+def api_url() -> Iterator[str]:
     """The base URL of a server running the API for the whole session."""
     # IPPROTO_TCP explicitly: only then does asyncio set TCP_NODELAY on the accepted
     # connections; without it every keep-alive response waits ~40 ms for a delayed ACK.
@@ -85,7 +103,7 @@ def api_url(api_app: RequestsInFlight) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))  # an ephemeral port, known before the server starts
     host, port = sock.getsockname()
     config = uvicorn.Config(
-        api_app,
+        API_APP,
         log_config=None,  # leave logging to pytest
         access_log=False,
         lifespan="off",
