@@ -4,8 +4,9 @@ The server runs in a thread of the test process (one per pytest-xdist worker), l
 on 127.0.0.1 on a port the operating system picks. Its handlers call
 ``get_database_client()`` when a request arrives, and while a test runs the plugin points
 that singleton at the test's own database, so every request lands in the database of the
-test that sent it, with either isolation strategy. The server itself never touches the
-database: starting it asks for none (outside a test the singleton is blocked).
+test that sent it, with either isolation strategy. A test's setup and call end only once
+the server has finished their requests. The server itself never touches the database:
+starting it asks for none (outside a test the singleton is blocked).
 """
 
 from __future__ import annotations
