@@ -114,6 +114,13 @@ def test_api_suite_passes_on_two_workers_with_in_memory_databases(
     assert list((tmp_path / "data" / ".isolation" / "templates").glob("*.db"))
 
 
+def _run_api_tests(default_project: Path, tmp_path: Path, source: str) -> str:
+    """Run ``source`` as an API test module, in order, in a copy of the default project."""
+    project = shutil.copytree(default_project, tmp_path / "project")
+    (project / "tests/integration/api/test_added.py").write_text(source)
+    return run_pytest(project, "tests/integration/api/test_added.py", "-p", "no:randomly")
+
+
 SLOW_CLOSE_AFTER_A_SERVER_ERROR = '''
 import logging
 import time
@@ -159,11 +166,7 @@ def test_a_server_error_does_not_reach_the_next_tests_requests(
 ) -> None:
     """The server drops the connection of a failed request only after logging it: the
     next test's request must not go out on it."""
-    project = shutil.copytree(default_project, tmp_path / "project")
-    (project / "tests/integration/api/test_after_error.py").write_text(
-        SLOW_CLOSE_AFTER_A_SERVER_ERROR
-    )
-    output = run_pytest(project, "tests/integration/api/test_after_error.py", "-p", "no:randomly")
+    output = _run_api_tests(default_project, tmp_path, SLOW_CLOSE_AFTER_A_SERVER_ERROR)
     assert passed_count(output) == 2, output
 
 
@@ -206,11 +209,7 @@ def test_a_request_still_running_ends_with_its_test(default_project: Path, tmp_p
     """A handler that outlives the client's timeout still writes into its own test's
     database, with the test's fixtures in place: the test ends only once the server is
     done with its requests."""
-    project = shutil.copytree(default_project, tmp_path / "project")
-    (project / "tests/integration/api/test_late_request.py").write_text(
-        A_REQUEST_THAT_OUTLIVES_ITS_CLIENT
-    )
-    output = run_pytest(project, "tests/integration/api/test_late_request.py", "-p", "no:randomly")
+    output = _run_api_tests(default_project, tmp_path, A_REQUEST_THAT_OUTLIVES_ITS_CLIENT)
     assert passed_count(output) == 2, output
 
 
