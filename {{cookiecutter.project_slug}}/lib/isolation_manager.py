@@ -269,8 +269,14 @@ class TestIsolationManager:
         self._template()
 
     def _remove_stale_runs(self) -> None:
-        """Delete what killed runs left, in RAM or on disk, whichever this run uses."""
-        for runs in {self.runs_dir, *scope_databases.all_runs_roots(self.data_dir)}:
+        """Delete what killed runs left, in RAM or on disk, whichever this run uses, and
+        what killed runs of this user's other projects left in RAM."""
+        roots = {
+            self.runs_dir,
+            *scope_databases.all_runs_roots(self.data_dir),
+            *scope_databases.other_projects_shm_roots(self.data_dir),
+        }
+        for runs in roots:
             scope_databases.remove_stale_runs(runs)
 
     def _template(self) -> Template:

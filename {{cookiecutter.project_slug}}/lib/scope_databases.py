@@ -95,7 +95,11 @@ def runs_root(data_dir: Path, *, use_shm: bool = False) -> Path:
 
 def _shm_runs(data_dir: Path) -> Path:
     project = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return SHM_ROOT / f"isolation-{os.getuid()}-{project}"
+    return SHM_ROOT / f"{_shm_prefix()}{project}"
+
+
+def _shm_prefix() -> str:
+    return f"isolation-{os.getuid()}-"
 
 
 def all_runs_roots(data_dir: Path) -> list[Path]:
@@ -104,6 +108,20 @@ def all_runs_roots(data_dir: Path) -> list[Path]:
     for."""
     shm = _shm_runs(data_dir)
     return [data_dir / RUNS_DIR_NAME, *([shm] if _ours_alone(shm) else [])]
+
+
+def other_projects_shm_roots(data_dir: Path) -> list[Path]:
+    """This user's run roots in ``/dev/shm`` of other project directories: a killed run of
+    a project since moved or deleted has no later run of its own to delete its databases,
+    which would hold RAM until the machine restarts."""
+    if not SHM_ROOT.is_dir():
+        return []
+    own = _shm_runs(data_dir)
+    return [
+        path
+        for path in SHM_ROOT.glob(f"{_shm_prefix()}*")
+        if path != own and path.is_dir() and _ours_alone(path)
+    ]
 
 
 def _ours_alone(path: Path) -> bool:
@@ -207,7 +225,11 @@ def _pid_alive(pid: int) -> bool:
 def _live_runs(runs: Path) -> Iterator[tuple[Path, bool]]:
     """Each run directory of another process in ``runs``, and whether that process lives:
     its pid is alive here, or it holds the directory (from another PID namespace)."""
-    for path in runs.iterdir() if runs.is_dir() else ():
+    try:
+        paths = list(runs.iterdir())
+    except (FileNotFoundError, NotADirectoryError):  # none, or its last run just ended
+        paths = []
+    for path in paths:
         pid, _, _ = path.name.partition("-")
         if pid.isdigit() and int(pid) != os.getpid():
             yield path, _pid_alive(int(pid)) or _held(path)

@@ -640,3 +640,28 @@ def test_scopes_in_a_ram_runs_directory_leave_nothing_behind(shm: Path, tmp_path
 
     assert not runs.exists()
     assert list(shm.iterdir()) == []
+
+
+def test_a_killed_run_in_ram_is_deleted_even_once_its_project_is_gone(
+    shm: Path, tmp_path: Path
+) -> None:
+    """A project moved or deleted after one of its runs was killed has no later run of its
+    own to delete that run's databases in RAM: the next run of another project does."""
+    dead = "999999999-0badc0de"  # above any pid_max: no process has it
+    gone = runs_root(tmp_path / "deleted" / "data", use_shm=True) / dead
+    live = runs_root(tmp_path / "running" / "data", use_shm=True) / f"{os.getppid()}-0badc0de"
+    not_mine = shm / f"isolation-{os.getuid() + 1}-0123456789ab" / dead
+    not_a_run_root = shm / "something-else" / dead
+    for path in (gone, live, not_mine, not_a_run_root):
+        path.mkdir(parents=True)
+        (path / "db-1-0badc0de.db").write_bytes(b"a test's database")
+    data = tmp_path / "project" / "data"
+    manager = TestIsolationManager(data_dir=data, runs_dir=runs_root(data, use_shm=True))
+    manager.initialize_test_mode()
+    try:
+        assert not gone.parent.exists(), "the killed run and its emptied root are deleted"
+        assert live.is_dir(), "a live run of another project is left alone"
+        assert not_mine.is_dir(), "another user's is left alone"
+        assert not_a_run_root.is_dir()
+    finally:
+        manager.shutdown()
