@@ -106,8 +106,11 @@ def all_runs_roots(data_dir: Path) -> list[Path]:
     """Every place :func:`runs_root` may have put the project's run directories, whatever
     ``use_shm`` says now and however full ``/dev/shm`` is: where a killed run's are looked
     for."""
+    on_disk = data_dir / RUNS_DIR_NAME
+    if not SHM_ROOT.is_dir():  # no /dev/shm (Windows, macOS): never used
+        return [on_disk]
     shm = _shm_runs(data_dir)
-    return [data_dir / RUNS_DIR_NAME, *([shm] if _ours_alone(shm) else [])]
+    return [on_disk, *([shm] if _ours_alone(shm) else [])]
 
 
 def other_projects_shm_roots(data_dir: Path) -> list[Path]:
@@ -213,6 +216,10 @@ def remove_run_directory(runs: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run. On Windows, ``os.kill(pid, 0)`` would send
+    Ctrl-C to that process group: every pid counts as alive there, and nothing is deleted."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -544,6 +544,7 @@ def test_a_killed_runs_files_in_ram_go_also_when_this_run_keeps_its_own_on_disk(
 ) -> None:
     """isolation_use_dev_shm turned off since, or /dev/shm now too full to use: what a
     killed run left there is deleted all the same."""
+    (tmp_path / "shm").mkdir()
     monkeypatch.setattr(scope_databases, "SHM_ROOT", tmp_path / "shm")
     shm_runs = scope_databases.all_runs_roots(data_dir)[-1]
     assert shm_runs.parent == tmp_path / "shm"

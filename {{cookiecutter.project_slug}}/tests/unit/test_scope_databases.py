@@ -665,3 +665,31 @@ def test_a_killed_run_in_ram_is_deleted_even_once_its_project_is_gone(
         assert not_a_run_root.is_dir()
     finally:
         manager.shutdown()
+
+
+def test_without_dev_shm_only_the_data_directory_holds_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no /dev/shm and no ``os.getuid``: the runs are looked for on disk alone."""
+    monkeypatch.setattr(scope_databases, "SHM_ROOT", tmp_path / "missing")
+    monkeypatch.delattr(os, "getuid")
+    data = tmp_path / "data"
+    assert scope_databases.all_runs_roots(data) == [data / RUNS_DIR_NAME]
+    assert scope_databases.other_projects_shm_roots(data) == []
+
+
+def test_on_windows_no_signal_is_sent_to_tell_a_run_is_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``os.kill(pid, 0)`` sends Ctrl-C to a process group on Windows: a killed run's
+    directory is left there rather than a process interrupted."""
+
+    def kill(pid: int, signal: int) -> None:
+        raise AssertionError(f"os.kill({pid}, {signal}) called")
+
+    stale = tmp_path / "runs" / "999999999-0badc0de"
+    stale.mkdir(parents=True)
+    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.setattr(os, "kill", kill)
+    assert scope_databases.remove_stale_runs(tmp_path / "runs") == []
+    assert stale.is_dir()
