@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,11 @@ import pytest
 
 from lib.isolation_manager import TestIsolationManager, get_test_isolation_manager
 from tests.setup_integration import ini_flag, is_isolated, unquoted
+
+try:
+    import resource
+except ImportError:  # Windows: no /proc either, so memory growth is not measured there
+    resource = None  # type: ignore[assignment]
 
 FINDING_PREFIXES = {
     "scope": "Scope leak detected in test",
@@ -45,11 +49,14 @@ DEFAULT_BASELINE = "tests/performance-baseline.json"
 
 
 def current_rss() -> int:
-    """Resident memory of this process in bytes (peak RSS where /proc is missing)."""
+    """Resident memory of this process in bytes (peak RSS where /proc is missing; 0 on
+    Windows)."""
     try:
         with open("/proc/self/statm", "rb") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
+        if resource is None:
+            return 0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
 
