@@ -61,6 +61,8 @@ MEMORY_PRAGMAS: Mapping[str, str] = {"foreign_keys": "ON"}
 MEMDB_SQLITE = (3, 36, 0)
 # What making a run directory raises when another process removed ``runs`` meanwhile.
 _RUNS_VANISHED = (FileNotFoundError, FileExistsError)
+# What listing ``runs`` raises when there is none, or its last run just removed it.
+_NO_RUNS = (FileNotFoundError, NotADirectoryError)
 # How a copy of the template is created: a new file only, never one that exists.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
@@ -234,7 +236,7 @@ def _live_runs(runs: Path) -> Iterator[tuple[Path, bool]]:
     its pid is alive here, or it holds the directory (from another PID namespace)."""
     try:
         paths = list(runs.iterdir())
-    except (FileNotFoundError, NotADirectoryError):  # none, or its last run just ended
+    except _NO_RUNS:
         paths = []
     for path in paths:
         pid, _, _ = path.name.partition("-")
