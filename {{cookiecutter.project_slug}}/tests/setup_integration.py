@@ -97,6 +97,7 @@ _failed_key = pytest.StashKey[bool]()
 _isolated_key = pytest.StashKey[bool]()
 _test_paths_key = pytest.StashKey[list[Path]]()
 _debug_loggers_key = pytest.StashKey[list[str]]()  # live at DEBUG, set by DEBUG=...
+_session_open_key = pytest.StashKey[bool]()  # started, and not yet ended
 # The developer's own database (path, DATABASE_URL), refused during the session.
 _own_database_key = pytest.StashKey[tuple[str, str] | None]()
 _OWN_DATABASE = "isolation_own_database"  # its key in an xdist worker's workerinput
@@ -347,6 +348,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     except BaseException:
         _end_session()
         raise
+    session.config.stash[_session_open_key] = True
     _show_only_debug_loggers(session.config)
 
 
@@ -775,7 +777,16 @@ def _kept_name(nodeid: str) -> str:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    session.config.stash[_session_open_key] = False
     _end_session()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """pytest skips ``pytest_sessionfinish`` when a later plugin's session start fails or
+    is interrupted (Ctrl-C while pytest-xdist starts its workers): the session ends here."""
+    if config.stash.get(_session_open_key, False):
+        config.stash[_session_open_key] = False
+        _end_session()
 
 
 def _end_session() -> None:

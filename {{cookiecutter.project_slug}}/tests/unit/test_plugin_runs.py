@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from lib.scope_databases import RUNS_DIR_NAME
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 PLUGIN_THAT_MARKS = """
@@ -1717,3 +1719,28 @@ def test_in_memory_unit():
 def test_an_in_memory_database_url_refuses_no_file(tmp_path: Path, url: str) -> None:
     child = run_suite(tmp_path, OPENS_MEMORY, environ={"DATABASE_URL": url})
     assert child.returncode == 0, child.stdout + child.stderr
+
+
+INTERRUPTED_START = """
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)  # after the isolation plugin's, before pytest-xdist's
+def pytest_sessionstart(session):
+    raise KeyboardInterrupt  # Ctrl-C while the session starts
+"""
+
+
+def test_a_session_start_interrupted_after_the_plugins_leaves_no_databases(
+    tmp_path: Path,
+) -> None:
+    """pytest skips ``pytest_sessionfinish`` when a later plugin's session start fails or
+    is interrupted (Ctrl-C while pytest-xdist starts its workers), after the plugin made
+    this run's copy of the template: the run ends all the same."""
+    (tmp_path / "interrupted_start.py").write_text(INTERRUPTED_START)
+    args = ("-p", "interrupted_start", "-n", "2", "-o", "isolation_use_dev_shm=false")
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, *args)
+    assert child.returncode == 2, child.stdout + child.stderr
+    runs = tmp_path / "data" / RUNS_DIR_NAME
+    assert (runs / "templates").is_dir(), "the template was built"
+    assert [path.name for path in runs.iterdir()] == ["templates"], "no run directory left"
