@@ -69,12 +69,17 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
         over_bare = rows[mode]["per_test_ms_mean"] - rows[bare]["per_test_ms_mean"]
         assert math.isclose(rows[mode]["over_bare_ms"], over_bare), rows[mode]
     assert all(rows[mode]["over_bare_ms"] is None for mode in MODES if mode not in PLUGIN_MODES)
+    for row in figures["results"]:  # the whole test holds its setup, call and teardown
+        assert row["whole_ms_mean"] > row["per_test_ms_mean"], row
+        whole_over_shared = row["whole_ms_mean"] - baseline["whole_ms_mean"]
+        assert math.isclose(row["whole_overhead_ms"], whole_over_shared, abs_tol=1e-9), row
     assert figures["speedup"]["tests"] == QUICK_SIZE
     assert figures["speedup"]["speedup"] > 0
 
     assert "| mode | tests | per-test ms (mean) | overhead ms vs shared | of which isolation |" in (
         result.stdout
     )
+    assert "| whole test: overhead ms |" in result.stdout
     assert "| RSS growth MB | RSS over shared MB |" in result.stdout
     for mode in MODES:
         assert f"| {mode} | {QUICK_SIZE} |" in result.stdout
@@ -199,6 +204,7 @@ def test_ctrl_c_lets_pytest_remove_its_databases(bake: Bake, tmp_path: Path) -> 
 BAD_ARGUMENTS = {
     "--json no-such-directory/figures.json": "error: --json: no directory no-such-directory",
     "--json bench": "error: --json: bench is a directory; name a file in it",
+    "--json /proc/figures.json": "error: --json: /proc/figures.json cannot be written",
     "--speedup-size -1": "error: --speedup-size must be at least 0",
     "--speedup-rows -1": "error: --speedup-rows must be at least 0",
 }
@@ -212,6 +218,16 @@ def test_bad_arguments_stop_the_bench_before_it_runs(default_project: Path) -> N
         result = run(command, default_project, timeout=60)
         assert result.returncode == 2, result.stdout
         assert message in result.stdout, result.stdout
+
+
+def test_checking_that_the_json_file_can_be_written_leaves_no_file(
+    default_project: Path, tmp_path: Path
+) -> None:
+    figures = tmp_path / "figures.json"
+    script = f"import bench.isolation_bench as b; b.parse_args(['--json', {str(figures)!r}])"
+    result = run([sys.executable, "-c", script], default_project)
+    assert result.returncode == 0, result.stdout
+    assert not figures.exists()
 
 
 def test_repeated_sizes_and_modes_are_measured_once(default_project: Path) -> None:

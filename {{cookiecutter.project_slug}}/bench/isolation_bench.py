@@ -15,9 +15,10 @@ Generates N trivial database tests and runs them as real pytest suites, once per
 The suites are written by ``bench.suites``, run by ``bench.pytest_runs`` and turned into
 figures by ``bench.measure``; this module is the command, and prints the figures with the
 verdict of ``bench.targets``. Per-test times are pytest's own (setup + call + teardown of
-each test), taken from its reports by the generated conftest with each test's outcome.
+each test), taken from its reports by the generated conftest with each test's outcome;
+the conftest also times each whole test, the hooks between its phases included.
 pytest's terminal output and junit XML are off: they keep every test's reports in memory
-for their summaries, about 3 KB a test in every mode, which would swamp the RSS growth of
+for their summaries, about 4 KB a test in every mode, which would swamp the RSS growth of
 the databases; ``--keep-reports`` turns them on.
 
     python -m bench.isolation_bench --sizes 100 1000 5000 --json bench-results.json
@@ -81,16 +82,18 @@ def _number(value: float | None, spec: str) -> str:
 def markdown_table(results: Sequence[Result]) -> str:
     lines = [
         "| mode | tests | per-test ms (mean) | overhead ms vs shared | of which isolation "
-        "| total s | peak RSS MB | RSS growth MB | RSS over shared MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| whole test: overhead ms | total s | peak RSS MB | RSS growth MB | RSS over shared MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        overhead = "baseline" if r.mode == BASELINE else _number(r.overhead_ms, "+.3f")
+        baseline = r.mode == BASELINE
+        overhead = "baseline" if baseline else _number(r.overhead_ms, "+.3f")
         over_bare = "" if r.over_bare_ms is None else f"{r.over_bare_ms:+.3f}"
-        rss_over = "baseline" if r.mode == BASELINE else _number(r.rss_over_baseline_mb, "+.2f")
+        whole = "baseline" if baseline else _number(r.whole_overhead_ms, "+.3f")
+        rss_over = "baseline" if baseline else _number(r.rss_over_baseline_mb, "+.2f")
         lines.append(
             f"| {r.mode} | {r.tests} | {r.per_test_ms_mean:.3f} | {overhead} | {over_bare} "
-            f"| {r.total_s:.2f} | {_number(r.peak_rss_mb, '.1f')} "
+            f"| {whole} | {r.total_s:.2f} | {_number(r.peak_rss_mb, '.1f')} "
             f"| {_number(r.rss_growth_mb, '+.2f')} | {rss_over} |"
         )
     return "\n".join(lines)
@@ -180,10 +183,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--json: no directory {args.json.parent}")
     if args.json and args.json.is_dir():
         parser.error(f"--json: {args.json} is a directory; name a file in it")
+    if args.json and not _writable(args.json):
+        parser.error(f"--json: {args.json} cannot be written")
     # A repeated size or mode would be measured twice and paired with the wrong bare copy.
     args.sizes = list(dict.fromkeys(args.sizes))
     args.modes = list(dict.fromkeys(args.modes))
     return args
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` can be written, found out before the run rather than after it;
+    nothing is left where there was nothing."""
+    existed = path.exists()
+    try:
+        path.open("a").close()
+    except OSError:
+        return False
+    if not existed:
+        path.unlink()
+    return True
 
 
 def measure_steps(iterations: int) -> dict[str, Steps]:
@@ -229,13 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.speedup_size and not has_module("xdist"):
             reason = "pytest-xdist is not installed"
         elif args.speedup_size:
-            size, keep = args.speedup_size, args.keep_reports
-            speedup = measure_speedup(workdir, size, results, keep_reports=keep)
-            baseline_speedup = measure_speedup(workdir, size, results, BASELINE, keep_reports=keep)
+            size = args.speedup_size
+            options = {"repeat": args.repeat, "keep_reports": args.keep_reports}
+            speedup = measure_speedup(workdir, size, **options)
+            baseline_speedup = measure_speedup(workdir, size, BASELINE, **options)
             if args.speedup_rows:
-                work_speedup = measure_speedup(
-                    workdir, size, results, rows=args.speedup_rows, keep_reports=keep
-                )
+                work_speedup = measure_speedup(workdir, size, rows=args.speedup_rows, **options)
         if args.steps:
             steps = measure_steps(args.steps)
     except BenchFailure as failure:

@@ -3,6 +3,7 @@ over the baseline and over the bare copy, RSS, and the ``-n 2`` speedup."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import sys
@@ -32,6 +33,9 @@ class Result:
     peak_rss_mb: float | None
     rss_growth_mb: float | None
     rss_over_baseline_mb: float | None = None  # growth beyond what the baseline's pytest keeps
+    # The whole of each test, hooks between its phases included (serial runs only).
+    whole_ms_mean: float | None = None
+    whole_overhead_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ def measure(
     durations_ms = [seconds * 1000 for seconds in data["durations"]]
     if len(durations_ms) != count:
         raise BenchFailure(f"{directory.name}: {len(durations_ms)} timings for {count} tests")
+    whole_ms = [seconds * 1000 for seconds in data["whole"]]
     rss = data["rss"]
     # Under xdist the RSS is the main process's, which runs no test: no growth to report.
     growth = rss["last_mb"] - rss["first_mb"] if "last_mb" in rss else None
@@ -90,6 +95,7 @@ def measure(
         total_s=run.wall_s,
         peak_rss_mb=run.peak_rss_mb,
         rss_growth_mb=growth,
+        whole_ms_mean=statistics.fmean(whole_ms) if len(whole_ms) == count else None,
     )
 
 
@@ -128,6 +134,8 @@ def run_all(
         baseline = size_results[0]
         for result in size_results:
             result.overhead_ms = result.per_test_ms_mean - baseline.per_test_ms_mean
+            if result.whole_ms_mean is not None and baseline.whole_ms_mean is not None:
+                result.whole_overhead_ms = result.whole_ms_mean - baseline.whole_ms_mean
             if result.rss_growth_mb is not None and baseline.rss_growth_mb is not None:
                 result.rss_over_baseline_mb = result.rss_growth_mb - baseline.rss_growth_mb
         results += size_results
@@ -142,30 +150,32 @@ def run_all(
 def measure_speedup(
     workdir: Path,
     count: int,
-    results: list[Result],
     mode: str = "file",
     rows: int = 0,
     *,
+    repeat: int = 1,
     keep_reports: bool = False,
 ) -> Speedup:
-    """Wall time of ``mode`` serially over wall time on ``SPEEDUP_WORKERS`` workers.
+    """Wall time of ``mode`` serially over wall time on ``SPEEDUP_WORKERS`` workers, each
+    the shortest of ``repeat`` rounds (serial and parallel taken in turn).
 
     Measured for the baseline too: with tests this small, xdist's own per-test cost
     bounds the speedup of every mode, and the baseline shows that bound. With ``rows``,
     each test also writes that many rows, a few milliseconds of real database work.
     """
-    serial = next((r for r in results if r.mode == mode and r.tests == count and not rows), None)
-    if serial is None:
+    serial_s, parallel_s = math.inf, math.inf
+    for _ in range(repeat):
         serial = measure(workdir, mode, count, rows=rows, keep_reports=keep_reports)
-    parallel = measure(
-        workdir, mode, count, workers=SPEEDUP_WORKERS, rows=rows, keep_reports=keep_reports
-    )
+        parallel = measure(
+            workdir, mode, count, workers=SPEEDUP_WORKERS, rows=rows, keep_reports=keep_reports
+        )
+        serial_s, parallel_s = min(serial_s, serial.total_s), min(parallel_s, parallel.total_s)
     return Speedup(
         mode=mode,
         tests=count,
         workers=SPEEDUP_WORKERS,
         rows_per_test=rows,
-        serial_s=serial.total_s,
-        parallel_s=parallel.total_s,
-        speedup=serial.total_s / parallel.total_s,
+        serial_s=serial_s,
+        parallel_s=parallel_s,
+        speedup=serial_s / parallel_s,
     )

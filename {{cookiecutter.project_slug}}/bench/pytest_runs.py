@@ -74,6 +74,7 @@ def child_environment(report: Path) -> dict[str, str]:
         "DATABASE_DRIVER",
         "TURSO_",
         "ISOLATION_STRATEGY",
+        "GITHUB_STEP_SUMMARY",  # the reporter would add every suite's summary to CI's
         REPORT_VARIABLE,
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}

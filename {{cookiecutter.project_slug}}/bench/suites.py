@@ -59,6 +59,7 @@ REPORT_PLUGIN = '''\
 
 import json
 import os
+import time
 
 import psutil
 import pytest
@@ -66,6 +67,7 @@ import pytest
 REPORT = os.environ.get("ISOLATION_BENCH_REPORT")
 _recording = []
 _durations = {}
+_whole = {}
 _outcomes = {"passed": 0, "failed": 0, "skipped": 0}
 _failures = []
 _rss = {}
@@ -89,6 +91,17 @@ def pytest_collectreport(report):
 
 def pytest_collection_finish(session):
     _expected.append(len(session.items))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """The whole test, the hooks between its phases included (not run here under xdist)."""
+    started = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        if _recording:
+            _whole[item.nodeid] = time.perf_counter() - started
 
 
 def pytest_runtest_logreport(report):
@@ -117,7 +130,11 @@ def pytest_runtest_logfinish(nodeid, location):
 
 def pytest_unconfigure(config):
     if _recording:
-        figures = {"durations": list(_durations.values()), "outcomes": _outcomes}
+        figures = {
+            "durations": list(_durations.values()),
+            "whole": list(_whole.values()),
+            "outcomes": _outcomes,
+        }
         with open(REPORT, "w") as report:
             json.dump({**figures, "failures": _failures, "rss": _rss}, report)
 '''
@@ -168,6 +185,9 @@ def pytest_sessionstart(session):
     \"\"\"This process's copy of the cached template, made before the first test.\"\"\"
     _template.append(template_for(MIGRATIONS_DIR, DATA_DIR, RUNS_DIR))
 """
+
+# The plugin and its metrics reporter, as the project's root conftest.py loads them.
+PROJECT_PLUGINS = '\npytest_plugins = ["tests.setup_integration", "tests.isolation_reporter"]\n'
 
 MODE_FIXTURES = {
     "shared": DATABASES
@@ -228,8 +248,8 @@ def db():
     yield client
     client.close()
 """,
-    "file": '\npytest_plugins = ["tests.setup_integration"]\n',
-    "memory": '\npytest_plugins = ["tests.setup_integration"]\n',
+    "file": PROJECT_PLUGINS,
+    "memory": PROJECT_PLUGINS,
 }
 
 PYTEST_INI = """\

@@ -64,6 +64,16 @@ def test_overhead_is_met_only_when_every_size_is_within_the_limit() -> None:
     assert memory.target == "memory: overhead <= 0.2 ms per test over one shared connection"
 
 
+def test_overhead_shows_the_whole_tests_beside_their_phases() -> None:
+    """The hooks between a test's phases (the metrics reporter's) are outside pytest's
+    durations: the whole test's overhead is shown, the verdict judged on the phases."""
+    measured = result("file", 100, 0.45, over_bare_ms=0.1)
+    measured.whole_overhead_ms = 0.6
+    file = by_start(verdicts([measured]), "file:")
+    assert file.measured == "+0.450 ms at 100 (isolation +0.100; whole test +0.600)"
+    assert file.met is True
+
+
 def test_overhead_shows_sqlite_floor_when_the_steps_were_timed() -> None:
     steps = {"file": {"copy": 300.0, "close": 250.0}, "memory": {"all": 2.0}, "shared": {"w": 50.0}}
     found = verdicts([result("file", 100, 0.6)], steps=steps)
