@@ -21,6 +21,7 @@ import shutil
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
@@ -77,6 +78,10 @@ _run_dirs: dict[tuple[Path, int], Path] = {}
 _holds: dict[Path, IO[bytes]] = {}
 # In every run directory: the file its process holds a lock on while it runs.
 ALIVE_FILE = ".alive"
+# A run directory's name until its alive file is held; left only by a process killed in
+# those microseconds, and deleted once this old.
+NEW_RUN_PREFIX = ".new-"
+ABANDONED_NEW_RUN_S = 3600.0
 _templates: dict[tuple[Path, Path, int], Template] = {}
 _lock = threading.Lock()
 
@@ -86,9 +91,15 @@ def runs_root(data_dir: Path, *, use_shm: bool = False) -> Path:
 
     ``<data>/.isolation``; with ``use_shm``, a private directory in ``/dev/shm`` instead
     (a RAM filesystem on Linux: no journaling, so each file test is about 0.2 ms faster)
-    when it exists with at least 1 GiB free.
+    when it exists, this process may write there (a sandbox may mount it read-only) and
+    it has at least 1 GiB free.
     """
-    if use_shm and SHM_ROOT.is_dir() and shutil.disk_usage(SHM_ROOT).free >= SHM_MIN_FREE:
+    if (
+        use_shm
+        and SHM_ROOT.is_dir()
+        and os.access(SHM_ROOT, os.W_OK | os.X_OK)
+        and shutil.disk_usage(SHM_ROOT).free >= SHM_MIN_FREE
+    ):
         runs = _shm_runs(data_dir)
         if _ours_alone(runs):
             return runs
@@ -148,32 +159,41 @@ def run_directory(runs: Path) -> Path:
 
 
 def _make_run_directory(runs: Path, attempts: int = 1000) -> Path:
-    """Another process's session end removes ``runs`` once it is empty, possibly between
-    our two mkdirs: try again (a few microseconds each; even processes that do nothing but
-    start and end sessions in a loop never needed 50 tries)."""
+    """Made under a name no run has (``.new-<pid>-<random>``) and renamed once its alive
+    file is held: another process, maybe in a PID namespace where our pid means nothing,
+    never finds it unheld under its run's name and deletes it as a killed run's.
+
+    Another process's session end removes ``runs`` once it is empty, possibly between
+    our two mkdirs: try again (a few microseconds each; even processes that do nothing
+    but start and end sessions in a loop never needed 50 tries)."""
     attempt = 1
     while True:
-        path = runs / f"{os.getpid()}-{secrets.token_hex(4)}"
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        new, path = runs / f"{NEW_RUN_PREFIX}{name}", runs / name
         try:
             runs.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.mkdir()
-            _hold(path)
-            return path
+            new.mkdir()
         except _RUNS_VANISHED:
             if attempt == attempts:
                 raise
             attempt += 1
+            continue
+        hold = _hold(new)
+        new.rename(path)
+        if hold is not None:
+            _holds[path] = hold
+        return path
 
 
-def _hold(path: Path) -> None:
+def _hold(path: Path) -> IO[bytes] | None:
     """Lock the run directory's alive file for as long as this process uses it: other
     processes tell from it that the run lives, even one whose pid they cannot see (in
     another PID namespace: a container sharing the project's data directory)."""
     if fcntl is None:
-        return
+        return None
     handle = open(path / ALIVE_FILE, "wb")  # noqa: SIM115 (held until the run ends)
     fcntl.flock(handle, fcntl.LOCK_EX)
-    _holds[path] = handle
+    return handle
 
 
 @atexit.register
@@ -187,17 +207,19 @@ def _let_go_of_all() -> None:
         handle.close()
 
 
-def _held(path: Path) -> bool:
-    """Whether a live process holds the run directory ``path`` (see :func:`_hold`)."""
+def _held(path: Path) -> bool | None:
+    """Whether a live process holds the run directory ``path`` (see :func:`_hold`); None
+    when that cannot be told: no alive file (a run from before there was one, or one
+    killed as it began) or no ``flock`` (Windows)."""
     if fcntl is None:
-        return False
+        return None
     try:
         with open(path / ALIVE_FILE, "rb") as handle:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except OSError:  # no such file: a run from before it was held, or a killed one's
-        return False
+    except OSError:
+        return None
     return False
 
 
@@ -232,16 +254,32 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _live_runs(runs: Path) -> Iterator[tuple[Path, bool]]:
-    """Each run directory of another process in ``runs``, and whether that process lives:
-    its pid is alive here, or it holds the directory (from another PID namespace)."""
+    """Each run directory of another process in ``runs``, and whether that process lives.
+
+    Its hold on the directory decides where it has one: its pid may be another PID
+    namespace's (in a container, pytest is often pid 1 in every run) or reused since.
+    Without one, whether its pid lives here."""
+    ours = tuple(_run_dirs.values())  # one step, no lock: run_directory may hold it
     try:
         paths = list(runs.iterdir())
     except _NO_RUNS:
         paths = []
     for path in paths:
+        if path.name.startswith(NEW_RUN_PREFIX):  # being made: never a live run's to take
+            if _age_s(path) > ABANDONED_NEW_RUN_S:
+                yield path, False
+            continue
         pid, _, _ = path.name.partition("-")
-        if pid.isdigit() and int(pid) != os.getpid():
-            yield path, _pid_alive(int(pid)) or _held(path)
+        if pid.isdigit() and path not in ours:
+            held = _held(path)
+            yield path, _pid_alive(int(pid)) if held is None else held
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.lstat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def oldest_live_run(roots: Iterable[Path]) -> float | None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from lib.database import ClientClosedError, DatabaseClient
+from lib.scope_databases import ALIVE_FILE
 
 
 @contextlib.contextmanager
@@ -46,3 +49,27 @@ def new_database_held_for(seconds: float, path: Path) -> Iterator[None]:
     finally:
         release.join()
         other.close()
+
+
+@contextlib.contextmanager
+def run_directory_held_by_another_process(path: Path) -> Iterator[None]:
+    """``path`` held as a live run holds its directory (a lock on its alive file), by a
+    process of its own, until the block ends."""
+    path.mkdir(parents=True, exist_ok=True)
+    hold = (
+        "import fcntl, sys, time\n"
+        f"handle = open({str(path / ALIVE_FILE)!r}, 'wb')\n"
+        "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.communicate()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from lib.scope_databases import RUNS_DIR_NAME
+from tests.unit.holding import run_directory_held_by_another_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -286,13 +287,10 @@ def test_a_run_keeps_the_databases_a_run_still_going_kept(tmp_path: Path) -> Non
     """A run starting deletes what earlier runs kept, but not what a live run kept since
     it began (its alive file's time), which it has just printed the path of."""
     runs = tmp_path / "data" / ".isolation"
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
+    live = runs / "1-0000"  # pid 1: a run in a container, as pytest often is there
+    with run_directory_held_by_another_process(live):
         now = time.time()
-        alive = runs / f"{live.pid}-0000" / ".alive"
-        alive.parent.mkdir(parents=True)
-        alive.touch()
-        os.utime(alive, (now - 100, now - 100))
+        os.utime(live / ".alive", (now - 100, now - 100))
         (runs / "kept").mkdir()
         earlier, since = runs / "kept" / "earlier.db", runs / "kept" / "since.db"
         for path, age in ((earlier, 200), (since, 50)):
@@ -302,9 +300,6 @@ def test_a_run_keeps_the_databases_a_run_still_going_kept(tmp_path: Path) -> Non
         assert child.returncode == 0, child.stdout + child.stderr
         assert not earlier.exists()
         assert since.exists()
-    finally:
-        live.kill()
-        live.wait()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the template cache is locked with flock")

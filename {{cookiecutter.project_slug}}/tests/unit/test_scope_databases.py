@@ -23,6 +23,7 @@ from lib.isolation_manager import TestIsolationManager
 from lib.scope_databases import RUNS_DIR_NAME, cached_template, remove_run_directory, runs_root
 from lib.statement_alarm import StatementAlarm
 from tests.unit.disk_limits import BULK_MIGRATION, run_with_file_size_limit
+from tests.unit.holding import run_directory_held_by_another_process
 
 MIGRATIONS = migrate.MIGRATIONS_DIR
 PROJECT_ROOT = MIGRATIONS.parent
@@ -235,23 +236,9 @@ def test_a_run_directory_held_by_a_process_out_of_sight_is_not_stale(tmp_path: P
         check=True,
     )
     path = tmp_path / "runs" / f"{int(gone.stdout)}-0000"
-    path.mkdir(parents=True)
-    hold = (
-        "import fcntl, time\n"
-        f"handle = open({str(path / '.alive')!r}, 'wb')\n"
-        "fcntl.flock(handle, fcntl.LOCK_EX)\n"
-        "print('held', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
+    with run_directory_held_by_another_process(path):
         assert scope_databases.remove_stale_runs(tmp_path / "runs") == []
         assert path.is_dir()
-    finally:
-        holder.kill()
-        holder.communicate()
     assert scope_databases.remove_stale_runs(tmp_path / "runs") == [path]
 
 
@@ -693,3 +680,66 @@ def test_on_windows_no_signal_is_sent_to_tell_a_run_is_alive(
     monkeypatch.setattr(os, "kill", kill)
     assert scope_databases.remove_stale_runs(tmp_path / "runs") == []
     assert stale.is_dir()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="run directories are held with flock")
+@pytest.mark.parametrize("pid", [os.getppid(), os.getpid()], ids=["alive here", "this one"])
+def test_a_run_directory_no_process_holds_is_stale_whatever_its_pid(
+    pid: int, tmp_path: Path
+) -> None:
+    """In a container, pytest is often pid 1 in every run: a killed run's pid is one that
+    lives on the host, or this very process's in the next run. Its hold decides."""
+    path = tmp_path / "runs" / f"{pid}-0badc0de"
+    path.mkdir(parents=True)
+    (path / scope_databases.ALIVE_FILE).touch()  # held by no one: its run was killed
+    assert scope_databases.remove_stale_runs(tmp_path / "runs") == [path]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="run directories are held with flock")
+def test_a_new_run_directory_is_held_before_it_has_its_runs_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run starting in another PID namespace cannot see our pid: a run directory not yet
+    held would look like a killed run's. It is made under another name, which such a run
+    leaves alone, and held before it is renamed."""
+    runs = tmp_path / "runs"
+    hold = scope_databases._hold
+    found_while_made: list[list[Path]] = []
+
+    def another_run_starts_meanwhile(path: Path) -> object:
+        with monkeypatch.context() as out_of_sight:
+            out_of_sight.setattr(scope_databases, "_pid_alive", lambda pid: False)
+            found_while_made.append(scope_databases.remove_stale_runs(runs))
+        return hold(path)
+
+    monkeypatch.setattr(scope_databases, "_hold", another_run_starts_meanwhile)
+    path = scope_databases.run_directory(runs)
+    try:
+        assert found_while_made == [[]], "nothing deleted while it was made"
+        assert path.name.startswith(f"{os.getpid()}-")
+        assert scope_databases._held(path) is True
+    finally:
+        remove_run_directory(runs)
+
+
+def test_a_directory_left_half_made_is_deleted_once_it_is_an_hour_old(tmp_path: Path) -> None:
+    """A process killed between making its run directory and holding it leaves it under
+    its first name: older than any start, it is deleted."""
+    runs = tmp_path / "runs"
+    old, new = runs / ".new-999999999-0badc0de", runs / ".new-999999999-0badf00d"
+    for path in (old, new):
+        path.mkdir(parents=True)
+    hours_ago = time.time() - 2 * scope_databases.ABANDONED_NEW_RUN_S
+    os.utime(old, (hours_ago, hours_ago))
+    assert scope_databases.remove_stale_runs(runs) == [old]
+    assert new.is_dir()
+
+
+def test_a_dev_shm_this_process_cannot_write_is_not_used(
+    shm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox may mount /dev/shm read-only: the test databases go to the data directory."""
+    data = tmp_path / "data"
+    assert runs_root(data, use_shm=True).parent == shm
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != shm)
+    assert runs_root(data, use_shm=True) == data / RUNS_DIR_NAME
