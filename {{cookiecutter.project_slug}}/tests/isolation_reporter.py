@@ -61,7 +61,7 @@ def current_rss() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
-@dataclass
+@dataclass(slots=True)  # one per isolated test, kept until the run ends
 class TestRecord:
     """One isolated test: how long it took, what it grew, what it left behind."""
 
@@ -71,8 +71,6 @@ class TestRecord:
     duration_ms: float = 0.0
     failed: bool = False
     memory_growth_mb: float = 0.0
-    start: dict[str, int] = field(default_factory=dict)
-    end: dict[str, int] = field(default_factory=dict)
     leaks: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -214,14 +212,14 @@ class IsolationReporter:
         if not is_isolated(item):
             return (yield)
         manager = get_test_isolation_manager()
-        record = TestRecord(item.nodeid, start=self._counts(), leaks=[])
+        record = TestRecord(item.nodeid)
         self._current[item.nodeid] = record
         first_leak = len(manager.leaks)
+        rss_before = current_rss()
         try:
             return (yield)
         finally:
-            record.end = self._counts()
-            record.memory_growth_mb = (record.end["rss"] - record.start["rss"]) / _MB
+            record.memory_growth_mb = (current_rss() - rss_before) / _MB
             record.leaks = [asdict(leak) for leak in manager.leaks[first_leak:]]
             self._leaks_taken = len(manager.leaks)
             self.records.append(self._current.pop(item.nodeid))
@@ -231,14 +229,6 @@ class IsolationReporter:
         if record is not None:
             record.duration_ms += report.duration * 1000
             record.failed = record.failed or report.failed
-
-    def _counts(self) -> dict[str, int]:
-        manager = get_test_isolation_manager()
-        return {
-            "active_scopes": len(manager.active_scopes),
-            "active_connections": manager.active_connection_count,
-            "rss": current_rss(),
-        }
 
     def _own_performance(self, manager: TestIsolationManager) -> None:
         metrics = manager.performance_metrics
