@@ -91,19 +91,33 @@ def runs_root(data_dir: Path, *, use_shm: bool = False) -> Path:
 
     ``<data>/.isolation``; with ``use_shm``, a private directory in ``/dev/shm`` instead
     (a RAM filesystem on Linux: no journaling, so each file test is about 0.2 ms faster)
-    when it exists, this process may write there (a sandbox may mount it read-only) and
-    it has at least 1 GiB free.
+    when it exists with at least 1 GiB free and this process may write there.
     """
-    if (
-        use_shm
-        and SHM_ROOT.is_dir()
-        and os.access(SHM_ROOT, os.W_OK | os.X_OK)
-        and shutil.disk_usage(SHM_ROOT).free >= SHM_MIN_FREE
-    ):
+    if use_shm and SHM_ROOT.is_dir() and shutil.disk_usage(SHM_ROOT).free >= SHM_MIN_FREE:
         runs = _shm_runs(data_dir)
-        if _ours_alone(runs):
+        if _ours_alone(runs) and _may_make_runs_in(runs):
             return runs
     return data_dir / RUNS_DIR_NAME
+
+
+def _may_make_runs_in(runs: Path, attempts: int = 3) -> bool:
+    """Whether this process may make its run directory in ``runs``: a sandbox may forbid
+    writing to /dev/shm whatever its modes and ``os.access`` say (a read-only mount,
+    Landlock), so one is made and removed again, and ``runs`` with it if it was empty."""
+    for _ in range(attempts):  # another run's end may remove ``runs`` between the mkdirs
+        probe = runs / f"{NEW_RUN_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            runs.mkdir(mode=0o700, exist_ok=True)
+            probe.mkdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        probe.rmdir()
+        with suppress(OSError):  # not empty: other runs of the project are in it
+            runs.rmdir()
+        return True
+    return False
 
 
 def _shm_runs(data_dir: Path) -> Path:
@@ -169,7 +183,8 @@ def _make_run_directory(runs: Path, attempts: int = 1000) -> Path:
     attempt = 1
     while True:
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
-        new, path = runs / f"{NEW_RUN_PREFIX}{name}", runs / name
+        path = runs / name
+        new = path if fcntl is None else runs / f"{NEW_RUN_PREFIX}{name}"  # Windows: no hold
         try:
             runs.mkdir(mode=0o700, parents=True, exist_ok=True)
             new.mkdir()
@@ -179,8 +194,8 @@ def _make_run_directory(runs: Path, attempts: int = 1000) -> Path:
             attempt += 1
             continue
         hold = _hold(new)
-        new.rename(path)
         if hold is not None:
+            new.rename(path)
             _holds[path] = hold
         return path
 

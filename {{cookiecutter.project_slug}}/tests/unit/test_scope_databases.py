@@ -14,6 +14,7 @@ import threading
 import time
 from contextlib import closing, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlite_utils.migrations import Migrations
@@ -738,8 +739,17 @@ def test_a_directory_left_half_made_is_deleted_once_it_is_an_hour_old(tmp_path: 
 def test_a_dev_shm_this_process_cannot_write_is_not_used(
     shm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A sandbox may mount /dev/shm read-only: the test databases go to the data directory."""
+    """A sandbox may forbid writing to /dev/shm whatever its modes say (Landlock): the test
+    databases go to the data directory. Finding out leaves nothing behind."""
     data = tmp_path / "data"
     assert runs_root(data, use_shm=True).parent == shm
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != shm)
+    assert list(shm.iterdir()) == []
+    mkdir = Path.mkdir
+
+    def sandboxed(path: Path, *args: Any, **kwargs: Any) -> None:
+        if path.is_relative_to(shm):
+            raise PermissionError(13, "Permission denied", str(path))
+        mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", sandboxed)
     assert runs_root(data, use_shm=True) == data / RUNS_DIR_NAME
