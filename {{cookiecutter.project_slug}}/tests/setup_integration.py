@@ -233,9 +233,7 @@ def _engine(config: pytest.Config) -> database.Engine:
 
 def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
     patterns = config.getini("isolation_module_patterns")
-    data_dir = Path(
-        config.rootpath, unquoted("isolation_data_dir", config.getini("isolation_data_dir"))
-    )
+    data_dir = _data_dir(config)
     manager = TestIsolationManager(
         migrations_dir=Path(
             config.rootpath,
@@ -311,6 +309,23 @@ def _test_paths(config: pytest.Config) -> list[Path]:
             f"tests{several if ' ' in entry else ''}"
         )
     return [path.resolve() for path in paths]
+
+
+def _data_dir(config: pytest.Config) -> Path:
+    """Where the template cache and test databases go; a path that is not UTF-8 is
+    refused, as SQLite's file names and URIs refuse it."""
+    path = Path(
+        config.rootpath, unquoted("isolation_data_dir", config.getini("isolation_data_dir"))
+    )
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode(errors="replace")
+        raise pytest.UsageError(
+            f"isolation_data_dir: {shown} is not a UTF-8 path, which SQLite's file names "
+            "and URIs need: set isolation_data_dir to a directory whose path is"
+        ) from None
+    return path
 
 
 def unquoted(name: str, value: str) -> str:

@@ -1739,3 +1739,15 @@ def test_a_session_start_interrupted_after_the_plugins_leaves_no_databases(
     runs = tmp_path / "data" / RUNS_DIR_NAME
     assert (runs / "templates").is_dir(), "the template was built"
     assert [path.name for path in runs.iterdir()] == ["templates"], "no run directory left"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names are bytes on Linux")
+def test_a_data_directory_whose_path_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    """SQLite's file names and URIs are UTF-8: a run stopped with a traceback."""
+    data = tmp_path / os.fsdecode(b"lat\xe9")
+    data.mkdir()
+    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f"isolation_data_dir={data}")
+    assert child.returncode == 4, child.stdout + child.stderr
+    assert "isolation_data_dir: " in child.stderr, child.stderr
+    assert "lat\ufffd is not a UTF-8 path" in child.stderr, child.stderr
+    assert "Traceback" not in child.stdout + child.stderr
