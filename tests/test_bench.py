@@ -85,6 +85,7 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
         assert f"| {mode} | {QUICK_SIZE} |" in result.stdout
     assert "-n 2 speedup, file mode" in result.stdout
     assert figures["keep_reports"] is False
+    assert figures["environment"]["memory_pragmas"] == {"foreign_keys": "ON"}
     assert "pytest's terminal output and junit XML: off" in result.stdout
 
     steps = figures["steps"]

@@ -60,7 +60,7 @@ from bench.suites import (
     scope_pragmas,
 )
 from bench.targets import check_targets, targets_table
-from lib.scope_databases import remove_run_directory, run_directory, template_for
+from lib.scope_databases import MEMORY_PRAGMAS, remove_run_directory, run_directory, template_for
 
 BENCH_DIR = PROJECT_ROOT / ".bench"
 DEFAULT_SIZES = (100, 1000, 5000)
@@ -118,6 +118,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "pragmas": scope_pragmas(),
+        "memory_pragmas": dict(MEMORY_PRAGMAS),
         "databases_in": str(RUNS_DIR),
     }
 
@@ -267,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = environment()
     print(
         f"Python {info['python']}, SQLite {info['sqlite']}, {info['platform']}, "
-        f"{info['cpus']} CPUs; pragmas {info['pragmas']}; databases in {info['databases_in']}"
+        f"{info['cpus']} CPUs; pragmas {info['pragmas']} (in memory {info['memory_pragmas']}); "
+        f"databases in {info['databases_in']}"
     )
     reports = "on" if args.keep_reports else "off (they keep every test's reports in memory)"
     print(f"pytest's terminal output and junit XML: {reports}\n")
