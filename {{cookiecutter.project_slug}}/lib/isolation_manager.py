@@ -274,7 +274,7 @@ class TestIsolationManager:
         roots = {
             self.runs_dir,
             *scope_databases.all_runs_roots(self.data_dir),
-            *scope_databases.other_projects_shm_roots(self.data_dir),
+            *scope_databases.users_shm_roots(),
         }
         for runs in roots:
             scope_databases.remove_stale_runs(runs)

@@ -140,17 +140,14 @@ def all_runs_roots(data_dir: Path) -> list[Path]:
     return [on_disk, *([shm] if _ours_alone(shm) else [])]
 
 
-def other_projects_shm_roots(data_dir: Path) -> list[Path]:
-    """This user's run roots in ``/dev/shm`` of other project directories: a killed run of
+def users_shm_roots() -> list[Path]:
+    """This user's run roots in ``/dev/shm``, of every project directory: a killed run of
     a project since moved or deleted has no later run of its own to delete its databases,
     which would hold RAM until the machine restarts."""
     if not SHM_ROOT.is_dir():
         return []
-    own = _shm_runs(data_dir)
     return [
-        path
-        for path in SHM_ROOT.glob(f"{_shm_prefix()}*")
-        if path != own and path.is_dir() and _ours_alone(path)
+        path for path in SHM_ROOT.glob(f"{_shm_prefix()}*") if path.is_dir() and _ours_alone(path)
     ]
 
 

@@ -57,7 +57,7 @@ def run_directory_held_by_another_process(path: Path) -> Iterator[None]:
     process of its own, until the block ends."""
     path.mkdir(parents=True, exist_ok=True)
     hold = (
-        "import fcntl, sys, time\n"
+        "import fcntl, sys\n"
         f"handle = open({str(path / ALIVE_FILE)!r}, 'wb')\n"
         "fcntl.flock(handle, fcntl.LOCK_EX)\n"
         "print('held', flush=True)\n"

@@ -663,7 +663,7 @@ def test_without_dev_shm_only_the_data_directory_holds_runs(
     monkeypatch.delattr(os, "getuid")
     data = tmp_path / "data"
     assert scope_databases.all_runs_roots(data) == [data / RUNS_DIR_NAME]
-    assert scope_databases.other_projects_shm_roots(data) == []
+    assert scope_databases.users_shm_roots() == []
 
 
 def test_on_windows_no_signal_is_sent_to_tell_a_run_is_alive(
