@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests import isolation_reporter
 
 
-def _no_proc(name: str) -> int:
-    raise OSError(f"no sysconf {name}")
+def test_memory_is_read_again_at_every_call() -> None:
+    """The statm file stays open between reads: each read must still see the RSS of now."""
+    before = isolation_reporter.current_rss()
+    grown = bytearray(64 * 2**20)  # zero-filled: its pages are touched, so resident
+    assert isolation_reporter.current_rss() - before >= 48 * 2**20
+    del grown
 
 
 def test_memory_is_read_without_proc_and_not_at_all_on_windows(
@@ -19,7 +21,8 @@ def test_memory_is_read_without_proc_and_not_at_all_on_windows(
     """macOS has no /proc: the peak RSS stands in. Windows has neither it nor the
     ``resource`` module: the report loads all the same and measures no memory."""
     assert isolation_reporter.current_rss() > 0
-    monkeypatch.setattr(os, "sysconf", _no_proc)  # as if /proc/self/statm were missing
+    monkeypatch.setattr(isolation_reporter, "_statm_fds", {})
+    monkeypatch.setattr(isolation_reporter, "STATM", "/no/proc/self/statm")
     assert isolation_reporter.current_rss() > 0
     monkeypatch.setattr(isolation_reporter, "resource", None)
     assert isolation_reporter.current_rss() == 0
