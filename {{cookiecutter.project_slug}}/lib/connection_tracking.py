@@ -210,16 +210,20 @@ class Recording:
             if where is not None:  # not a tool's own file (coverage's data file)
                 self.written[tracked.database] = where
 
-    def other_files(self, own: Iterable[object], scratch: Iterable[str]) -> dict[str, str]:
+    def other_files(
+        self, own: Iterable[object], scratch: Iterable[str], project: str
+    ) -> dict[str, str]:
         """The database files the project's code opened to write meanwhile, with where it
         first did, other than the ``own`` databases (as :func:`database_key` takes them)
-        and files under the ``scratch`` directories (a test's temporary files)."""
+        and files under the ``scratch`` directories (a test's temporary files). Of a
+        scratch directory and the ``project`` root, the nearer one decides: a checkout
+        under ``/tmp`` holds no scratch files, a ``--basetemp`` inside the project does."""
         others = self.written.keys() - {database_key(database) for database in own}
-        roots = tuple(os.path.join(os.path.realpath(root), "") for root in scratch)
+        roots = {_directory(root): True for root in scratch} | {_directory(project): False}
         return {
             path: self.written[path]
             for path in sorted(others)
-            if not path.startswith(roots) and os.path.isfile(path)  # not a memdb name
+            if not _nearest(roots, path) and os.path.isfile(path)  # not a memdb name
         }
 
     def still_open(self) -> list[TrackedConnection]:
@@ -238,6 +242,16 @@ class Recording:
             _uninstall_if_unused()
         still_open, self.opened = self.still_open(), []
         return still_open
+
+
+def _directory(path: str) -> str:
+    return os.path.join(os.path.realpath(path), "")
+
+
+def _nearest(roots: dict[str, bool], path: str) -> bool:
+    """The value of the longest of ``roots`` that ``path`` lies under (False: none)."""
+    under = [root for root in roots if path.startswith(root)]
+    return roots[max(under, key=len)] if under else False
 
 
 def _project_caller(is_project_file: Callable[[str], bool]) -> str | None:

@@ -240,7 +240,8 @@ class TestIsolationManager:
         self._deferred_scans: list[_DeferredScan] = []
         self._failed_resets: list[str] = []
         self._other_databases_seen: set[str] = set()  # warned about once a session
-        # Where a test's scratch files go: a database there is never the application's.
+        # Where a test's scratch files go: a database there is never the application's,
+        # unless it is in the project (a checkout under /tmp).
         self.scratch_dirs: list[str] = [tempfile.gettempdir()]
         self._allowed_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._lock = threading.RLock()
@@ -556,7 +557,9 @@ class TestIsolationManager:
         writes into its real database while its tests pass."""
         if context.recording is None or not context.recording.written:
             return []
-        others = context.recording.other_files(context.database_urls, self.scratch_dirs)
+        others = context.recording.other_files(
+            context.database_urls, self.scratch_dirs, str(self.project_root)
+        )
         messages = []
         for path in sorted(others.keys() - self._other_databases_seen):
             self._other_databases_seen.add(path)

@@ -811,19 +811,20 @@ def test_adds_a_note(db, tmp_path, body):
 def test_a_database_the_test_opens_besides_its_own_is_named_once(tmp_path: Path) -> None:
     """An application module reading another setting than DATABASE_URL writes into its
     real database while the tests pass: the run names that file and where it was opened,
-    once, also through a library (SQLAlchemy). Not a scratch file (pytest's tmp_path,
-    wherever --basetemp puts it), a file only read, nor a test tool's (coverage's data)."""
+    once, also through a library (SQLAlchemy), also where the project lies in the temporary
+    directory (a checkout under /tmp). Not a scratch file (pytest's tmp_path, wherever
+    --basetemp puts it, here inside the project), a file only read, nor a test tool's
+    (coverage's data)."""
     notes = tmp_path / "instance" / "notes.sqlite"
     reference = tmp_path / "instance" / "reference.sqlite"
     notes.parent.mkdir()
     sqlite3.connect(reference).close()
-    (tmp_path / "tmp").mkdir()
     environ = {
         "NOTES_DB": str(notes),
         "REFERENCE_DB": str(reference),
         "TOOL_DB": str(tmp_path / ".coverage"),
         "LEGACY_DB": str(tmp_path / "instance" / "legacy.sqlite"),
-        "TMPDIR": str(tmp_path / "tmp"),
+        "TMPDIR": str(tmp_path.parent),  # the project is a temporary directory's
     }
     basetemp = f"--basetemp={tmp_path / 'scratch'}"
     child = run_suite(tmp_path, WRITES_THROUGH_ITS_OWN_SETTING, basetemp, environ=environ)
