@@ -572,20 +572,31 @@ def _name_closed_connections(report: pytest.TestReport) -> None:
     """sqlite3 names no connection: name the module globals holding a closed one (a hint,
     so whatever goes wrong finding them leaves the report as it was)."""
     try:
-        modules = ProjectModules(get_test_isolation_manager().project_root).current()
-        held = closed_connections_held(modules)
+        manager = get_test_isolation_manager()
+        held = closed_connections_held(ProjectModules(manager.project_root).current())
     except Exception:
         return
     if held:
+        cause = _CLOSED_BY_A_RESET if manager.reset_hooks else _CLOSED_BY_CODE
         report.sections.append(
             (
                 "isolation: closed connections kept in module globals",
-                "\n".join(held) + "\n\nEach holds a closed sqlite3 connection: "
-                "a reset closed it when DATABASE_URL changed around an isolated test (or "
-                "code closed it), and the global kept it. Ask your database module for the "
-                "connection where it is used instead of keeping it.",
+                "\n".join(held) + f"\n\nEach holds a closed sqlite3 connection: {cause}",
             )
         )
+
+
+_CLOSED_BY_A_RESET = (
+    "a reset closed it when DATABASE_URL changed around an isolated test (or code closed "
+    "it), and the global kept it. Ask your database module for the connection where it is "
+    "used instead of keeping it."
+)
+_CLOSED_BY_CODE = (
+    "code closed it (a fixture, a test), and the global kept it. If the global is your "
+    "database module's own connection, name that module in isolation_database_module (a "
+    "module with a reset_database_instance() function, or module:function, that closes "
+    "it): it is then reset around each isolated test, and reconnects to its database."
+)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1036,7 +1036,45 @@ def test_a_closed_sqlite3_connection_a_test_used_is_named_where_it_is_kept(
     assert "isolation: closed connections kept in module globals" in child.stdout
     named = "test_suite.CONNECTIONS['orders']\ntest_suite.repository.connection\n"
     assert named in child.stdout
+    assert "a reset closed it when DATABASE_URL changed" in child.stdout
     assert "project code ran" not in child.stdout + child.stderr
+
+
+CLOSES_THE_KEPT_CONNECTION = """
+import pytest
+import shop_db
+
+pytestmark = pytest.mark.isolated
+
+
+@pytest.fixture
+def connection():
+    yield shop_db.connection()
+    shop_db.connection().close()
+
+
+def test_first(connection):
+    connection.execute("SELECT 1")
+
+
+def test_second(connection):
+    connection.execute("SELECT 1")
+"""
+
+
+def test_a_connection_closed_by_code_in_a_module_not_reset_names_the_setting(
+    tmp_path: Path,
+) -> None:
+    """With no isolation_database_module, no reset closed the connection: a fixture did,
+    and the module kept it. The failure says which setting lets the module reconnect."""
+    (tmp_path / "shop_db.py").write_text(KEEPS_THE_CONNECTION)
+    child = run_suite(tmp_path, CLOSES_THE_KEPT_CONNECTION)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "1 failed, 1 passed" in child.stdout
+    assert "shop_db._connection\n" in child.stdout
+    assert "the global kept it. If the global is your database module's" in child.stdout
+    assert "name that module in isolation_database_module" in child.stdout
+    assert "a reset closed it" not in child.stdout
 
 
 def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
