@@ -538,8 +538,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the template once the tests to run are known (after every deselection, --lf
     included): unit tests alone, or only collecting, need none, so nothing is written."""
-    if not session.config.option.collectonly and any(map(is_isolated, session.items)):
+    isolated = any(map(is_isolated, session.items))
+    if isolated and not session.config.option.collectonly:
         _start_isolating(session.config, get_test_isolation_manager())
+    elif session.items and not isolated and _default_test_path_missing(session.config):
+        _warn_late(
+            f"no test of this run is isolated: isolation_test_paths is unset, and its "
+            f"default, {DEFAULT_TEST_PATH}, is not a directory under {session.config.rootpath}. "
+            "Set isolation_test_paths to the directories of your integration tests (or mark "
+            "them @pytest.mark.isolated): until then, no test gets a database of its own",
+            when="found at collection",
+        )
+
+
+def _default_test_path_missing(config: pytest.Config) -> bool:
+    """A repository adopting the plugin, whose tests are not in ``tests/integration``."""
+    default = config.getini("isolation_test_paths") == [DEFAULT_TEST_PATH]
+    return default and not config.stash[_test_paths_key][0].is_dir()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -768,17 +783,20 @@ def pytest_runtest_logfinish() -> None:
         _warn_late(message)
 
 
-def _warn_late(message: str, category: type[Warning] = IsolationWarning) -> None:
+def _warn_late(
+    message: str,
+    category: type[Warning] = IsolationWarning,
+    when: str = "found after the test ended",
+) -> None:
     """Warn under the run's own filters; where they make it an error, show it instead: the
-    test's reports are made, and raised now it would crash the run (--isolation-strict
-    fails the run on what the manager recorded)."""
+    test's reports are made (or no test runs yet), and raised now it would crash the run
+    (--isolation-strict fails the run on what the manager recorded)."""
     try:
         warnings.warn(message, category, stacklevel=2)
     except Warning:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            note = " (found after the test ended: shown, not raised)"
-            warnings.warn(f"{message}{note}", category, stacklevel=2)
+            warnings.warn(f"{message} ({when}: shown, not raised)", category, stacklevel=2)
 
 
 def _warned_late(action: Callable[[], object]) -> None:

@@ -695,6 +695,35 @@ def test_a_run_of_unit_tests_alone_builds_nothing_and_needs_no_sqlite_utils(
         assert not (tmp_path / "data").exists(), args
 
 
+NOTHING_ISOLATED = "no test of this run is isolated: isolation_test_paths is unset"
+
+
+def test_a_run_that_isolates_nothing_for_want_of_tests_integration_says_so(
+    tmp_path: Path,
+) -> None:
+    """A repository adopting the plugin, with its tests elsewhere than the default path
+    and the setting unset: no test gets a database, and the failures do not say why.
+    Said also where warnings are errors (shown, not raised: raised, it would crash the
+    run). Not said when a test is isolated, nor once tests/integration exists."""
+    child = run_suite(tmp_path, UNIT_TEST)
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert f"IsolationWarning: {NOTHING_ISOLATED}, and its default, tests/integration," in (
+        child.stdout
+    )
+    child = run_suite(tmp_path, UNIT_TEST, "-W", "error")
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "test gets a database of its own (found at collection: shown, not raised)" in (
+        child.stdout
+    )
+    child = run_suite(tmp_path, MIXED_TESTS)
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert NOTHING_ISOLATED not in child.stdout
+    (tmp_path / "tests" / "integration").mkdir(parents=True)
+    child = run_suite(tmp_path, UNIT_TEST)
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert NOTHING_ISOLATED not in child.stdout
+
+
 def test_a_missing_sqlite_utils_is_one_error_naming_it(tmp_path: Path) -> None:
     """A session without the project's dependencies cannot build the template."""
     (tmp_path / "without_sqlite_utils.py").write_text(WITHOUT_SQLITE_UTILS)
