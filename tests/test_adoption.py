@@ -8,8 +8,10 @@ import json
 import shutil
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -314,6 +316,48 @@ def test_adopted_settings_are_used(toy_repository: Path) -> None:
     templates = toy_repository / ".toyshop-data" / ".isolation" / "templates"
     assert templates.is_dir(), "the template database is made under isolation_data_dir"
     assert not (toy_repository / "data").exists()
+
+
+def _linter_settings(adopting: str) -> dict[str, Any]:
+    """The TOML block of ADOPTING.md's step about linters."""
+    block = adopting.split("```toml\n", 1)[1].split("```", 1)[0]
+    return tomllib.loads(textwrap.dedent(block))
+
+
+def _lint(repo: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", *command], repo)
+
+
+def test_adopted_files_pass_the_repositorys_own_linters(
+    isolation_only: Path, toy_repository: Path, tmp_path: Path
+) -> None:
+    """ruff with the repository's line length would rewrite the copied files, and mypy
+    names tests/setup_integration.py twice where tests/ has no __init__.py: with the
+    settings ADOPTING.md gives, the repository's ``ruff format .`` leaves the copied files
+    as they are, and its ruff and mypy pass, its own settings kept."""
+    repo = tmp_path / "toyshop"
+    shutil.copytree(toy_repository, repo, ignore=shutil.ignore_patterns(*CACHE_DIRS, "*.db"))
+    copied = ["lib", "tests/setup_integration.py", "tests/isolation_reporter.py"]
+    assert _lint(repo, "ruff", "format", "--check", *copied).returncode == 1  # at 88
+    assert "Source file found twice" in _lint(repo, "mypy", ".").stdout
+    settings = _linter_settings((isolation_only / "ADOPTING.md").read_text())
+    assert settings["tool"]["ruff"]["extend-exclude"] == copied
+    pyproject = repo / "pyproject.toml"
+    excluded = f"[tool.ruff]\nextend-exclude = {json.dumps(copied)}\n"
+    mypy = "".join(
+        f"{key} = {json.dumps(value)}\n" for key, value in settings["tool"]["mypy"].items()
+    )
+    pyproject.write_text(
+        pyproject.read_text().replace("[tool.ruff]\n", excluded) + f"\n[tool.mypy]\n{mypy}"
+    )
+    assert tomllib.loads(pyproject.read_text())["tool"]["ruff"]["line-length"] == 88
+    assert _lint(repo, "ruff", "format", ".").returncode == 0  # formats the toy's own files
+    for path in (*(repo / "lib").rglob("*.py"), *(repo / name for name in copied[1:])):
+        relative = path.relative_to(repo)
+        assert path.read_bytes() == (isolation_only / relative).read_bytes(), relative
+    for command in (["ruff", "check", "."], ["mypy", "."]):
+        result = _lint(repo, *command)
+        assert result.returncode == 0, result.stdout
 
 
 # -- cruft -----------------------------------------------------------------------------------

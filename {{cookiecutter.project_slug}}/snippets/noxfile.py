@@ -11,4 +11,5 @@ def integration(session: nox.Session) -> None:
     session.install("sqlite-utils>=4", "pytest>=8.3", "pytest-xdist>=3.6")
     # Async tests (the async_db fixture) need pytest-asyncio too: "pytest-asyncio>=1.0".
     # Install what your own code needs here too, for example: session.install("-e", ".")
+    # tests/integration: your isolation_test_paths
     session.run("pytest", "tests/integration", *session.posargs)
