@@ -200,7 +200,8 @@ class TestIsolationManager:
         defer_binding_scan: bool = False,
     ) -> None:
         """``module_patterns``: fnmatch patterns of module names to isolate (default: every
-        module whose file lies in ``project_root``). ``reset_hooks``: called
+        module whose file lies in ``project_root``; the globals of those are searched for a
+        test's clients all the same). ``reset_hooks``: called
         whenever ``DATABASE_URL`` changes around a test, so another database module's
         singleton reconnects (e.g. an existing app's ``reset_database_instance``).
         ``engine``: how scopes connect to their databases (``libsql`` needs the file
@@ -217,6 +218,13 @@ class TestIsolationManager:
         self.runs_dir = runs_dir or self.data_dir / RUNS_DIR_NAME
         self.project_root = project_root.resolve()
         self.modules = ProjectModules(self.project_root, module_patterns)
+        # Searched for the clients a test left in globals: the modules dropped, and every
+        # other module of the project, which keeps its globals from test to test.
+        self.searched_modules = (
+            self.modules
+            if module_patterns is None
+            else ProjectModules(self.project_root, module_patterns, and_root=True)
+        )
         self.reset_hooks = tuple(reset_hooks)
         self.engine = engine
         self.defer_binding_scan = defer_binding_scan
@@ -717,7 +725,7 @@ class TestIsolationManager:
         if not scope.connections:
             return []
         if not self.defer_binding_scan:
-            modules = self.modules.current()
+            modules = self.searched_modules.current()
             return self._stale_bindings_in(modules, scope.connections, scope.test_name, inside=True)
         clients = tuple(weakref.ref(client) for client in scope.connections)
         with self._lock:
@@ -739,7 +747,7 @@ class TestIsolationManager:
         for scan in deferred:
             alive = [client for ref in scan.clients if (client := ref()) is not None]
             if alive:
-                modules = self.modules.current()
+                modules = self.searched_modules.current()
                 found = self._stale_bindings_in(modules, alive, scan.test_name, inside=True)
                 stale += [stale_warning(binding, scan.owner) for binding in found]
         return stale

@@ -40,11 +40,15 @@ def _modules_state() -> ModulesState:
 
 class ProjectModules:
     """The project's modules among those imported: those whose file lies in ``root``, or
-    with ``patterns`` those whose name matches one of these fnmatch patterns. Answers are
-    cached until ``sys.modules`` changes, which between most tests it does not."""
+    with ``patterns`` those whose name matches one of these fnmatch patterns (and, with
+    ``and_root``, those in ``root`` too). Answers are cached until ``sys.modules``
+    changes, which between most tests it does not."""
 
-    def __init__(self, root: Path, patterns: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, root: Path, patterns: Iterable[str] | None = None, *, and_root: bool = False
+    ) -> None:
         self.patterns = tuple(patterns) if patterns is not None else None
+        self._and_root = and_root or patterns is None
         self._root_prefix = f"{root}{os.sep}"
         self._known: dict[str, bool] = {}
         self._current: tuple[ModulesState, list[str]] = ((0, None), [])
@@ -100,9 +104,9 @@ class ProjectModules:
             or any(part in filename for part in _NOT_PROJECT)
         ):
             return False
-        if self.patterns is not None:
-            return any(fnmatchcase(name, pattern) for pattern in self.patterns)
-        return filename.startswith(self._root_prefix)
+        if self.patterns is not None and any(fnmatchcase(name, p) for p in self.patterns):
+            return True
+        return self._and_root and filename.startswith(self._root_prefix)
 
 
 def drop_modules(names: Iterable[str]) -> None:

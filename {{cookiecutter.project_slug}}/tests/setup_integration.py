@@ -46,7 +46,6 @@ from lib.isolation_manager import (
     install_test_isolation_manager,
 )
 from lib.migrate import MigrationError, MigrationsDirectoryError
-from lib.project_modules import ProjectModules
 from lib.scope_databases import (
     STRATEGIES,
     all_runs_roots,
@@ -588,7 +587,7 @@ def _name_closed_connections(report: pytest.TestReport) -> None:
     so whatever goes wrong finding them leaves the report as it was)."""
     try:
         manager = get_test_isolation_manager()
-        held = closed_connections_held(ProjectModules(manager.project_root).current())
+        held = closed_connections_held(manager.searched_modules.current())
     except Exception:
         return
     if held:

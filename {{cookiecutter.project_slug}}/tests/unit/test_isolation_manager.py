@@ -809,6 +809,32 @@ def test_module_global_holding_the_client_is_reported(
         client.execute("SELECT 1")
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["at once", "deferred"])
+def test_a_client_kept_by_a_module_the_patterns_do_not_drop_is_reported(
+    data_dir: Path, module_dir: Path, make_module: Callable[[str], str], defer: bool
+) -> None:
+    """The module patterns say which modules are dropped, not which are searched: a
+    project module they leave in place keeps its globals, the client too, into the next
+    test (patterns matching no module, ``["-"]``, as ADOPTING.md suggests)."""
+    m = TestIsolationManager(
+        data_dir=data_dir, module_patterns=["-"], project_root=module_dir, defer_binding_scan=defer
+    )
+    m.initialize_test_mode()
+    try:
+        name = make_module("CACHED = None\n")
+        module = importlib.import_module(name)
+        scope_id = m.create_scope("caches the client")
+        vars(module)["CACHED"] = m.get_scoped_database_client(scope_id)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            m.destroy_scope(scope_id)
+        m.deferred_stale_bindings()
+        assert m.stale_bindings == [f"{name}.CACHED"]
+        assert sys.modules[name] is module  # not dropped
+    finally:
+        m.emergency_cleanup()
+
+
 LAZY_PROXY = """
 class LazyProxy:  # as lazy-object-proxy's: asking its class runs its factory
     @property
