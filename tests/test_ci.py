@@ -369,13 +369,14 @@ def test_check_fails_on_failed_tests_that_tee_hid(shard_run: ShardRun, tmp_path:
     assert "2 test(s) failed" in output
 
 
-def test_check_warns_on_memory_growth_and_judges_regressions(
+def test_check_warns_on_memory_growth_and_stale_bindings_and_judges_regressions(
     shard_run: ShardRun, tmp_path: Path
 ) -> None:
     shard = shard_run.shards[0]
     log = tmp_path / "integration-tests.log"
     growth = "High memory growth in test: tests/integration/test_x.py::test_y (80.0 MB > 50 MB)"
-    log.write_text(shard.log.read_text() + growth + "\n")
+    stale = "Stale client binding in test: tests/integration/test_x.py::test_y (app.cache.CLIENT)"
+    log.write_text(shard.log.read_text() + growth + "\n" + stale + "\n")
     report = json.loads(shard.report.read_text())
     regression = {"metric": "average_test_duration_ms", "current": 70.0, "baseline": 50}
     report["regressions"] = [regression | {"threshold": 60.0, "severity": "warning"}]
@@ -385,6 +386,10 @@ def test_check_warns_on_memory_growth_and_judges_regressions(
     code, output = _check(shard_run.project, log, warning_report)
     assert code == 0, output
     assert "::warning title=High memory growth::" in output
+    assert "::warning title=Stale client bindings::1 module global(s) kept a client" in output
+    assert f"integration-tests.log:{len(shard.log.read_text().splitlines()) + 2}: {stale}" in (
+        output
+    )
     assert "::warning title=Performance regressions::" in output
     assert "average_test_duration_ms" in output
 

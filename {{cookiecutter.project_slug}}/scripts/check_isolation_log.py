@@ -16,7 +16,8 @@ Checks:
 - Failed tests (pytest's last summary line in the log, the Isolation Metrics Report's
   ``Failed Tests:`` line, or the report's ``failed_tests``) fail, so that a log saved
   through ``| tee``, which hides the run's exit code, is never a pass.
-- ``High memory growth in test:`` warns.
+- ``High memory growth in test:`` warns, and so does ``Stale client binding in test:``: a
+  module global kept a client after its test ended (its next use is a CLIENT_CLOSED).
 - Performance regressions in the report (the check against
   ``tests/performance-baseline.json``) fail at severity ``error`` and warn at ``warning``.
 
@@ -47,6 +48,7 @@ CONNECTION_LEAK = "Connection leak detected in test:"
 SCOPE_LEAK = "Scope leak detected in test:"
 THREAD_LEAK = "Thread leak detected in test:"
 HIGH_MEMORY = "High memory growth in test:"
+STALE_BINDING = "Stale client binding in test:"
 REPORT_HEADING = "Isolation Metrics Report"
 # pytest's last line: "==== 1 failed, 80 passed, 2 errors in 3.21s ====" (no "=" with -q;
 # "1 subtests passed" with subtests), its colours taken out.
@@ -70,6 +72,16 @@ LEAK_CHECKS = (
         "thread",
         THREAD_LEAK,
         "a test left a thread running, which would use the next test's database",
+    ),
+)
+
+# The checks that warn: their name, the log's line prefix, what the lines found say.
+WARNING_CHECKS = (
+    ("High memory growth", HIGH_MEMORY, "High memory growth in {} test(s)"),
+    (
+        "Stale client bindings",
+        STALE_BINDING,
+        "{} module global(s) kept a client after its test ended: using it is a CLIENT_CLOSED",
     ),
 )
 
@@ -184,18 +196,26 @@ def check_test_failures(
     return check
 
 
-def check_memory_growth(
-    log_lines: Sequence[str] | None, log_name: str, report: dict[str, Any] | None
+def check_warnings(
+    log_lines: Sequence[str] | None,
+    log_name: str,
+    report: dict[str, Any] | None,
+    *,
+    name: str,
+    prefix: str,
+    found_message: str,
 ) -> Check:
-    check = Check("High memory growth")
+    """The log's ``prefix`` lines and the report's findings the log does not quote warn,
+    with ``found_message`` filled with their number."""
+    check = Check(name)
     if log_lines is None and report is None:
         return _unchecked(check)
-    found = _grep(log_lines, HIGH_MEMORY, log_name)
-    found += _missing_from_log(found, _report_lines(report, HIGH_MEMORY))
+    found = _grep(log_lines, prefix, log_name)
+    found += _missing_from_log(found, _report_lines(report, prefix))
     check.lines = found
     if found:
         check.status = WARNING
-        check.message = f"High memory growth in {len(found)} test(s)"
+        check.message = found_message.format(len(found))
     return check
 
 
@@ -345,7 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind, prefix, left in LEAK_CHECKS
         ),
         check_test_failures(log_lines, log_name, report),
-        check_memory_growth(log_lines, log_name, report),
+        *(
+            check_warnings(
+                log_lines, log_name, report, name=name, prefix=prefix, found_message=message
+            )
+            for name, prefix, message in WARNING_CHECKS
+        ),
         check_regressions(report, asked=args.report is not None),
     ]
     for check in checks:
