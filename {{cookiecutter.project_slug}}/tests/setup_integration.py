@@ -82,7 +82,9 @@ NO_REMOTE = (
 OUTSIDE_SCOPE = (
     "the database is only available inside an isolated test: ask for it inside the test "
     "function (the `db` fixture or get_db_client()), or inside the application function "
-    "that uses it, never at import time or in a unit test"
+    "that uses it, never at import time or in a unit test (a test that needs a database "
+    "goes under the isolation_test_paths, tests/integration/ by default, or is marked "
+    "@pytest.mark.isolated)"
 )
 # After how long preparing the template database is said on the terminal.
 PREPARING_NOTICE_SECONDS = 2.0

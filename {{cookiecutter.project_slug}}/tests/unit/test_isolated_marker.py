@@ -16,6 +16,8 @@ def test_unit_test_has_no_database() -> None:
         get_db_client()
     with pytest.raises(DatabaseAccessBlockedError, match="only available inside an isolated test"):
         get_database_client()
+    with pytest.raises(DatabaseAccessBlockedError, match=r"or is marked @pytest\.mark\.isolated"):
+        get_database_client()
     assert get_isolation_stats()["current_test_id"] is None
 
 
