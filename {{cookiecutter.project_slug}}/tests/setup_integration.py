@@ -172,17 +172,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _strategy(config: pytest.Config) -> str:
-    strategy = (
-        config.getoption("isolation_strategy")
-        or os.environ.get("ISOLATION_STRATEGY")
-        or config.getini("isolation_strategy")
+    """The option wins over the variable, the variable over the ini setting (whose default
+    is ``file``); a value in any case is taken, as ``DATABASE_DRIVER`` is."""
+    option = config.getoption("isolation_strategy")
+    if option is not None:  # one of STRATEGIES: pytest checks its choices
+        return str(option)
+    variable = os.environ.get("ISOLATION_STRATEGY")
+    source, value = (
+        ("ISOLATION_STRATEGY", variable)
+        if variable is not None
+        else ("the isolation_strategy setting", str(config.getini("isolation_strategy")))
     )
+    strategy = value.strip().lower()
     if strategy not in STRATEGIES:
-        raise pytest.UsageError(
-            f"isolation strategy {strategy!r} is not one of {', '.join(STRATEGIES)} "
-            "(set by --isolation-strategy, ISOLATION_STRATEGY or the isolation_strategy ini)"
-        )
-    return str(strategy)
+        raise pytest.UsageError(f"{source} is {value!r}, not one of {', '.join(STRATEGIES)}")
+    return strategy
 
 
 def _reset_hooks(spec: str) -> list[Callable[[], object]]:

@@ -430,6 +430,51 @@ def test_one(db):
 """
 
 
+SEES_ITS_STRATEGY = """
+import os
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+def test_strategy(db):
+    memory = "vfs=memdb" in os.environ["DATABASE_URL"]
+    assert ("memory" if memory else "file") == os.environ["EXPECTED_STRATEGY"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("variable", "args", "expected"),
+    [
+        ("MEMORY", ["-o", "isolation_strategy=file"], "memory"),  # any case; over the ini
+        ("memory", ["--isolation-strategy", "file"], "file"),  # the option over the variable
+        (None, ["-o", "isolation_strategy=Memory"], "memory"),
+        ("", [], "ISOLATION_STRATEGY is '', not one of file, memory"),
+        (None, ["-o", "isolation_strategy=disk"], "isolation_strategy setting is 'disk', not"),
+    ],
+    ids=["variable", "option", "ini", "empty variable", "bad ini"],
+)
+def test_the_strategy_comes_from_the_option_the_variable_or_the_ini_setting(
+    tmp_path: Path, variable: str | None, args: list[str], expected: str
+) -> None:
+    """Each source, in that order of precedence; a bad value is an error naming where it
+    was set (an empty variable too, as an empty DATABASE_DRIVER is)."""
+    command, env = suite_command(tmp_path, SEES_ITS_STRATEGY, *args)
+    env.pop("ISOLATION_STRATEGY", None)
+    if variable is not None:
+        env["ISOLATION_STRATEGY"] = variable
+    env["EXPECTED_STRATEGY"] = expected
+    child = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    if expected in ("file", "memory"):
+        assert child.returncode == 0, child.stdout + child.stderr
+    else:
+        assert child.returncode == 4, child.stdout + child.stderr
+        assert expected in child.stderr
+
+
 def baseline_file(tmp_path: Path, error: float, min_tests: int = 0) -> str:
     """A baseline whose average test duration warns above 1 µs and fails above ``error`` µs."""
     path = tmp_path / "baseline.json"
