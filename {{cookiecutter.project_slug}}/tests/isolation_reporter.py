@@ -49,6 +49,10 @@ _MB = 1024 * 1024
 STATM = "/proc/self/statm"
 _statm_fds: dict[int, int] = {}  # pid -> its open STATM (a forked child opens its own)
 DEFAULT_BASELINE = "tests/performance-baseline.json"
+KEPT_UNTIL_NEXT_RUN = (
+    "The next run that isolates tests deletes the kept databases: copy elsewhere any you "
+    "want to keep."
+)
 
 
 def current_rss() -> int:
@@ -452,6 +456,8 @@ class IsolationReporter:
             terminalreporter.write_line(line)
         for path in self.kept_databases:
             terminalreporter.write_line(f"Kept database of a failed test: {path}")
+        if self.kept_databases:
+            terminalreporter.write_line(KEPT_UNTIL_NEXT_RUN)
         if self._failed_by_regression():
             terminalreporter.write_line(
                 "performance regressions of severity error fail this run (thresholds: "
