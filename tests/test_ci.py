@@ -34,9 +34,9 @@ def _integration_job(project: Path) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def ci_variants(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Projects whose workflows differ: the minimum Python and the shard count."""
+    """Projects whose workflows differ: the minimum Python, the shard count, Turso."""
     return [
-        bake(tmp_path_factory.mktemp("ci-one"), ci_shards="1", python_version="3.13"),
+        bake(tmp_path_factory.mktemp("ci-one"), ci_shards="1", python_version="3.13", turso="yes"),
         bake(tmp_path_factory.mktemp("ci-many"), ci_shards="20", python_version="3.14"),
     ]
 
@@ -84,6 +84,22 @@ def test_integration_matrix_has_one_job_per_shard(
         assert strategy["matrix"]["group"] == list(range(1, shards + 1))
         # The jobs pass the matrix size to --splits, so editing the matrix alone is enough.
         assert job["env"] == {"GROUP": "${{ matrix.group }}", "SPLITS": "${{ strategy.job-total }}"}
+
+
+def test_a_turso_project_runs_its_integration_suite_on_libsql_in_ci(
+    default_project: Path, ci_variants: list[Path]
+) -> None:
+    """turso=yes: a job runs ``nox -s integration_libsql``, a session of that project."""
+    turso = ci_variants[0]
+    jobs = _workflow(turso, "ci.yml")["jobs"]
+    assert isinstance(jobs, dict)
+    runs = [str(step.get("run", "")) for step in jobs["integration-libsql"]["steps"]]
+    assert "nox -s integration_libsql" in runs
+    assert "def integration_libsql(" in (turso / "noxfile.py").read_text()
+    assert (
+        "integration-libsql"
+        not in (default_project / ".github" / "workflows" / "ci.yml").read_text()
+    )
 
 
 def test_integration_workflow_runs_the_checks(default_project: Path) -> None:
