@@ -97,6 +97,7 @@ _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
 _isolated_key = pytest.StashKey[bool]()
 _test_paths_key = pytest.StashKey[list[Path]]()
+_marked_key = pytest.StashKey[bool]()  # a test collected (before any selection) is marked
 _debug_loggers_key = pytest.StashKey[list[str]]()  # live at DEBUG, set by DEBUG=...
 _session_open_key = pytest.StashKey[bool]()  # started, and not yet ended
 # The developer's own database (path, DATABASE_URL), refused during the session.
@@ -295,6 +296,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[_strategy_key] = _strategy(config)
     config.stash[_test_paths_key] = _test_paths(config)
+    config.stash[_marked_key] = False
     install_test_isolation_manager(_manager_from_ini(config))
 
 
@@ -526,8 +528,11 @@ def _migrations_hint(error: MigrationError, directory: Path, config: pytest.Conf
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Tests under ``isolation_test_paths`` are marked as they are collected, before any
     selection, so that ``-m isolated`` (or ``-m "not isolated"``) finds them."""
-    if any(item.path.is_relative_to(root) for root in item.config.stash[_test_paths_key]):
+    stash = item.config.stash
+    if any(item.path.is_relative_to(root) for root in stash[_test_paths_key]):
         item.add_marker(pytest.mark.isolated)
+    elif not stash[_marked_key] and item.get_closest_marker("isolated") is not None:
+        stash[_marked_key] = True
 
 
 @pytest.hookimpl(trylast=True)  # after other plugins have marked their tests
@@ -546,20 +551,31 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     isolated = any(map(is_isolated, session.items))
     if isolated and not session.config.option.collectonly:
         _start_isolating(session.config, get_test_isolation_manager())
-    elif session.items and not isolated and _default_test_path_missing(session.config):
+    elif session.items and not isolated and _isolates_nothing_for_want_of_a_path(session):
         _warn_late(
-            f"no test of this run is isolated: isolation_test_paths is unset, and its "
-            f"default, {DEFAULT_TEST_PATH}, is not a directory under {session.config.rootpath}. "
-            "Set isolation_test_paths to the directories of your integration tests (or mark "
-            "them @pytest.mark.isolated): until then, no test gets a database of its own",
+            f"no test of this run is isolated: isolation_test_paths is its default, "
+            f"{DEFAULT_TEST_PATH}, which is not a directory under {session.config.rootpath}, "
+            "and no test collected is marked @pytest.mark.isolated. Set isolation_test_paths "
+            "to the directories of your integration tests, or mark those tests; a project "
+            "that marks them says so with an empty setting (isolation_test_paths =), and "
+            "this warning stops",
             when="found at collection",
         )
 
 
-def _default_test_path_missing(config: pytest.Config) -> bool:
-    """A repository adopting the plugin, whose tests are not in ``tests/integration``."""
+def _isolates_nothing_for_want_of_a_path(session: pytest.Session) -> bool:
+    """A repository adopting the plugin, whose tests are not in ``tests/integration`` and
+    none marked: said once (by the first xdist worker), and not while only collecting."""
+    config = session.config
     default = config.getini("isolation_test_paths") == [DEFAULT_TEST_PATH]
-    return default and not config.stash[_test_paths_key][0].is_dir()
+    workerinput = getattr(config, "workerinput", {})
+    return (
+        default
+        and not config.stash[_test_paths_key][0].is_dir()
+        and not config.stash[_marked_key]
+        and not config.option.collectonly
+        and workerinput.get("workerid", "gw0") == "gw0"
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -275,7 +275,7 @@ def test_every_failed_test_keeps_its_own_database_with_its_data(
     kept = re.findall(r"Kept database of a failed test: (\S+)", child.stdout)
     assert len(kept) == 4, child.stdout
     assert len(set(kept)) == 4, kept  # test_collide[a/b] and [a b] do not overwrite each other
-    assert f"{kept[-1]}\nThe next run that isolates tests deletes the kept databases" in (
+    assert f"{kept[-1]}\nThe next run that isolates tests (any run with -n) deletes" in (
         child.stdout
     )
     names = set()
@@ -743,29 +743,35 @@ def test_a_run_of_unit_tests_alone_builds_nothing_and_needs_no_sqlite_utils(
         assert not (tmp_path / "data").exists(), args
 
 
-NOTHING_ISOLATED = "no test of this run is isolated: isolation_test_paths is unset"
+NOTHING_ISOLATED = "no test of this run is isolated: isolation_test_paths is its default"
 
 
 def test_a_run_that_isolates_nothing_for_want_of_tests_integration_says_so(
     tmp_path: Path,
 ) -> None:
     """A repository adopting the plugin, with its tests elsewhere than the default path
-    and the setting unset: no test gets a database, and the failures do not say why.
-    Said also where warnings are errors (shown, not raised: raised, it would crash the
-    run). Not said when a test is isolated, nor once tests/integration exists."""
+    and none marked: no test gets a database, and the failures do not say why. Said also
+    where warnings are errors (shown, not raised: raised, it would crash the run), and by
+    one xdist worker only. Not said while only collecting, nor when a collected test is
+    marked (deselected with -k: a project that marks its tests and runs others), nor when
+    the setting is empty, nor once tests/integration exists."""
     child = run_suite(tmp_path, UNIT_TEST)
     assert child.returncode == 0, child.stdout + child.stderr
-    assert f"IsolationWarning: {NOTHING_ISOLATED}, and its default, tests/integration," in (
-        child.stdout
-    )
+    assert f"IsolationWarning: {NOTHING_ISOLATED}, tests/integration," in child.stdout
     child = run_suite(tmp_path, UNIT_TEST, "-W", "error")
     assert child.returncode == 0, child.stdout + child.stderr
-    assert "test gets a database of its own (found at collection: shown, not raised)" in (
-        child.stdout
-    )
-    child = run_suite(tmp_path, MIXED_TESTS)
+    assert "this warning stops (found at collection: shown, not raised)" in child.stdout
+    child = run_suite(tmp_path, UNIT_TEST + UNIT_TEST.replace("unit", "other"), "-n", "2")
     assert child.returncode == 0, child.stdout + child.stderr
-    assert NOTHING_ISOLATED not in child.stdout
+    assert "2 passed, 1 warning in" in child.stdout, child.stdout
+    for suite, args in [
+        (UNIT_TEST, ["--collect-only"]),
+        (MIXED_TESTS, ["-k", "unit"]),
+        (UNIT_TEST, ["-o", "isolation_test_paths="]),
+    ]:
+        child = run_suite(tmp_path, suite, *args)
+        assert child.returncode == 0, child.stdout + child.stderr
+        assert NOTHING_ISOLATED not in child.stdout, args
     (tmp_path / "tests" / "integration").mkdir(parents=True)
     child = run_suite(tmp_path, UNIT_TEST)
     assert child.returncode == 0, child.stdout + child.stderr
