@@ -50,8 +50,8 @@ STATM = "/proc/self/statm"
 _statm_fds: dict[int, int] = {}  # pid -> its open STATM (a forked child opens its own)
 DEFAULT_BASELINE = "tests/performance-baseline.json"
 KEPT_UNTIL_NEXT_RUN = (
-    "The next run that isolates tests deletes the kept databases: copy elsewhere any you "
-    "want to keep."
+    "The next run that isolates tests (any run with -n) deletes the kept databases: copy "
+    "elsewhere any you want to keep."
 )
 
 
