@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -318,14 +318,28 @@ def test_adopted_settings_are_used(toy_repository: Path) -> None:
     assert not (toy_repository / "data").exists()
 
 
-def _linter_settings(adopting: str) -> dict[str, Any]:
+def _linter_settings(adopting: str) -> str:
     """The TOML block of ADOPTING.md's step about linters."""
-    block = adopting.split("```toml\n", 1)[1].split("```", 1)[0]
-    return tomllib.loads(textwrap.dedent(block))
+    return textwrap.dedent(adopting.split("```toml\n", 1)[1].split("```", 1)[0])
+
+
+def _merge_toml(document: str, block: str) -> str:
+    """``block``'s keys added to ``document``'s tables of the same name, as ADOPTING.md
+    says; its other tables (and arrays of tables) appended."""
+    for section in re.split(r"\n(?=\[)", block.strip()):
+        header, keys = section.split("\n", 1)
+        if header.startswith("[[") or f"\n{header}\n" not in document:
+            document += f"\n{section}\n"
+        else:
+            document = document.replace(f"\n{header}\n", f"\n{header}\n{keys}\n", 1)
+    return document
 
 
 def _lint(repo: Path, *command: str) -> subprocess.CompletedProcess[str]:
     return run([sys.executable, "-m", *command], repo)
+
+
+UNFORMATTED = "def cents(euros:int)->int:\n    return euros*100\n"
 
 
 def test_adopted_files_pass_the_repositorys_own_linters(
@@ -334,24 +348,24 @@ def test_adopted_files_pass_the_repositorys_own_linters(
     """ruff with the repository's line length would rewrite the copied files, and mypy
     names tests/setup_integration.py twice where tests/ has no __init__.py: with the
     settings ADOPTING.md gives, the repository's ``ruff format .`` leaves the copied files
-    as they are, and its ruff and mypy pass, its own settings kept."""
+    as they are (named on its command line too) and still formats a ``lib`` package of
+    its own, and its ruff and mypy pass, its own settings (a stricter mypy flag) kept."""
     repo = tmp_path / "toyshop"
     shutil.copytree(toy_repository, repo, ignore=shutil.ignore_patterns(*CACHE_DIRS, "*.db"))
+    _write(repo, {"toyshop/lib/__init__.py": "", "toyshop/lib/money.py": UNFORMATTED})
     copied = ["lib", "tests/setup_integration.py", "tests/isolation_reporter.py"]
     assert _lint(repo, "ruff", "format", "--check", *copied).returncode == 1  # at 88
     assert "Source file found twice" in _lint(repo, "mypy", ".").stdout
-    settings = _linter_settings((isolation_only / "ADOPTING.md").read_text())
-    assert settings["tool"]["ruff"]["extend-exclude"] == copied
     pyproject = repo / "pyproject.toml"
-    excluded = f"[tool.ruff]\nextend-exclude = {json.dumps(copied)}\n"
-    mypy = "".join(
-        f"{key} = {json.dumps(value)}\n" for key, value in settings["tool"]["mypy"].items()
-    )
-    pyproject.write_text(
-        pyproject.read_text().replace("[tool.ruff]\n", excluded) + f"\n[tool.mypy]\n{mypy}"
-    )
-    assert tomllib.loads(pyproject.read_text())["tool"]["ruff"]["line-length"] == 88
+    stricter = pyproject.read_text() + "\n[tool.mypy]\ndisallow_any_explicit = true\n"
+    adopting = (isolation_only / "ADOPTING.md").read_text()
+    pyproject.write_text(_merge_toml(stricter, _linter_settings(adopting)))
+    settings = tomllib.loads(pyproject.read_text())["tool"]
+    assert settings["ruff"]["line-length"] == 88
+    assert settings["mypy"]["disallow_any_explicit"] is True
     assert _lint(repo, "ruff", "format", ".").returncode == 0  # formats the toy's own files
+    assert (repo / "toyshop/lib/money.py").read_text() != UNFORMATTED
+    assert _lint(repo, "ruff", "format", *copied).returncode == 0  # as pre-commit runs it
     for path in (*(repo / "lib").rglob("*.py"), *(repo / name for name in copied[1:])):
         relative = path.relative_to(repo)
         assert path.read_bytes() == (isolation_only / relative).read_bytes(), relative
