@@ -604,6 +604,21 @@ def _is_closed_database_error(error: BaseException) -> bool:
     return isinstance(error, sqlite3.ProgrammingError) and "closed database" in str(error)
 
 
+_CLOSED_BY_A_RESET = (
+    "a reset closed it when DATABASE_URL changed around an isolated test (or code closed "
+    "it), and the global kept it. Ask your database module for the connection where it is "
+    "used instead of keeping it."
+)
+_CLOSED_BY_CODE = (
+    "it was closed at the end of an earlier test, as a connection that test leaked (its "
+    "leak line says so), or by code (a fixture, a test), and the global kept it. If the "
+    "global is your database module's own connection, name that module in "
+    "isolation_database_module (a module with a reset_database_instance() function, or "
+    "module:function, that closes it): it is then reset around each isolated test, and "
+    "reconnects to its database."
+)
+
+
 def _name_closed_connections(report: pytest.TestReport) -> None:
     """sqlite3 names no connection: name the module globals holding a closed one (a hint,
     so whatever goes wrong finding them leaves the report as it was)."""
@@ -620,19 +635,6 @@ def _name_closed_connections(report: pytest.TestReport) -> None:
                 "\n".join(held) + f"\n\nEach holds a closed sqlite3 connection: {cause}",
             )
         )
-
-
-_CLOSED_BY_A_RESET = (
-    "a reset closed it when DATABASE_URL changed around an isolated test (or code closed "
-    "it), and the global kept it. Ask your database module for the connection where it is "
-    "used instead of keeping it."
-)
-_CLOSED_BY_CODE = (
-    "code closed it (a fixture, a test), and the global kept it. If the global is your "
-    "database module's own connection, name that module in isolation_database_module (a "
-    "module with a reset_database_instance() function, or module:function, that closes "
-    "it): it is then reset around each isolated test, and reconnects to its database."
-)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1145,19 +1145,27 @@ def test_second(connection):
 """
 
 
+@pytest.mark.parametrize("closed_by", ["a fixture", "the end of the first test"])
 def test_a_connection_closed_by_code_in_a_module_not_reset_names_the_setting(
-    tmp_path: Path,
+    tmp_path: Path, closed_by: str
 ) -> None:
     """With no isolation_database_module, no reset closed the connection: a fixture did,
-    and the module kept it. The failure says which setting lets the module reconnect."""
+    or the plugin, as a connection the first test leaked, and the module kept it. The
+    failure says which setting lets the module reconnect."""
     (tmp_path / "shop_db.py").write_text(KEEPS_THE_CONNECTION)
-    child = run_suite(tmp_path, CLOSES_THE_KEPT_CONNECTION)
+    suite = CLOSES_THE_KEPT_CONNECTION
+    if closed_by != "a fixture":
+        suite = suite.replace("    shop_db.connection().close()\n", "")
+    child = run_suite(tmp_path, suite)
     assert child.returncode == 1, child.stdout + child.stderr
     assert "1 failed, 1 passed" in child.stdout
     assert "shop_db._connection\n" in child.stdout
+    assert "as a connection that test leaked (its leak line says so)" in child.stdout
     assert "the global kept it. If the global is your database module's" in child.stdout
     assert "name that module in isolation_database_module" in child.stdout
     assert "a reset closed it" not in child.stdout
+    leaked = "Connection leak detected in test: test_suite.py::test_first"
+    assert (leaked in child.stdout) is (closed_by != "a fixture"), child.stdout
 
 
 def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
