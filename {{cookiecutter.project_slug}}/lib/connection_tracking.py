@@ -217,9 +217,10 @@ class Recording:
         first did, other than the ``own`` databases (as :func:`database_key` takes them)
         and files under the ``scratch`` directories (a test's temporary files). Of a
         scratch directory and the ``project`` root, the nearer one decides: a checkout
-        under ``/tmp`` holds no scratch files, a ``--basetemp`` inside the project does."""
+        under ``/tmp`` holds no scratch files, a ``--basetemp`` inside the project does,
+        and a project that is the temporary directory itself holds them."""
         others = self.written.keys() - {database_key(database) for database in own}
-        roots = {_directory(root): True for root in scratch} | {_directory(project): False}
+        roots = {_directory(project): False} | {_directory(root): True for root in scratch}
         return {
             path: self.written[path]
             for path in sorted(others)

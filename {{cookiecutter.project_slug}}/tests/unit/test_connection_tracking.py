@@ -42,6 +42,35 @@ def test_every_way_of_opening_a_sqlite3_connection_is_recorded(tmp_path: Path) -
         connection.close()
 
 
+def test_the_files_written_besides_its_own_leave_out_the_nearer_scratch_files(
+    tmp_path: Path,
+) -> None:
+    """A scratch directory (pytest's temporary one) or the project root, whichever is
+    nearer, says whether a file written under it is a scratch file: a checkout under
+    /tmp writes its real database there, a --basetemp inside the project or a project
+    that is the temporary directory itself writes scratch files."""
+    project, scratch = tmp_path / "checkout", tmp_path / "checkout" / "scratch"
+    scratch.mkdir(parents=True)
+    names = ["own.db", "app.db", "scratch/t.db", "../beside.db"]
+    recording = record_connections()
+    try:
+        for name in names:
+            sqlite3.connect(project / name).close()
+    finally:
+        recording.stop()
+    written = {Path(path).relative_to(tmp_path).as_posix() for path in recording.written}
+    assert written == {f"checkout/{name}".replace("checkout/../", "") for name in names}
+
+    def others(scratch_dirs: list[Path], root: Path) -> set[str]:
+        found = recording.other_files([project / "own.db"], map(str, scratch_dirs), str(root))
+        return {Path(path).relative_to(tmp_path).as_posix() for path in found}
+
+    assert others([tmp_path], project) == {"checkout/app.db", "checkout/scratch/t.db"}
+    assert others([tmp_path, scratch], project) == {"checkout/app.db"}
+    assert others([project], project) == {"beside.db"}
+    assert others([], project) == {"beside.db", "checkout/app.db", "checkout/scratch/t.db"}
+
+
 def test_connections_the_code_let_go_of_are_closed_and_no_leak(tmp_path: Path) -> None:
     """As the garbage collector would close them: a loop of ``connect().execute()`` must
     not run out of files because the recording holds every connection."""
