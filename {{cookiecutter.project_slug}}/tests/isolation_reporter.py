@@ -58,17 +58,24 @@ KEPT_UNTIL_NEXT_RUN = (
 def current_rss() -> int:
     """Resident memory of this process in bytes (peak RSS where /proc is missing; 0 on
     Windows). ``/proc/self/statm`` is opened once per process and read again with one
-    ``pread``: opening it for each of a test's two reads cost about 15 µs a read."""
-    try:
-        statm = _statm_fds.get(os.getpid())
-        if statm is None:
-            statm = _statm_fds[os.getpid()] = os.open(STATM, os.O_RDONLY)
-        return int(os.pread(statm, 64, 0).split()[1]) * PAGESIZE
-    except OSError:
-        if resource is None:
-            return 0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
+    ``pread``: opening it for each of a test's two reads cost about 15 µs a read. A
+    descriptor that code closed meanwhile is opened again."""
+    for _ in range(2):
+        try:
+            return int(os.pread(_statm(), 64, 0).split()[1]) * PAGESIZE
+        except (OSError, ValueError, IndexError):
+            _statm_fds.pop(os.getpid(), None)
+    if resource is None:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _statm() -> int:
+    statm = _statm_fds.get(os.getpid())
+    if statm is None:
+        statm = _statm_fds[os.getpid()] = os.open(STATM, os.O_RDONLY)
+    return statm
 
 
 @dataclass(slots=True)  # one per isolated test, kept until the run ends
@@ -181,6 +188,7 @@ class IsolationReporter:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+        current_rss()  # its file opened before any test (pytester's --lsof checks them)
         self.records: list[TestRecord] = []
         self.session_leaks: list[dict[str, str]] = []  # of scopes that outlived their test
         self.performance: dict[str, float] = dict.fromkeys(PERFORMANCE_COUNTERS, 0)

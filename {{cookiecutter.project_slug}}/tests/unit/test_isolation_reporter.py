@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests import isolation_reporter
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
 def test_memory_is_read_again_at_every_call() -> None:
-    """The statm file stays open between reads: each read must still see the RSS of now."""
+    """The statm file stays open between reads: each read must still see the RSS of now,
+    also once code closed its descriptor (or another file took its number)."""
     before = isolation_reporter.current_rss()
     grown = bytearray(64 * 2**20)  # zero-filled: its pages are touched, so resident
     assert isolation_reporter.current_rss() - before >= 48 * 2**20
+    os.close(isolation_reporter._statm_fds[os.getpid()])
+    assert isolation_reporter.current_rss() - before >= 48 * 2**20
+    with open(os.devnull, "rb") as other:
+        isolation_reporter._statm_fds[os.getpid()] = other.fileno()
+        assert isolation_reporter.current_rss() - before >= 48 * 2**20
     del grown
 
 
