@@ -133,6 +133,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("isolation", "per-test database isolation")
     group.addoption(
         "--isolation-strategy",
+        type=str.lower,  # any case, as the variable and the ini setting
         choices=STRATEGIES,
         default=None,
         help="file: a SQLite file per test (default); memory: an in-memory copy per test. "
@@ -174,7 +175,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _strategy(config: pytest.Config) -> str:
     """The option wins over the variable, the variable over the ini setting (whose default
-    is ``file``); a value in any case is taken, as ``DATABASE_DRIVER`` is."""
+    is ``file``); a value in any case is taken, as ``DATABASE_DRIVER`` is, and an empty
+    one is refused."""
     option = config.getoption("isolation_strategy")
     if option is not None:  # one of STRATEGIES: pytest checks its choices
         return str(option)

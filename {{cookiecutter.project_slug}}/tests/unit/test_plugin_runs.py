@@ -451,12 +451,13 @@ def test_strategy(db):
     ("variable", "args", "expected"),
     [
         ("MEMORY", ["-o", "isolation_strategy=file"], "memory"),  # any case; over the ini
-        ("memory", ["--isolation-strategy", "file"], "file"),  # the option over the variable
+        ("memory", ["--isolation-strategy", "File"], "file"),  # the option over the variable
+        (None, ["--isolation-strategy", "disk"], "argument --isolation-strategy: invalid"),
         (None, ["-o", "isolation_strategy=Memory"], "memory"),
         ("", [], "ISOLATION_STRATEGY is '', not one of file, memory"),
         (None, ["-o", "isolation_strategy=disk"], "isolation_strategy setting is 'disk', not"),
     ],
-    ids=["variable", "option", "ini", "empty variable", "bad ini"],
+    ids=["variable", "option", "bad option", "ini", "empty variable", "bad ini"],
 )
 def test_the_strategy_comes_from_the_option_the_variable_or_the_ini_setting(
     tmp_path: Path, variable: str | None, args: list[str], expected: str
