@@ -89,12 +89,20 @@ def test_integration_matrix_has_one_job_per_shard(
 def test_a_turso_project_runs_its_integration_suite_on_libsql_in_ci(
     default_project: Path, ci_variants: list[Path]
 ) -> None:
-    """turso=yes: a job runs ``nox -s integration_libsql``, a session of that project."""
+    """turso=yes: a job runs ``nox -s integration_libsql``, a session of that project,
+    and checks its log as the integration workflow does."""
     turso = ci_variants[0]
     jobs = _workflow(turso, "ci.yml")["jobs"]
     assert isinstance(jobs, dict)
-    runs = [str(step.get("run", "")) for step in jobs["integration-libsql"]["steps"]]
-    assert "nox -s integration_libsql" in runs
+    runs = [
+        " ".join(str(step.get("run", "")).split()) for step in jobs["integration-libsql"]["steps"]
+    ]
+    assert (
+        "env -u GITHUB_STEP_SUMMARY nox -s integration_libsql -- "
+        "--isolation-report=isolation-report.json 2>&1 | tee integration-tests.log"
+    ) in runs
+    check = f"python {CHECK_SCRIPT} integration-tests.log --report isolation-report.json"
+    assert any(run.startswith(check) for run in runs), runs
     assert "def integration_libsql(" in (turso / "noxfile.py").read_text()
     assert (
         "integration-libsql"
