@@ -47,11 +47,12 @@ PERFORMANCE_COUNTERS = (
 )
 _MB = 1024 * 1024
 STATM = "/proc/self/statm"
-_statm_fds: dict[int, int] = {}  # pid -> its open STATM (a forked child opens its own)
+_statm_fds: dict[int, int | None] = {}  # pid -> its open STATM (a forked child opens its own)
+_UNREADABLE = (OSError, ValueError, IndexError)  # a descriptor closed, or now another file's
 DEFAULT_BASELINE = "tests/performance-baseline.json"
 KEPT_UNTIL_NEXT_RUN = (
-    "The next run that isolates tests (any run with -n) deletes the kept databases: copy "
-    "elsewhere any you want to keep."
+    "The next run that isolates tests (any run with xdist workers) deletes the kept "
+    "databases: copy elsewhere any you want to keep."
 )
 
 
@@ -59,23 +60,31 @@ def current_rss() -> int:
     """Resident memory of this process in bytes (peak RSS where /proc is missing; 0 on
     Windows). ``/proc/self/statm`` is opened once per process and read again with one
     ``pread``: opening it for each of a test's two reads cost about 15 µs a read. A
-    descriptor that code closed meanwhile is opened again."""
+    descriptor that code closed meanwhile, or whose number another file took, is opened
+    again."""
     for _ in range(2):
+        statm = _statm()
+        if statm is None:
+            break
         try:
-            return int(os.pread(_statm(), 64, 0).split()[1]) * PAGESIZE
-        except (OSError, ValueError, IndexError):
-            _statm_fds.pop(os.getpid(), None)
+            return int(os.pread(statm, 64, 0).split()[1]) * PAGESIZE
+        except _UNREADABLE:
+            del _statm_fds[os.getpid()]
     if resource is None:
         return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def _statm() -> int:
-    statm = _statm_fds.get(os.getpid())
-    if statm is None:
-        statm = _statm_fds[os.getpid()] = os.open(STATM, os.O_RDONLY)
-    return statm
+def _statm() -> int | None:
+    """This process's open ``STATM``; None where there is none (macOS, Windows)."""
+    pid = os.getpid()
+    if pid not in _statm_fds:
+        try:
+            _statm_fds[pid] = os.open(STATM, os.O_RDONLY)
+        except OSError:
+            _statm_fds[pid] = None
+    return _statm_fds[pid]
 
 
 @dataclass(slots=True)  # one per isolated test, kept until the run ends

@@ -10,17 +10,25 @@ from tests import isolation_reporter
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
-def test_memory_is_read_again_at_every_call() -> None:
+def test_memory_is_read_again_at_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """The statm file stays open between reads: each read must still see the RSS of now,
-    also once code closed its descriptor (or another file took its number)."""
+    also once code closed its descriptor (or another file took its number), and not the
+    peak RSS that stands in without /proc (none here)."""
+    monkeypatch.setattr(isolation_reporter, "resource", None)
     before = isolation_reporter.current_rss()
     grown = bytearray(64 * 2**20)  # zero-filled: its pages are touched, so resident
     assert isolation_reporter.current_rss() - before >= 48 * 2**20
-    os.close(isolation_reporter._statm_fds[os.getpid()])
-    assert isolation_reporter.current_rss() - before >= 48 * 2**20
-    with open(os.devnull, "rb") as other:
-        isolation_reporter._statm_fds[os.getpid()] = other.fileno()
+    for close in (False, True):
+        statm = isolation_reporter._statm_fds[os.getpid()]
+        assert statm is not None
+        if close:
+            os.close(statm)
+        else:
+            with open(os.devnull, "rb") as other:
+                os.dup2(other.fileno(), statm)
         assert isolation_reporter.current_rss() - before >= 48 * 2**20
+        if not close:
+            os.close(statm)  # /dev/null's, since
     del grown
 
 

@@ -275,7 +275,7 @@ def test_every_failed_test_keeps_its_own_database_with_its_data(
     kept = re.findall(r"Kept database of a failed test: (\S+)", child.stdout)
     assert len(kept) == 4, child.stdout
     assert len(set(kept)) == 4, kept  # test_collide[a/b] and [a b] do not overwrite each other
-    assert f"{kept[-1]}\nThe next run that isolates tests (any run with -n) deletes" in (
+    assert f"{kept[-1]}\nThe next run that isolates tests (any run with xdist workers)" in (
         child.stdout
     )
     names = set()
