@@ -26,7 +26,7 @@ import sqlite3
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
 _isolated_key = pytest.StashKey[bool]()
 _test_paths_key = pytest.StashKey[list[Path]]()
-_marked_key = pytest.StashKey[bool]()  # a test collected (before any selection) is marked
+_marked_key = pytest.StashKey[bool]()  # a test deselected from this run is marked isolated
 _debug_loggers_key = pytest.StashKey[list[str]]()  # live at DEBUG, set by DEBUG=...
 _session_open_key = pytest.StashKey[bool]()  # started, and not yet ended
 # The developer's own database (path, DATABASE_URL), refused during the session.
@@ -530,11 +530,8 @@ def _migrations_hint(error: MigrationError, directory: Path, config: pytest.Conf
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Tests under ``isolation_test_paths`` are marked as they are collected, before any
     selection, so that ``-m isolated`` (or ``-m "not isolated"``) finds them."""
-    stash = item.config.stash
-    if any(item.path.is_relative_to(root) for root in stash[_test_paths_key]):
+    if any(item.path.is_relative_to(root) for root in item.config.stash[_test_paths_key]):
         item.add_marker(pytest.mark.isolated)
-    elif not stash[_marked_key] and item.get_closest_marker("isolated") is not None:
-        stash[_marked_key] = True
 
 
 @pytest.hookimpl(trylast=True)  # after other plugins have marked their tests
@@ -545,6 +542,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[_isolated_key] = item.get_closest_marker("isolated") is not None
         if libsql and item.get_closest_marker("sqlite3_only"):
             item.add_marker(needs_sqlite3)
+
+
+def pytest_deselected(items: Sequence[pytest.Item]) -> None:
+    """Remember that the project marks tests isolated, though this run deselected them."""
+    if items and any(item.get_closest_marker("isolated") for item in items):
+        items[0].config.stash[_marked_key] = True
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -559,8 +562,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             f"{DEFAULT_TEST_PATH}, which is not a directory under {session.config.rootpath}, "
             "and no test collected is marked @pytest.mark.isolated. Set isolation_test_paths "
             "to the directories of your integration tests, or mark those tests; a project "
-            "that marks them says so with an empty setting (isolation_test_paths =), and "
-            "this warning stops",
+            "that marks them says so with an empty setting (isolation_test_paths = [] in "
+            "pyproject.toml, nothing after the = in an ini file), and this warning stops",
             when="found at collection",
         )
 
@@ -606,18 +609,20 @@ def _is_closed_database_error(error: BaseException) -> bool:
     return isinstance(error, sqlite3.ProgrammingError) and "closed database" in str(error)
 
 
+_CLOSED_BY_LEAK_OR_CODE = (
+    "it was closed at the end of an earlier test, as a connection that test leaked (its "
+    "leak line says so), or by code (a fixture, a test), and the global kept it."
+)
 _CLOSED_BY_A_RESET = (
-    "a reset closed it when DATABASE_URL changed around an isolated test (or code closed "
-    "it), and the global kept it. Ask your database module for the connection where it is "
+    "a reset closed it when DATABASE_URL changed around an isolated test, or "
+    f"{_CLOSED_BY_LEAK_OR_CODE} Ask your database module for the connection where it is "
     "used instead of keeping it."
 )
 _CLOSED_BY_CODE = (
-    "it was closed at the end of an earlier test, as a connection that test leaked (its "
-    "leak line says so), or by code (a fixture, a test), and the global kept it. If the "
-    "global is your database module's own connection, name that module in "
-    "isolation_database_module (a module with a reset_database_instance() function, or "
-    "module:function, that closes it): it is then reset around each isolated test, and "
-    "reconnects to its database."
+    f"{_CLOSED_BY_LEAK_OR_CODE} If the global is your database module's own connection, "
+    "name that module in isolation_database_module (a module with a "
+    "reset_database_instance() function, or module:function, that closes it): it is then "
+    "reset around each isolated test, and reconnects to its database."
 )
 
 

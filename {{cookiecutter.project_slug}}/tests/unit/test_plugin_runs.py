@@ -745,6 +745,16 @@ def test_a_run_of_unit_tests_alone_builds_nothing_and_needs_no_sqlite_utils(
 
 
 NOTHING_ISOLATED = "no test of this run is isolated: isolation_test_paths is its default"
+# A plugin for run_suite's -p: a project's own hook marks its database tests isolated.
+MARKS_ISOLATED = """
+import pytest
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "db" in item.name:
+            item.add_marker(pytest.mark.isolated)
+"""
 
 
 def test_a_run_that_isolates_nothing_for_want_of_tests_integration_says_so(
@@ -754,8 +764,9 @@ def test_a_run_that_isolates_nothing_for_want_of_tests_integration_says_so(
     and none marked: no test gets a database, and the failures do not say why. Said also
     where warnings are errors (shown, not raised: raised, it would crash the run), and by
     one xdist worker only. Not said while only collecting, nor when a collected test is
-    marked (deselected with -k: a project that marks its tests and runs others), nor when
-    the setting is empty, nor once tests/integration exists."""
+    marked (deselected with -k: a project that marks its tests, with the decorator or a
+    hook of its own, and runs others), nor when the setting is empty, nor once
+    tests/integration exists."""
     child = run_suite(tmp_path, UNIT_TEST)
     assert child.returncode == 0, child.stdout + child.stderr
     assert f"IsolationWarning: {NOTHING_ISOLATED}, tests/integration," in child.stdout
@@ -765,9 +776,12 @@ def test_a_run_that_isolates_nothing_for_want_of_tests_integration_says_so(
     child = run_suite(tmp_path, UNIT_TEST + UNIT_TEST.replace("unit", "other"), "-n", "2")
     assert child.returncode == 0, child.stdout + child.stderr
     assert "2 passed, 1 warning in" in child.stdout, child.stdout
+    (tmp_path / "marks_isolated.py").write_text(MARKS_ISOLATED)
+    marked_by_a_plugin = UNIT_TEST + "\n\ndef test_db_thing():\n    pass\n"
     for suite, args in [
         (UNIT_TEST, ["--collect-only"]),
         (MIXED_TESTS, ["-k", "unit"]),
+        (marked_by_a_plugin, ["-p", "marks_isolated", "-k", "unit"]),
         (UNIT_TEST, ["-o", "isolation_test_paths="]),
     ]:
         child = run_suite(tmp_path, suite, *args)
@@ -1146,25 +1160,31 @@ def test_second(connection):
 """
 
 
-@pytest.mark.parametrize("closed_by", ["a fixture", "the end of the first test"])
-def test_a_connection_closed_by_code_in_a_module_not_reset_names_the_setting(
+@pytest.mark.parametrize(
+    "closed_by", ["a fixture", "the end of the first test", "the end, another module reset"]
+)
+def test_a_connection_closed_in_a_module_not_reset_says_what_closed_it(
     tmp_path: Path, closed_by: str
 ) -> None:
-    """With no isolation_database_module, no reset closed the connection: a fixture did,
-    or the plugin, as a connection the first test leaked, and the module kept it. The
-    failure says which setting lets the module reconnect."""
+    """No reset closed the connection: a fixture did, or the plugin, as a connection the
+    first test leaked, and the module kept it. With no isolation_database_module, the
+    failure says which setting lets the module reconnect; with one (another module's), a
+    reset may have closed it too."""
     (tmp_path / "shop_db.py").write_text(KEEPS_THE_CONNECTION)
-    suite = CLOSES_THE_KEPT_CONNECTION
+    (tmp_path / "other_db.py").write_text("def reset():\n    pass\n")
+    suite, args = CLOSES_THE_KEPT_CONNECTION, []
     if closed_by != "a fixture":
         suite = suite.replace("    shop_db.connection().close()\n", "")
-    child = run_suite(tmp_path, suite)
+    if "reset" in closed_by:
+        args = ["-o", "isolation_database_module=other_db:reset"]
+    child = run_suite(tmp_path, suite, *args)
     assert child.returncode == 1, child.stdout + child.stderr
     assert "1 failed, 1 passed" in child.stdout
     assert "shop_db._connection\n" in child.stdout
     assert "as a connection that test leaked (its leak line says so)" in child.stdout
-    assert "the global kept it. If the global is your database module's" in child.stdout
-    assert "name that module in isolation_database_module" in child.stdout
-    assert "a reset closed it" not in child.stdout
+    assert ("a reset closed it" in child.stdout) is bool(args)
+    named = "If the global is your database module's own connection, name that module in"
+    assert (named in child.stdout) is not bool(args)
     leaked = "Connection leak detected in test: test_suite.py::test_first"
     assert (leaked in child.stdout) is (closed_by != "a fixture"), child.stdout
 
