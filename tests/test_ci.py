@@ -103,6 +103,7 @@ def test_a_turso_project_runs_its_integration_suite_on_libsql_in_ci(
     ) in runs
     check = f"python {CHECK_SCRIPT} integration-tests.log --report isolation-report.json"
     assert any(run.startswith(check) for run in runs), runs
+    assert jobs["integration-libsql"]["env"] == {"PY_COLORS": "0"}  # a plain log to check
     assert "def integration_libsql(" in (turso / "noxfile.py").read_text()
     assert (
         "integration-libsql"
