@@ -551,13 +551,30 @@ class TestIsolationManager:
                     tracked.connection.close()
             except sqlite3.ProgrammingError:  # opened in another thread: only it may close it
                 detail += " (in another thread, which must close it)"
-            if not self.reset_hooks:
-                detail += (
-                    "; if that module keeps your application's connection, name it in "
-                    "isolation_database_module so that it reconnects for each test"
-                )
-            self._leak("connection", context.test_name, detail)
+            self._leak("connection", context.test_name, detail + self._leak_hint(tracked))
         return stale
+
+    def _leak_hint(self, tracked: TrackedConnection) -> str:
+        """What to do about a connection a test left open, by the module that opened it."""
+        if not self.reset_hooks:
+            return (
+                "; if that module keeps your application's connection, name it in "
+                "isolation_database_module so that it reconnects for each test"
+            )
+        if os.path.realpath(tracked.location.rpartition(":")[0]) in self._reset_files:
+            return (
+                "; isolation_database_module names that module, and its reset did not close "
+                "the connection: make the reset close it, not only forget it (an lru_cache's "
+                "cache_clear() does not close what it cached)"
+            )
+        return ""
+
+    @cached_property
+    def _reset_files(self) -> set[str]:
+        """The files of the modules whose reset hooks run."""
+        modules = [sys.modules.get(getattr(hook, "__module__", "")) for hook in self.reset_hooks]
+        files = [getattr(module, "__file__", None) for module in modules]
+        return {os.path.realpath(file) for file in files if file}
 
     def _other_databases_opened(self, context: _TestContext) -> list[str]:
         """Warnings about the database files the test opened besides its own, each once a

@@ -1189,6 +1189,49 @@ def test_a_connection_closed_in_a_module_not_reset_says_what_closed_it(
     assert (leaked in child.stdout) is (closed_by != "a fixture"), child.stdout
 
 
+CACHES_THE_CONNECTION = """
+import functools
+import os
+import sqlite3
+
+
+@functools.lru_cache
+def connection():
+    return sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+
+
+def reset():
+    connection.cache_clear()
+"""
+
+USES_THE_MODULES_CONNECTION = """
+import pytest
+import shop_db
+
+pytestmark = pytest.mark.isolated
+
+
+def test_first():
+    shop_db.connection().execute("SELECT 1")
+"""
+
+
+@pytest.mark.parametrize("module", ["forgets", "closes"])
+def test_a_reset_that_forgets_its_connection_without_closing_it_is_told_to(
+    tmp_path: Path, module: str
+) -> None:
+    """A reset that only clears an lru_cache leaves the connection open at each test's
+    end: the leak line says the reset must close it. One that closes it leaks nothing."""
+    source = CACHES_THE_CONNECTION if module == "forgets" else KEEPS_THE_CONNECTION
+    (tmp_path / "shop_db.py").write_text(source)
+    setting = "isolation_database_module=shop_db:reset"
+    child = run_suite(tmp_path, USES_THE_MODULES_CONNECTION, "-o", setting)
+    assert child.returncode == 0, child.stdout + child.stderr
+    hint = "isolation_database_module names that module, and its reset did not close"
+    assert (hint in child.stdout) is (module == "forgets"), child.stdout
+    assert ("Connection leak detected" in child.stdout) is (module == "forgets")
+
+
 def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
     """Its connection may still point at this test's database: the next test would see
     this one's rows. A warning in a captured log was all it got."""
