@@ -13,14 +13,24 @@ from lib.isolation_manager import TestIsolationManager
 
 # Never finishes on its own: only an interrupt stops it.
 ENDLESS_QUERY = (
-    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c"
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+    "SELECT COUNT(*) FROM c WHERE running()"
 )
 
 
 def _run_in_thread(
     client: DatabaseClient, sql: str
 ) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``sql`` in a thread, and return once it runs (it calls ``running()``): an
+    interrupt sent before a statement starts would be lost, and the query never end."""
     errors: list[BaseException] = []
+    started = threading.Event()
+
+    def running() -> int:
+        started.set()
+        return 1
+
+    client.db.register_function(running, replace=True)
 
     def run() -> None:
         try:
@@ -30,6 +40,7 @@ def _run_in_thread(
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    assert started.wait(timeout=10), "the query did not start"
     return thread, errors
 
 

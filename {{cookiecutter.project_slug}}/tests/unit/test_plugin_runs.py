@@ -1748,6 +1748,8 @@ from lib.database import get_database_client
 pytestmark = pytest.mark.isolated
 POOL = ThreadPoolExecutor(max_workers=1)  # its thread starts in the first test to use it
 DONE = threading.Event()
+FIRED = threading.Event()  # the timer a test left has run
+HANDLED = threading.Event()  # the server's request has used the database
 errors = []
 
 
@@ -1778,6 +1780,7 @@ def server():
 def handle(done):  # a request served over two tests
     done.wait()
     get_database_client().execute("SELECT 1")
+    HANDLED.set()
 
 
 def test_starts_a_pool_thread_and_uses_the_server(server):
@@ -1796,6 +1799,8 @@ def write_once():
         get_database_client().execute("INSERT INTO logs (level, message) VALUES ('info', 'x')")
     except Exception as error:
         errors.append(error)
+    finally:
+        FIRED.set()
 
 
 def test_leaves_a_timer_set():
@@ -1813,7 +1818,8 @@ def test_leaves_a_thread_running():
 
 def test_sees_no_rows_of_it(server):
     DONE.set()
-    time.sleep(0.6)  # the timer has fired
+    assert HANDLED.wait(timeout=30)
+    assert FIRED.wait(timeout=30)
     assert get_database_client().execute("SELECT count(*) FROM logs").rows[0][0] == 0
     refusals = [str(error) for error in errors if " was started by " in str(error)]
     started_by = {refusal.split(" was started by ")[1].split(" ")[0] for refusal in refusals}

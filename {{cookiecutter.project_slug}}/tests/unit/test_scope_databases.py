@@ -253,11 +253,14 @@ def test_a_thread_still_in_a_transaction_when_its_test_ends_is_that_tests_leak(
     inside, failures = threading.Event(), []
 
     def write() -> None:
+        client = database.get_database_client()
         try:
-            with database.get_database_client().transaction() as tx:
+            with client.transaction() as tx:
                 tx.execute("INSERT INTO users (email, name) VALUES ('w@x', 'w')")
                 inside.set()
-                time.sleep(0.3)
+                deadline = time.monotonic() + 30
+                while not client.closed and time.monotonic() < deadline:
+                    time.sleep(0.001)  # in the transaction until the scope's end closes it
         except database.ClientClosedError as error:
             failures.append(str(error))
 
