@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -465,17 +466,23 @@ def test_a_connection_left_open_is_a_leak_named_by_its_line(tmp_path: Path) -> N
     manager.shutdown()
 
 
+@pytest.mark.parametrize("reset_module", ["another", "the leak's"])
 def test_a_leak_names_the_database_module_setting_only_when_none_is_reset(
-    tmp_path: Path,
+    tmp_path: Path, reset_module: str
 ) -> None:
-    manager = TestIsolationManager(data_dir=tmp_path / "data", reset_hooks=[lambda: None])
+    """With a database module reset, the leak does not point at the setting, but says
+    the reset must close the connection when the leak was opened in the reset's module."""
+    reset = tempfile.gettempdir if reset_module == "another" else lambda: None
+    manager = TestIsolationManager(data_dir=tmp_path / "data", reset_hooks=[reset])
     manager.ensure_test_isolation("leaky test")
     leaked = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
     manager.complete_test()
     manager.shutdown()
     leaked.close()
     assert [leak.kind for leak in manager.leaks] == ["connection"]
-    assert "isolation_database_module" not in manager.leaks[0].detail
+    assert "name it in isolation_database_module" not in manager.leaks[0].detail
+    said = "isolation_database_module names that module, and its reset did not close"
+    assert (said in manager.leaks[0].detail) is (reset_module != "another")
 
 
 def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path: Path) -> None:
