@@ -546,7 +546,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_deselected(items: Sequence[pytest.Item]) -> None:
     """Remember that the project marks tests isolated, though this run deselected them."""
-    if items and any(item.get_closest_marker("isolated") for item in items):
+    if any(item.get_closest_marker("isolated") for item in items):
         items[0].config.stash[_marked_key] = True
 
 
