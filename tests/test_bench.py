@@ -40,8 +40,14 @@ def test_bench_is_copied_verbatim(default_project: Path) -> None:
 def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
     # One test, so the quick run happens once even when the tests are spread over workers.
     # The developer's database driver must not reach the suites: each mode runs on sqlite3
-    # (the memory modes need it).
+    # (the memory modes need it). The project has a schema of its own, with none of the
+    # example's tables: the benchmark's tests work on a table it adds to the migrations.
     project = bake(tmp_path / "baked")
+    for migration in (project / "migrations").glob("*.sql"):
+        migration.unlink()
+    (project / "migrations" / "0001_accounts.sql").write_text(
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n"
+    )
     figures_file = tmp_path / "bench-results.json"
     result = run(
         [*BENCH, "--quick", "--json", str(figures_file)],
@@ -106,6 +112,8 @@ def test_quick_bench_reports_every_mode(bake: Bake, tmp_path: Path) -> None:
     assert len(unmeasured) == 3, figures["targets"]
     assert "Targets:\n\n| target | measured | met |" in result.stdout
     assert not (project / ".bench").exists()
+    # Its template is cached apart from the tests' own, which it leaves alone.
+    assert list((project / "data").iterdir()) == [project / "data" / "bench"]
 
 
 FAILING_SUITE = """

@@ -53,11 +53,11 @@ from bench.steps import Steps, steps_table, time_steps
 from bench.suites import (
     BASELINE,
     DATA_DIR,
-    MIGRATIONS_DIR,
     MODES,
     PROJECT_ROOT,
     RUNS_DIR,
     scope_pragmas,
+    write_migrations,
 )
 from bench.targets import check_targets, targets_table
 from lib.scope_databases import MEMORY_PRAGMAS, remove_run_directory, run_directory, template_for
@@ -205,10 +205,10 @@ def _writable(path: Path) -> bool:
     return True
 
 
-def measure_steps(iterations: int) -> dict[str, Steps]:
+def measure_steps(workdir: Path, iterations: int) -> dict[str, Steps]:
     """Time each step of a fresh database in this process, where the plugin makes them."""
     try:
-        template = template_for(MIGRATIONS_DIR, DATA_DIR, RUNS_DIR)
+        template = template_for(write_migrations(workdir / "migrations"), DATA_DIR, RUNS_DIR)
         return time_steps(template, run_directory(RUNS_DIR), iterations)
     finally:
         remove_run_directory(RUNS_DIR)
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.speedup_rows:
                 work_speedup = measure_speedup(workdir, size, rows=args.speedup_rows, **options)
         if args.steps:
-            steps = measure_steps(args.steps)
+            steps = measure_steps(workdir, args.steps)
     except BenchFailure as failure:
         print(f"error: a benchmark suite failed: {failure}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.suites import TABLE
 from lib.database import delete_database_files
 from lib.scope_databases import (
     MEMORY_PRAGMAS,
@@ -24,8 +25,8 @@ from lib.scope_databases import (
 )
 
 # The work of each generated benchmark test: one insert and one count.
-INSERT = "INSERT INTO logs (level, message) VALUES ('info', ?)"
-COUNT = "SELECT count(*) FROM logs"
+INSERT = f"INSERT INTO {TABLE} (label) VALUES (?)"
+COUNT = f"SELECT count(*) FROM {TABLE}"
 
 Steps = dict[str, float]
 

@@ -9,22 +9,50 @@ timings, each test's outcome and the RSS, for the benchmark to read.
 
 from __future__ import annotations
 
+import shutil
 import string
 from pathlib import Path
 
+from lib.migrate import migration_files
 from lib.scope_databases import SCOPE_PRAGMAS, TEMPLATE_PRAGMAS, runs_root
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = PROJECT_ROOT / "data"
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
-# Where the plugin makes test databases by default; every mode makes its own there too.
+# The benchmark's template cache, apart from the tests' own (its schema has a table more,
+# and a cache keeps one template): the tests' next run need not build theirs again.
+DATA_DIR = PROJECT_ROOT / "data" / "bench"
+# Where the plugin makes test databases (a RAM directory when it can); every mode too.
 RUNS_DIR = runs_root(DATA_DIR, use_shm=True)
+# The table every benchmark test works on, added to the project's own migrations: each
+# fresh database reads the project's schema, whatever tables it has, and this one.
+TABLE = "isolation_bench"
+TABLE_MIGRATION = f"{TABLE}.sql"  # after numbered migrations, which sort first
+TABLE_SQL = f"""\
+-- The benchmark's own table, added to the project's migrations by bench/suites.py.
+CREATE TABLE {TABLE} (
+    id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+
+CREATE INDEX {TABLE}_label ON {TABLE} (label);
+"""
 MODES = ("shared", "migrate-per-test", "bare-file", "file", "bare-memory", "memory", "savepoint")
 BASELINE = "shared"
 # Each mode of the plugin, and the bare copy it is built on.
 BARE_COPIES = {"file": "bare-file", "memory": "bare-memory"}
 PLUGIN_MODES = tuple(BARE_COPIES)
 TEST_FILE = "test_bench_db.py"
+
+
+def write_migrations(directory: Path) -> Path:
+    """The project's migrations and the benchmark's table, in the new ``directory``."""
+    directory.mkdir()
+    for path in migration_files(MIGRATIONS_DIR):
+        shutil.copyfile(path, directory / path.name)
+    with (directory / TABLE_MIGRATION).open("x") as file:  # never over a project's own
+        file.write(TABLE_SQL)
+    return directory
 
 
 def scope_pragmas() -> dict[str, str]:
@@ -42,16 +70,16 @@ import pytest
 ROWS = $rows  # extra rows each test writes: 0 for the trivial suites
 MORE_ROWS = (
     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-    "INSERT INTO logs (level, message) SELECT 'debug', 'row ' || i FROM n"
+    "INSERT INTO $table (label) SELECT 'row ' || i FROM n"
 )
 
 
 @pytest.mark.parametrize("number", range($count))
 def test_database_work(db, number):
-    db.execute("INSERT INTO logs (level, message) VALUES ('info', ?)", [f"test {number}"])
+    db.execute("INSERT INTO $table (label) VALUES (?)", [f"test {number}"])
     if ROWS:
         db.execute(MORE_ROWS, [ROWS])
-    assert db.execute("SELECT count(*) FROM logs").rows[0][0] >= 1 + ROWS
+    assert db.execute("SELECT count(*) FROM $table").rows[0][0] >= 1 + ROWS
 ''')
 
 REPORT_PLUGIN = '''\
@@ -141,8 +169,9 @@ def pytest_unconfigure(config):
 
 DATABASES = """
 import itertools
+from pathlib import Path
 
-from bench.suites import DATA_DIR, MIGRATIONS_DIR, RUNS_DIR, scope_pragmas
+from bench.suites import DATA_DIR, RUNS_DIR, scope_pragmas
 from lib.database import DatabaseClient, delete_database_files
 from lib.migrate import apply_migrations
 from lib.scope_databases import (
@@ -157,6 +186,7 @@ from lib.scope_databases import (
 
 # Every mode makes its databases where the plugin makes its own: the same filesystem.
 DATA = run_directory(RUNS_DIR)
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # the suite's own
 _numbers = itertools.count()
 _shared = []
 _template = []
@@ -175,7 +205,7 @@ def pytest_sessionstart(session):
     client = DatabaseClient(
         str(DATA / "shared.db"), owner="the shared benchmark database", pragmas=scope_pragmas()
     )
-    apply_migrations(client.db)
+    apply_migrations(client.db, MIGRATIONS)
     _shared.append(client)
 """
 
@@ -183,7 +213,7 @@ BARE_COPY = """
 
 def pytest_sessionstart(session):
     \"\"\"This process's copy of the cached template, made before the first test.\"\"\"
-    _template.append(template_for(MIGRATIONS_DIR, DATA_DIR, RUNS_DIR))
+    _template.append(template_for(MIGRATIONS, DATA_DIR, RUNS_DIR))
 """
 
 # The plugin and its metrics reporter, as the project's root conftest.py loads them.
@@ -219,7 +249,7 @@ import sqlite_utils  # migrations need it: imported with the suite, not by its f
 def db():
     path = DATA / f"test-{next(_numbers)}.db"
     client = DatabaseClient(str(path), owner="one benchmark test", pragmas=scope_pragmas())
-    apply_migrations(client.db)
+    apply_migrations(client.db, MIGRATIONS)
     yield client
     client.close()
     delete_database_files(path)
@@ -257,15 +287,19 @@ PYTEST_INI = """\
 console_output_style = classic
 asyncio_default_fixture_loop_scope = function
 """
-PLUGIN_INI = string.Template(
-    "isolation_test_paths = .\nisolation_migrations_dir = $migrations\nisolation_data_dir = $data\n"
-).substitute(migrations=MIGRATIONS_DIR, data=DATA_DIR)
+PLUGIN_INI = (
+    "isolation_test_paths = .\nisolation_migrations_dir = migrations\n"
+    f"isolation_data_dir = {DATA_DIR}\n"
+)
 
 
 def write_suite(directory: Path, mode: str, count: int, rows: int = 0) -> None:
-    """A self-contained suite: its own ini and conftest, so the project's config stays out."""
+    """A self-contained suite: its own ini, conftest and migrations, so the project's
+    config stays out."""
     directory.mkdir(parents=True)
+    write_migrations(directory / "migrations")
     ini = PYTEST_INI + (PLUGIN_INI if mode in PLUGIN_MODES else "")
     (directory / "pytest.ini").write_text(ini)
     (directory / "conftest.py").write_text(REPORT_PLUGIN + MODE_FIXTURES[mode])
-    (directory / TEST_FILE).write_text(TEST_MODULE.substitute(count=count, rows=rows))
+    test_module = TEST_MODULE.substitute(count=count, rows=rows, table=TABLE)
+    (directory / TEST_FILE).write_text(test_module)
