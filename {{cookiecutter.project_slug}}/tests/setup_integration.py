@@ -520,11 +520,19 @@ def _say_still_preparing(config: pytest.Config, manager: TestIsolationManager) -
 
 
 def _migrations_hint(error: MigrationError, directory: Path, config: pytest.Config) -> str:
-    """What to do, naming the configuration file pytest read (it reads only one)."""
-    where = f"in {config.inipath}" if config.inipath else "in pytest's configuration"
+    """What to do, naming where the setting was made."""
+    where = _where_set(config, "isolation_migrations_dir")
     if isinstance(error, MigrationsDirectoryError):
-        return f"Set isolation_migrations_dir {where} to the directory of the migrations."
-    return f"Fix that migration in {directory} (the isolation_migrations_dir setting {where})."
+        return f"Set isolation_migrations_dir to the directory of the migrations ({where})."
+    return f"Fix that migration in {directory} (the isolation_migrations_dir setting, {where})."
+
+
+def _where_set(config: pytest.Config, name: str) -> str:
+    """Where the ini setting ``name`` was made: a ``-o``, which wins over any file, or the
+    one configuration file pytest read."""
+    if any(entry.partition("=")[0].strip() == name for entry in config.option.override_ini or ()):
+        return "set with -o, on the command line or in PYTEST_ADDOPTS"
+    return f"in {config.inipath}" if config.inipath else "in pytest's configuration"
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

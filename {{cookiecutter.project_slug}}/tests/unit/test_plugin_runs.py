@@ -403,7 +403,8 @@ def test_a_broken_migration_stops_the_run_with_one_clear_error_and_restores_the_
     assert "INTERNALERROR" not in output
     assert "ERROR: cannot build the template database" in output
     assert "0001_refunds.sql" in output
-    assert "isolation_migrations_dir" in output
+    setting = "the isolation_migrations_dir setting, set with -o, on the command line or in"
+    assert f"Fix that migration in {migrations} ({setting} PYTEST_ADDOPTS)." in output
     assert "exit 4" in output  # pytest's usage error
     assert f"DATABASE_URL file:{developer_db}" in output
     assert "TURSO_AUTH_TOKEN secret" in output
@@ -843,14 +844,29 @@ def test_a_true_or_false_setting_pytest_cannot_read_is_an_error_naming_it(
     assert "INTERNALERROR" not in child.stdout + child.stderr
 
 
-def test_a_missing_migrations_directory_says_where_the_schema_goes(tmp_path: Path) -> None:
-    setting = f"isolation_migrations_dir={tmp_path / 'db' / 'migrations'}"
-    child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
+@pytest.mark.parametrize("where", ["ini", "-o"])
+def test_a_missing_migrations_directory_says_where_the_schema_goes(
+    tmp_path: Path, where: str
+) -> None:
+    """The hint names where the setting was made: the one configuration file pytest read,
+    or a ``-o``, which wins over it."""
+    missing = tmp_path / "db" / "migrations"
+    override = ["-o", f"isolation_migrations_dir={missing}"] if where == "-o" else []
+    command, env = suite_command(tmp_path, ONE_ISOLATED_TEST, *override)
+    ini = tmp_path / "pytest.ini"
+    if where == "ini":
+        setting = f"isolation_migrations_dir = {PROJECT_ROOT / 'migrations'}"
+        ini.write_text(ini.read_text().replace(setting, f"isolation_migrations_dir = {missing}"))
+    child = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert child.returncode == 4, child.stdout + child.stderr
-    assert f"migrations directory {tmp_path / 'db' / 'migrations'} does not exist" in child.stderr
+    assert f"migrations directory {missing} does not exist" in child.stderr
     assert "put the schema there as ordered *.sql migration files" in child.stderr
-    # pytest reads one configuration file: the hint names the one it read
-    assert f"Set isolation_migrations_dir in {tmp_path / 'pytest.ini'} to the directory" in (
+    made = f"in {ini}"
+    if where == "-o":
+        made = "set with -o, on the command line or in PYTEST_ADDOPTS"
+    assert f"Set isolation_migrations_dir to the directory of the migrations ({made})." in (
         child.stderr
     )
 
