@@ -2,7 +2,8 @@
 
 ``nox -s demo`` bakes a project with the default answers and runs its isolated
 integration suite; ``nox -s tests`` bakes projects and checks them; ``nox -s bench``
-runs a baked project's benchmark; ``nox -s lint`` checks this repository's Python files.
+runs a baked project's benchmark; ``nox -s lint`` checks this repository's Python files
+with ruff and mypy.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ TEST_REQUIREMENTS = [
 ]
 
 
+# What the files ``nox -s lint`` type-checks import, for mypy to read their types.
+LINT_TYPES = ["cookiecutter>=2.6", "nox>=2025.2.9", "pytest>=8.3", "types-PyYAML"]
+
+
 def _bake_default(session: nox.Session, name: str) -> Path:
     """Install cookiecutter and nox, bake a fresh default project; return its directory."""
     session.install("cookiecutter>=2.6", "nox>=2025.2.9", "uv>=0.5")
@@ -84,8 +89,10 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """Check the hooks, the template tests and this file with ruff."""
-    session.install("ruff>=0.8")
+    """Check the hooks, the template tests and this file with ruff, and their types with
+    mypy (against the packages they import)."""
+    session.install("ruff>=0.8", "mypy>=1.13", *LINT_TYPES)
     paths = ["hooks", "tests", "noxfile.py"]
     session.run("ruff", "check", *paths, *session.posargs)
     session.run("ruff", "format", "--check", *paths)
+    session.run("mypy")
