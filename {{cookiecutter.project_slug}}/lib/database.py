@@ -687,7 +687,9 @@ class DatabaseService:
         """Connect to ``url`` (default: ``DATABASE_URL`` at first use) or via ``client_factory``.
 
         A ``url`` given here is the database: ``TURSO_DATABASE_URL`` does not make it a
-        replica, and errors name ``DatabaseService(url)``."""
+        replica, and errors name ``DatabaseService(url)``. A client from ``client_factory``
+        belongs to whoever made it (a test's scope), which closes it: closing the service
+        only forgets it."""
         self._url = url
         self._client_factory = client_factory
         self._client: DatabaseClient | None = None
@@ -733,7 +735,15 @@ class DatabaseService:
         return self.initialize()
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Close the client; the service opens a new one if asked again afterwards."""
+        """Close the client; the service opens a new one if asked again afterwards.
+
+        A client from ``client_factory`` is forgotten, not closed, and without waiting for
+        a connect in progress: the factory's maker may be the caller, holding the lock
+        that connect waits for.
+        """
+        if self._client_factory is not None:
+            self._client = None
+            return True
         self.is_closing = True
         try:
             with self._lock:
@@ -808,7 +818,8 @@ def get_database_client() -> DatabaseClient:
 
 
 def reset_database_instance() -> None:
-    """Close and forget the process-wide service; the next call builds a new one."""
+    """Close and forget the process-wide service; the next call builds a new one. In an
+    isolated test the service's client is the test's, which stays open: its scope closes it."""
     previous = swap_database_service(None)
     if previous is not None:
         previous.reset_for_testing()

@@ -125,6 +125,8 @@ class IsolationScope:
     module_snapshot: frozenset[str]
     connections: set[DatabaseClient] = field(default_factory=set)
     client: DatabaseClient | None = None
+    # In memory: the connection that keeps the database alive until the scope ends.
+    holder: sqlite3.Connection | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -306,7 +308,8 @@ class TestIsolationManager:
         scope_options = ScopeOptions(**options)
         scope_id = f"test_{time.time_ns() // 1_000_000}_{secrets.token_hex(4)}"
         with self._lock:
-            path = self._factory(scope_options.strategy).new_database()
+            factory = self._factory(scope_options.strategy)
+            path = factory.new_database()
             scope = IsolationScope(
                 id=scope_id,
                 test_name=test_name,
@@ -316,8 +319,8 @@ class TestIsolationManager:
                 if scope_options.isolate_modules
                 else frozenset(),
             )
-            if path is None:  # an in-memory database exists while a client holds it
-                self._open_client(scope, new=True)
+            if path is None:
+                scope.holder = factory.hold_in_memory(scope.database_url)
             self.active_scopes[scope_id] = scope
             if self._context is not None:
                 self._context.database_urls.append(scope.database_url)
@@ -351,13 +354,11 @@ class TestIsolationManager:
             scope = self._scope(scope_id)
             if scope.client is not None and not scope.client.closed:
                 return scope.client
-            return self._open_client(scope, new=False)
+            return self._open_client(scope)
 
-    def _open_client(self, scope: IsolationScope, *, new: bool) -> DatabaseClient:
-        """Open the scope's client. An in-memory database that lost its last client is
-        gone: it starts again from the template."""
+    def _open_client(self, scope: IsolationScope) -> DatabaseClient:
         factory = self._factory(scope.options.strategy)
-        client = factory.connect(scope.database_path, scope.database_url, scope.owner, new=new)
+        client = factory.connect(scope.database_path, scope.database_url, scope.owner)
         scope.client = client
         scope.connections.add(client)
         if scope.options.track_connections:
@@ -422,7 +423,11 @@ class TestIsolationManager:
     def _keep(self, scope: IsolationScope, destination: Path) -> None:
         try:
             kept = scope_databases.keep_database(
-                scope.client, scope.database_path, destination, scope.options.connection_timeout
+                scope.client,
+                scope.database_path,
+                destination,
+                scope.options.connection_timeout,
+                scope.holder,
             )
             if kept is not None:
                 self.kept_databases.append(kept)
@@ -431,6 +436,14 @@ class TestIsolationManager:
             logger.warning("could not keep the database of %s: %r", scope.test_name, error)
 
     def _close_connections(self, scope: IsolationScope) -> bool:
+        """Close the scope's clients, then what holds its in-memory database."""
+        try:
+            return self._close_clients(scope)
+        finally:
+            if scope.holder is not None:
+                scope.holder.close()
+
+    def _close_clients(self, scope: IsolationScope) -> bool:
         closed_cleanly = True
         reason = "when that scope ended"
         for client in list(scope.connections):

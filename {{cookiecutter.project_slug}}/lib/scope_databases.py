@@ -506,6 +506,11 @@ class Template:
         with self._lock:  # one backup at a time reads the shared source
             client.restore_from(self.in_memory)
 
+    def fill(self, conn: sqlite3.Connection) -> None:
+        """Fill the new, empty in-memory database of ``conn`` with the template."""
+        with self._lock:
+            self.in_memory.backup(conn)
+
 
 def template_for(migrations_dir: Path, data_dir: Path, runs: Path) -> Template:
     """This process's template: copied from the cache once, then reused by every scope."""
@@ -563,7 +568,7 @@ class DatabaseFactory:
 
     def new_database(self) -> Path | None:
         """Copy the template to a new file (the file strategy); None for the memory one,
-        whose database exists while a client has it open (see :meth:`connect`)."""
+        whose database exists while a connection has it open (see :meth:`hold_in_memory`)."""
         if self.strategy == "memory":
             return None
         path = self.directory / f"db-{next(self._numbers)}-{secrets.token_hex(2)}.db"
@@ -575,11 +580,25 @@ class DatabaseFactory:
             self.template.copy_to(path)
         return path
 
-    def connect(self, path: Path | None, url: str, owner: str, *, new: bool) -> DatabaseClient:
-        """A client on the file ``path``, or on the in-memory database at ``url``: filled
-        with the template when ``new``, or when it was gone (its last client closed)."""
+    def hold_in_memory(self, url: str) -> sqlite3.Connection:
+        """Make the in-memory database ``url`` from the template; return the connection
+        that holds it. It lives until that connection closes, whatever its clients do: a
+        test may close its client, or reset the application's, and connect again."""
         with untracked():
-            if path is not None:
+            holder = sqlite3.connect(url, uri=True, check_same_thread=False)
+        try:
+            self.template.fill(holder)
+        except BaseException:
+            holder.close()
+            raise
+        return holder
+
+    def connect(self, path: Path | None, url: str, owner: str) -> DatabaseClient:
+        """A client on the file ``path``, or on the in-memory database at ``url``."""
+        with untracked():
+            if path is None:
+                client = DatabaseClient(url, owner=owner, pragmas=MEMORY_PRAGMAS)
+            else:
                 client = DatabaseClient(
                     str(path),
                     owner=owner,
@@ -587,29 +606,25 @@ class DatabaseFactory:
                     engine=self.engine,
                     source=TEST_DATABASES_SOURCE,
                 )
-                client.stop_statements_on(ALARM)  # a test's timeout stops its statement
-                return client
-            client = DatabaseClient(url, owner=owner, pragmas=MEMORY_PRAGMAS)
-            client.stop_statements_on(ALARM)
-        try:
-            if new or client.execute("PRAGMA page_count").rows[0][0] == 0:
-                self.template.copy_into(client)
-        except BaseException:
-            client.close()
-            raise
+        client.stop_statements_on(ALARM)  # a test's timeout stops its statement
         return client
 
 
 def keep_database(
-    client: DatabaseClient | None, path: Path | None, destination: Path, timeout: float
+    client: DatabaseClient | None,
+    path: Path | None,
+    destination: Path,
+    timeout: float,
+    holder: sqlite3.Connection | None = None,
 ) -> Path | None:
     """Save a test's database to ``destination`` for a post-mortem; return where it went
-    (None when there is nothing to save: an in-memory database whose client was closed).
+    (None when there is nothing to save: a file the test deleted).
 
     A file is read by a connection of its own, which sees what is committed in the WAL
     too and never waits for a client another thread still holds. An in-memory database is
-    read through its client, which gets ``timeout`` seconds to be free (a connection of
-    its own would wait as long: without WAL, an open write transaction blocks readers).
+    read through its open client, which gets ``timeout`` seconds to be free (a connection
+    of its own would wait as long: without WAL, an open write transaction blocks readers),
+    or else through the ``holder`` that keeps it alive.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     destination.unlink(missing_ok=True)
@@ -622,6 +637,9 @@ def keep_database(
                 source.backup(target)
         elif client is not None and not client.closed:
             client.backup(destination, timeout=timeout)
+        elif holder is not None:
+            with closing(sqlite3.connect(destination)) as target:
+                holder.backup(target)
         else:
             return None
     return destination

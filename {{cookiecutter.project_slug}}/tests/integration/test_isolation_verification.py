@@ -13,6 +13,7 @@ from lib.database import (
     get_database_client,
     local_database_file,
     parse_database_url,
+    reset_database_instance,
 )
 from lib.isolation_manager import TestIsolationManager
 from tests.integration.schema import table_names
@@ -86,6 +87,27 @@ def test_application_code_sees_the_test_database(db: DatabaseClient) -> None:
         "INSERT INTO users (email, name) VALUES ('app2@example.com', 'App2')"
     )
     assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 2
+
+
+def test_resetting_the_application_singleton_keeps_the_test_database(
+    db: DatabaseClient,
+) -> None:
+    """Application code that resets its singleton in a test connects again to the test's
+    database, and the test's own client stays open: the scope owns it."""
+    db.execute("INSERT INTO users (email, name) VALUES ('reset@example.com', 'Reset')")
+    assert _count_users_in_application_code() == 1  # the application is connected
+    reset_database_instance()
+    assert _count_users_in_application_code() == 1
+    assert db.execute("SELECT name FROM users").rows[0][0] == "Reset"
+
+
+def test_a_test_that_closes_its_client_gets_its_database_back(db: DatabaseClient) -> None:
+    """Closing the client loses nothing, in memory too: the scope keeps the database."""
+    db.execute("INSERT INTO users (email, name) VALUES ('closed@example.com', 'Closed')")
+    db.close()
+    again = get_db_client()
+    assert again is not db
+    assert again.execute("SELECT name FROM users").rows[0][0] == "Closed"
 
 
 def test_database_url_points_at_the_scope_database(db: DatabaseClient) -> None:

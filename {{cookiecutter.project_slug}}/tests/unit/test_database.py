@@ -1849,6 +1849,27 @@ def test_service_reset_for_testing_closes_clients_and_allows_reuse(
     assert second.execute("SELECT 2").rows[0][0] == 2
 
 
+def test_a_service_forgets_a_client_its_factory_made_without_closing_it(tmp_path: Path) -> None:
+    """The factory's maker owns the client (a test's scope): resetting the application's
+    singleton must not close the test's own ``db``, nor wait for a connect in progress."""
+    made: list[DatabaseClient] = []
+
+    def factory() -> DatabaseClient:
+        made.append(DatabaseClient(str(tmp_path / "owned.db")))
+        return made[-1]
+
+    service = DatabaseService(client_factory=factory)
+    first = service.get_client()
+    try:
+        assert service.close() is True
+        assert not first.closed
+        assert service.active_connections == frozenset()
+        assert service.get_client() is made[1]
+    finally:
+        for client in made:
+            client.close()
+
+
 def test_service_refuses_new_clients_while_closing(service: DatabaseService) -> None:
     """While close() waits for a busy client, asking for a client fails fast instead of racing."""
     client = service.get_client()
