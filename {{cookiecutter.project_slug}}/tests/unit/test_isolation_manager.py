@@ -350,6 +350,20 @@ def test_stale_client_names_its_scope_and_test(manager: TestIsolationManager) ->
     assert "test_isolation_manager.py:" in message  # where destroy_scope was called
 
 
+def test_a_client_application_code_kept_is_closed_by_its_scope(
+    manager: TestIsolationManager,
+) -> None:
+    """The singleton hands out the scope's client; the scope's end closes it, with the
+    scope's timeout and reason, not the reset of the singleton before it (destroying the
+    current test's scope resets the singleton first, as an emergency cleanup does)."""
+    scope_id = manager.ensure_test_isolation("tests/test_orders.py::test_export")
+    kept = database.get_database_client()
+    manager.destroy_scope(scope_id)
+    with pytest.raises(ClientClosedError, match=r"test_export.* when that scope ended"):
+        kept.execute("SELECT 1")
+    manager.complete_test()
+
+
 def test_destroying_an_unknown_scope_returns_false(manager: TestIsolationManager) -> None:
     created = manager.performance_metrics["scopes_destroyed"]
     assert manager.destroy_scope("test_0_00000000") is False
