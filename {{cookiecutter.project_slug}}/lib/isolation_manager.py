@@ -20,7 +20,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableSet, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +112,18 @@ class ScopeOptions:
         if self.strategy not in STRATEGIES:
             allowed = " or ".join(map(repr, STRATEGIES))
             raise ValueError(f"strategy must be {allowed}, not {self.strategy!r}")
+
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> ScopeOptions:
+        """The options of ``create_scope(**options)``; a name that is not one is a TypeError
+        listing those there are."""
+        names = [option.name for option in fields(cls)]
+        unknown = sorted(options.keys() - set(names))
+        if unknown:
+            raise TypeError(
+                f"unknown scope option {', '.join(unknown)}: the options are {', '.join(names)}"
+            )
+        return cls(**options)
 
 
 @dataclass(eq=False)
@@ -305,7 +317,7 @@ class TestIsolationManager:
 
     def create_scope(self, test_name: str, **options: Any) -> str:
         """Create a scope whose database exists at once; it is not made current."""
-        scope_options = ScopeOptions(**options)
+        scope_options = ScopeOptions.of(options)
         scope_id = f"test_{time.time_ns() // 1_000_000}_{secrets.token_hex(4)}"
         with self._lock:
             factory = self._factory(scope_options.strategy)
@@ -489,7 +501,12 @@ class TestIsolationManager:
                     else None
                 ),
             )
-            scope_id = self.create_scope(test_name, **options)
+            try:
+                scope_id = self.create_scope(test_name, **options)
+            except BaseException:  # bad options, a full disk: the test gets no database
+                context, self._context = self._context, None
+                self._stop_recording_and_restore(context)
+                raise
             self._point_at(scope_id)
         self._raise_failed_resets()
         return scope_id

@@ -364,6 +364,38 @@ def test_a_client_application_code_kept_is_closed_by_its_scope(
     manager.complete_test()
 
 
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"strategy": "disk"}, "strategy must be 'file' or 'memory', not 'disk'"),
+        ({"isolate_module": False}, "unknown scope option isolate_module: the options are "),
+    ],
+    ids=["bad value", "misspelt name"],
+)
+def test_a_scope_that_cannot_be_made_changes_nothing(
+    manager: TestIsolationManager,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, object],
+    error: str,
+) -> None:
+    """The test gets no database, and never the developer's: the singleton stays blocked
+    and DATABASE_URL as it was."""
+    developers = f"file:{tmp_path / 'developers.db'}"
+    monkeypatch.setenv("DATABASE_URL", developers)
+    previous = database.block_database_access("outside any test")
+    try:
+        with pytest.raises((TypeError, ValueError), match=re.escape(error)):
+            manager.ensure_test_isolation("bad options", **options)
+        assert manager.current_test_id is None
+        assert os.environ["DATABASE_URL"] == developers
+        with pytest.raises(database.DatabaseAccessBlockedError, match="outside any test"):
+            database.get_database_client()
+    finally:
+        database.block_database_access(previous)
+    assert not (tmp_path / "developers.db").exists()
+
+
 def test_destroying_an_unknown_scope_returns_false(manager: TestIsolationManager) -> None:
     created = manager.performance_metrics["scopes_destroyed"]
     assert manager.destroy_scope("test_0_00000000") is False
