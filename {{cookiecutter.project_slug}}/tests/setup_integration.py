@@ -838,12 +838,16 @@ def _warn_late(
 
 
 def _warned_late(action: Callable[[], object]) -> None:
-    """Run ``action``, then give its warnings with :func:`_warn_late`."""
-    with warnings.catch_warnings(record=True) as found:
-        warnings.simplefilter("always")
-        action()
-    for finding in found:
-        _warn_late(str(finding.message), finding.category)
+    """Run ``action``, then give its warnings with :func:`_warn_late`, also when it raised
+    after them."""
+    found: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as found:
+            warnings.simplefilter("always")
+            action()
+    finally:
+        for finding in found:
+            _warn_late(str(finding.message), finding.category)
 
 
 def _kept_directory(manager: TestIsolationManager) -> Path:
@@ -865,10 +869,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """pytest skips ``pytest_sessionfinish`` when a later plugin's session start fails or
-    is interrupted (Ctrl-C while pytest-xdist starts its workers): the session ends here."""
+    is interrupted (Ctrl-C while pytest-xdist starts its workers): the session ends here.
+    A run stopped before its session (a usage error) lifts what registering the plugin
+    set, for the process to go on (``pytest.main()`` in a script)."""
     if config.stash.get(_session_open_key, False):
         config.stash[_session_open_key] = False
         _end_session()
+    else:
+        database.block_database_access(None)
+        install_test_isolation_manager(None)
 
 
 def _end_session() -> None:

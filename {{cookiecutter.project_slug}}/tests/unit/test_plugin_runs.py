@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -408,6 +409,24 @@ def test_a_broken_migration_stops_the_run_with_one_clear_error_and_restores_the_
     assert "exit 4" in output  # pytest's usage error
     assert f"DATABASE_URL file:{developer_db}" in output
     assert "TURSO_AUTH_TOKEN secret" in output
+    assert "rows 1" in output
+
+
+def test_a_run_stopped_before_its_session_leaves_the_database_free(tmp_path: Path) -> None:
+    """``pytest.main()`` in a script: a usage error (a bad strategy, found at configure)
+    leaves the process's database as free as the plugin found it."""
+    (tmp_path / "test_suite.py").write_text(ONE_ISOLATED_TEST)
+    env = child_environment(tmp_path) | {"DATABASE_URL": f"file:{tmp_path / 'dev.db'}"}
+    env["ISOLATION_STRATEGY"] = "disk"
+    command = [sys.executable, "-c", FAILED_START, "-p", "no:cacheprovider"]
+    command += ["-p", "tests.setup_integration", str(tmp_path / "test_suite.py")]
+    child = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    output = child.stdout + child.stderr
+    assert child.returncode == 0, output
+    assert "ISOLATION_STRATEGY" in output
+    assert "exit 4" in output
     assert "rows 1" in output
 
 
@@ -1246,6 +1265,23 @@ def test_a_reset_that_forgets_its_connection_without_closing_it_is_told_to(
     hint = "isolation_database_module names that module, and its reset did not close"
     assert (hint in child.stdout) is (module == "forgets"), child.stdout
     assert ("Connection leak detected" in child.stdout) is (module == "forgets")
+
+
+def test_warnings_before_an_error_at_the_end_of_a_session_are_given() -> None:
+    """The end of a test the run was interrupted in may warn (a stale binding), then raise
+    (a reset hook that failed): the warnings are given all the same."""
+    from lib.isolation_manager import IsolationError, IsolationWarning
+    from tests.setup_integration import _warned_late
+
+    def end_of_the_test() -> None:
+        warnings.warn("a stale binding", IsolationWarning, stacklevel=1)
+        raise IsolationError("the database reset hook failed")
+
+    with (
+        pytest.warns(IsolationWarning, match="a stale binding"),
+        pytest.raises(IsolationError, match="reset hook failed"),
+    ):
+        _warned_late(end_of_the_test)
 
 
 def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
