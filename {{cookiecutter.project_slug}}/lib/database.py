@@ -27,7 +27,7 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from . import guarded_connection, libsql_engine
 from .client_lock import ClientLock
@@ -113,7 +113,6 @@ _WRITING_PRAGMAS = frozenset({"journal_mode"})
 # How often a connection tries again to switch a database another one holds to WAL.
 LOCK_RETRY_SECONDS = 0.05
 
-T = TypeVar("T")
 Args: TypeAlias = Sequence[Any] | Mapping[str, Any]
 Statement: TypeAlias = str | tuple[str, Args] | Mapping[str, Any]
 
@@ -209,13 +208,18 @@ def caller_location() -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
-def _normalize(statement: Statement) -> tuple[str, Args]:
+def _normalize(number: int, statement: Statement) -> tuple[str, Args]:
+    """``statement`` (the ``number``-th of a batch) as its SQL and arguments."""
     if isinstance(statement, str):
         return statement, ()
-    if isinstance(statement, Mapping):
+    if isinstance(statement, Mapping) and isinstance(statement.get("sql"), str):
         return statement["sql"], statement.get("args", ())
-    sql, args = statement
-    return sql, args
+    if isinstance(statement, Sequence) and len(statement) == 2 and isinstance(statement[0], str):
+        return statement[0], statement[1]
+    raise TypeError(
+        f'batch statement {number} is {statement!r}: write each statement as "SQL", '
+        '("SQL", args) or {"sql": "SQL", "args": args}'
+    )
 
 
 class DatabaseClient:
@@ -366,7 +370,7 @@ class DatabaseClient:
 
     def batch(self, statements: Iterable[Statement]) -> list[ResultSet]:
         """Run statements atomically: all of them or, if one fails, none."""
-        normalized = [_normalize(statement) for statement in statements]
+        normalized = [_normalize(number, each) for number, each in enumerate(statements, 1)]
         with self.transaction() as tx:
             return [tx.execute(sql, args) for sql, args in normalized]
 

@@ -779,10 +779,6 @@ class TestIsolationManager:
             self._deferred_scans.append(_DeferredScan(clients, scope.test_name, scope.owner))
         return self._stale_bindings_in(imported, scope.connections, scope.test_name)
 
-    def scan_deferred_bindings(self) -> None:
-        """Warn about what :meth:`deferred_stale_bindings` finds."""
-        _warn(self.deferred_stale_bindings())
-
     def deferred_stale_bindings(self) -> list[str]:
         """Search every project module for the clients of the scopes ended since the last
         call that are still alive (see ``defer_binding_scan``): something holds them.

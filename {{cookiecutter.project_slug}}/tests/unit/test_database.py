@@ -377,6 +377,20 @@ def test_batch_accepts_the_three_statement_forms(client: DatabaseClient) -> None
     assert [row["name"] for row in results[3].rows] == ["plain", "tuple", "dict"]
 
 
+@pytest.mark.parametrize(
+    "malformed",
+    [("INSERT INTO items (name) VALUES (?)", "a", "b"), {"query": "SELECT 1"}, ("SELECT 1",), 42],
+    ids=["three items", "no sql key", "one item", "a number"],
+)
+def test_a_malformed_batch_statement_names_the_forms_and_runs_nothing(
+    client: DatabaseClient, malformed: object
+) -> None:
+    statements = ["INSERT INTO items (name) VALUES ('first')", malformed]
+    with pytest.raises(TypeError, match=r"batch statement 2 is .*: write each statement as"):
+        client.batch(statements)  # type: ignore[arg-type]
+    assert count(client) == 0
+
+
 def test_batch_is_atomic(client: DatabaseClient) -> None:
     """A failing statement undoes the whole batch: all or nothing."""
     with pytest.raises(sqlite3.IntegrityError):

@@ -943,7 +943,7 @@ def test_deferred_scan_names_an_earlier_module_holding_the_client_when_asked(
     probe_manager: ProbeManager, make_module: Callable[[str], str]
 ) -> None:
     """With ``defer_binding_scan`` a module imported before the scope is searched when
-    ``scan_deferred_bindings()`` runs (the plugin: once pytest lets go of the test)."""
+    ``deferred_stale_bindings()`` runs (the plugin: once pytest lets go of the test)."""
     m = probe_manager(defer_binding_scan=True)
     module = importlib.import_module(make_module("CLIENT = None\n"))
     scope_id = m.create_scope("keeps the client")
@@ -954,10 +954,10 @@ def test_deferred_scan_names_an_earlier_module_holding_the_client_when_asked(
     assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
     assert m.stale_bindings == []
 
-    with pytest.warns(IsolationWarning, match=rf"{module.__name__}\.CLIENT .*{scope_id}"):
-        m.scan_deferred_bindings()
+    (message,) = m.deferred_stale_bindings()
+    assert re.search(rf"{module.__name__}\.CLIENT .*{scope_id}", message), message
     assert m.stale_bindings == [f"{module.__name__}.CLIENT"]
-    m.scan_deferred_bindings()  # each ended scope is searched once
+    assert m.deferred_stale_bindings() == []  # each ended scope is searched once
     assert m.stale_bindings == [f"{module.__name__}.CLIENT"]
 
 
