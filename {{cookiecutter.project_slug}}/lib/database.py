@@ -724,7 +724,10 @@ class DatabaseService:
     def initialize(self) -> DatabaseClient:
         """Open the client unless an open one exists; refuse while closing."""
         if self.is_closing:
-            raise DatabaseShuttingDownError("the database service is shutting down")
+            raise DatabaseShuttingDownError(
+                "the database service is shutting down: ask again once its close() has "
+                "returned (the service then connects afresh)"
+            )
         with self._lock:
             if self._client is None or self._client.closed:
                 self._client = self._connect()

@@ -1,7 +1,8 @@
 """Test isolation: every test gets its own scope with a fresh, migrated database.
 
-Migrations build a template database once per process; each scope gets a copy of it
-(a real file, or a named in-memory database), its own tracked clients, and while it is the
+Migrations build a template database once, cached across runs until they change; each
+process reads it once, and each scope gets a copy of it (a real file, or a named in-memory
+database held open until the scope ends), its own tracked clients, and while it is the
 current test's scope, ``DATABASE_URL`` and the ``lib.database`` singleton point at it.
 Ending the scope closes its clients (with a timeout), deletes its files, drops project
 modules imported meanwhile and names module globals still holding its clients.
@@ -292,8 +293,8 @@ class TestIsolationManager:
         self._template()
 
     def _remove_stale_runs(self) -> None:
-        """Delete what killed runs left, in RAM or on disk, whichever this run uses, and
-        what killed runs of this user's other projects left in RAM."""
+        """Delete what killed runs of this project left, in RAM and on disk, and what
+        killed runs of this user's other projects left in RAM."""
         roots = {
             self.runs_dir,
             *scope_databases.all_runs_roots(self.data_dir),
@@ -358,10 +359,15 @@ class TestIsolationManager:
         try:
             return self.active_scopes[scope_id]
         except KeyError:
-            raise ScopeNotFoundError(f"no active test scope has the id {scope_id!r}") from None
+            raise ScopeNotFoundError(
+                f"no active test scope has the id {scope_id!r}: it ended (with its test, or "
+                "destroy_scope()) or never existed; without an id, get_scoped_database_client() "
+                "gives the current test's"
+            ) from None
 
     def get_scoped_database_client(self, scope_id: str | None = None) -> DatabaseClient:
-        """The scope's client (the current test's when ``scope_id`` is None), opened once."""
+        """The scope's client (the current test's when ``scope_id`` is None): the same one
+        until it is closed, then a new one on the same database."""
         with self._lock:
             scope = self._scope(scope_id)
             if scope.client is not None and not scope.client.closed:

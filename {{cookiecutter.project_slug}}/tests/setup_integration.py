@@ -262,8 +262,10 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
 
 
 def configure_debug_logging(value: str) -> list[str]:
-    """``DEBUG=isolation,database`` (or ``*``) shows those loggers' flow live."""
-    names = [name for name in DEBUG_LOGGERS if name in value.split(",") or value == "*"]
+    """``DEBUG=isolation,database`` (or ``*``) shows those loggers' flow live; the names
+    in any case, with or without spaces after the commas."""
+    asked = {name.strip().lower() for name in value.split(",")}
+    names = [name for name in DEBUG_LOGGERS if name in asked or "*" in asked]
     for name in names:
         logging.getLogger(name).setLevel(logging.DEBUG)
     return names

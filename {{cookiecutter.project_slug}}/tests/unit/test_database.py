@@ -1907,6 +1907,7 @@ def test_service_refuses_new_clients_while_closing(service: DatabaseService) -> 
     asker.join(timeout=10)
     assert len(errors) == 1
     assert isinstance(errors[0], DatabaseShuttingDownError)
+    assert "ask again once its close() has returned" in str(errors[0])
     # Releasing the transaction lets close() finish; the transaction's client is gone.
     with pytest.raises(ClientClosedError):
         tx.rollback()

@@ -409,7 +409,7 @@ def test_destroying_twice_returns_false_the_second_time(manager: TestIsolationMa
 
 
 def test_unknown_scope_id_raises_scope_not_found(manager: TestIsolationManager) -> None:
-    with pytest.raises(ScopeNotFoundError, match="test_123_deadbeef") as excinfo:
+    with pytest.raises(ScopeNotFoundError, match=r"test_123_deadbeef'.*without an id") as excinfo:
         manager.get_scoped_database_client("test_123_deadbeef")
     assert isinstance(excinfo.value, LookupError)
 

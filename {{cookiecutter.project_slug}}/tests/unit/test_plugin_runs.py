@@ -638,8 +638,10 @@ def test_one(db):
 
 
 def test_debug_isolation_shows_its_own_loggers_live_and_no_others_debug(tmp_path: Path) -> None:
-    child = run_suite(tmp_path, CHATTY_TEST, environ={"DEBUG": "isolation"})
+    """The names in any case, with a space after the comma, as people write them."""
+    child = run_suite(tmp_path, CHATTY_TEST, environ={"DEBUG": "Isolation, database"})
     assert child.returncode == 0, child.stdout + child.stderr
+    assert "client closed: " in child.stdout  # the database logger's
     created = re.search(r"scope created: test_\S+ for \S+test_one at (\S+)", child.stdout)
     assert created, child.stdout
     assert created.group(1).startswith("file:")  # where the test's database is
