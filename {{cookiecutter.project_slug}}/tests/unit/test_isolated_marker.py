@@ -30,11 +30,14 @@ def test_unit_test_environment_is_local_and_safe() -> None:
 
 @pytest.mark.isolated
 def test_marked_test_gets_its_own_database(db: DatabaseClient) -> None:
-    db.execute("INSERT INTO users (email, name) VALUES ('marked@example.com', 'Marked')")
-    assert get_database_client().execute("SELECT COUNT(*) FROM users").rows[0][0] == 1
+    """A table of its own, whatever the project's schema: the next test has none."""
+    db.execute("CREATE TABLE marked (name TEXT)")
+    db.execute("INSERT INTO marked (name) VALUES ('Marked')")
+    assert get_database_client().execute("SELECT COUNT(*) FROM marked").rows[0][0] == 1
     assert get_isolation_stats()["current_test_id"] is not None
 
 
 @pytest.mark.isolated
 async def test_marked_async_test_gets_its_own_database(db: DatabaseClient) -> None:
-    assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
+    tables = db.execute("SELECT name FROM sqlite_schema WHERE name = 'marked'")
+    assert tables.rows == []

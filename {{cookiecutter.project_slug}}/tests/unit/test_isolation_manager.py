@@ -35,13 +35,13 @@ from lib.isolation_manager import (
     ScopeNotFoundError,
     TestIsolationManager,
 )
-from lib.migrate import MIGRATIONS_DIR, pending_migrations
+from lib.migrate import pending_migrations
 from lib.scope_databases import Strategy, cached_template
 from lib.stale_bindings import SEARCHED_ITEMS
 from tests.unit.holding import held_in_another_thread
+from tests.unit.own_schema import MIGRATIONS_DIR, TABLES
 
 SCOPE_ID = re.compile(r"^test_\d+_[0-9a-f]{8}$")
-SCHEMA_TABLES = {"users", "products", "orders", "order_items", "logs"}
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def manager(data_dir: Path) -> Iterator[TestIsolationManager]:
     """A standalone manager in test mode; always cleaned up, also when a test fails."""
-    m = TestIsolationManager(data_dir=data_dir)
+    m = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=data_dir)
     m.initialize_test_mode()
     yield m
     m.complete_test()
@@ -97,7 +97,10 @@ def probe_manager(data_dir: Path) -> Iterator[ProbeManager]:
 
     def make(*, defer_binding_scan: bool = False) -> TestIsolationManager:
         m = TestIsolationManager(
-            data_dir=data_dir, module_patterns=["isoprobe_*"], defer_binding_scan=defer_binding_scan
+            migrations_dir=MIGRATIONS_DIR,
+            data_dir=data_dir,
+            module_patterns=["isoprobe_*"],
+            defer_binding_scan=defer_binding_scan,
         )
         m.initialize_test_mode()
         made.append(m)
@@ -245,11 +248,11 @@ def test_a_scope_never_copies_its_writes_into_the_file_it_deletes(
 def test_scope_database_has_the_migrated_schema(manager: TestIsolationManager) -> None:
     scope_id = manager.create_scope("schema")
     client = manager.get_scoped_database_client(scope_id)
-    assert _tables(client) >= SCHEMA_TABLES
-    assert pending_migrations(client.db) == []
+    assert _tables(client) >= TABLES
+    assert pending_migrations(client.db, MIGRATIONS_DIR) == []
     assert client.execute("PRAGMA foreign_keys").rows[0][0] == 1
     assert client.execute("PRAGMA journal_mode").rows[0][0] == "wal"
-    for table in SCHEMA_TABLES:
+    for table in TABLES:
         assert client.execute(f"SELECT COUNT(*) FROM {table}").rows[0][0] == 0
 
 
@@ -262,7 +265,7 @@ def test_memory_strategy_scope(manager: TestIsolationManager, data_dir: Path) ->
 
     client1 = manager.get_scoped_database_client(scope1)
     client2 = manager.get_scoped_database_client(scope2)
-    assert _tables(client1) >= SCHEMA_TABLES
+    assert _tables(client1) >= TABLES
     client1.execute("INSERT INTO users (email, name) VALUES ('m@example.com', 'M')")
     assert client1.execute("SELECT COUNT(*) FROM users").rows[0][0] == 1
     assert client2.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
@@ -281,7 +284,7 @@ def test_memory_scope_is_reachable_through_its_url(manager: TestIsolationManager
     url = manager.active_scopes[scope_id].database_url
     other = DatabaseClient(parse_database_url(url), owner="the application")
     try:
-        assert _tables(other) >= SCHEMA_TABLES
+        assert _tables(other) >= TABLES
         other.execute("INSERT INTO users (email, name) VALUES ('u@example.com', 'U')")
         client = manager.get_scoped_database_client(scope_id)
         assert client.execute("SELECT name FROM users").rows[0][0] == "U"
@@ -308,7 +311,7 @@ def test_unknown_strategy_is_rejected(manager: TestIsolationManager) -> None:
 
 def test_each_scope_gets_a_fresh_copy_removed_with_it(data_dir: Path) -> None:
     """Six scopes in a row: six different files, each empty, each gone after its scope."""
-    m = TestIsolationManager(data_dir=data_dir)
+    m = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=data_dir)
     m.initialize_test_mode()
     try:
         paths: set[Path] = set()
@@ -577,7 +580,7 @@ def test_initialize_removes_a_killed_runs_files(data_dir: Path) -> None:
     stale_run = data_dir / RUNS_DIR_NAME / f"{_dead_pid()}-0badf00d"
     stale_run.mkdir(parents=True)
     (stale_run / "test_2_0badf00d.db").write_bytes(b"left behind")
-    m = TestIsolationManager(data_dir=data_dir)
+    m = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=data_dir)
     try:
         m.initialize_test_mode()
         assert not stale_run.exists()
@@ -597,7 +600,9 @@ def test_a_killed_runs_files_in_ram_go_also_when_this_run_keeps_its_own_on_disk(
     stale_run = shm_runs / f"{_dead_pid()}-0badcafe"
     stale_run.mkdir(parents=True)
     (stale_run / "db-1.db").write_bytes(b"left behind")
-    m = TestIsolationManager(data_dir=data_dir)  # its own runs go under data_dir
+    m = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=data_dir
+    )  # its own runs go under data_dir
     try:
         m.initialize_test_mode()
         assert not shm_runs.exists()
@@ -665,7 +670,9 @@ def test_database_url_names_the_scope_file_whatever_the_directory_is_called(
     """A ``%2F``, ``?`` or ``#`` in a directory name (a CI branch workspace, say) must not
     send a connection made from DATABASE_URL to another file."""
     data_dir = tmp_path / "feature%2Ffoo?x#y" / "data"
-    m = TestIsolationManager(data_dir=data_dir, runs_dir=data_dir / RUNS_DIR_NAME)
+    m = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=data_dir, runs_dir=data_dir / RUNS_DIR_NAME
+    )
     m.initialize_test_mode()
     try:
         scope_id = m.ensure_test_isolation("odd directory")
@@ -758,7 +765,9 @@ def test_project_root_selects_modules_by_file(
     data_dir: Path, module_dir: Path, make_module: Callable[[str], str]
 ) -> None:
     """Without patterns, modules whose file lies in the project are the ones dropped."""
-    m = TestIsolationManager(data_dir=data_dir, project_root=module_dir)
+    m = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=data_dir, project_root=module_dir
+    )
     m.initialize_test_mode()
     try:
         scope_id = m.create_scope("by file")
@@ -789,7 +798,9 @@ def test_a_module_imported_after_another_was_removed_is_dropped(
 ) -> None:
     """As many modules at the end of the scope as at its start does not mean nothing was
     imported: this test removes one module and imports another."""
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["isoprobe_*"])
+    m = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=data_dir, module_patterns=["isoprobe_*"]
+    )
     earlier, later = make_module(""), make_module("")
     importlib.import_module(earlier)
     m.initialize_test_mode()
@@ -804,7 +815,9 @@ def test_a_module_imported_after_another_was_removed_is_dropped(
 
 
 def test_isolation_core_is_never_dropped(data_dir: Path) -> None:
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=["lib", "lib.*"])
+    m = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=data_dir, module_patterns=["lib", "lib.*"]
+    )
     m.initialize_test_mode()
     try:
         m.clear_module_cache(frozenset())
@@ -818,7 +831,9 @@ def test_stdlib_and_third_party_are_never_dropped(data_dir: Path) -> None:
     """Even a pattern that names them does not drop the stdlib or installed packages."""
     names = ("colorsys", "sqlite_fts4")  # stdlib; installed with sqlite-utils
     modules = {name: importlib.import_module(name) for name in names}
-    m = TestIsolationManager(data_dir=data_dir, module_patterns=list(names))
+    m = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=data_dir, module_patterns=list(names)
+    )
     m.initialize_test_mode()
     try:
         m.clear_module_cache(frozenset())
@@ -863,7 +878,11 @@ def test_a_client_kept_by_a_module_the_patterns_do_not_drop_is_reported(
     project module they leave in place keeps its globals, the client too, into the next
     test (patterns matching no module, ``["-"]``, as ADOPTING.md suggests)."""
     m = TestIsolationManager(
-        data_dir=data_dir, module_patterns=["-"], project_root=module_dir, defer_binding_scan=defer
+        migrations_dir=MIGRATIONS_DIR,
+        data_dir=data_dir,
+        module_patterns=["-"],
+        project_root=module_dir,
+        defer_binding_scan=defer,
     )
     m.initialize_test_mode()
     try:

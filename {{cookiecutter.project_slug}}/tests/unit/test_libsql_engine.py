@@ -28,6 +28,7 @@ from lib.database import (
     forbid_remote_databases,
 )
 from lib.isolation_manager import TestIsolationManager
+from tests.unit.own_schema import MIGRATIONS_DIR
 
 libsql = pytest.importorskip("libsql")
 
@@ -91,7 +92,9 @@ def test_what_libsql_lacks_is_refused_clearly(client: DatabaseClient, tmp_path: 
         pytest.raises(DatabaseConfigError, match="file strategy"),
     ):
         client.restore_from(source)
-    manager = TestIsolationManager(data_dir=tmp_path / "data", engine="libsql")
+    manager = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data", engine="libsql"
+    )
     try:
         with pytest.raises(ValueError, match="memory strategy needs the sqlite3 engine"):
             manager.create_scope("memory on libsql", strategy="memory")
@@ -100,7 +103,9 @@ def test_what_libsql_lacks_is_refused_clearly(client: DatabaseClient, tmp_path: 
 
 
 def test_scopes_on_libsql_are_isolated(tmp_path: Path) -> None:
-    manager = TestIsolationManager(data_dir=tmp_path / "data", engine="libsql")
+    manager = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data", engine="libsql"
+    )
     try:
         first = manager.get_scoped_database_client(manager.create_scope("first"))
         second = manager.get_scoped_database_client(manager.create_scope("second"))

@@ -19,6 +19,7 @@ import pytest
 
 from lib.scope_databases import RUNS_DIR_NAME
 from tests.unit.holding import run_directory_held_by_another_process
+from tests.unit.own_schema import MIGRATIONS_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,7 +194,7 @@ def suite_command(
     (tmp_path / "test_suite.py").write_text(source)
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
-        f"isolation_migrations_dir = {PROJECT_ROOT / 'migrations'}\n"
+        f"isolation_migrations_dir = {MIGRATIONS_DIR}\n"
         f"isolation_data_dir = {tmp_path / 'data'}\n"
     )
     env = {**child_environment(tmp_path), **(environ or {})}
@@ -876,7 +877,7 @@ def test_a_missing_migrations_directory_says_where_the_schema_goes(
     command, env = suite_command(tmp_path, ONE_ISOLATED_TEST, *override)
     ini = tmp_path / "pytest.ini"
     if where == "ini":
-        setting = f"isolation_migrations_dir = {PROJECT_ROOT / 'migrations'}"
+        setting = f"isolation_migrations_dir = {MIGRATIONS_DIR}"
         ini.write_text(ini.read_text().replace(setting, f"isolation_migrations_dir = {missing}"))
     child = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False

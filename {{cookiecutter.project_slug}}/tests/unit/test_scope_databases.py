@@ -26,16 +26,16 @@ from lib.scope_databases import RUNS_DIR_NAME, cached_template, remove_run_direc
 from lib.statement_alarm import StatementAlarm
 from tests.unit.disk_limits import BULK_MIGRATION, run_with_file_size_limit
 from tests.unit.holding import run_directory_held_by_another_process
+from tests.unit.own_schema import MIGRATIONS_DIR
 
-MIGRATIONS = migrate.MIGRATIONS_DIR
-PROJECT_ROOT = MIGRATIONS.parent
+PROJECT_ROOT = migrate.MIGRATIONS_DIR.parent
 
 
 @pytest.fixture
 def migrations(tmp_path: Path) -> Path:
-    """A copy of the project's migrations that a test may change."""
+    """A copy of the tests' own migrations that a test may change."""
     directory = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS, directory)
+    shutil.copytree(MIGRATIONS_DIR, directory)
     return directory
 
 
@@ -249,7 +249,7 @@ def test_a_thread_still_in_a_transaction_when_its_test_ends_is_that_tests_leak(
 ) -> None:
     """Threads are looked at before the scope closes: one that the close would have made
     fail (its error landing in whichever test ran next) is its own test's leak."""
-    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data")
     manager.ensure_test_isolation("writer test")
     inside, failures = threading.Event(), []
 
@@ -317,7 +317,7 @@ def test_a_test_end_cut_short_by_a_timeout_is_a_scope_leak_and_puts_everything_b
     is reported, the environment and singleton are put back for the next test, and the
     connection whose close it cut short closes once the holder lets go."""
     before = os.environ.get("DATABASE_URL")
-    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data")
     manager.ensure_test_isolation("cut short")
     scope_id = str(manager.current_test_id)
     holding, release = threading.Event(), threading.Event()
@@ -361,7 +361,7 @@ def test_a_timeout_while_threads_are_looked_at_still_refuses_them_the_database(
 ) -> None:
     """The timeout fires while the test's end waits its grace for a thread it started:
     that thread is refused all the same, and never writes into the next test's database."""
-    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data")
     manager.ensure_test_isolation("cut short")
     stop, refused = threading.Event(), []
 
@@ -401,7 +401,7 @@ def test_a_thread_of_the_isolation_core_started_in_a_test_is_not_its_leak(
 ) -> None:
     """The statement alarm's watch thread starts in the first test that pytest-timeout
     times (inside the test with ``func_only``) and serves every test after it."""
-    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data")
     manager.ensure_test_isolation("first timed test")
     try:
         StatementAlarm().set(60)
@@ -441,7 +441,7 @@ def test_parallel_processes_build_the_template_once(migrations: Path, tmp_path: 
 
 
 def test_a_connection_left_open_is_a_leak_named_by_its_line(tmp_path: Path) -> None:
-    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data")
     manager.ensure_test_isolation("leaky test")
     try:
         leaked = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)  # LEAKED HERE
@@ -473,7 +473,9 @@ def test_a_leak_names_the_database_module_setting_only_when_none_is_reset(
     """With a database module reset, the leak does not point at the setting, but says
     the reset must close the connection when the leak was opened in the reset's module."""
     reset = tempfile.gettempdir if reset_module == "another" else lambda: None
-    manager = TestIsolationManager(data_dir=tmp_path / "data", reset_hooks=[reset])
+    manager = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data", reset_hooks=[reset]
+    )
     manager.ensure_test_isolation("leaky test")
     leaked = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
     manager.complete_test()
@@ -488,7 +490,7 @@ def test_a_leak_names_the_database_module_setting_only_when_none_is_reset(
 def test_a_connection_left_open_by_another_thread_is_reported_not_fatal(tmp_path: Path) -> None:
     """Only the thread that opened a sqlite3 connection may close it: the leak is reported
     as such, and the cleanup goes on."""
-    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data")
     manager.ensure_test_isolation("threaded test")
     url = os.environ["DATABASE_URL"]
     opened, test_done = threading.Event(), threading.Event()
@@ -571,7 +573,7 @@ def test_what_a_build_killed_half_way_left_is_cleared_by_the_next_session(
 
 
 def test_a_forgotten_scope_is_a_leak_unless_it_may_outlive_the_test(tmp_path: Path) -> None:
-    manager = TestIsolationManager(data_dir=tmp_path / "data")
+    manager = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data")
     manager.ensure_test_isolation("creates scopes")
     forgotten = manager.create_scope("forgotten")
     kept = manager.create_scope("outlives its test", auto_cleanup=False)
@@ -623,7 +625,7 @@ def test_scopes_in_a_ram_runs_directory_leave_nothing_behind(shm: Path, tmp_path
     runs.mkdir(mode=0o700)
     stale = runs / "999999999-0badc0de"  # a killed run's directory
     stale.mkdir()
-    manager = TestIsolationManager(data_dir=data, runs_dir=runs)
+    manager = TestIsolationManager(migrations_dir=MIGRATIONS_DIR, data_dir=data, runs_dir=runs)
     manager.initialize_test_mode()
     assert not stale.exists()
 
@@ -654,7 +656,9 @@ def test_a_killed_run_in_ram_is_deleted_even_once_its_project_is_gone(
         path.mkdir(parents=True)
         (path / "db-1-0badc0de.db").write_bytes(b"a test's database")
     data = tmp_path / "project" / "data"
-    manager = TestIsolationManager(data_dir=data, runs_dir=runs_root(data, use_shm=True))
+    manager = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=data, runs_dir=runs_root(data, use_shm=True)
+    )
     manager.initialize_test_mode()
     try:
         assert not gone.parent.exists(), "the killed run and its emptied root are deleted"
