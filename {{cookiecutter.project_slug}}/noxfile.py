@@ -1,6 +1,7 @@
 """Developer tasks: ``nox`` runs lint, typecheck, unit and integration.
 
-``nox -s integration -- -k orders -x`` passes everything after ``--`` on to pytest.
+``nox -s integration -- -k orders -x`` passes everything after ``--`` on to pytest; a
+path there (``nox -s unit -- tests/unit/test_orders.py``) runs those tests alone.
 The project is not installed as a package: pytest finds ``lib`` through
 ``pythonpath = ["."]`` in pyproject.toml.
 """
@@ -8,6 +9,7 @@ The project is not installed as a package: pytest finds ``lib`` through
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -32,18 +34,27 @@ def _install_test_deps(session: nox.Session) -> None:
     session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
 
 
+def _pytest_args(session: nox.Session, tests: str) -> list[str]:
+    """The arguments after ``--``, with the session's ``tests`` unless they name tests of
+    their own (a path, or a ``path::test`` node id)."""
+    named = [arg for arg in session.posargs if not arg.startswith("-")]
+    if any(Path(arg.partition("::")[0]).exists() for arg in named):
+        return session.posargs
+    return [tests, *session.posargs]
+
+
 @nox.session(python=PYTHON)
 def unit(session: nox.Session) -> None:
     """Run the unit tests (no database)."""
     _install_test_deps(session)
-    session.run("pytest", "tests/unit", *session.posargs)
+    session.run("pytest", *_pytest_args(session, "tests/unit"))
 
 
 @nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
     """Run the integration tests, each against its own fresh, migrated database."""
     _install_test_deps(session)
-    session.run("pytest", "tests/integration", *session.posargs)
+    session.run("pytest", *_pytest_args(session, "tests/integration"))
 {%- if cookiecutter.turso == 'yes' %}
 
 
@@ -52,7 +63,7 @@ def integration_libsql(session: nox.Session) -> None:
     """Run the integration tests on the libSQL engine (``DATABASE_DRIVER=libsql``)."""
     _install_test_deps(session)
     env = {"DATABASE_DRIVER": "libsql"}
-    session.run("pytest", "tests/integration", *session.posargs, env=env)
+    session.run("pytest", *_pytest_args(session, "tests/integration"), env=env)
 {%- endif %}
 
 
