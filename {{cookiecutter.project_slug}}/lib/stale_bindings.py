@@ -14,14 +14,20 @@ import reprlib
 import sqlite3
 import sys
 import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from typing import cast
 
 from .async_database import AsyncDatabaseClient
 from .database import DatabaseClient
 
-__all__ = ["SEARCHED_ITEMS", "closed_connections_held", "globals_holding", "stale_warning"]
+__all__ = [
+    "SEARCHED_ITEMS",
+    "closed_clients_held",
+    "closed_connections_held",
+    "globals_holding",
+    "stale_warning",
+]
 
 # The most items of a container in a module global the search looks at.
 SEARCHED_ITEMS = 10_000
@@ -72,13 +78,29 @@ def closed_connections_held(modules: Iterable[str]) -> list[str]:
     inside them: what a test failing with "Cannot operate on a closed database" used, kept
     from the database module that a reset made reconnect (``_conn = db.connection()`` at
     import)."""
+    return _globals_holding_what(modules, _is_closed_connection)
+
+
+def closed_clients_held(modules: Iterable[str]) -> list[str]:
+    """The globals of ``modules`` that hold a closed database client (or an async wrapper
+    of one), or one level inside them: what a test failing with CLIENT_CLOSED used, kept
+    from an earlier test (``_client = _client or get_database_client()``)."""
+    return _globals_holding_what(modules, _is_closed_client)
+
+
+def _globals_holding_what(modules: Iterable[str], what: Callable[[object], bool]) -> list[str]:
     found: list[str] = []
     for name in modules:
         for attribute, value in list(dict.items(_namespace(name))):
             if not attribute.startswith("__"):
                 places = _places(f"{name}.{attribute}", value, name, inside=True)
-                found += [place for place, item in places if _is_closed_connection(item)]
+                found += [place for place, item in places if what(item)]
     return found
+
+
+def _is_closed_client(value: object) -> bool:
+    client = _unwrapped(value)
+    return issubclass(type(client), DatabaseClient) and cast(DatabaseClient, client).closed
 
 
 def _is_closed_connection(value: object) -> bool:

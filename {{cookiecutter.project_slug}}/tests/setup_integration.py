@@ -54,7 +54,7 @@ from lib.scope_databases import (
     runs_root,
     template_lock,
 )
-from lib.stale_bindings import closed_connections_held
+from lib.stale_bindings import closed_clients_held, closed_connections_held
 from lib.statement_alarm import ALARM
 from lib.thread_tracking import running_threads
 
@@ -610,12 +610,15 @@ def pytest_runtest_makereport(
         item.stash[_failed_key] = False
     if report.failed:
         item.stash[_failed_key] = True
-        if call.excinfo is not None and _is_closed_database_error(call.excinfo.value):
+        error = call.excinfo.value if call.excinfo is not None else None
+        if _is_closed_database_error(error):
             _name_closed_connections(report)
+        elif isinstance(error, database.ClientClosedError):
+            _name_closed_clients(report)
     return report
 
 
-def _is_closed_database_error(error: BaseException) -> bool:
+def _is_closed_database_error(error: BaseException | None) -> bool:
     return isinstance(error, sqlite3.ProgrammingError) and "closed database" in str(error)
 
 
@@ -650,6 +653,24 @@ def _name_closed_connections(report: pytest.TestReport) -> None:
             (
                 "isolation: closed connections kept in module globals",
                 "\n".join(held) + f"\n\nEach holds a closed sqlite3 connection: {cause}",
+            )
+        )
+
+
+def _name_closed_clients(report: pytest.TestReport) -> None:
+    """CLIENT_CLOSED names the client's owner: name the module globals that kept it too (a
+    hint, so whatever goes wrong finding them leaves the report as it was)."""
+    try:
+        held = closed_clients_held(get_test_isolation_manager().searched_modules.current())
+    except Exception:
+        return
+    if held:
+        report.sections.append(
+            (
+                "isolation: closed database clients kept in module globals",
+                "\n".join(held) + "\n\nEach holds a closed database client, kept from an "
+                "earlier test: ask for the client where it is used (get_database_client() at "
+                "call time) instead of keeping it.",
             )
         )
 

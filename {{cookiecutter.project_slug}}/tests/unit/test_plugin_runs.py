@@ -1287,6 +1287,43 @@ def test_warnings_before_an_error_at_the_end_of_a_session_are_given() -> None:
         _warned_late(end_of_the_test)
 
 
+CACHES_A_CLIENT = """
+from lib.database import get_database_client
+
+_client = None
+
+
+def client():
+    global _client
+    _client = _client or get_database_client()
+    return _client
+"""
+
+USES_THE_CACHED_CLIENT = """
+import pytest
+
+import client_cache
+
+pytestmark = pytest.mark.isolated
+
+
+@pytest.mark.parametrize("number", [1, 2])
+def test_counts(number):
+    assert client_cache.client().execute("SELECT ?", [number]).rows[0][0] == number
+"""
+
+
+def test_a_client_kept_in_a_global_is_named_where_it_fails(tmp_path: Path) -> None:
+    """The second test fails with CLIENT_CLOSED: its report names the global that kept
+    the first test's client, next to the failure."""
+    (tmp_path / "client_cache.py").write_text(CACHES_A_CLIENT)
+    child = run_suite(tmp_path, USES_THE_CACHED_CLIENT)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "1 failed, 1 passed" in child.stdout
+    section = "isolation: closed database clients kept in module globals"
+    assert re.search(rf"{section} -+\nclient_cache\._client\n", child.stdout), child.stdout
+
+
 def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
     """Its connection may still point at this test's database: the next test would see
     this one's rows. A warning in a captured log was all it got."""
