@@ -45,9 +45,13 @@ def _pytest_args(session: nox.Session, tests: str) -> list[str]:
 
 @nox.session(python=PYTHON)
 def unit(session: nox.Session) -> None:
-    """Run the unit tests (no database)."""
+    """Run the unit tests (no database); the whole directory on every core (``-n auto``)
+    unless ``-n`` is given: many of them run pytest in a child process."""
     _install_test_deps(session)
-    session.run("pytest", *_pytest_args(session, "tests/unit"))
+    args = _pytest_args(session, "tests/unit")
+    if args[:1] == ["tests/unit"] and not any(arg.startswith("-n") for arg in args):
+        args = ["-n", "auto", *args]
+    session.run("pytest", *args)
 
 
 @nox.session(python=PYTHON)
