@@ -110,10 +110,11 @@ def run_pytest(project: Path, *args: str, env: dict[str, str] | None = None) -> 
     return result.stdout
 
 
-def run_nox(project: Path, session: str) -> str:
-    """Run ``nox -s <session>`` in a baked project (uv venvs); fail unless its tests passed."""
+def run_nox(project: Path, session: str, *args: str) -> str:
+    """Run ``nox -s <session> [args]`` in a baked project (uv venvs); fail unless its
+    tests passed."""
     result = run(
-        [sys.executable, "-m", "nox", "-s", session, "--default-venv-backend", "uv"],
+        [sys.executable, "-m", "nox", "-s", session, "--default-venv-backend", "uv", *args],
         project,
         timeout=300,
     )

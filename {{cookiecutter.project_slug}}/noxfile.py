@@ -9,7 +9,6 @@ The project is not installed as a package: pytest finds ``lib`` through
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import nox
 
@@ -35,23 +34,21 @@ def _install_test_deps(session: nox.Session) -> None:
 
 
 def _pytest_args(session: nox.Session, tests: str) -> list[str]:
-    """The arguments after ``--``, with the session's ``tests`` unless they name tests of
-    their own (a path, or a ``path::test`` node id)."""
-    named = [arg for arg in session.posargs if not arg.startswith("-")]
-    if any(Path(arg.partition("::")[0]).exists() for arg in named):
-        return session.posargs
-    return [tests, *session.posargs]
+    """The arguments after ``--``, run in ``tests`` unless they name tests of their own.
+
+    pytest itself tells paths from option values: ``testpaths`` is where it looks when
+    its arguments name no tests.
+    """
+    return ["-o", f"testpaths={tests}", *session.posargs]
 
 
 @nox.session(python=PYTHON)
 def unit(session: nox.Session) -> None:
-    """Run the unit tests (no database); the whole directory on every core (``-n auto``)
-    unless ``-n`` is given: many of them run pytest in a child process."""
+    """Run the unit tests (no database); with no arguments, on every core (``-n auto``):
+    many of them run pytest in a child process."""
     _install_test_deps(session)
-    args = _pytest_args(session, "tests/unit")
-    if args[:1] == ["tests/unit"] and not any(arg.startswith("-n") for arg in args):
-        args = ["-n", "auto", *args]
-    session.run("pytest", *args)
+    workers = [] if session.posargs else ["-n", "auto"]
+    session.run("pytest", *workers, *_pytest_args(session, "tests/unit"))
 
 
 @nox.session(python=PYTHON)
