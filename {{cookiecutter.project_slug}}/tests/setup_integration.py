@@ -120,13 +120,25 @@ def get_isolation_stats() -> dict[str, Any]:
     return get_test_isolation_manager().get_stats()
 
 
-def pytest_plugin_registered(plugin: object) -> None:
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
     """From the plugin's registration on (by the root conftest.py, before any other
     conftest.py is imported), the application's database is refused as during the
     session: a conftest.py that imports the application, run before the session starts
-    when pytest is given a path below it, never reaches the developer's database."""
+    when pytest is given a path below it, never reaches the developer's database.
+
+    The block is lifted when pytest lets go of its config, however the run ended: a run
+    stopped before its session (a usage error in ``pytest.main()`` in a script) leaves
+    the process's database as free as the plugin found it."""
     if plugin is sys.modules[__name__]:
         database.block_database_access(OUTSIDE_SCOPE)
+        config = manager.get_plugin("pytestconfig")
+        assert isinstance(config, pytest.Config)
+        config.add_cleanup(_lift_block)
+
+
+def _lift_block() -> None:
+    database.block_database_access(None)
+    install_test_isolation_manager(None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -892,15 +904,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """pytest skips ``pytest_sessionfinish`` when a later plugin's session start fails or
-    is interrupted (Ctrl-C while pytest-xdist starts its workers): the session ends here.
-    A run stopped before its session (a usage error) lifts what registering the plugin
-    set, for the process to go on (``pytest.main()`` in a script)."""
+    is interrupted (Ctrl-C while pytest-xdist starts its workers): the session ends here."""
     if config.stash.get(_session_open_key, False):
         config.stash[_session_open_key] = False
         _end_session()
-    else:
-        database.block_database_access(None)
-        install_test_isolation_manager(None)
 
 
 def _end_session() -> None:

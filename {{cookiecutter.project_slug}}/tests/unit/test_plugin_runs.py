@@ -413,20 +413,30 @@ def test_a_broken_migration_stops_the_run_with_one_clear_error_and_restores_the_
     assert "rows 1" in output
 
 
-def test_a_run_stopped_before_its_session_leaves_the_database_free(tmp_path: Path) -> None:
-    """``pytest.main()`` in a script: a usage error (a bad strategy, found at configure)
-    leaves the process's database as free as the plugin found it."""
+@pytest.mark.parametrize(
+    ("strategy", "option", "error"),
+    [
+        ("disk", "-v", "ISOLATION_STRATEGY"),  # found at configure
+        ("file", "--no-such-option", "unrecognized arguments: --no-such-option"),  # parsing
+    ],
+    ids=["bad strategy", "unknown option"],
+)
+def test_a_run_stopped_before_its_session_leaves_the_database_free(
+    tmp_path: Path, strategy: str, option: str, error: str
+) -> None:
+    """``pytest.main()`` in a script: a usage error, before pytest configures its plugins
+    or while it does, leaves the process's database as free as the plugin found it."""
     (tmp_path / "test_suite.py").write_text(ONE_ISOLATED_TEST)
     env = child_environment(tmp_path) | {"DATABASE_URL": f"file:{tmp_path / 'dev.db'}"}
-    env["ISOLATION_STRATEGY"] = "disk"
-    command = [sys.executable, "-c", FAILED_START, "-p", "no:cacheprovider"]
+    env["ISOLATION_STRATEGY"] = strategy
+    command = [sys.executable, "-c", FAILED_START, "-p", "no:cacheprovider", option]
     command += ["-p", "tests.setup_integration", str(tmp_path / "test_suite.py")]
     child = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     output = child.stdout + child.stderr
     assert child.returncode == 0, output
-    assert "ISOLATION_STRATEGY" in output
+    assert error in output
     assert "exit 4" in output
     assert "rows 1" in output
 
