@@ -407,15 +407,11 @@ class TestIsolationManager:
                 return False, []
             if self._context is not None and self._context.scope_id == scope_id:
                 self._point_at_nothing(f"the scope of test {scope.test_name} was destroyed")
-        if keep_as is not None:
-            self._keep(scope, keep_as)
         try:
-            closed_cleanly = scope_databases.discard_database(
-                scope.database_path, lambda: self._close_connections(scope)
-            )
-        except BaseException:  # interrupted (a timeout): the test's modules go all the same
-            self._forget_modules(scope)
-            raise
+            if keep_as is not None:
+                self._keep(scope, keep_as)
+        finally:  # interrupted while keeping it (a timeout), the database goes all the same
+            closed_cleanly = self._discard(scope)
         stale = self._forget_modules(scope)
         scope.connections.clear()
         scope.client = None
@@ -427,6 +423,17 @@ class TestIsolationManager:
             metrics["average_cleanup_time"] += (elapsed - metrics["average_cleanup_time"]) / count
         logger.debug("scope destroyed: %s (%.2f ms)", scope_id, elapsed)
         return closed_cleanly, [stale_warning(binding, scope.owner) for binding in stale]
+
+    def _discard(self, scope: IsolationScope) -> bool:
+        """Close the scope's connections and delete its database; return whether they
+        closed cleanly."""
+        try:
+            return scope_databases.discard_database(
+                scope.database_path, lambda: self._close_connections(scope)
+            )
+        except BaseException:  # interrupted (a timeout): the test's modules go all the same
+            self._forget_modules(scope)
+            raise
 
     def _forget_modules(self, scope: IsolationScope) -> list[str]:
         """Drop the project modules imported during the scope; return the globals found

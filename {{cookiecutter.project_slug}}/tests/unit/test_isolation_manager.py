@@ -1087,3 +1087,36 @@ def test_keeping_a_failed_tests_database_is_no_other_database_it_opened(
         manager.complete_test(keep_database=tmp_path / "kept" / "failed.db")
     assert (tmp_path / "kept" / "failed.db").is_file()
     assert [str(w.message) for w in record if issubclass(w.category, IsolationWarning)] == []
+
+
+def test_an_in_memory_database_is_kept_after_the_test_closed_its_client(
+    manager: TestIsolationManager, tmp_path: Path
+) -> None:
+    """The scope's own connection still holds the database: the kept copy has the rows."""
+    manager.ensure_test_isolation("failed", strategy="memory")
+    client = manager.get_scoped_database_client()
+    client.execute("INSERT INTO logs (level, message) VALUES ('error', 'kept')")
+    client.close()
+    manager.complete_test(keep_database=tmp_path / "kept.db")
+    with contextlib.closing(sqlite3.connect(tmp_path / "kept.db")) as kept:
+        assert kept.execute("SELECT message FROM logs").fetchall() == [("kept",)]
+
+
+def test_a_scope_interrupted_while_its_database_is_kept_still_closes_and_deletes_it(
+    manager: TestIsolationManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timeout while saving a failed test's database (a large one) leaves no open
+    connection and no file behind."""
+    scope_id = manager.ensure_test_isolation("failed", strategy="file")
+    client = manager.get_scoped_database_client()
+    database_path = manager.active_scopes[scope_id].database_path
+    assert database_path is not None and database_path.exists()
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scope_databases, "keep_database", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        manager.complete_test(keep_database=tmp_path / "kept.db")
+    assert client.closed
+    assert not database_path.exists()
