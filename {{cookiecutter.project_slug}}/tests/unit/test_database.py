@@ -1884,6 +1884,35 @@ def test_a_service_forgets_a_client_its_factory_made_without_closing_it(tmp_path
             client.close()
 
 
+def test_a_service_forgets_a_factorys_client_without_waiting_for_a_connect_in_progress(
+    tmp_path: Path,
+) -> None:
+    """A test's scope ending (its manager's lock held) resets the application's singleton
+    while another thread connects through the scope, waiting for that lock: close() must
+    not wait for the connect, which waits for close()'s caller."""
+    scope_lock = threading.Lock()
+    connecting = threading.Event()
+
+    def factory() -> DatabaseClient:
+        connecting.set()
+        with scope_lock:
+            return DatabaseClient(str(tmp_path / "owned.db"))
+
+    service = DatabaseService(client_factory=factory)
+    made: list[DatabaseClient] = []
+    connector = threading.Thread(target=lambda: made.append(service.get_client()), daemon=True)
+    with scope_lock:  # the scope is ending
+        connector.start()
+        assert connecting.wait(timeout=5)
+        closer = threading.Thread(target=service.close, daemon=True)
+        closer.start()
+        closer.join(timeout=5)
+        assert not closer.is_alive(), "close() waited for the connect, which waits for it"
+    connector.join(timeout=5)
+    for client in made:
+        client.close()
+
+
 def test_service_refuses_new_clients_while_closing(service: DatabaseService) -> None:
     """While close() waits for a busy client, asking for a client fails fast instead of racing."""
     client = service.get_client()

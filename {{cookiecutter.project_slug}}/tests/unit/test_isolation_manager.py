@@ -1110,7 +1110,8 @@ def test_a_scope_interrupted_while_its_database_is_kept_still_closes_and_deletes
     scope_id = manager.ensure_test_isolation("failed", strategy="file")
     client = manager.get_scoped_database_client()
     database_path = manager.active_scopes[scope_id].database_path
-    assert database_path is not None and database_path.exists()
+    assert database_path is not None
+    assert database_path.exists()
 
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
