@@ -27,7 +27,7 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeGuard
 
 from . import guarded_connection, libsql_engine
 from .client_lock import ClientLock
@@ -209,16 +209,28 @@ def caller_location() -> str:
 
 
 def _normalize(number: int, statement: Statement) -> tuple[str, Args]:
-    """``statement`` (the ``number``-th of a batch) as its SQL and arguments."""
+    """``statement`` (the ``number``-th of a batch) as its SQL and arguments.
+
+    Arguments that are a string would be bound one character per placeholder."""
+    sql: object = None
+    args: object = ()
     if isinstance(statement, str):
-        return statement, ()
-    if isinstance(statement, Mapping) and isinstance(statement.get("sql"), str):
-        return statement["sql"], statement.get("args", ())
-    if isinstance(statement, Sequence) and len(statement) == 2 and isinstance(statement[0], str):
-        return statement[0], statement[1]
+        sql = statement
+    elif isinstance(statement, Mapping) and set(statement) <= {"sql", "args"}:
+        sql, args = statement.get("sql"), statement.get("args", ())
+    elif isinstance(statement, Sequence) and len(statement) == 2:
+        sql, args = statement[0], statement[1]
+    if isinstance(sql, str) and _are_arguments(args):
+        return sql, args
     raise TypeError(
         f'batch statement {number} is {statement!r}: write each statement as "SQL", '
         '("SQL", args) or {"sql": "SQL", "args": args}'
+    )
+
+
+def _are_arguments(args: object) -> TypeGuard[Args]:
+    return isinstance(args, Mapping) or (
+        isinstance(args, Sequence) and not isinstance(args, str | bytes)
     )
 
 

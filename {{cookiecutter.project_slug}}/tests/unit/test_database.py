@@ -379,8 +379,15 @@ def test_batch_accepts_the_three_statement_forms(client: DatabaseClient) -> None
 
 @pytest.mark.parametrize(
     "malformed",
-    [("INSERT INTO items (name) VALUES (?)", "a", "b"), {"query": "SELECT 1"}, ("SELECT 1",), 42],
-    ids=["three items", "no sql key", "one item", "a number"],
+    [
+        ("INSERT INTO items (name) VALUES (?)", "a", "b"),
+        {"query": "SELECT 1"},
+        {"sql": "INSERT INTO items (name) VALUES (?)", "arg": ["a"]},
+        ("SELECT 1",),
+        ("INSERT INTO items (name) VALUES (?)", "a"),
+        42,
+    ],
+    ids=["three items", "no sql key", "misspelt args key", "one item", "string args", "a number"],
 )
 def test_a_malformed_batch_statement_names_the_forms_and_runs_nothing(
     client: DatabaseClient, malformed: object
