@@ -516,9 +516,13 @@ class TestIsolationManager:
             )
             try:
                 scope_id = self.create_scope(test_name, **options)
-            except BaseException:  # bad options, a full disk: the test gets no database
+            except BaseException as error:  # bad options, a full disk: no database
                 context, self._context = self._context, None
                 self._stop_recording_and_restore(context)
+                try:
+                    self._raise_failed_resets()
+                except IsolationError as failed:  # a reset hook failed on the way back
+                    error.add_note(str(failed))
                 raise
             self._point_at(scope_id)
         self._raise_failed_resets()

@@ -1121,3 +1121,26 @@ def test_a_scope_interrupted_while_its_database_is_kept_still_closes_and_deletes
         manager.complete_test(keep_database=tmp_path / "kept.db")
     assert client.closed
     assert not database_path.exists()
+
+
+def test_a_reset_hook_failing_as_a_scope_cannot_be_made_is_noted_on_its_error(
+    tmp_path: Path,
+) -> None:
+    """The scope's error is raised, and the hook's failure said with it, not lost."""
+
+    def reset() -> None:
+        raise RuntimeError("the pool would not close")
+
+    manager = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data", reset_hooks=[reset]
+    )
+    manager.initialize_test_mode()
+    try:
+        with pytest.raises(ValueError, match="strategy must be") as raised:
+            manager.ensure_test_isolation("bad options", strategy="disk")
+        notes = raised.value.__notes__
+        assert len(notes) == 1
+        assert "the database reset hook failed" in notes[0]
+        assert "the pool would not close" in notes[0]
+    finally:
+        manager.shutdown()
