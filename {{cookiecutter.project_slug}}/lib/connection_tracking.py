@@ -7,8 +7,9 @@ was imported or called, ``sqlite3.Connection(...)`` and factories included.
 open and held by the code are given back: ``lib.isolation_manager`` reports those to the
 test's own database as connection leaks, where they were opened. While :func:`refuse_files`
 names files, both refuse to open them (the developer's own database, during a test
-session). The audit hook, which Python cannot remove, does nothing once neither is
-needed; the libsql wrapper is removed.
+session); a recording given :class:`OtherDatabases` refuses the project's code any other
+database file to write but the test's own and scratch files. The audit hook, which Python
+cannot remove, does nothing once neither is needed; the libsql wrapper is removed.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     if event == "sqlite3.connect":
         _refuse_a_refused_file(args[0])  # raising here, the connection is never opened
         if _recordings:
+            _refuse_another_database(args[0])
             _local.opening = args[0]
     elif event == "sqlite3.connect/handle" and _recordings:
         _record(args[0], getattr(_local, "opening", None))
@@ -161,12 +163,65 @@ def refuse_files(paths: Iterable[str], reason: str) -> None:
 
 def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
     _refuse_a_refused_file(args[0] if args else kwargs.get("database", ""))
+    if _recordings:
+        _refuse_another_database(args[0] if args else kwargs.get("database", ""))
     connection = _original_libsql_connect(*args, **kwargs)
     if not _recordings or getattr(_local, "suspended", None) is not None:
         return connection
     tracked = TrackedLibsqlConnection(connection)
     _record(tracked, args[0] if args else kwargs.get("database"))
     return tracked
+
+
+@dataclass(frozen=True)
+class OtherDatabases:
+    """What a test may open to write besides its own databases (``own``, the URLs of its
+    scopes, a list that grows with them): scratch files, under a ``scratch`` directory
+    nearer than the ``project`` root (see :meth:`Recording.other_files`)."""
+
+    test_name: str
+    own: list[str]
+    scratch: list[str]
+    project: str
+
+    def refusal(self, name: str, path: str) -> str | None:
+        """Why opening ``name`` (the file ``path``) to write is refused; None if it is not."""
+        if os.path.realpath(path) in {database_key(url) for url in self.own} or _is_scratch(
+            path, self.scratch, self.project
+        ):
+            return None
+        if f"file:{name}" in self.own:
+            return (
+                f"{self.test_name} opened DATABASE_URL without its file: prefix, which "
+                "SQLite takes for the name of a file: open the URL whole, with "
+                "sqlite3.connect(os.environ['DATABASE_URL'], uri=True)"
+            )
+        return (
+            f"it is not the database of {self.test_name}, which would write to it: if it "
+            "is your application's, the code that opened it reads another setting than "
+            "DATABASE_URL; make it read DATABASE_URL when it connects. A file the test only "
+            "reads (reference data): open it read-only, sqlite3.connect("
+            f"'file:{path}?mode=ro', uri=True); one it makes: put it under tmp_path. "
+            "(isolation_refuse_other_databases = false lets tests open it, with a warning.)"
+        )
+
+
+def _refuse_another_database(database: object) -> None:
+    """Raise :class:`DatabaseAccessBlockedError`, before it is opened, for a database the
+    project's code would write to that a recording's :class:`OtherDatabases` refuses."""
+    if getattr(_local, "suspended", None) is not None:
+        return
+    for recording in list(_recordings):
+        others = recording.others
+        if others is None or database in others.own:  # the test's own: no system call
+            continue
+        if not isinstance(database, str | bytes | os.PathLike):
+            continue
+        name = os.fsdecode(database)
+        path = None if is_read_only_uri(name) else database_path(name)
+        reason = None if path is None else others.refusal(name, path)
+        if reason is not None and recording.project_caller() is not None:
+            raise DatabaseAccessBlockedError(f"refused to open {name!r}: {reason}")
 
 
 @contextmanager
@@ -186,12 +241,24 @@ def untracked() -> Iterator[list[Any]]:
 class Recording:
     """The connections opened since :func:`record_connections` returned it."""
 
-    def __init__(self, is_project_file: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        is_project_file: Callable[[str], bool] | None = None,
+        others: OtherDatabases | None = None,
+    ) -> None:
         self.opened: list[TrackedConnection] = []
         # Each database the project's code opened to write: where it first did.
         self.written: dict[str, str] = {}
+        self.others = others
         self._is_project_file = is_project_file
         self._search_at = PRUNE_EVERY
+
+    def project_caller(self) -> str | None:
+        """``file:line`` of the project's code that is opening a connection (none for a
+        test tool's own file)."""
+        if self._is_project_file is None:
+            return caller_location()
+        return _project_caller(self._is_project_file)
 
     def add(self, tracked: TrackedConnection, *, writes: bool = True) -> None:
         """Remember ``tracked``; now and then, first, forget those closed or dropped
@@ -202,11 +269,7 @@ class Recording:
             self._search_at = len(self.opened) + PRUNE_EVERY
         self.opened.append(tracked)
         if writes and tracked.database is not None and tracked.database not in self.written:
-            where = (
-                _project_caller(self._is_project_file)
-                if self._is_project_file
-                else tracked.location
-            )
+            where = self.project_caller() if self._is_project_file else tracked.location
             if where is not None:  # not a tool's own file (coverage's data file)
                 self.written[tracked.database] = where
 
@@ -220,11 +283,11 @@ class Recording:
         under ``/tmp`` holds no scratch files, a ``--basetemp`` inside the project does,
         and a project that is the temporary directory itself holds them."""
         others = self.written.keys() - {database_key(database) for database in own}
-        roots = {_directory(project): False} | {_directory(root): True for root in scratch}
+        scratch = list(scratch)
         return {
             path: self.written[path]
             for path in sorted(others)
-            if not _nearest(roots, path) and os.path.isfile(path)  # not a memdb name
+            if not _is_scratch(path, scratch, project) and os.path.isfile(path)  # not memdb
         }
 
     def still_open(self) -> list[TrackedConnection]:
@@ -249,9 +312,12 @@ def _directory(path: str) -> str:
     return os.path.join(os.path.realpath(path), "")
 
 
-def _nearest(roots: dict[str, bool], path: str) -> bool:
-    """The value of the longest of ``roots`` that ``path`` lies under (False: none)."""
-    under = [root for root in roots if path.startswith(root)]
+def _is_scratch(path: str, scratch: Iterable[str], project: str) -> bool:
+    """Whether ``path`` lies under one of the ``scratch`` directories, nearer than under
+    the ``project`` root."""
+    roots = {_directory(project): False} | {_directory(root): True for root in scratch}
+    real = os.path.realpath(path)
+    under = [root for root in roots if real.startswith(root)]
     return roots[max(under, key=len)] if under else False
 
 
@@ -323,10 +389,13 @@ def _uninstall() -> None:
     _original_libsql_connect = None
 
 
-def record_connections(is_project_file: Callable[[str], bool] | None = None) -> Recording:
+def record_connections(
+    is_project_file: Callable[[str], bool] | None = None, others: OtherDatabases | None = None
+) -> Recording:
     """Start recording the connections opened from now on; ``is_project_file`` tells the
-    project's own code, which alone :attr:`Recording.written` counts."""
-    recording = Recording(is_project_file)
+    project's own code, which alone :attr:`Recording.written` counts and ``others``
+    refuses."""
+    recording = Recording(is_project_file, others)
     with _lock:
         _recordings.append(recording)
         _install()

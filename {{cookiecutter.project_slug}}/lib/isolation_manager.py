@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from . import database, migrate, scope_databases, thread_tracking
 from .connection_tracking import (
+    OtherDatabases,
     Recording,
     TrackedConnection,
     database_key,
@@ -213,6 +214,7 @@ class TestIsolationManager:
         engine: Engine = "sqlite3",
         runs_dir: Path | None = None,
         defer_binding_scan: bool = False,
+        refuse_other_databases: bool = True,
     ) -> None:
         """``module_patterns``: fnmatch patterns of module names to isolate (default: every
         module whose file lies in ``project_root``; the globals of those are searched for a
@@ -227,7 +229,11 @@ class TestIsolationManager:
         :meth:`deferred_stale_bindings` is called (the ended scopes wait until then), and
         only for a client still alive then. The pytest plugin calls it once pytest has let
         go of each test's fixtures (``pytest_runtest_logfinish``), so a test whose clients
-        were all freed costs no search of the project's module globals."""
+        were all freed costs no search of the project's module globals.
+        ``refuse_other_databases``: a test's connections (with ``track_connections``) may
+        not open to write any database file but its own and scratch files (under
+        :attr:`scratch_dirs`): its application code reading another setting than
+        ``DATABASE_URL`` would write to a real database. False: a warning at its end."""
         self.migrations_dir = (migrations_dir or migrate.MIGRATIONS_DIR).resolve()
         self.data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
         self.runs_dir = runs_dir or self.data_dir / RUNS_DIR_NAME
@@ -243,6 +249,7 @@ class TestIsolationManager:
         self.reset_hooks = tuple(reset_hooks)
         self.engine = engine
         self.defer_binding_scan = defer_binding_scan
+        self.refuse_other_databases = refuse_other_databases
         self.active_scopes: dict[str, IsolationScope] = {}
         self.global_connection_registry = OpenClients()
         self.performance_metrics: dict[str, float] = {
@@ -500,8 +507,11 @@ class TestIsolationManager:
                 self.complete_test()
             self._failed_resets.clear()
             thread_tracking.watch_thread_starts()  # until shutdown()
+            urls: list[str] = []  # the test's own databases, as its scopes are made
+            others = OtherDatabases(test_name, urls, self.scratch_dirs, str(self.project_root))
             self._context = _TestContext(
                 test_name=test_name,
+                database_urls=urls,
                 saved_url=os.environ.get("DATABASE_URL"),
                 saved_service=database.swap_database_service(None),
                 saved_block=database.block_database_access(None),
@@ -509,7 +519,10 @@ class TestIsolationManager:
                 threads_before=thread_tracking.running_threads(),
                 thread=threading.current_thread(),
                 recording=(
-                    record_connections(self.modules.is_project_file)
+                    record_connections(
+                        self.modules.is_project_file,
+                        others if self.refuse_other_databases else None,
+                    )
                     if options.get("track_connections", True)
                     else None
                 ),

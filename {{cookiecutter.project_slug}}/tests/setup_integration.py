@@ -154,8 +154,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--isolation-keep-failed",
         action="store_true",
-        help="keep the database of each failed test (under data/.isolation/kept/) and print "
-        "its path; the next run removes them",
+        help="keep the database of each failed test (under .isolation/kept/ in the "
+        "isolation_data_dir) and print its path; the next run removes them",
     )
     parser.addini("isolation_strategy", "default database strategy per test", default="file")
     parser.addini(
@@ -175,6 +175,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "isolation_use_dev_shm",
         "make test databases in /dev/shm (RAM) when it has room, not under the data dir",
+        type="bool",
+        default=True,
+    )
+    parser.addini(
+        "isolation_refuse_other_databases",
+        "refuse a test's code any database file to write but its own and temporary files "
+        "(false: a warning at the test's end)",
         type="bool",
         default=True,
     )
@@ -265,6 +272,7 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
         project_root=config.rootpath,
         engine=_engine(config),
         defer_binding_scan=True,  # see pytest_runtest_logfinish
+        refuse_other_databases=ini_flag(config, "isolation_refuse_other_databases"),
     )
     # Where pytest puts tmp_path when told to (--basetemp, as tox does): scratch files.
     for scratch in (config.option.basetemp, os.environ.get("PYTEST_DEBUG_TEMPROOT")):

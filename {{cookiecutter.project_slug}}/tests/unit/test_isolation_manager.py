@@ -1144,3 +1144,33 @@ def test_a_reset_hook_failing_as_a_scope_cannot_be_made_is_noted_on_its_error(
         assert "the pool would not close" in notes[0]
     finally:
         manager.shutdown()
+
+
+@pytest.mark.parametrize("refuse", [True, False], ids=["refused", "warned"])
+def test_a_database_of_the_project_the_test_would_write_besides_its_own(
+    tmp_path: Path, refuse: bool
+) -> None:
+    """Opened by the project's code (this test): refused before SQLite makes the file; or,
+    where the manager does not refuse other databases, opened, and named in a warning at
+    the test's end."""
+    manager = TestIsolationManager(
+        migrations_dir=MIGRATIONS_DIR, data_dir=tmp_path / "data", refuse_other_databases=refuse
+    )
+    manager.initialize_test_mode()
+    manager.scratch_dirs.clear()  # tmp_path stands for a directory of the application's
+    elsewhere = tmp_path / "app.db"
+    try:
+        manager.ensure_test_isolation("writes elsewhere")
+        if refuse:
+            with pytest.raises(DatabaseAccessBlockedError, match="it is not the database of"):
+                sqlite3.connect(elsewhere)
+            assert not elsewhere.exists()
+        else:
+            sqlite3.connect(elsewhere).close()
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            manager.complete_test()
+        said = [str(w.message) for w in record if issubclass(w.category, IsolationWarning)]
+        assert any(f"opened {elsewhere}" in message for message in said) is not refuse
+    finally:
+        manager.shutdown()

@@ -955,7 +955,8 @@ def test_adds_a_note(db, tmp_path, body):
 
 
 def test_a_database_the_test_opens_besides_its_own_is_named_once(tmp_path: Path) -> None:
-    """An application module reading another setting than DATABASE_URL writes into its
+    """Where other databases are not refused (isolation_refuse_other_databases = false),
+    an application module reading another setting than DATABASE_URL writes into its
     real database while the tests pass: the run names that file and where it was opened,
     once, also through a library (SQLAlchemy), also where the project lies in the temporary
     directory (a checkout under /tmp). Not a scratch file (pytest's tmp_path, wherever
@@ -973,7 +974,8 @@ def test_a_database_the_test_opens_besides_its_own_is_named_once(tmp_path: Path)
         "TMPDIR": str(tmp_path.parent),  # the project is a temporary directory's
     }
     basetemp = f"--basetemp={tmp_path / 'scratch'}"
-    child = run_suite(tmp_path, WRITES_THROUGH_ITS_OWN_SETTING, basetemp, environ=environ)
+    warn = ("-o", "isolation_refuse_other_databases=false")
+    child = run_suite(tmp_path, WRITES_THROUGH_ITS_OWN_SETTING, basetemp, *warn, environ=environ)
     assert child.returncode == 0, child.stdout + child.stderr
     assert child.stdout.count("a database that is not its own") == 2, child.stdout
     test_file = tmp_path / "test_suite.py"
@@ -981,6 +983,70 @@ def test_a_database_the_test_opens_besides_its_own_is_named_once(tmp_path: Path)
     assert f"opened {notes.parent / 'legacy.sqlite'} (at {test_file}:29)" in child.stdout
     for unnamed in ("scratch.db", "reference.sqlite", ".coverage"):
         assert unnamed not in child.stdout
+
+
+OPENS_OTHER_DATABASES = """
+import os
+import sqlite3
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+CONNECT = "import sqlite3\\ndef connect(path):\\n    sqlite3.connect(path).close()\\n"
+SITE_PACKAGES = os.path.join(os.sep, "opt", ".venv", "site-packages")
+TOOL, LIBRARY = {}, {}  # coverage writing its data file; SQLAlchemy opening the app's
+exec(compile(CONNECT, os.path.join(SITE_PACKAGES, "coverage", "sqldata.py"), "exec"), TOOL)
+exec(compile(CONNECT, os.path.join(SITE_PACKAGES, "sqlalchemy", "pool.py"), "exec"), LIBRARY)
+
+
+def test_its_own_setting():
+    sqlite3.connect(os.environ["NOTES_DB"])
+
+
+def test_through_a_library():
+    LIBRARY["connect"](os.environ["LEGACY_DB"])
+
+
+def test_the_url_without_its_prefix():
+    sqlite3.connect(os.environ["DATABASE_URL"].removeprefix("file:"))
+
+
+def test_what_it_may_open(db, tmp_path):
+    sqlite3.connect(tmp_path / "scratch.db").close()
+    sqlite3.connect(f"file:{os.environ['REFERENCE_DB']}?mode=ro", uri=True).close()
+    TOOL["connect"](os.environ["TOOL_DB"])
+    sqlite3.connect(os.environ["DATABASE_URL"], uri=True).close()
+"""
+
+
+def test_a_database_the_test_would_write_besides_its_own_is_refused_before_it_opens(
+    tmp_path: Path,
+) -> None:
+    """Its application's, through a setting of its own or a library, or the test's own
+    URL taken for a file name: refused, and nothing is written, not even an empty file.
+    A scratch file, a file opened read-only, a test tool's and the test's own open."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    reference = instance / "reference.sqlite"
+    sqlite3.connect(reference).close()
+    environ = {
+        "NOTES_DB": str(instance / "notes.sqlite"),
+        "LEGACY_DB": str(instance / "legacy.sqlite"),
+        "REFERENCE_DB": str(reference),
+        "TOOL_DB": str(tmp_path / ".coverage"),
+        "TMPDIR": str(tmp_path.parent),  # the project is a temporary directory's
+    }
+    basetemp = f"--basetemp={tmp_path / 'scratch'}"
+    memory = ("--isolation-strategy", "memory")  # a URL without file: is a name at the root
+    child = run_suite(tmp_path, OPENS_OTHER_DATABASES, basetemp, *memory, environ=environ)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "3 failed, 1 passed" in child.stdout, child.stdout
+    assert child.stdout.count("DatabaseAccessBlockedError: refused to open") == 3
+    for name in ("notes.sqlite", "legacy.sqlite"):
+        assert f"refused to open '{instance / name}': it is not the database of" in child.stdout
+    assert "opened DATABASE_URL without its file: prefix" in child.stdout
+    assert sorted(path.name for path in instance.iterdir()) == ["reference.sqlite"]
+    assert not list(Path(os.sep).glob("isolation-test_*")), "a file made at the root"
 
 
 # Modules named by isolation_database_module in the tests below, written to tmp_path.
