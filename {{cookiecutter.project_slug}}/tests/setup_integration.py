@@ -162,7 +162,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "isolation_test_paths",
         "directories whose tests each run in their own database scope",
         type="linelist",
-        default=[DEFAULT_TEST_PATH],
+        default=None,  # unset: DEFAULT_TEST_PATH, which may be missing
     )
     parser.addini("isolation_migrations_dir", "the migration SQL files", default="migrations")
     parser.addini("isolation_data_dir", "where test databases are made", default="data")
@@ -326,12 +326,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _test_paths(config: pytest.Config) -> list[Path]:
     """The ``isolation_test_paths``. One that is not a directory is refused, but for the
-    default (a project with no integration tests yet): it would isolate nothing, without
-    a word, and the tests meant to be isolated would run on no database at all."""
-    entries: list[str] = config.getini("isolation_test_paths")
+    default, unset (a project with no integration tests yet): it would isolate nothing,
+    without a word, and the tests meant to be isolated would run on no database at all."""
+    entries: list[str] | None = config.getini("isolation_test_paths")
+    if entries is None:
+        return [Path(config.rootpath, DEFAULT_TEST_PATH).resolve()]
     paths = [Path(config.rootpath, unquoted("isolation_test_paths", entry)) for entry in entries]
     for entry, path in zip(entries, paths, strict=True):
-        if path.is_dir() or entries == [DEFAULT_TEST_PATH]:
+        if path.is_dir():
             continue
         several = " (several paths go one per line; in an ini file, indented under the name)"
         raise pytest.UsageError(
@@ -588,7 +590,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _start_isolating(session.config, get_test_isolation_manager())
     elif session.items and not isolated and _isolates_nothing_for_want_of_a_path(session):
         _warn_late(
-            f"no test of this run is isolated: isolation_test_paths is its default, "
+            f"no test of this run is isolated: isolation_test_paths is unset, so its default, "
             f"{DEFAULT_TEST_PATH}, which is not a directory under {session.config.rootpath}, "
             "and no test collected is marked @pytest.mark.isolated. Set isolation_test_paths "
             "to the directories of your integration tests, or mark those tests; a project "
@@ -602,7 +604,7 @@ def _isolates_nothing_for_want_of_a_path(session: pytest.Session) -> bool:
     """A repository adopting the plugin, whose tests are not in ``tests/integration`` and
     none marked: said once (by the first xdist worker), and not while only collecting."""
     config = session.config
-    default = config.getini("isolation_test_paths") == [DEFAULT_TEST_PATH]
+    default = config.getini("isolation_test_paths") is None
     workerinput = getattr(config, "workerinput", {})
     return (
         default

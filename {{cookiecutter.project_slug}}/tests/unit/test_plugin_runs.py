@@ -777,7 +777,7 @@ def test_a_run_of_unit_tests_alone_builds_nothing_and_needs_no_sqlite_utils(
         assert not (tmp_path / "data").exists(), args
 
 
-NOTHING_ISOLATED = "no test of this run is isolated: isolation_test_paths is its default"
+NOTHING_ISOLATED = "no test of this run is isolated: isolation_test_paths is unset, so its default"
 # A plugin for run_suite's -p: a project's own hook marks its database tests isolated.
 MARKS_ISOLATED = """
 import pytest
@@ -1817,6 +1817,7 @@ def test_several_test_paths_on_one_ini_line_are_refused(tmp_path: Path) -> None:
     ("setting", "error"),
     [
         ("isolation_test_paths=tests/integraton", "'tests/integraton' is not a directory"),
+        ("isolation_test_paths=tests/integration", "'tests/integration' is not a directory"),
         ('isolation_test_paths="tests"', 'isolation_test_paths = "tests": write it without'),
         ("isolation_data_dir='data'", "isolation_data_dir = 'data': write it without quotes"),
         (
@@ -1828,7 +1829,8 @@ def test_several_test_paths_on_one_ini_line_are_refused(tmp_path: Path) -> None:
 def test_a_test_path_that_is_no_directory_or_a_quoted_path_is_refused(
     tmp_path: Path, setting: str, error: str
 ) -> None:
-    """Either would isolate no test, or make a directory named with the quotes."""
+    """Either would isolate no test, or make a directory named with the quotes; the
+    default path, set, is no exception."""
     (tmp_path / "tests").mkdir()
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", setting)
     assert child.returncode == 4, child.stdout + child.stderr
