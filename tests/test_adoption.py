@@ -77,14 +77,33 @@ def test_answers_are_recorded(isolation_only: Path, default_project: Path) -> No
     assert json.loads((default_project / ".cookiecutter.json").read_text())["layout"] == "full"
 
 
+def _commented_settings(snippet: str) -> dict[str, object]:
+    """The ``# isolation_... = value`` lines of the pyproject snippet, as TOML."""
+    lines = [line[2:] for line in snippet.splitlines() if line.startswith("# isolation_")]
+    return tomllib.loads("\n".join(lines))
+
+
 def test_snippets_are_valid(isolation_only: Path) -> None:
-    pyproject = tomllib.loads((isolation_only / "snippets" / "pyproject.toml").read_text())
+    text = (isolation_only / "snippets" / "pyproject.toml").read_text()
+    pyproject = tomllib.loads(text)
     ini = pyproject["tool"]["pytest"]["ini_options"]
-    assert ini["isolation_database_module"] == "lib.database"
-    assert ini["isolation_migrations_dir"] == "migrations"
-    assert ini["isolation_data_dir"] == "data"
-    assert ini["isolation_test_paths"] == ["tests/integration"]
-    assert pyproject["project"]["dependencies"] == ["sqlite-utils>=4"]
+    # Set: the settings a repository adapts; the others are left out, commented.
+    assert ini == {
+        "pythonpath": ["."],
+        "isolation_test_paths": ["tests/integration"],
+        "isolation_migrations_dir": "migrations",
+    }
+    commented = _commented_settings(text)
+    assert commented["isolation_database_module"] == "yourpackage.db:close_connection"
+    assert commented["isolation_data_dir"] == "data"
+    assert commented["isolation_module_patterns"] == []
+    assert commented["isolation_strategy"] == "file"
+    assert commented["isolation_use_dev_shm"] is True
+    assert commented["isolation_refuse_other_databases"] is True
+    assert commented["isolation_performance_baseline"] == "tests/performance-baseline.json"
+    # sqlite-utils is a test requirement where only the tests use lib/.
+    assert "dependencies" not in pyproject["project"]
+    assert "sqlite-utils>=4" in pyproject["dependency-groups"]["test"]
     snippets = [str(isolation_only / path) for path in SNIPPETS if path.endswith(".py")]
     result = run([sys.executable, "-m", "ruff", "check", "--isolated", *snippets], isolation_only)
     assert result.returncode == 0, result.stdout
@@ -256,7 +275,7 @@ def _adopt(baked: Path, repo: Path) -> None:
         if line and not line.startswith("#")
     }
     for key, value in TOY_SETTINGS.items():
-        assert key in settings, key
+        assert key in settings or f"# {key} = " in ini_text, key  # set, or left out
         settings[key] = f"{key} = {value}"
     warning = '"default::lib.isolation_manager.IsolationWarning"'
     assert warning in ini_text
@@ -320,7 +339,8 @@ def test_adopted_settings_are_used(toy_repository: Path) -> None:
 
 def _linter_settings(adopting: str) -> str:
     """The TOML block of ADOPTING.md's step about linters."""
-    return textwrap.dedent(adopting.split("```toml\n", 1)[1].split("```", 1)[0])
+    blocks = [block.split("```", 1)[0] for block in adopting.split("```toml\n")[1:]]
+    return textwrap.dedent(next(block for block in blocks if "[tool.ruff]" in block))
 
 
 def _merge_toml(document: str, block: str) -> str:
