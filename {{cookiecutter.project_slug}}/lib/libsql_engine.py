@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import re
 import sqlite3
+import sys
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -114,6 +117,7 @@ class _Shape(NamedTuple):
     second_statement: bool
     parameters: int  # as sqlite3_bind_parameter_count: the highest placeholder number
     places: tuple[tuple[int, int, int], ...]  # each placeholder's start, end and number
+    first_name: tuple[int, str] | None  # the lowest-numbered named placeholder (``:a``)
     dml: bool
     empty: bool  # only whitespace, comments and semicolons: no statement at all
 
@@ -122,11 +126,14 @@ class _Shape(NamedTuple):
 def _shape(sql: str) -> _Shape:
     """The shape of ``sql``; the texts an application runs are few, and each is looked at
     on every run: a statement's text is lexed once, not each time it runs."""
-    places = tuple((token.start(), token.end(), number) for token, number in _placeholders(sql))
+    found = list(_placeholders(sql))
+    places = tuple((token.start(), token.end(), number) for token, number in found)
+    names = [(number, token.group()) for token, number in found if token.group("name")]
     return _Shape(
         second_statement=_second_statement(sql),
         parameters=max((number for _, _, number in places), default=0),
         places=places,
+        first_name=min(names, default=None),
         dml=_DML.match(sql) is not None,
         empty=next(script_statements(sql), None) is None,
     )
@@ -195,6 +202,26 @@ def check_statement(sql: str, args: Sequence[Any]) -> None:
         raise sqlite3.ProgrammingError(
             "Incorrect number of bindings supplied. The current statement uses "
             f"{uses}, and there are {len(args)} supplied."
+        )
+    if shape.first_name is not None:
+        _refuse_a_name_bound_from_a_sequence(*shape.first_name)
+
+
+def _refuse_a_name_bound_from_a_sequence(number: int, name: str) -> None:
+    """What sqlite3 does with a named placeholder (``:a``) given a sequence of args: binds
+    it by its number before Python 3.12, warns (DeprecationWarning) on 3.12 and 3.13, and
+    refuses it (ProgrammingError) from 3.14."""
+    message = (
+        f"Binding {number} ({name!r}) is a named parameter, but you supplied a sequence "
+        "which requires nameless (qmark) placeholders."
+    )
+    if sys.version_info >= (3, 14):
+        raise sqlite3.ProgrammingError(message)
+    if sys.version_info >= (3, 12):
+        warnings.warn(
+            f"{message} Starting with Python 3.14 an sqlite3.ProgrammingError will be raised.",
+            DeprecationWarning,
+            skip_file_prefixes=(os.path.dirname(__file__),),  # the application's call
         )
 
 
