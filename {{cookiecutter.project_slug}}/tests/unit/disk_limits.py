@@ -22,14 +22,16 @@ def run_with_file_size_limit(
     limit: int, code: str, *, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a child Python that imports from the project and may not grow a
-    file past ``limit`` bytes; its output, whatever its exit code."""
+    file past ``limit`` bytes; its output, whatever its exit code. The child writes no
+    bytecode (``-B``): a ``.pyc`` cut at the limit would break every later import of its
+    module, in this environment's packages."""
     prologue = (
         "import resource, sys\n"
         f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
     )
     return subprocess.run(
-        [sys.executable, "-c", prologue + textwrap.dedent(code)],
+        [sys.executable, "-B", "-c", prologue + textwrap.dedent(code)],
         cwd=cwd,
         env=env,
         capture_output=True,
