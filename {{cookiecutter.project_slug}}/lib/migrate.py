@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import os
 import re
 import sqlite3
@@ -590,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pending = _pending_read_only(path, args.migrations)
             print(f"{len(pending)} pending migration(s) for {path}: {', '.join(pending) or '-'}")
             return 0
+        importlib.import_module("sqlite_utils")  # missing: said before the file is made
         applied = _migrate(path, args.migrations)
     except ReadOnlyDatabaseError:
         print(f"error: {_read_only_problem(path)}", file=sys.stderr)

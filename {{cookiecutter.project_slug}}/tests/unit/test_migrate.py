@@ -372,6 +372,7 @@ def test_the_cli_names_a_missing_sqlite_utils(tmp_path: Path) -> None:
     assert result.returncode == 2, result
     assert result.stderr.startswith("error: migrations run with sqlite_utils, which is not")
     assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
+    assert list(tmp_path.iterdir()) == [], "no database file, nor its directory"
 
 
 @pytest.mark.parametrize(
