@@ -385,6 +385,17 @@ def test_check_fails_on_failed_tests_that_tee_hid(shard_run: ShardRun, tmp_path:
     assert "::error title=Failed tests::4 test(s) failed" in output
     assert f"integration-tests.log:{metrics + 1}: Failed Tests: 4" in output
 
+    # An xdist worker that crashed: the tests it ran are in no count, not even -qq's.
+    lines[metrics] = "  Failed Tests: 0"
+    crashed = "Worker gw1 ended without its records (it crashed): the figures below leave out"
+    quiet = [line for index, line in enumerate(lines) if index != summary]
+    quiet.insert(metrics + 1, f"{crashed} the tests it ran")
+    log.write_text("\n".join(quiet) + "\n")
+    code, output = _check(shard_run.project, log)
+    assert code == 1, output
+    assert "::error title=Failed tests::1 xdist worker(s) crashed" in output
+    assert f"integration-tests.log:{metrics + 2}: {crashed}" in output
+
     report = json.loads(shard.report.read_text())
     report["summary"]["failed_tests"] = 2
     failed_report = tmp_path / "failed.json"

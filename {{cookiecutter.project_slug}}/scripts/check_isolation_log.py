@@ -15,7 +15,9 @@ Checks:
   ``Thread leak detected in test:``: a test left a thread of its own running.
 - Failed tests (pytest's last summary line in the log, the Isolation Metrics Report's
   ``Failed Tests:`` line, or the report's ``failed_tests``) fail, so that a log saved
-  through ``| tee``, which hides the run's exit code, is never a pass.
+  through ``| tee``, which hides the run's exit code, is never a pass; so does an xdist
+  worker that crashed (``Worker gw0 ended without its records``), whose tests those
+  counts leave out.
 - ``High memory growth in test:`` warns, and so does ``Stale client binding in test:``: a
   module global kept a client after its test ended (its next use is a CLIENT_CLOSED).
 - Performance regressions in the report (the check against
@@ -57,6 +59,8 @@ PYTEST_SUMMARY = re.compile(rf"^=*\s*(?P<counts>{COUNT}(?:, {COUNT})*) in [\d.]+
 FAILED_COUNTS = re.compile(r"(\d+) (?:\w+ )?(?:failed|errors?)\b")
 # The Isolation Metrics Report's count, in the log even where -qq left out pytest's line.
 REPORTED_FAILURES = re.compile(r"^Failed Tests: (\d+)$")
+# The report's finding for an xdist worker that crashed: its tests are in no count.
+CRASHED_WORKER = "ended without its records (it crashed)"
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 MAX_QUOTED = 20
 
@@ -187,11 +191,19 @@ def check_test_failures(
     summary = report.get("summary") if report is not None else None
     in_report = summary.get("failed_tests", 0) if isinstance(summary, dict) else 0
     failed = max(in_log, in_metrics, in_report if isinstance(in_report, int) else 0)
+    crashes = _grep(log_lines, CRASHED_WORKER, log_name)
+    crashes += _missing_from_log(crashes, _report_lines(report, "Worker "))
+    crashes = [line for line in crashes if CRASHED_WORKER in line]
+    check.lines += crashes
+    said = []
     if failed:
+        said.append(f"{failed} test(s) failed or errored")
+    if crashes:
+        said.append(f"{len(crashes)} xdist worker(s) crashed, the tests they ran uncounted")
+    if said:
         check.status = FAILED
         check.message = (
-            f"{failed} test(s) failed or errored: the run itself failed, whatever the "
-            "isolation checks say"
+            f"{' and '.join(said)}: the run itself failed, whatever the isolation checks say"
         )
     return check
 
