@@ -16,9 +16,9 @@ import importlib
 import os
 import re
 import sqlite3
-import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from typing import Any, NamedTuple
 
 from .sql_text import ONLY_COMMENTS, TOKEN, script_statements
@@ -42,6 +42,9 @@ _REMOTE_FAILURE = ("Hrana", "sync error", "http error", "error trying to connect
 # An error the remote database answered with (Hrana's stream or cursor error, as libsql
 # shows it): a failure of the statement, told by its code, not of the connection.
 _REMOTE_ANSWER = re.compile(r'message: "((?:[^"\\]|\\.)*)", code: "([A-Z0-9_]+)"')
+# Where sqlite3 warns of a named placeholder given a sequence (Python 3.12 and 3.13), the
+# warning points past this package, at the application's call.
+_AT_THE_CALLER: dict[str, Any] = {"skip_file_prefixes": (os.path.dirname(__file__),)}
 _RUST_ESCAPE = re.compile(r"\\(u\{[0-9a-fA-F]+\}|.)")
 _RUST_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 # The sqlite3 class of each primary result code (an extended one, SQLITE_CONSTRAINT_UNIQUE,
@@ -117,7 +120,7 @@ class _Shape(NamedTuple):
     second_statement: bool
     parameters: int  # as sqlite3_bind_parameter_count: the highest placeholder number
     places: tuple[tuple[int, int, int], ...]  # each placeholder's start, end and number
-    first_name: tuple[int, str] | None  # the lowest-numbered named placeholder (``:a``)
+    names: tuple[tuple[int, str], ...]  # the named placeholders (``:a``), by number
     dml: bool
     empty: bool  # only whitespace, comments and semicolons: no statement at all
 
@@ -128,12 +131,12 @@ def _shape(sql: str) -> _Shape:
     on every run: a statement's text is lexed once, not each time it runs."""
     found = list(_placeholders(sql))
     places = tuple((token.start(), token.end(), number) for token, number in found)
-    names = [(number, token.group()) for token, number in found if token.group("name")]
+    names = {number: token.group() for token, number in found if token.group("name")}
     return _Shape(
         second_statement=_second_statement(sql),
         parameters=max((number for _, _, number in places), default=0),
         places=places,
-        first_name=min(names, default=None),
+        names=tuple(sorted(names.items())),
         dml=_DML.match(sql) is not None,
         empty=next(script_statements(sql), None) is None,
     )
@@ -203,26 +206,41 @@ def check_statement(sql: str, args: Sequence[Any]) -> None:
             "Incorrect number of bindings supplied. The current statement uses "
             f"{uses}, and there are {len(args)} supplied."
         )
-    if shape.first_name is not None:
-        _refuse_a_name_bound_from_a_sequence(*shape.first_name)
+    if shape.names:
+        _refuse_names_bound_from_a_sequence(shape.names)
 
 
-def _refuse_a_name_bound_from_a_sequence(number: int, name: str) -> None:
-    """What sqlite3 does with a named placeholder (``:a``) given a sequence of args: binds
-    it by its number before Python 3.12, warns (DeprecationWarning) on 3.12 and 3.13, and
-    refuses it (ProgrammingError) from 3.14."""
-    message = (
-        f"Binding {number} ({name!r}) is a named parameter, but you supplied a sequence "
-        "which requires nameless (qmark) placeholders."
-    )
-    if sys.version_info >= (3, 14):
-        raise sqlite3.ProgrammingError(message)
-    if sys.version_info >= (3, 12):
+def _refuse_names_bound_from_a_sequence(names: Sequence[tuple[int, str]]) -> None:
+    """Do what this Python's sqlite3 does with named placeholders (``:a``) given a
+    sequence of args: bind each by its number (before 3.12), warn of each
+    (DeprecationWarning) or refuse the first (ProgrammingError, from 3.14)."""
+    behaviour = _sqlite3_on_a_name_given_a_sequence()
+    for number, name in names if behaviour != "bind" else ():
+        message = (
+            f"Binding {number} ({name!r}) is a named parameter, but you supplied a sequence "
+            "which requires nameless (qmark) placeholders."
+        )
+        if behaviour == "refuse":
+            raise sqlite3.ProgrammingError(message)
         warnings.warn(
             f"{message} Starting with Python 3.14 an sqlite3.ProgrammingError will be raised.",
             DeprecationWarning,
-            skip_file_prefixes=(os.path.dirname(__file__),),  # the application's call
+            **_AT_THE_CALLER,
         )
+
+
+@functools.cache
+def _sqlite3_on_a_name_given_a_sequence() -> str:
+    """``bind``, ``warn`` or ``refuse``: what sqlite3 does here, asked of it once."""
+    with closing(sqlite3.connect(":memory:")) as probe, warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            probe.execute("SELECT :a", (1,))
+        except DeprecationWarning:
+            return "warn"
+        except sqlite3.ProgrammingError:
+            return "refuse"
+    return "bind"
 
 
 def positional(args: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...]:
