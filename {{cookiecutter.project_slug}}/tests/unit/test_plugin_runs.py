@@ -1041,7 +1041,8 @@ def test_a_database_the_test_would_write_besides_its_own_is_refused_before_it_op
     child = run_suite(tmp_path, OPENS_OTHER_DATABASES, basetemp, *memory, environ=environ)
     assert child.returncode == 1, child.stdout + child.stderr
     assert "3 failed, 1 passed" in child.stdout, child.stdout
-    assert child.stdout.count("DatabaseAccessBlockedError: refused to open") == 3
+    refusals = re.findall(r"^E .*DatabaseAccessBlockedError: refused to open", child.stdout, re.M)
+    assert len(refusals) == 3, child.stdout
     for name in ("notes.sqlite", "legacy.sqlite"):
         assert f"refused to open '{instance / name}': it is not the database of" in child.stdout
     assert "opened DATABASE_URL without its file: prefix" in child.stdout
