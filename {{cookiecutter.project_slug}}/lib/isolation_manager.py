@@ -119,13 +119,16 @@ class ScopeOptions:
     def of(cls, options: dict[str, Any]) -> ScopeOptions:
         """The options of ``create_scope(**options)``; a name that is not one is a TypeError
         listing those there are."""
-        names = [option.name for option in fields(cls)]
-        unknown = sorted(options.keys() - set(names))
-        if unknown:
+        try:
+            return cls(**options)
+        except TypeError:
+            names = [option.name for option in fields(cls)]
+            unknown = sorted(options.keys() - set(names))
+            if not unknown:
+                raise
             raise TypeError(
                 f"unknown scope option {', '.join(unknown)}: the options are {', '.join(names)}"
-            )
-        return cls(**options)
+            ) from None
 
 
 @dataclass(eq=False)

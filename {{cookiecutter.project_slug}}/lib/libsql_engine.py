@@ -215,7 +215,9 @@ def _refuse_names_bound_from_a_sequence(names: Sequence[tuple[int, str]]) -> Non
     sequence of args: bind each by its number (before 3.12), warn of each
     (DeprecationWarning) or refuse the first (ProgrammingError, from 3.14)."""
     behaviour = _sqlite3_on_a_name_given_a_sequence()
-    for number, name in names if behaviour != "bind" else ():
+    if behaviour == "bind":
+        return
+    for number, name in names:
         message = (
             f"Binding {number} ({name!r}) is a named parameter, but you supplied a sequence "
             "which requires nameless (qmark) placeholders."
