@@ -14,7 +14,9 @@ cannot remove, does nothing once neither is needed; the libsql wrapper is remove
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -37,6 +39,8 @@ _lock = threading.Lock()
 # Test tools that keep SQLite files of their own while tests run (coverage's data with
 # dynamic contexts, pytest-testmon's): never the application's database.
 _TEST_TOOLS = tuple(f"{os.sep}{name}{os.sep}" for name in ("coverage", "testmon"))
+# A remote database (libsql's): no file of this machine.
+REMOTE_URL = re.compile(r"(?:libsql|https?|wss?)://", re.I)
 
 
 @dataclass(eq=False, frozen=True)
@@ -89,6 +93,7 @@ def _record(connection: Any, database: object) -> None:
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     """Every audited event of the process comes here: only sqlite3's two matter, one
     with the database's name, then one with the connection."""
+    __tracebackhide__ = True
     if event == "sqlite3.connect":
         _refuse_a_refused_file(args[0])  # raising here, the connection is never opened
         if _recordings:
@@ -100,17 +105,21 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 def database_key(database: object) -> str | None:
     """What every spelling of one database has in common: the real path of its file, or
-    the name of a named in-memory one (``file:/name?vfs=memdb``); None for a private
-    in-memory database, which nothing else can open."""
+    ``memory:`` and the name of a named in-memory one (``file:/name?vfs=memdb``), never
+    the path of a file; None for a private in-memory database, which nothing else can
+    open."""
     if not isinstance(database, str | bytes | os.PathLike):
         return None
     name = os.fsdecode(database)
-    if name.startswith("file:"):
-        name = unquote(urlsplit(name).path)
-    return None if name in ("", ":memory:") else os.path.realpath(name)
+    path = database_path(name)
+    if path is None:
+        memory = name.startswith("file:") and unquote(urlsplit(name).path)
+        return f"memory:{memory}" if memory and memory != ":memory:" else None
+    return os.path.realpath(path)
 
 
 def _refuse_a_refused_file(database: object) -> None:
+    __tracebackhide__ = True
     paths, reason = _refused
     if paths and _file_of(database, paths) in paths:
         raise DatabaseAccessBlockedError(f"refused to open {database!r}: {reason}")
@@ -175,26 +184,36 @@ def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class OtherDatabases:
-    """What a test may open to write besides its own databases (``own``, the URLs of its
-    scopes, a list that grows with them): scratch files, under a ``scratch`` directory
-    nearer than the ``project`` root (see :meth:`Recording.other_files`)."""
+    """What the thread running a test may open to write besides its own databases
+    (``own``, the URLs of its scopes, a list that grows with them): scratch files, under a
+    ``scratch`` directory nearer than the ``project`` root (see
+    :meth:`Recording.other_files`). ``runs``: where the run keeps its tests' databases."""
 
     test_name: str
     own: list[str]
     scratch: list[str]
     project: str
+    runs: list[str]
+    thread: threading.Thread
 
     def refusal(self, name: str, path: str) -> str | None:
         """Why opening ``name`` (the file ``path``) to write is refused; None if it is not."""
-        if os.path.realpath(path) in {database_key(url) for url in self.own} or _is_scratch(
-            path, self.scratch, self.project
+        real = os.path.realpath(path)
+        if real in {database_key(url) for url in self.own} or _is_scratch(
+            real, self.scratch, self.project
         ):
             return None
-        if f"file:{name}" in self.own:
+        if path in {form for url in self.own for form in _spellings_as_a_path(url)}:
             return (
-                f"{self.test_name} opened DATABASE_URL without its file: prefix, which "
-                "SQLite takes for the name of a file: open the URL whole, with "
+                f"{self.test_name} opened the path of its DATABASE_URL as a file name (an "
+                "SQLite URI, file:...): open the URL whole, with "
                 "sqlite3.connect(os.environ['DATABASE_URL'], uri=True)"
+            )
+        if any(real.startswith(_directory(root)) for root in self.runs):
+            return (
+                f"it is the database of an earlier test, not of {self.test_name}: something "
+                "kept the DATABASE_URL of that test (a fixture wider than a test, a module "
+                "global); read DATABASE_URL when connecting"
             )
         return (
             f"it is not the database of {self.test_name}, which would write to it: if it "
@@ -206,19 +225,31 @@ class OtherDatabases:
         )
 
 
+def _spellings_as_a_path(url: str) -> tuple[str, str]:
+    """``url`` taken for a file name: without its ``file:``, and its path alone."""
+    return url.removeprefix("file:"), unquote(urlsplit(url).path)
+
+
 def _refuse_another_database(database: object) -> None:
     """Raise :class:`DatabaseAccessBlockedError`, before it is opened, for a database the
-    project's code would write to that a recording's :class:`OtherDatabases` refuses."""
+    project's code would write to on a test's own thread that the test's
+    :class:`OtherDatabases` refuses (another thread's, a server's started by a wider
+    fixture, is only warned of at the test's end)."""
+    __tracebackhide__ = True
     if getattr(_local, "suspended", None) is not None:
         return
     for recording in list(_recordings):
         others = recording.others
         if others is None or database in others.own:  # the test's own: no system call
             continue
+        if threading.current_thread() is not others.thread:
+            continue
         if not isinstance(database, str | bytes | os.PathLike):
             continue
         name = os.fsdecode(database)
-        path = None if is_read_only_uri(name) else database_path(name)
+        if REMOTE_URL.match(name) or is_read_only_uri(name):
+            continue
+        path = database_path(name)
         reason = None if path is None else others.refusal(name, path)
         if reason is not None and recording.project_caller() is not None:
             raise DatabaseAccessBlockedError(f"refused to open {name!r}: {reason}")
@@ -308,7 +339,9 @@ class Recording:
         return still_open
 
 
+@functools.lru_cache(maxsize=64)
 def _directory(path: str) -> str:
+    """``path`` resolved, with a separator at its end (a run's few roots, resolved once)."""
     return os.path.join(os.path.realpath(path), "")
 
 

@@ -420,8 +420,11 @@ class TestIsolationManager:
         try:
             if keep_as is not None:
                 self._keep(scope, keep_as)
-        finally:  # interrupted while keeping it (a timeout), the database goes all the same
-            closed_cleanly = self._discard(scope)
+        except BaseException:  # interrupted while keeping it (a timeout): the rest goes
+            self._discard(scope)
+            self._forget_modules(scope)
+            raise
+        closed_cleanly = self._discard(scope)
         stale = self._forget_modules(scope)
         scope.connections.clear()
         scope.client = None
@@ -511,7 +514,15 @@ class TestIsolationManager:
             self._failed_resets.clear()
             thread_tracking.watch_thread_starts()  # until shutdown()
             urls: list[str] = []  # the test's own databases, as its scopes are made
-            others = OtherDatabases(test_name, urls, self.scratch_dirs, str(self.project_root))
+            thread = threading.current_thread()
+            others = OtherDatabases(
+                test_name,
+                urls,
+                self.scratch_dirs,
+                str(self.project_root),
+                [str(self.runs_dir)],
+                thread,
+            )
             self._context = _TestContext(
                 test_name=test_name,
                 database_urls=urls,
@@ -520,7 +531,7 @@ class TestIsolationManager:
                 saved_block=database.block_database_access(None),
                 scopes_before=frozenset(self.active_scopes),
                 threads_before=thread_tracking.running_threads(),
-                thread=threading.current_thread(),
+                thread=thread,
                 recording=(
                     record_connections(
                         self.modules.is_project_file,

@@ -44,7 +44,9 @@ _REMOTE_FAILURE = ("Hrana", "sync error", "http error", "error trying to connect
 _REMOTE_ANSWER = re.compile(r'message: "((?:[^"\\]|\\.)*)", code: "([A-Z0-9_]+)"')
 # Where sqlite3 warns of a named placeholder given a sequence (Python 3.12 and 3.13), the
 # warning points past this package, at the application's call.
-_AT_THE_CALLER: dict[str, Any] = {"skip_file_prefixes": (os.path.dirname(__file__),)}
+_AT_THE_CALLER: dict[str, Any] = {
+    "skip_file_prefixes": (os.path.join(os.path.dirname(__file__), ""),)
+}
 _RUST_ESCAPE = re.compile(r"\\(u\{[0-9a-fA-F]+\}|.)")
 _RUST_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 # The sqlite3 class of each primary result code (an extended one, SQLITE_CONSTRAINT_UNIQUE,
@@ -214,15 +216,14 @@ def _refuse_names_bound_from_a_sequence(names: Sequence[tuple[int, str]]) -> Non
     """Do what this Python's sqlite3 does with named placeholders (``:a``) given a
     sequence of args: bind each by its number (before 3.12), warn of each
     (DeprecationWarning) or refuse the first (ProgrammingError, from 3.14)."""
-    behaviour = _sqlite3_on_a_name_given_a_sequence()
-    if behaviour == "bind":
+    if _ON_A_NAME_GIVEN_A_SEQUENCE == "bind":
         return
     for number, name in names:
         message = (
             f"Binding {number} ({name!r}) is a named parameter, but you supplied a sequence "
             "which requires nameless (qmark) placeholders."
         )
-        if behaviour == "refuse":
+        if _ON_A_NAME_GIVEN_A_SEQUENCE == "refuse":
             raise sqlite3.ProgrammingError(message)
         warnings.warn(
             f"{message} Starting with Python 3.14 an sqlite3.ProgrammingError will be raised.",
@@ -231,9 +232,9 @@ def _refuse_names_bound_from_a_sequence(names: Sequence[tuple[int, str]]) -> Non
         )
 
 
-@functools.cache
 def _sqlite3_on_a_name_given_a_sequence() -> str:
-    """``bind``, ``warn`` or ``refuse``: what sqlite3 does here, asked of it once."""
+    """``bind``, ``warn`` or ``refuse``: what this Python's sqlite3 does, asked of it at
+    import (changing the warning filters for a moment, as no other thread does yet)."""
     with closing(sqlite3.connect(":memory:")) as probe, warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         try:
@@ -243,6 +244,9 @@ def _sqlite3_on_a_name_given_a_sequence() -> str:
         except sqlite3.ProgrammingError:
             return "refuse"
     return "bind"
+
+
+_ON_A_NAME_GIVEN_A_SEQUENCE = _sqlite3_on_a_name_given_a_sequence()
 
 
 def positional(args: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...]:

@@ -591,7 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pending = _pending_read_only(path, args.migrations)
             print(f"{len(pending)} pending migration(s) for {path}: {', '.join(pending) or '-'}")
             return 0
-        importlib.import_module("sqlite_utils")  # missing: said before the file is made
+        for module in ("sqlite_utils", "sqlite_utils.migrations"):  # before the file is made
+            importlib.import_module(module)
         applied = _migrate(path, args.migrations)
     except ReadOnlyDatabaseError:
         print(f"error: {_read_only_problem(path)}", file=sys.stderr)
@@ -606,9 +607,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_database_problem(path, error, listing=args.list)}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as error:  # sqlite-utils, which runs the migrations
+        missing = (
+            f"{error.name}, which is not installed here"
+            if error.name == "sqlite_utils"
+            else f"{error.name}, of sqlite-utils 4 or later (the one installed here is older)"
+        )
         print(
-            f"error: migrations run with {error.name}, which is not installed here: install "
-            "the project's dependencies (uv sync)",
+            f"error: migrations run with {missing}: install the project's dependencies (uv sync)",
             file=sys.stderr,
         )
         return 2

@@ -27,10 +27,10 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -132,8 +132,8 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
     if plugin is sys.modules[__name__]:
         database.block_database_access(OUTSIDE_SCOPE)
         config = manager.get_plugin("pytestconfig")
-        assert isinstance(config, pytest.Config)
-        config.add_cleanup(_lift_block)
+        if isinstance(config, pytest.Config):
+            config.add_cleanup(_lift_block)
 
 
 def _lift_block() -> None:
@@ -706,8 +706,11 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
         return (yield)
     threads = running_threads()
     rows_before = _rows_changed_in_the_tests_database()
+    teardown = ExitStack()  # its teardown is the fixture's too: untracked in the same way
+    fixturedef.addfinalizer(teardown.close)  # finalizers run last first: this one last
     with untracked() as opened:
         value = yield
+    fixturedef.addfinalizer(lambda: teardown.enter_context(untracked()))
     get_test_isolation_manager().allow_threads(running_threads() - threads)  # a server's
     _refuse_a_tests_client(fixturedef, value)
     _refuse_a_connection_to_the_tests_database(fixturedef, opened)
@@ -816,6 +819,8 @@ def _opens(connection: Any, url: str) -> bool:
     except sqlite3.Error:  # closed already, or of another thread: it holds nothing open
         return False
     main = next((file for _, name, file in rows if name == "main"), "")
+    if database_path(url) is None:  # in memory: SQLite gives the memdb name as its file
+        return main == unquote(urlsplit(url).path)
     return bool(main) and database_key(main) == database_key(url)
 
 

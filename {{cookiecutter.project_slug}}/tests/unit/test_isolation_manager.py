@@ -1103,15 +1103,21 @@ def test_an_in_memory_database_is_kept_after_the_test_closed_its_client(
 
 
 def test_a_scope_interrupted_while_its_database_is_kept_still_closes_and_deletes_it(
-    manager: TestIsolationManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    probe_manager: ProbeManager,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_module: Callable[[str], str],
 ) -> None:
     """A timeout while saving a failed test's database (a large one) leaves no open
-    connection and no file behind."""
+    connection, no file and none of the test's modules behind."""
+    manager = probe_manager()
     scope_id = manager.ensure_test_isolation("failed", strategy="file")
     client = manager.get_scoped_database_client()
     database_path = manager.active_scopes[scope_id].database_path
     assert database_path is not None
     assert database_path.exists()
+    module = make_module("")
+    importlib.import_module(module)
 
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
@@ -1121,6 +1127,7 @@ def test_a_scope_interrupted_while_its_database_is_kept_still_closes_and_deletes
         manager.complete_test(keep_database=tmp_path / "kept.db")
     assert client.closed
     assert not database_path.exists()
+    assert module not in sys.modules
 
 
 def test_a_reset_hook_failing_as_a_scope_cannot_be_made_is_noted_on_its_error(
@@ -1174,3 +1181,18 @@ def test_a_database_of_the_project_the_test_would_write_besides_its_own(
         assert any(f"opened {elsewhere}" in message for message in said) is not refuse
     finally:
         manager.shutdown()
+
+
+def test_a_database_of_an_earlier_test_is_refused_as_such(
+    manager: TestIsolationManager,
+) -> None:
+    """Its URL kept past its test (a wider fixture, a module global): the refusal says so,
+    rather than that the code reads another setting than DATABASE_URL."""
+    manager.scratch_dirs.clear()  # the run's directory, under tmp_path, is not scratch
+    manager.ensure_test_isolation("first")
+    kept = os.environ["DATABASE_URL"]
+    manager.complete_test()
+    manager.ensure_test_isolation("second")
+    with pytest.raises(DatabaseAccessBlockedError, match="the database of an earlier test"):
+        sqlite3.connect(kept, uri=True)
+    manager.complete_test()

@@ -358,8 +358,16 @@ def test_the_cli_refuses_remote_databases_and_says_what_to_do(
     assert not (tmp_path / "data").exists(), "nor was the default database opened"
 
 
-def test_the_cli_names_a_missing_sqlite_utils(tmp_path: Path) -> None:
-    without = "import runpy, sys; sys.modules['sqlite_utils'] = None; "
+@pytest.mark.parametrize(
+    ("module", "said"),
+    [
+        ("sqlite_utils", "sqlite_utils, which is not installed here"),
+        ("sqlite_utils.migrations", "of sqlite-utils 4 or later (the one installed here is"),
+    ],
+    ids=["missing", "too old"],
+)
+def test_the_cli_names_a_missing_sqlite_utils(tmp_path: Path, module: str, said: str) -> None:
+    without = f"import runpy, sys; sys.modules[{module!r}] = None; "
     without += "runpy.run_module('lib.migrate', run_name='__main__')"
     result = subprocess.run(
         [sys.executable, "-c", without],
@@ -370,7 +378,8 @@ def test_the_cli_names_a_missing_sqlite_utils(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2, result
-    assert result.stderr.startswith("error: migrations run with sqlite_utils, which is not")
+    assert result.stderr.startswith(f"error: migrations run with {module}"), result.stderr
+    assert said in result.stderr
     assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
     assert list(tmp_path.iterdir()) == [], "no database file, nor its directory"
 

@@ -243,6 +243,49 @@ def test_a_session_fixtures_connection_is_not_the_first_tests_leak(tmp_path: Pat
     assert "2 passed" in child.stdout
 
 
+WIDER_FIXTURE_WITH_A_DATABASE_OF_ITS_OWN = """
+import sqlite3
+import threading
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+def touch(path):
+    sqlite3.connect(path).close()
+
+
+@pytest.fixture(scope="module")
+def cache():
+    touch("cache.db")
+    server = threading.Thread(target=touch, args=["server.db"])  # a server of the fixture's
+    server.start()
+    server.join()
+    yield
+    touch("cache.db")
+
+
+def test_one(cache, db):
+    pass
+
+
+def test_two(cache, db):
+    pass
+"""
+
+
+def test_a_wider_fixture_may_open_a_database_of_its_own_in_its_setup_and_teardown(
+    tmp_path: Path,
+) -> None:
+    """Not the test's database, nor a scratch file, yet not refused: the fixture's, set up
+    in the first test and torn down in the last, and its server thread's."""
+    child = run_suite(tmp_path, WIDER_FIXTURE_WITH_A_DATABASE_OF_ITS_OWN)
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "2 passed" in child.stdout
+    assert "refused" not in child.stdout
+
+
 def test_a_wider_fixture_keeping_a_tests_client_is_an_error_in_every_test_using_it(
     tmp_path: Path,
 ) -> None:
@@ -988,6 +1031,7 @@ def test_a_database_the_test_opens_besides_its_own_is_named_once(tmp_path: Path)
 OPENS_OTHER_DATABASES = """
 import os
 import sqlite3
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -1011,6 +1055,10 @@ def test_the_url_without_its_prefix():
     sqlite3.connect(os.environ["DATABASE_URL"].removeprefix("file:"))
 
 
+def test_the_path_of_the_url():
+    sqlite3.connect(urlsplit(os.environ["DATABASE_URL"]).path)
+
+
 def test_what_it_may_open(db, tmp_path):
     sqlite3.connect(tmp_path / "scratch.db").close()
     sqlite3.connect(f"file:{os.environ['REFERENCE_DB']}?mode=ro", uri=True).close()
@@ -1023,8 +1071,9 @@ def test_a_database_the_test_would_write_besides_its_own_is_refused_before_it_op
     tmp_path: Path,
 ) -> None:
     """Its application's, through a setting of its own or a library, or the test's own
-    URL taken for a file name: refused, and nothing is written, not even an empty file.
-    A scratch file, a file opened read-only, a test tool's and the test's own open."""
+    URL (or its path) taken for a file name: refused, and nothing is written, not even an
+    empty file. A scratch file, a file opened read-only, a test tool's and the test's own
+    open."""
     instance = tmp_path / "instance"
     instance.mkdir()
     reference = instance / "reference.sqlite"
@@ -1040,12 +1089,12 @@ def test_a_database_the_test_would_write_besides_its_own_is_refused_before_it_op
     memory = ("--isolation-strategy", "memory")  # a URL without file: is a name at the root
     child = run_suite(tmp_path, OPENS_OTHER_DATABASES, basetemp, *memory, environ=environ)
     assert child.returncode == 1, child.stdout + child.stderr
-    assert "3 failed, 1 passed" in child.stdout, child.stdout
+    assert "4 failed, 1 passed" in child.stdout, child.stdout
     refusals = re.findall(r"^E .*DatabaseAccessBlockedError: refused to open", child.stdout, re.M)
-    assert len(refusals) == 3, child.stdout
+    assert len(refusals) == 4, child.stdout
     for name in ("notes.sqlite", "legacy.sqlite"):
         assert f"refused to open '{instance / name}': it is not the database of" in child.stdout
-    assert "opened DATABASE_URL without its file: prefix" in child.stdout
+    assert child.stdout.count("opened the path of its DATABASE_URL as a file name") >= 2
     assert sorted(path.name for path in instance.iterdir()) == ["reference.sqlite"]
     assert not list(Path(os.sep).glob("isolation-test_*")), "a file made at the root"
 
