@@ -185,23 +185,30 @@ def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
 @dataclass(frozen=True)
 class OtherDatabases:
     """What the thread running a test may open to write besides its own databases
-    (``own``, the URLs of its scopes, a list that grows with them): scratch files, under a
-    ``scratch`` directory nearer than the ``project`` root (see
-    :meth:`Recording.other_files`). ``runs``: where the run keeps its tests' databases."""
+    (``own``, the URLs of its scopes, a list that grows with them) and those of the scopes
+    alive now (``live``: one may outlive its test): scratch files, under a ``scratch``
+    directory nearer than the ``project`` root (see :meth:`Recording.other_files`).
+    ``runs`` and ``memory_names``: the directories of the run's test databases and the
+    key prefix of its in-memory ones, whose earlier tests' databases are named as such."""
 
     test_name: str
     own: list[str]
+    live: Callable[[], Iterable[str]]
     scratch: list[str]
     project: str
     runs: list[str]
+    memory_names: str
     thread: threading.Thread
 
-    def refusal(self, name: str, path: str) -> str | None:
-        """Why opening ``name`` (the file ``path``) to write is refused; None if it is not."""
-        real = os.path.realpath(path)
-        if real in {database_key(url) for url in self.own} or _is_scratch(
-            real, self.scratch, self.project
-        ):
+    def refusal(self, name: str, path: str | None) -> str | None:
+        """Why opening ``name`` (the file ``path``, None in memory) to write is refused;
+        None if it is not."""
+        key = database_key(name) if path is None else os.path.realpath(path)
+        if key is None or key in {database_key(url) for url in [*self.own, *self.live()]}:
+            return None
+        if path is None:  # in memory: only an earlier test's is refused (its rows are gone)
+            return self._an_earlier_tests() if key.startswith(self.memory_names) else None
+        if _is_scratch(key, self.scratch, self.project):
             return None
         if path in {form for url in self.own for form in _spellings_as_a_path(url)}:
             return (
@@ -209,12 +216,8 @@ class OtherDatabases:
                 "SQLite URI, file:...): open the URL whole, with "
                 "sqlite3.connect(os.environ['DATABASE_URL'], uri=True)"
             )
-        if any(real.startswith(_directory(root)) for root in self.runs):
-            return (
-                f"it is the database of an earlier test, not of {self.test_name}: something "
-                "kept the DATABASE_URL of that test (a fixture wider than a test, a module "
-                "global); read DATABASE_URL when connecting"
-            )
+        if any(key.startswith(_directory(root)) for root in self.runs):
+            return self._an_earlier_tests()
         return (
             f"it is not the database of {self.test_name}, which would write to it: if it "
             "is your application's, the code that opened it reads another setting than "
@@ -222,6 +225,13 @@ class OtherDatabases:
             "reads (reference data): open it read-only, sqlite3.connect("
             f"'file:{path}?mode=ro', uri=True); one it makes: put it under tmp_path. "
             "(isolation_refuse_other_databases = false lets tests open it, with a warning.)"
+        )
+
+    def _an_earlier_tests(self) -> str:
+        return (
+            f"it is the database of an earlier test, not of {self.test_name}: something "
+            "kept the DATABASE_URL of that test (a fixture wider than a test, a module "
+            "global); read DATABASE_URL when connecting"
         )
 
 
@@ -249,8 +259,7 @@ def _refuse_another_database(database: object) -> None:
         name = os.fsdecode(database)
         if REMOTE_URL.match(name) or is_read_only_uri(name):
             continue
-        path = database_path(name)
-        reason = None if path is None else others.refusal(name, path)
+        reason = others.refusal(name, database_path(name))
         if reason is not None and recording.project_caller() is not None:
             raise DatabaseAccessBlockedError(f"refused to open {name!r}: {reason}")
 

@@ -57,6 +57,8 @@ logger = logging.getLogger("isolation")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
+# An in-memory test database is named so, with its scope's id (file:/isolation-test_...).
+MEMORY_NAME_PREFIX = "isolation-"
 
 
 class OpenClients(MutableSet[DatabaseClient]):
@@ -156,7 +158,7 @@ class IsolationScope:
         """The file's ``file:`` URI, or in memory a named database that any connection of
         this process can open."""
         if self.database_path is None:
-            return scope_databases.memory_url(f"isolation-{self.id}")
+            return scope_databases.memory_url(f"{MEMORY_NAME_PREFIX}{self.id}")
         return scope_databases.file_url(self.database_path)
 
     @property
@@ -518,9 +520,11 @@ class TestIsolationManager:
             others = OtherDatabases(
                 test_name,
                 urls,
+                lambda: [scope.database_url for scope in list(self.active_scopes.values())],
                 self.scratch_dirs,
                 str(self.project_root),
                 [str(self.runs_dir)],
+                f"memory:/{MEMORY_NAME_PREFIX}",
                 thread,
             )
             self._context = _TestContext(
@@ -656,8 +660,9 @@ class TestIsolationManager:
         writes into its real database while its tests pass."""
         if context.recording is None or not context.recording.written:
             return []
+        live = [scope.database_url for scope in list(self.active_scopes.values())]
         others = context.recording.other_files(
-            context.database_urls, self.scratch_dirs, str(self.project_root)
+            [*context.database_urls, *live], self.scratch_dirs, str(self.project_root)
         )
         messages = []
         for path in sorted(others.keys() - self._other_databases_seen):

@@ -1183,16 +1183,23 @@ def test_a_database_of_the_project_the_test_would_write_besides_its_own(
         manager.shutdown()
 
 
+@pytest.mark.parametrize("strategy", ["file", "memory"])
 def test_a_database_of_an_earlier_test_is_refused_as_such(
-    manager: TestIsolationManager,
+    manager: TestIsolationManager, strategy: Strategy
 ) -> None:
     """Its URL kept past its test (a wider fixture, a module global): the refusal says so,
-    rather than that the code reads another setting than DATABASE_URL."""
+    rather than that the code reads another setting than DATABASE_URL (in memory, a new
+    empty database would open). A scope that outlives its test is no earlier test's."""
     manager.scratch_dirs.clear()  # the run's directory, under tmp_path, is not scratch
-    manager.ensure_test_isolation("first")
+    manager.ensure_test_isolation("first", strategy=strategy)
     kept = os.environ["DATABASE_URL"]
+    outliving = manager.create_scope("outliving", strategy=strategy, auto_cleanup=False)
     manager.complete_test()
-    manager.ensure_test_isolation("second")
+    manager.ensure_test_isolation("second", strategy=strategy)
+    sqlite3.connect(manager.active_scopes[outliving].database_url, uri=True).close()
     with pytest.raises(DatabaseAccessBlockedError, match="the database of an earlier test"):
         sqlite3.connect(kept, uri=True)
-    manager.complete_test()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        manager.complete_test()
+    assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
