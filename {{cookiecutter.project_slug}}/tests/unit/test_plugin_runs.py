@@ -964,19 +964,24 @@ def test_a_migrations_directory_of_another_tool_is_refused_not_an_empty_schema(
     assert "Fix that migration" not in child.stderr
 
 
-WRITES_THROUGH_ITS_OWN_SETTING = """
-import os
-import sqlite3
-
-import pytest
-
+# The head of a suite whose tests connect through a test tool's file and a library's.
+THROUGH_A_TOOL_OR_A_LIBRARY = """
 pytestmark = pytest.mark.isolated
 CONNECT = "import sqlite3\\ndef connect(path):\\n    sqlite3.connect(path).close()\\n"
 SITE_PACKAGES = os.path.join(os.sep, "opt", ".venv", "site-packages")
 TOOL, LIBRARY = {}, {}  # coverage writing its data file; SQLAlchemy opening the app's
 exec(compile(CONNECT, os.path.join(SITE_PACKAGES, "coverage", "sqldata.py"), "exec"), TOOL)
 exec(compile(CONNECT, os.path.join(SITE_PACKAGES, "sqlalchemy", "pool.py"), "exec"), LIBRARY)
+"""
+WRITES_THROUGH_ITS_OWN_SETTING = (
+    """
+import os
+import sqlite3
 
+import pytest
+"""
+    + THROUGH_A_TOOL_OR_A_LIBRARY
+    + """
 
 def add_note(body):
     notes = sqlite3.connect(os.environ["NOTES_DB"])
@@ -995,6 +1000,7 @@ def test_adds_a_note(db, tmp_path, body):
     LIBRARY["connect"](os.environ["LEGACY_DB"])
     assert db.execute("SELECT COUNT(*) FROM users").rows[0][0] == 0
 """
+)
 
 
 def test_a_database_the_test_opens_besides_its_own_is_named_once(tmp_path: Path) -> None:
@@ -1028,20 +1034,16 @@ def test_a_database_the_test_opens_besides_its_own_is_named_once(tmp_path: Path)
         assert unnamed not in child.stdout
 
 
-OPENS_OTHER_DATABASES = """
+OPENS_OTHER_DATABASES = (
+    """
 import os
 import sqlite3
 from urllib.parse import urlsplit
 
 import pytest
-
-pytestmark = pytest.mark.isolated
-CONNECT = "import sqlite3\\ndef connect(path):\\n    sqlite3.connect(path).close()\\n"
-SITE_PACKAGES = os.path.join(os.sep, "opt", ".venv", "site-packages")
-TOOL, LIBRARY = {}, {}  # coverage writing its data file; SQLAlchemy opening the app's
-exec(compile(CONNECT, os.path.join(SITE_PACKAGES, "coverage", "sqldata.py"), "exec"), TOOL)
-exec(compile(CONNECT, os.path.join(SITE_PACKAGES, "sqlalchemy", "pool.py"), "exec"), LIBRARY)
-
+"""
+    + THROUGH_A_TOOL_OR_A_LIBRARY
+    + """
 
 def test_its_own_setting():
     sqlite3.connect(os.environ["NOTES_DB"])
@@ -1065,6 +1067,7 @@ def test_what_it_may_open(db, tmp_path):
     TOOL["connect"](os.environ["TOOL_DB"])
     sqlite3.connect(os.environ["DATABASE_URL"], uri=True).close()
 """
+)
 
 
 def test_a_database_the_test_would_write_besides_its_own_is_refused_before_it_opens(
