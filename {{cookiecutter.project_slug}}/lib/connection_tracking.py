@@ -14,6 +14,7 @@ cannot remove, does nothing once neither is needed; the libsql wrapper is remove
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
 import re
@@ -188,6 +189,7 @@ class OtherDatabases:
     (``own``, the URLs of its scopes, a list that grows with them) and those of the scopes
     alive now (``live``: one may outlive its test): scratch files, under a ``scratch``
     directory nearer than the ``project`` root (see :meth:`Recording.other_files`).
+    ``allowed``: glob patterns of files the project lets tests write (a cache of its own).
     ``runs`` and ``memory_names``: the directories of the run's test databases and the
     key prefix of its in-memory ones, whose earlier tests' databases are named as such."""
 
@@ -196,6 +198,7 @@ class OtherDatabases:
     live: Callable[[], Iterable[str]]
     scratch: list[str]
     project: str
+    allowed: list[str]
     runs: list[str]
     memory_names: str
     thread: threading.Thread
@@ -208,7 +211,7 @@ class OtherDatabases:
             return None
         if path is None:  # in memory: only an earlier test's is refused (its rows are gone)
             return self._an_earlier_tests() if key.startswith(self.memory_names) else None
-        if _is_scratch(key, self.scratch, self.project):
+        if _is_scratch(key, self.scratch, self.project) or _is_allowed(key, self.allowed):
             return None
         if path in {form for url in self.own for form in _spellings_as_a_path(url)}:
             return (
@@ -223,8 +226,8 @@ class OtherDatabases:
             "is your application's, the code that opened it reads another setting than "
             "DATABASE_URL; make it read DATABASE_URL when it connects. A file the test only "
             "reads (reference data): open it read-only, sqlite3.connect("
-            f"'file:{path}?mode=ro', uri=True); one it makes: put it under tmp_path. "
-            "(isolation_refuse_other_databases = false lets tests open it, with a warning.)"
+            f"'file:{path}?mode=ro', uri=True); one it makes: put it under tmp_path; one "
+            "the project lets tests write (a cache): name it in isolation_allowed_databases"
         )
 
     def _an_earlier_tests(self) -> str:
@@ -314,20 +317,27 @@ class Recording:
                 self.written[tracked.database] = where
 
     def other_files(
-        self, own: Iterable[object], scratch: Iterable[str], project: str
+        self,
+        own: Iterable[object],
+        scratch: Iterable[str],
+        project: str,
+        allowed: Iterable[str] = (),
     ) -> dict[str, str]:
         """The database files the project's code opened to write meanwhile, with where it
-        first did, other than the ``own`` databases (as :func:`database_key` takes them)
-        and files under the ``scratch`` directories (a test's temporary files). Of a
-        scratch directory and the ``project`` root, the nearer one decides: a checkout
-        under ``/tmp`` holds no scratch files, a ``--basetemp`` inside the project does,
-        and a project that is the temporary directory itself holds them."""
+        first did, other than the ``own`` databases (as :func:`database_key` takes them),
+        files under the ``scratch`` directories (a test's temporary files) and those the
+        ``allowed`` glob patterns match. Of a scratch directory and the ``project`` root,
+        the nearer one decides: a checkout under ``/tmp`` holds no scratch files, a
+        ``--basetemp`` inside the project does, and a project that is the temporary
+        directory itself holds them."""
         others = self.written.keys() - {database_key(database) for database in own}
-        scratch = list(scratch)
+        scratch, allowed = list(scratch), list(allowed)
         return {
             path: self.written[path]
             for path in sorted(others)
-            if not _is_scratch(path, scratch, project) and os.path.isfile(path)  # not memdb
+            if not _is_scratch(path, scratch, project)
+            and not _is_allowed(path, allowed)
+            and os.path.isfile(path)  # not an in-memory database's name
         }
 
     def still_open(self) -> list[TrackedConnection]:
@@ -361,6 +371,12 @@ def _is_scratch(path: str, scratch: Iterable[str], project: str) -> bool:
     real = os.path.realpath(path)
     under = [root for root in roots if real.startswith(root)]
     return roots[max(under, key=len)] if under else False
+
+
+def _is_allowed(path: str, patterns: Iterable[str]) -> bool:
+    """Whether the real ``path`` matches one of the absolute ``patterns`` (fnmatch's: its
+    ``*`` matches across directories too)."""
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
 
 
 def _project_caller(is_project_file: Callable[[str], bool]) -> str | None:

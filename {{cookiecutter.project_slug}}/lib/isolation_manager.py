@@ -278,6 +278,8 @@ class TestIsolationManager:
         # Where a test's scratch files go: a database there is never the application's,
         # unless it is in the project (a checkout under /tmp).
         self.scratch_dirs: list[str] = [tempfile.gettempdir()]
+        # Glob patterns (absolute) of database files the project lets its tests write.
+        self.allowed_databases: list[str] = []
         self._allowed_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._lock = threading.RLock()
 
@@ -523,6 +525,7 @@ class TestIsolationManager:
                 lambda: [scope.database_url for scope in list(self.active_scopes.values())],
                 self.scratch_dirs,
                 str(self.project_root),
+                self.allowed_databases,
                 [str(self.runs_dir)],
                 f"memory:/{MEMORY_NAME_PREFIX}",
                 thread,
@@ -662,7 +665,10 @@ class TestIsolationManager:
             return []
         live = [scope.database_url for scope in list(self.active_scopes.values())]
         others = context.recording.other_files(
-            [*context.database_urls, *live], self.scratch_dirs, str(self.project_root)
+            [*context.database_urls, *live],
+            self.scratch_dirs,
+            str(self.project_root),
+            self.allowed_databases,
         )
         messages = []
         for path in sorted(others.keys() - self._other_databases_seen):

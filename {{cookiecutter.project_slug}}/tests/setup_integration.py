@@ -186,6 +186,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=True,
     )
     parser.addini(
+        "isolation_allowed_databases",
+        "glob patterns (from the rootdir) of database files tests may write besides their "
+        "own, neither refused nor warned of (a cache of the project's)",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
         "isolation_database_module",
         "module[:function] whose database singleton is reset when DATABASE_URL changes",
         default=database.__name__,
@@ -274,6 +281,12 @@ def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
         defer_binding_scan=True,  # see pytest_runtest_logfinish
         refuse_other_databases=ini_flag(config, "isolation_refuse_other_databases"),
     )
+    manager.allowed_databases += [
+        os.path.join(
+            os.path.realpath(config.rootpath), unquoted("isolation_allowed_databases", pattern)
+        )
+        for pattern in config.getini("isolation_allowed_databases")
+    ]
     # Where pytest puts tmp_path when told to (--basetemp, as tox does): scratch files.
     for scratch in (config.option.basetemp, os.environ.get("PYTEST_DEBUG_TEMPROOT")):
         if scratch:

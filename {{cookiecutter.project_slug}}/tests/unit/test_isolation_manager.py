@@ -1203,3 +1203,20 @@ def test_a_database_of_an_earlier_test_is_refused_as_such(
         warnings.simplefilter("always")
         manager.complete_test()
     assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+
+
+def test_a_database_the_project_allows_is_neither_refused_nor_warned_of(
+    manager: TestIsolationManager, tmp_path: Path
+) -> None:
+    """A cache of the project's, named by a glob pattern; a file beside it is refused."""
+    manager.scratch_dirs.clear()  # tmp_path stands for a directory of the application's
+    manager.allowed_databases.append(str(tmp_path.resolve() / "cache" / "*.sqlite"))
+    (tmp_path / "cache").mkdir()
+    manager.ensure_test_isolation("uses a cache")
+    sqlite3.connect(tmp_path / "cache" / "http.sqlite").close()
+    with pytest.raises(DatabaseAccessBlockedError, match="isolation_allowed_databases"):
+        sqlite3.connect(tmp_path / "cache" / "http.db")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        manager.complete_test()
+    assert [w for w in record if issubclass(w.category, IsolationWarning)] == []

@@ -1101,6 +1101,12 @@ def test_a_database_the_test_would_write_besides_its_own_is_refused_before_it_op
     assert sorted(path.name for path in instance.iterdir()) == ["reference.sqlite"]
     assert not list(Path(os.sep).glob("isolation-test_*")), "a file made at the root"
 
+    allowed = ("-o", "isolation_allowed_databases=instance/notes.*")  # from the rootdir
+    child = run_suite(tmp_path, OPENS_OTHER_DATABASES, basetemp, *memory, *allowed, environ=environ)
+    assert "3 failed, 2 passed" in child.stdout, child.stdout
+    assert (instance / "notes.sqlite").exists()
+    assert "notes.sqlite" not in child.stdout
+
 
 # Modules named by isolation_database_module in the tests below, written to tmp_path.
 CONNECTS_AT_IMPORT = """
