@@ -238,6 +238,12 @@ class OtherDatabases:
         )
 
 
+def _opens_read_only(name: str, path: str | None) -> bool:
+    """Whether ``name`` opens its file read-only: ``mode=ro``, or ``immutable=1`` over a
+    file that exists (over a missing one, SQLite makes it)."""
+    return is_read_only_uri(name) and ("mode=ro" in name or path is None or os.path.exists(path))
+
+
 def _spellings_as_a_path(url: str) -> tuple[str, str]:
     """``url`` taken for a file name: without its ``file:``, and its path alone."""
     return url.removeprefix("file:"), unquote(urlsplit(url).path)
@@ -260,9 +266,10 @@ def _refuse_another_database(database: object) -> None:
         if not isinstance(database, str | bytes | os.PathLike):
             continue
         name = os.fsdecode(database)
-        if REMOTE_URL.match(name) or is_read_only_uri(name):
+        path = database_path(name)
+        if REMOTE_URL.match(name) or _opens_read_only(name, path):
             continue
-        reason = others.refusal(name, database_path(name))
+        reason = others.refusal(name, path)
         if reason is not None and recording.project_caller() is not None:
             raise DatabaseAccessBlockedError(f"refused to open {name!r}: {reason}")
 

@@ -1220,3 +1220,18 @@ def test_a_database_the_project_allows_is_neither_refused_nor_warned_of(
         warnings.simplefilter("always")
         manager.complete_test()
     assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+
+
+def test_an_immutable_uri_is_read_only_only_over_a_file_that_exists(
+    manager: TestIsolationManager, tmp_path: Path
+) -> None:
+    """Over a missing file, ``immutable=1`` (without ``mode=ro``) makes it: refused."""
+    manager.scratch_dirs.clear()  # tmp_path stands for a directory of the application's
+    reference, missing = tmp_path / "reference.db", tmp_path / "missing.db"
+    sqlite3.connect(reference).close()
+    manager.ensure_test_isolation("reads reference data")
+    sqlite3.connect(f"file:{reference}?immutable=1", uri=True).close()
+    with pytest.raises(DatabaseAccessBlockedError, match="it is not the database of"):
+        sqlite3.connect(f"file:{missing}?immutable=1", uri=True)
+    assert not missing.exists()
+    manager.complete_test()
