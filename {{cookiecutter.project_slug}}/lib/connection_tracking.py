@@ -172,14 +172,15 @@ def refuse_files(paths: Iterable[str], reason: str) -> None:
 
 
 def _tracking_libsql_connect(*args: Any, **kwargs: Any) -> Any:
-    _refuse_a_refused_file(args[0] if args else kwargs.get("database", ""))
+    database = args[0] if args else kwargs.get("database", "")
+    _refuse_a_refused_file(database)
     if _recordings:
-        _refuse_another_database(args[0] if args else kwargs.get("database", ""))
+        _refuse_another_database(database)
     connection = _original_libsql_connect(*args, **kwargs)
     if not _recordings or getattr(_local, "suspended", None) is not None:
         return connection
     tracked = TrackedLibsqlConnection(connection)
-    _record(tracked, args[0] if args else kwargs.get("database"))
+    _record(tracked, database)
     return tracked
 
 

@@ -518,18 +518,10 @@ class TestIsolationManager:
             self._failed_resets.clear()
             thread_tracking.watch_thread_starts()  # until shutdown()
             urls: list[str] = []  # the test's own databases, as its scopes are made
-            thread = threading.current_thread()
-            others = OtherDatabases(
-                test_name,
-                urls,
-                lambda: [scope.database_url for scope in list(self.active_scopes.values())],
-                self.scratch_dirs,
-                str(self.project_root),
-                self.allowed_databases,
-                [str(self.runs_dir)],
-                f"memory:/{MEMORY_NAME_PREFIX}",
-                thread,
-            )
+            recording = None
+            if options.get("track_connections", True):
+                others = self._other_databases(test_name, urls)
+                recording = record_connections(self.modules.is_project_file, others)
             self._context = _TestContext(
                 test_name=test_name,
                 database_urls=urls,
@@ -538,15 +530,8 @@ class TestIsolationManager:
                 saved_block=database.block_database_access(None),
                 scopes_before=frozenset(self.active_scopes),
                 threads_before=thread_tracking.running_threads(),
-                thread=thread,
-                recording=(
-                    record_connections(
-                        self.modules.is_project_file,
-                        others if self.refuse_other_databases else None,
-                    )
-                    if options.get("track_connections", True)
-                    else None
-                ),
+                thread=threading.current_thread(),
+                recording=recording,
             )
             try:
                 scope_id = self.create_scope(test_name, **options)
@@ -561,6 +546,27 @@ class TestIsolationManager:
             self._point_at(scope_id)
         self._raise_failed_resets()
         return scope_id
+
+    def _other_databases(self, test_name: str, own: list[str]) -> OtherDatabases | None:
+        """What the test's thread is refused besides its ``own`` databases (none when the
+        manager does not refuse other databases)."""
+        if not self.refuse_other_databases:
+            return None
+        return OtherDatabases(
+            test_name,
+            own,
+            self._live_urls,
+            self.scratch_dirs,
+            str(self.project_root),
+            self.allowed_databases,
+            [str(self.runs_dir)],
+            f"memory:/{MEMORY_NAME_PREFIX}",
+            threading.current_thread(),
+        )
+
+    def _live_urls(self) -> list[str]:
+        """The URLs of the scopes alive now (one may outlive its test)."""
+        return [scope.database_url for scope in list(self.active_scopes.values())]
 
     def complete_test(self, *, keep_database: Path | None = None) -> bool:
         """Destroy the current test's scope, put back what the test changed, record leaks.
@@ -663,9 +669,8 @@ class TestIsolationManager:
         writes into its real database while its tests pass."""
         if context.recording is None or not context.recording.written:
             return []
-        live = [scope.database_url for scope in list(self.active_scopes.values())]
         others = context.recording.other_files(
-            [*context.database_urls, *live],
+            [*context.database_urls, *self._live_urls()],
             self.scratch_dirs,
             str(self.project_root),
             self.allowed_databases,

@@ -193,7 +193,6 @@ def check_test_failures(
     failed = max(in_log, in_metrics, in_report if isinstance(in_report, int) else 0)
     crashes = _grep(log_lines, CRASHED_WORKER, log_name)
     crashes += _missing_from_log(crashes, _report_lines(report, "Worker "))
-    crashes = [line for line in crashes if CRASHED_WORKER in line]
     check.lines += crashes
     said = []
     if failed:
