@@ -28,6 +28,7 @@ KEEP_ONLY: dict[tuple[str, str], tuple[str, ...]] = {
         "lib",
         "snippets",
         "tests/isolation_reporter.py",
+        "tests/isolation_settings.py",
         "tests/performance-baseline.json",
         "tests/setup_integration.py",
     ),

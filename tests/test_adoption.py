@@ -20,6 +20,7 @@ from conftest import TEMPLATE_DIR, Bake, bake_template, passed_count, run, run_p
 CACHE_DIRS = {".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", "__pycache__"}
 ISOLATION_TESTS = (
     "tests/isolation_reporter.py",
+    "tests/isolation_settings.py",
     "tests/performance-baseline.json",
     "tests/setup_integration.py",
 )
@@ -373,7 +374,7 @@ def test_adopted_files_pass_the_repositorys_own_linters(
     repo = tmp_path / "toyshop"
     shutil.copytree(toy_repository, repo, ignore=shutil.ignore_patterns(*CACHE_DIRS, "*.db"))
     _write(repo, {"toyshop/lib/__init__.py": "", "toyshop/lib/money.py": UNFORMATTED})
-    copied = ["lib", "tests/setup_integration.py", "tests/isolation_reporter.py"]
+    copied = ["lib", *(path for path in ISOLATION_TESTS if path.endswith(".py"))]
     assert _lint(repo, "ruff", "format", "--check", *copied).returncode == 1  # at 88
     assert "Source file found twice" in _lint(repo, "mypy", ".").stdout
     pyproject = repo / "pyproject.toml"

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from lib.isolation_manager import TestIsolationManager, get_test_isolation_manager
-from tests.setup_integration import ini_flag, is_isolated, unquoted
+from tests.isolation_settings import ini_flag, unquoted
+from tests.setup_integration import is_isolated
 
 try:
     import resource

@@ -7,17 +7,17 @@ process at the start). Each test under ``tests/integration/`` (or marked
 ``@pytest.mark.isolated``) gets a scope before its fixtures are set up and loses it
 after they are torn down. At session end everything is cleaned up and restored.
 
-Where things live is set by ini settings (``[tool.pytest.ini_options]``), so the plugin
-can be adopted by an existing repository: ``isolation_migrations_dir``,
-``isolation_data_dir``, ``isolation_module_patterns``, ``isolation_test_paths`` and
-``isolation_database_module`` (another module whose ``reset_database_instance()`` is
-called whenever ``DATABASE_URL`` changes, so its own connection follows the test).
+Where things live is set by ini settings (``[tool.pytest.ini_options]``, read by
+``tests.isolation_settings``), so the plugin can be adopted by an existing repository:
+``isolation_migrations_dir``, ``isolation_data_dir``, ``isolation_module_patterns``,
+``isolation_test_paths`` and ``isolation_database_module`` (another module whose
+``reset_database_instance()`` is called whenever ``DATABASE_URL`` changes, so its own
+connection follows the test).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
 import re
@@ -47,16 +47,14 @@ from lib.isolation_manager import (
 )
 from lib.migrate import MigrationError, MigrationsDirectoryError
 from lib.scope_databases import (
-    STRATEGIES,
     all_runs_roots,
-    check_strategy,
     oldest_live_run,
-    runs_root,
     template_lock,
 )
 from lib.stale_bindings import closed_clients_held, closed_connections_held
 from lib.statement_alarm import ALARM
 from lib.thread_tracking import running_threads
+from tests import isolation_settings as settings
 
 __all__ = [
     "async_db",
@@ -64,14 +62,11 @@ __all__ = [
     "get_db_client",
     "get_isolation_stats",
     "get_test_isolation_manager",
-    "ini_flag",
     "is_isolated",
     "isolation_manager",
-    "unquoted",
 ]
 
 DEBUG_LOGGERS = ("isolation", "database")
-DEFAULT_TEST_PATH = "tests/integration"
 # SQLAlchemy's SQLite URL (sqlite:///app.db, sqlite:////abs/app.db; sqlite:// in memory),
 # which code of yours may read before the session, though this project does not.
 SQLALCHEMY_SQLITE_URL = r"sqlite(?:\+\w+)?://(?:/([^?]*))?(?:\?.*)?"
@@ -142,156 +137,7 @@ def _lift_block() -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("isolation", "per-test database isolation")
-    group.addoption(
-        "--isolation-strategy",
-        type=str.lower,  # any case, as the variable and the ini setting
-        choices=STRATEGIES,
-        default=None,
-        help="file: a SQLite file per test (default); memory: an in-memory copy per test. "
-        "Also the ini setting isolation_strategy and the ISOLATION_STRATEGY variable.",
-    )
-    group.addoption(
-        "--isolation-keep-failed",
-        action="store_true",
-        help="keep the database of each failed test (under .isolation/kept/ in the "
-        "isolation_data_dir) and print its path; the next run removes them",
-    )
-    parser.addini("isolation_strategy", "default database strategy per test", default="file")
-    parser.addini(
-        "isolation_test_paths",
-        "directories whose tests each run in their own database scope",
-        type="linelist",
-        default=None,  # unset: DEFAULT_TEST_PATH, which may be missing
-    )
-    parser.addini("isolation_migrations_dir", "the migration SQL files", default="migrations")
-    parser.addini("isolation_data_dir", "where test databases are made", default="data")
-    parser.addini(
-        "isolation_module_patterns",
-        "fnmatch patterns of the modules dropped after each test (default: the project's)",
-        type="linelist",
-        default=[],
-    )
-    parser.addini(
-        "isolation_use_dev_shm",
-        "make test databases in /dev/shm (RAM) when it has room, not under the data dir",
-        type="bool",
-        default=True,
-    )
-    parser.addini(
-        "isolation_refuse_other_databases",
-        "refuse a test's code any database file to write but its own and temporary files "
-        "(false: a warning at the test's end)",
-        type="bool",
-        default=True,
-    )
-    parser.addini(
-        "isolation_allowed_databases",
-        "glob patterns (from the rootdir) of database files tests may write besides their "
-        "own, neither refused nor warned of (a cache of the project's)",
-        type="linelist",
-        default=[],
-    )
-    parser.addini(
-        "isolation_database_module",
-        "module[:function] whose database singleton is reset when DATABASE_URL changes",
-        default=database.__name__,
-    )
-
-
-def _strategy(config: pytest.Config) -> str:
-    """The option wins over the variable, the variable over the ini setting (whose default
-    is ``file``); a value in any case is taken, as ``DATABASE_DRIVER`` is, and an empty
-    one is refused."""
-    option = config.getoption("isolation_strategy")
-    if option is not None:  # one of STRATEGIES: pytest checks its choices
-        return str(option)
-    variable = os.environ.get("ISOLATION_STRATEGY")
-    source, value = (
-        ("ISOLATION_STRATEGY", variable)
-        if variable is not None
-        else ("the isolation_strategy setting", str(config.getini("isolation_strategy")))
-    )
-    strategy = value.strip().lower()
-    if strategy not in STRATEGIES:
-        raise pytest.UsageError(f"{source} is {value!r}, not one of {', '.join(STRATEGIES)}")
-    return strategy
-
-
-def _reset_hooks(spec: str) -> list[Callable[[], object]]:
-    """The reset function named by ``isolation_database_module`` (none for ``lib.database``,
-    which the manager points at each test's database directly)."""
-    module_name, _, function = spec.partition(":")
-    if module_name == database.__name__:
-        return []
-    try:
-        reset: Callable[[], object] = getattr(
-            importlib.import_module(module_name), function or "reset_database_instance"
-        )
-    except (ImportError, AttributeError) as error:
-        raise pytest.UsageError(
-            f"isolation_database_module = {spec!r} cannot be used: {error}. Name a module "
-            "with a reset_database_instance() function, or module:function."
-        ) from error
-    except Exception as error:  # the module itself failed at import (DATABASE_URL is :memory:)
-        raise pytest.UsageError(
-            f"isolation_database_module = {spec!r} cannot be used: importing it raised "
-            f"{error!r} at the session's start, where DATABASE_URL is "
-            f"{os.environ.get('DATABASE_URL')!r} and TURSO_* are unset. Give it what it needs "
-            "in the test environment, or let it read its settings when it connects"
-        ) from error
-    return [reset]
-
-
-def _engine(config: pytest.Config) -> database.Engine:
-    """``DATABASE_DRIVER=libsql`` runs every test's database on the libsql engine (never
-    with the memory strategy, which the engine and SQLite must both support)."""
-    try:
-        driver = database.database_driver()
-    except database.DatabaseConfigError as error:
-        raise pytest.UsageError(str(error)) from error
-    try:
-        check_strategy(config.stash[_strategy_key], driver)
-    except ValueError as error:
-        raise pytest.UsageError(f"isolation strategy: {error}") from error
-    if driver == "libsql":
-        try:
-            importlib.import_module("libsql")  # one clear error now, not one per test
-        except ImportError as error:
-            raise pytest.UsageError(
-                "DATABASE_DRIVER=libsql needs the libsql package: pip install libsql, "
-                "or unset DATABASE_DRIVER"
-            ) from error
-    return driver
-
-
-def _manager_from_ini(config: pytest.Config) -> TestIsolationManager:
-    patterns = config.getini("isolation_module_patterns")
-    data_dir = _data_dir(config)
-    manager = TestIsolationManager(
-        migrations_dir=Path(
-            config.rootpath,
-            unquoted("isolation_migrations_dir", config.getini("isolation_migrations_dir")),
-        ),
-        data_dir=data_dir,
-        runs_dir=runs_root(data_dir, use_shm=ini_flag(config, "isolation_use_dev_shm")),
-        module_patterns=patterns or None,
-        project_root=config.rootpath,
-        engine=_engine(config),
-        defer_binding_scan=True,  # see pytest_runtest_logfinish
-        refuse_other_databases=ini_flag(config, "isolation_refuse_other_databases"),
-    )
-    manager.allowed_databases += [
-        os.path.join(
-            os.path.realpath(config.rootpath), unquoted("isolation_allowed_databases", pattern)
-        )
-        for pattern in config.getini("isolation_allowed_databases")
-    ]
-    # Where pytest puts tmp_path when told to (--basetemp, as tox does): scratch files.
-    for scratch in (config.option.basetemp, os.environ.get("PYTEST_DEBUG_TEMPROOT")):
-        if scratch:
-            manager.scratch_dirs.append(str(Path(config.invocation_params.dir, scratch)))
-    return manager
+    settings.add_options(parser)
 
 
 def configure_debug_logging(value: str) -> list[str]:
@@ -331,70 +177,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "sqlite3_only: the test uses what only the sqlite3 engine has (client.db, "
         "interrupt, in-memory copies); skipped with DATABASE_DRIVER=libsql",
     )
-    config.stash[_strategy_key] = _strategy(config)
-    config.stash[_test_paths_key] = _test_paths(config)
+    strategy = settings.chosen_strategy(config)
+    config.stash[_strategy_key] = strategy
+    config.stash[_test_paths_key] = settings.isolated_test_paths(config)
     config.stash[_marked_key] = False
-    install_test_isolation_manager(_manager_from_ini(config))
-
-
-def _test_paths(config: pytest.Config) -> list[Path]:
-    """The ``isolation_test_paths``. One that is not a directory is refused, but for the
-    default, unset (a project with no integration tests yet): it would isolate nothing,
-    without a word, and the tests meant to be isolated would run on no database at all."""
-    entries: list[str] | None = config.getini("isolation_test_paths")
-    if entries is None:
-        return [Path(config.rootpath, DEFAULT_TEST_PATH).resolve()]
-    paths = [Path(config.rootpath, unquoted("isolation_test_paths", entry)) for entry in entries]
-    for entry, path in zip(entries, paths, strict=True):
-        if path.is_dir():
-            continue
-        several = " (several paths go one per line; in an ini file, indented under the name)"
-        raise pytest.UsageError(
-            f"isolation_test_paths: {entry!r} is not a directory under {config.rootpath}, "
-            "so no test in it would be isolated. Name the directories of your integration "
-            f"tests{several if ' ' in entry else ''}"
-        )
-    return [path.resolve() for path in paths]
-
-
-def _data_dir(config: pytest.Config) -> Path:
-    """Where the template cache and test databases go; a path that is not UTF-8 is
-    refused, as SQLite's file names and URIs refuse it."""
-    path = Path(
-        config.rootpath, unquoted("isolation_data_dir", config.getini("isolation_data_dir"))
-    )
-    try:
-        str(path).encode()
-    except UnicodeEncodeError:
-        shown = os.fsencode(path).decode(errors="replace")
-        raise pytest.UsageError(
-            f"isolation_data_dir: {shown} is not a UTF-8 path, which SQLite's file names "
-            "and URIs need: set isolation_data_dir to a directory whose path is"
-        ) from None
-    return path
-
-
-def unquoted(name: str, value: str) -> str:
-    """The path setting ``name``'s ``value``, refused in quotes: an ini file keeps them
-    (a directory named ``"data"``), as pyproject.toml does not."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        empty = " (for an empty value, nothing after the =)" if len(value) == 2 else ""
-        raise pytest.UsageError(
-            f"{name} = {value}: write it without quotes{empty}; in an ini file (pytest.ini, "
-            "setup.cfg, tox.ini) a value is taken as written, quotes and all"
-        )
-    return value
-
-
-def ini_flag(config: pytest.Config, name: str) -> bool:
-    """The true/false setting ``name``; a value pytest cannot read is an error naming it
-    (pytest's own names only the value: ``invalid truth value '"false"'``)."""
-    try:
-        return bool(config.getini(name))
-    except (ValueError, pytest.UsageError) as error:  # pytest 9 raises a UsageError
-        raise pytest.UsageError(
-            f"{name}: {error}: write true or false, without quotes in an ini file"
-        ) from None
+    install_test_isolation_manager(settings.manager_from_settings(config, strategy))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -431,7 +218,9 @@ def _start_session(session: pytest.Session) -> None:
     database.forbid_remote_databases(NO_REMOTE)
     manager = get_test_isolation_manager()
     # Imported only now: a module that connects at import finds no developer database.
-    manager.reset_hooks = tuple(_reset_hooks(session.config.getini("isolation_database_module")))
+    manager.reset_hooks = tuple(
+        settings.database_reset_hooks(session.config.getini("isolation_database_module"))
+    )
     try:  # and one that connected before (imported by a conftest.py) lets go now
         manager.reset_database_modules()
     except IsolationError as error:
@@ -558,18 +347,10 @@ def _say_still_preparing(config: pytest.Config, manager: TestIsolationManager) -
 
 def _migrations_hint(error: MigrationError, directory: Path, config: pytest.Config) -> str:
     """What to do, naming where the setting was made."""
-    where = _where_set(config, "isolation_migrations_dir")
+    where = settings.where_set(config, "isolation_migrations_dir")
     if isinstance(error, MigrationsDirectoryError):
         return f"Set isolation_migrations_dir to the directory of the migrations ({where})."
     return f"Fix that migration in {directory} (the isolation_migrations_dir setting, {where})."
-
-
-def _where_set(config: pytest.Config, name: str) -> str:
-    """Where the ini setting ``name`` was made: a ``-o``, which wins over any file, or the
-    one configuration file pytest read."""
-    if any(entry.partition("=")[0].strip() == name for entry in config.option.override_ini or ()):
-        return "set with -o, on the command line or in PYTEST_ADDOPTS"
-    return f"in {config.inipath}" if config.inipath else "in pytest's configuration"
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -604,7 +385,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     elif session.items and not isolated and _isolates_nothing_for_want_of_a_path(session):
         _warn_late(
             f"no test of this run is isolated: isolation_test_paths is unset, so its default, "
-            f"{DEFAULT_TEST_PATH}, which is not a directory under {session.config.rootpath}, "
+            f"{settings.DEFAULT_TEST_PATH}, which is not a directory under "
+            f"{session.config.rootpath}, "
             "and no test collected is marked @pytest.mark.isolated. Set isolation_test_paths "
             "to the directories of your integration tests, or mark those tests; a project "
             "that marks them says so with an empty setting (isolation_test_paths = [] in "
