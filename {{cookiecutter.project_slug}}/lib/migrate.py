@@ -69,6 +69,12 @@ class MigrationsDirectoryError(MigrationError):
     what to fix, not a migration."""
 
 
+class MigrationsChangedError(MigrationError):
+    """The migration files kept changing while a database was built from them (an editor
+    saving, a branch checked out): nothing was built from them, and running again after
+    they are saved is what to do."""
+
+
 class ReadOnlyDatabaseError(MigrationError):
     """The database cannot be written (a read-only URL, file or directory): no migration's
     fault, so the message says so instead of naming the first migration to write."""

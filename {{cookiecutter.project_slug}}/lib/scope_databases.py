@@ -179,22 +179,38 @@ def _make_run_directory(runs: Path, attempts: int = 1000) -> Path:
     but start and end sessions in a loop never needed 50 tries)."""
     attempt = 1
     while True:
-        name = f"{os.getpid()}-{secrets.token_hex(4)}"
-        path = runs / name
-        new = path if fcntl is None else runs / f"{NEW_RUN_PREFIX}{name}"  # Windows: no hold
+        path = runs / f"{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            runs.mkdir(mode=0o700, parents=True, exist_ok=True)
-            new.mkdir()
+            _make_held_directory(path)
         except _RUNS_VANISHED:
             if attempt == attempts:
                 raise
             attempt += 1
             continue
-        hold = _hold(new)
-        if hold is not None:
-            new.rename(path)
-            _holds[path] = hold
         return path
+
+
+def _make_held_directory(path: Path) -> None:
+    """Make the run directory ``path``, held (see :func:`_hold`) before it has its name."""
+    new = path if fcntl is None else path.with_name(f"{NEW_RUN_PREFIX}{path.name}")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    new.mkdir()
+    hold = _hold(new)
+    if hold is not None:
+        new.rename(path)
+        old = _holds.pop(path, None)
+        _holds[path] = hold
+        if old is not None:
+            old.close()
+
+
+def restore_run_directory(path: Path) -> None:
+    """Make this process's run directory ``path`` again, held as when it was first made,
+    if it went during the run (a test removed ``data/``): a directory without its hold
+    would be judged by its pid alone, and deleted by a run in another PID namespace."""
+    with _lock:
+        if not path.is_dir():
+            _make_held_directory(path)
 
 
 def _hold(path: Path) -> IO[bytes] | None:
@@ -258,7 +274,7 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that big
         return False
     except OSError:  # e.g. not ours to signal: alive
         return True
@@ -367,10 +383,10 @@ class TemplateWriteError(OSError):
     """The template could not be written whole: the disk is full, or failing."""
 
 
-def _build_template(path: Path, migrations_dir: Path, expected: list[str]) -> None:
-    """Migrate a new file, then put it in the cache as ``path``, only once it is whole: a
-    close that cannot copy the WAL back (a full disk) raises nothing, and would leave an
-    empty file there."""
+def _build_template(path: Path, migrations_dir: Path) -> Path:
+    """Migrate a new file beside ``path``, and return it; it goes in the cache as ``path``
+    only once it is checked whole: a close that cannot copy the WAL back (a full disk)
+    raises nothing, and would leave an empty file there."""
     partial = path.with_name(f"{path.stem}-{secrets.token_hex(4)}.partial")
     client: DatabaseClient | None = None
     try:
@@ -385,10 +401,7 @@ def _build_template(path: Path, migrations_dir: Path, expected: list[str]) -> No
             raise
         raise refused from error
     client.close()
-    if not _is_valid_template(partial, expected):
-        delete_database_files(partial)
-        raise TemplateWriteError(f"the template database {path} could not be written whole")
-    os.replace(partial, path)
+    return partial
 
 
 def _disk_refused(error: BaseException, path: Path) -> TemplateWriteError | None:
@@ -422,21 +435,48 @@ def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
     """
     lock = template_lock(data_dir)
     cache_dir = lock.parent
-    key = _template_key(migrations_dir)
-    path = cache_dir / f"{key}.db"
-    expected = [path.stem for path in migrate.migration_files(migrations_dir)]
+    path, expected = _cache_entry(cache_dir, migrations_dir)
     if _is_valid_template(path, expected) and not any(cache_dir.glob("*.partial*")):
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(lock):
-        if not _is_valid_template(path, expected):
-            logger.debug("building template %s", path)
-            _remove_cache_entry(path)
-            _build_template(path, migrations_dir, expected)
+        path = _built_template(cache_dir, migrations_dir)
         for stale in [*cache_dir.glob("*.db"), *cache_dir.glob("*.partial*")]:
             if stale != path:
                 _remove_cache_entry(stale)
     return path
+
+
+def _cache_entry(cache_dir: Path, migrations_dir: Path) -> tuple[Path, list[str]]:
+    """Where the template of the migrations as they are now is cached, and the names of
+    the migrations it must have."""
+    key = _template_key(migrations_dir)
+    return cache_dir / f"{key}.db", [path.stem for path in migrate.migration_files(migrations_dir)]
+
+
+def _built_template(cache_dir: Path, migrations_dir: Path, attempts: int = 3) -> Path:
+    """The cached template, built if it is missing or unsound. A build is cached only
+    under the key of the files it read: one that a migration changed under (saved while
+    it ran) is thrown away and built again."""
+    for _ in range(attempts):
+        path, expected = _cache_entry(cache_dir, migrations_dir)
+        if _is_valid_template(path, expected):
+            return path
+        logger.debug("building template %s", path)
+        _remove_cache_entry(path)
+        partial = _build_template(path, migrations_dir)
+        if _cache_entry(cache_dir, migrations_dir) != (path, expected):
+            delete_database_files(partial)
+            continue
+        if not _is_valid_template(partial, expected):
+            delete_database_files(partial)
+            raise TemplateWriteError(f"the template database {path} could not be written whole")
+        os.replace(partial, path)
+        return path
+    raise migrate.MigrationsChangedError(
+        f"the migrations in {migrations_dir} changed {attempts} times while the template "
+        "database was built from them: run again once they are saved"
+    )
 
 
 def _remove_cache_entry(path: Path) -> None:
@@ -518,12 +558,30 @@ def template_for(migrations_dir: Path, data_dir: Path, runs: Path) -> Template:
     with _lock:
         template = _templates.get(key)
     if template is None:
-        cached = cached_template(migrations_dir, data_dir)
-        path = run_directory(runs) / f"template-{cached.stem}.db"
-        shutil.copyfile(cached, path)
+        path = _copy_of_cached_template(migrations_dir, data_dir, run_directory(runs))
         with _lock:
             template = _templates.setdefault(key, Template(path))
     return template
+
+
+def _copy_of_cached_template(
+    migrations_dir: Path, data_dir: Path, directory: Path, attempts: int = 3
+) -> Path:
+    """Copy the cached template into ``directory``. A run on other migrations sharing the
+    cache replaces its template by theirs; one that does it between our finding the
+    template and copying it makes us find (or build) it again."""
+    attempt = 1
+    while True:
+        cached = cached_template(migrations_dir, data_dir)
+        path = directory / f"template-{cached.stem}.db"
+        try:
+            shutil.copyfile(cached, path)
+        except FileNotFoundError:
+            if attempt == attempts or not directory.is_dir():
+                raise
+            attempt += 1
+            continue
+        return path
 
 
 def memory_url(name: str) -> str:
@@ -575,8 +633,7 @@ class DatabaseFactory:
         try:
             self.template.copy_to(path)
         except FileNotFoundError:  # the directory went during the run (a test removed data/)
-            self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.directory.mkdir(exist_ok=True)
+            restore_run_directory(self.directory)
             self.template.copy_to(path)
         return path
 

@@ -45,7 +45,7 @@ from lib.isolation_manager import (
     get_test_isolation_manager,
     install_test_isolation_manager,
 )
-from lib.migrate import MigrationError, MigrationsDirectoryError
+from lib.migrate import MigrationError, MigrationsChangedError, MigrationsDirectoryError
 from lib.scope_databases import (
     all_runs_roots,
     oldest_live_run,
@@ -310,8 +310,12 @@ def _prepare_template(manager: TestIsolationManager, config: pytest.Config) -> N
         manager.prepare_template()
     except MigrationError as error:
         raise pytest.UsageError(
-            f"cannot build the template database the isolated tests copy: {error}. "
-            + _migrations_hint(error, manager.migrations_dir, config)
+            " ".join(
+                [
+                    f"cannot build the template database the isolated tests copy: {error}.",
+                    *_migrations_hint(error, manager.migrations_dir, config),
+                ]
+            )
         ) from error
     # A data directory it may not write (the template build's file: DatabaseConfigError),
     # a full disk.
@@ -345,12 +349,15 @@ def _say_still_preparing(config: pytest.Config, manager: TestIsolationManager) -
         )
 
 
-def _migrations_hint(error: MigrationError, directory: Path, config: pytest.Config) -> str:
-    """What to do, naming where the setting was made."""
+def _migrations_hint(error: MigrationError, directory: Path, config: pytest.Config) -> list[str]:
+    """What to do, naming where the setting was made (the error of migrations that kept
+    changing says it already)."""
     where = settings.where_set(config, "isolation_migrations_dir")
+    if isinstance(error, MigrationsChangedError):
+        return []
     if isinstance(error, MigrationsDirectoryError):
-        return f"Set isolation_migrations_dir to the directory of the migrations ({where})."
-    return f"Fix that migration in {directory} (the isolation_migrations_dir setting, {where})."
+        return [f"Set isolation_migrations_dir to the directory of the migrations ({where})."]
+    return [f"Fix that migration in {directory} (the isolation_migrations_dir setting, {where})."]
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

@@ -95,6 +95,96 @@ def test_a_changed_migration_rebuilds_the_template(migrations: Path, tmp_path: P
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'refunds'").fetchone()
 
 
+def saved_during_the_build(
+    monkeypatch: pytest.MonkeyPatch, edits: list[tuple[Path, str]]
+) -> list[str]:
+    """Each build of the template finds the next of ``edits`` saved as it runs its
+    migrations (an editor saving, a branch checked out); returns what each build saw."""
+    apply = migrate.apply_migrations
+    seen: list[str] = []
+
+    def apply_while_saved(db: Any, directory: Path) -> list[str]:
+        if edits:
+            path, text = edits.pop(0)
+            path.write_text(text)
+        seen.append(",".join(sorted(path.name for path in directory.glob("*.sql"))))
+        return apply(db, directory)
+
+    monkeypatch.setattr(migrate, "apply_migrations", apply_while_saved)
+    return seen
+
+
+def tables(path: Path) -> set[str]:
+    with closing(sqlite3.connect(path)) as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+
+
+def test_a_migration_saved_during_the_build_is_never_cached_under_its_old_text(
+    migrations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is the files' hash before the build; a build that read them after an edit
+    would be cached under it, and used again once the edit is undone."""
+    last = migrate.migration_files(migrations)[-1]
+    before = last.read_text()
+    saved_during_the_build(monkeypatch, [(last, before + "\nCREATE TABLE edited (id);\n")])
+    template = cached_template(migrations, tmp_path / "data")
+    assert "edited" in tables(template)
+    assert template.stem == scope_databases._template_key(migrations)
+    last.write_text(before)  # undone
+    assert "edited" not in tables(cached_template(migrations, tmp_path / "data"))
+
+
+def test_a_migration_added_during_the_build_is_built_too(
+    migrations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    added = migrations / "0099_refunds.sql"
+    seen = saved_during_the_build(monkeypatch, [(added, "CREATE TABLE refunds (id);")])
+    template = cached_template(migrations, tmp_path / "data")
+    assert "refunds" in tables(template)
+    assert len(seen) == 2, "built again, with the file it had not listed"
+    assert cache_files(tmp_path / "data") == [template]
+
+
+def test_migrations_that_keep_changing_build_nothing_and_say_so(
+    migrations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edits = [(migrations / f"009{n}_t.sql", f"CREATE TABLE t{n} (id);") for n in range(5)]
+    saved_during_the_build(monkeypatch, edits)
+    with pytest.raises(migrate.MigrationsChangedError, match="run again once they are saved"):
+        cached_template(migrations, tmp_path / "data")
+    assert cache_files(tmp_path / "data") == []
+    assert not list((tmp_path / "data" / RUNS_DIR_NAME / "templates").glob("*.partial*"))
+
+
+def test_a_template_replaced_by_a_run_on_other_migrations_is_found_again(
+    migrations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run sharing the cache builds its own template, which removes ours, between
+    our finding it and copying it: we build ours again instead of failing."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    other = tmp_path / "other-migrations"
+    shutil.copytree(migrations, other)
+    (other / "0099_refunds.sql").write_text("CREATE TABLE refunds (id);")
+    find = scope_databases.cached_template
+    calls: list[Path] = []
+
+    def found_then_replaced(migrations_dir: Path, data_dir: Path) -> Path:
+        path = find(migrations_dir, data_dir)
+        if not calls:
+            find(other, data_dir)  # the other run's build removes ours
+        calls.append(path)
+        return path
+
+    monkeypatch.setattr(scope_databases, "cached_template", found_then_replaced)
+    try:
+        template = scope_databases.template_for(migrations, data, runs)
+        assert len(calls) == 2
+        assert "refunds" not in tables(template.path)
+        assert template.path.read_bytes() == calls[-1].read_bytes()
+    finally:
+        remove_run_directory(runs)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing a migration", "a directory"])
 def test_a_corrupt_or_half_written_cache_is_rebuilt(
     migrations: Path, tmp_path: Path, damage: str
@@ -155,6 +245,33 @@ def test_copies_go_on_after_their_directory_was_removed_during_the_run(
     copy = factory.new_database()
     assert copy is not None
     assert copy.read_bytes() == template.data
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="run directories are held with flock")
+def test_a_run_directory_removed_during_the_run_comes_back_held(
+    migrations: Path, tmp_path: Path
+) -> None:
+    """Made again without its hold, another run would judge it by its pid alone: one in
+    another PID namespace, where that pid is dead, would delete it under our tests."""
+    data = tmp_path / "data"
+    runs = data / RUNS_DIR_NAME
+    template = scope_databases.template_for(migrations, data, runs)
+    directory = scope_databases.run_directory(runs)
+    factory = scope_databases.DatabaseFactory(template, "file", directory)
+    try:
+        template.data  # noqa: B018  (read once, as every process does at its first copy)
+        shutil.rmtree(data)
+        copy = factory.new_database()
+        assert copy is not None
+        assert copy.parent == directory
+        assert scope_databases._held(directory) is True
+        with pytest.MonkeyPatch.context() as out_of_sight:
+            out_of_sight.setattr(scope_databases, "_pid_alive", lambda pid: False)
+            out_of_sight.setattr(scope_databases, "_run_dirs", {})  # seen from another run
+            assert scope_databases.remove_stale_runs(runs) == []
+        assert copy.is_file()
+    finally:
+        remove_run_directory(runs)
 
 
 def test_the_in_memory_source_is_closed_with_the_run(migrations: Path, tmp_path: Path) -> None:
@@ -735,6 +852,12 @@ def test_a_new_run_directory_is_held_before_it_has_its_runs_name(
         assert scope_databases._held(path) is True
     finally:
         remove_run_directory(runs)
+
+
+def test_a_run_directory_named_with_a_pid_no_system_has_is_stale(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / f"{2**70}-0badc0de"
+    path.mkdir(parents=True)
+    assert scope_databases.remove_stale_runs(tmp_path / "runs") == [path]
 
 
 def test_a_directory_left_half_made_is_deleted_once_it_is_an_hour_old(tmp_path: Path) -> None:
