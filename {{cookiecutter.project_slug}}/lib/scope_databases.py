@@ -442,9 +442,16 @@ def cached_template(migrations_dir: Path, data_dir: Path) -> Path:
     with _file_lock(lock):
         path = _built_template(cache_dir, migrations_dir)
         for stale in [*cache_dir.glob("*.db"), *cache_dir.glob("*.partial*")]:
-            if stale != path:
-                _remove_cache_entry(stale)
+            if stale != path and not _may_be_building(stale):
+                with suppress(OSError):  # open in another process (Windows): next time
+                    _remove_cache_entry(stale)
     return path
+
+
+def _may_be_building(path: Path) -> bool:
+    """Without ``flock`` (Windows) the lock keeps no other build out: a partial file less
+    than an hour old may be one that another process is still writing."""
+    return fcntl is None and ".partial" in path.name and _age_s(path) < ABANDONED_NEW_RUN_S
 
 
 def _cache_entry(cache_dir: Path, migrations_dir: Path) -> tuple[Path, list[str]]:

@@ -156,6 +156,23 @@ def test_migrations_that_keep_changing_build_nothing_and_say_so(
     assert not list((tmp_path / "data" / RUNS_DIR_NAME / "templates").glob("*.partial*"))
 
 
+def test_without_flock_a_build_leaves_another_builds_recent_partial_file(
+    migrations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Windows the lock keeps no other process out: a build must not delete the file
+    another build is writing. One over an hour old was left by a killed build."""
+    monkeypatch.setattr(scope_databases, "fcntl", None)
+    cache = tmp_path / "data" / RUNS_DIR_NAME / "templates"
+    cache.mkdir(parents=True)
+    writing, abandoned = cache / "0123-0badc0de.partial", cache / "0123-0badf00d.partial"
+    for path in (writing, abandoned):
+        path.write_bytes(b"half a template")
+    hours_ago = time.time() - 2 * scope_databases.ABANDONED_NEW_RUN_S
+    os.utime(abandoned, (hours_ago, hours_ago))
+    template = cached_template(migrations, tmp_path / "data")
+    assert sorted(cache.iterdir()) == sorted([template, writing, cache / ".lock"])
+
+
 def test_a_template_replaced_by_a_run_on_other_migrations_is_found_again(
     migrations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
