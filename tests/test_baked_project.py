@@ -52,6 +52,14 @@ def test_integration_suite_passes_on_workers(custom_project: Path, workers: str)
     run_pytest(custom_project, "tests/integration", "-n", workers)
 
 
+def test_a_pytest_without_the_test_plugins_names_them(default_project: Path) -> None:
+    """Without them, their settings in pyproject.toml would stop pytest as unknown ones."""
+    without = ["-p", "no:asyncio", "-p", "no:timeout"]
+    result = run([sys.executable, "-m", "pytest", *without, "tests/integration"], default_project)
+    assert result.returncode != 0
+    assert "Missing required plugins: pytest-asyncio>=1.0, pytest-timeout>=2.3" in result.stdout
+
+
 def test_integration_suite_passes_in_memory(default_project: Path) -> None:
     """The memory strategy runs the same suite: two connections share a test's named
     in-memory database (DATABASE_URL, the busy timeout), and only the test of where the

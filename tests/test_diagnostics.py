@@ -154,7 +154,9 @@ def test_leaks_are_reported_with_test_and_culprit(
     leaks = "tests/integration/test_planted_leaks.py"
     code, output = pytest_in(planted, leaks, f"--isolation-report={report}", *workers)
 
-    assert code == 0, output
+    assert code == 1, output  # the project's isolation_strict: the tests passed, the leaks fail
+    assert "isolation strict mode: leaks fail this run" in output
+    assert "4 passed" in output
     assert f"Scope leak detected in test: {leaks}::test_forgets_a_scope" in output
     leak_line = line_of(LEAKY_TESTS, "LEAK-LINE")
     assert f"Connection leak detected in test: {leaks}::test_leaves_a_connection_open" in output
@@ -184,7 +186,8 @@ def test_a_binding_found_after_the_test_is_shown_even_where_warnings_are_errors(
     has made the test's reports: raised as an error then, it would crash the run."""
     leaks = "tests/integration/test_planted_leaks.py"
     error = "error::lib.isolation_manager.IsolationWarning"
-    code, output = pytest_in(planted, leaks, "-k", "module_global", "-W", error)
+    not_strict = "-o", "isolation_strict=false"  # a leak found then would fail the run
+    code, output = pytest_in(planted, leaks, "-k", "module_global", "-W", error, *not_strict)
     assert code == 0, output
     assert "INTERNALERROR" not in output
     assert "IsolationWarning: planted.cache.CLIENT still holds the database client" in output

@@ -62,6 +62,9 @@ MEMORY_PRAGMAS: Mapping[str, str] = {"foreign_keys": "ON"}
 MEMDB_SQLITE = (3, 36, 0)
 # What making a run directory raises when another process removed ``runs`` meanwhile.
 _RUNS_VANISHED = (FileNotFoundError, FileExistsError)
+# What telling a process a signal raises when it has no such process (OverflowError: no
+# pid is that big).
+_NO_SUCH_PROCESS = (ProcessLookupError, OverflowError)
 # What listing ``runs`` raises when there is none, or its last run just removed it.
 _NO_RUNS = (FileNotFoundError, NotADirectoryError)
 # How a copy of the template is created: a new file only, never one that exists.
@@ -274,7 +277,7 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that big
+    except _NO_SUCH_PROCESS:
         return False
     except OSError:  # e.g. not ours to signal: alive
         return True
