@@ -32,6 +32,7 @@ DEPENDENCIES = frozenset(
         "certifi",
         "click",
         "click-default-group",
+        "colorama",  # click's, pytest's and colorlog's on Windows
         "colorlog",
         "dependency-groups",
         "distlib",

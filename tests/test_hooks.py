@@ -84,7 +84,6 @@ def test_invalid_answer_is_rejected(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["", "   "])
 def _dependencies() -> set[str]:
     """Every package the project's pyproject.toml asks for, under any answer."""
     text = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "pyproject.toml").read_text()
