@@ -3,7 +3,9 @@
 Run it with ``uvicorn app.api:app`` (after ``python -m lib.migrate``). The handlers read
 the request body, then run the store's synchronous database work in Starlette's
 threadpool, so a slow query never blocks the event loop. Nothing here touches the
-database at import time or at startup: every request asks for it when it runs.
+database at import time or at startup: every request asks for it when it runs. Startup
+only reads the database settings, so a ``DATABASE_URL`` that cannot be used stops the
+server there, named, rather than failing every request.
 
 Routes::
 
@@ -25,7 +27,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -35,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app import store
-from lib.database import get_database_client, is_contention
+from lib.database import database_target, get_database_client, is_contention
 
 __all__ = ["app", "create_app"]
 
@@ -167,10 +170,19 @@ async def database_busy(request: Request, error: Exception) -> Response:
     )
 
 
+@asynccontextmanager
+async def settings_checked(app: Starlette) -> AsyncIterator[None]:
+    """Read the database settings as the server starts: one that cannot be used raises
+    ``DatabaseConfigError`` naming its variable. No database is opened."""
+    database_target()
+    yield
+
+
 def create_app(*, debug: bool = False) -> Starlette:
     """A new application; it opens no database until a request needs one."""
     return Starlette(
         debug=debug,
+        lifespan=settings_checked,
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/users", create_user, methods=["POST"]),

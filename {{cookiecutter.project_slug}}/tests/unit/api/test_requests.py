@@ -5,11 +5,13 @@ has no database). What a request does to the database is for the integration tes
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from app.api import create_app
+from lib.database import DatabaseConfigError
 
 
 @pytest.fixture
@@ -54,3 +56,28 @@ async def test_a_bad_request_is_a_400_naming_what_is_wrong(
     response = await client.post(path, content=body)
     assert response.status_code == 400
     assert response.json() == error
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("DATABASE_URL", "postgres://db/shop"), ("DATABASE_DRIVER", "pg")]
+)
+async def test_a_server_with_unusable_database_settings_stops_as_it_starts(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Rather than answer every request with a 500, the error in its log alone."""
+    monkeypatch.setenv(variable, value)
+    app = create_app()
+    with pytest.raises(DatabaseConfigError, match=variable):
+        async with app.router.lifespan_context(app):
+            pass
+
+
+async def test_a_server_starts_without_opening_its_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    database = tmp_path / "shop.db"
+    monkeypatch.setenv("DATABASE_URL", str(database))
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        pass
+    assert not database.exists()
