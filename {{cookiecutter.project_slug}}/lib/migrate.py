@@ -595,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         refuse_in_memory(path)
         if args.list:
             pending = _pending_read_only(path, args.migrations)
+            _check_readable(args.migrations, pending)
             print(f"{len(pending)} pending migration(s) for {path}: {', '.join(pending) or '-'}")
             return 0
         for module in ("sqlite_utils", "sqlite_utils.migrations"):  # before the file is made
@@ -767,6 +768,14 @@ def _pending_read_only(path: str, directory: Path) -> list[str]:
         raise open_error(path, "DATABASE_URL", error) from error
     finally:
         client.close()
+
+
+def _check_readable(directory: Path, pending: Sequence[str]) -> None:
+    """Read each pending migration as applying it would: one that is not UTF-8 is a
+    :class:`MigrationError` when listed, not only when it is applied."""
+    for file in migration_files(directory):
+        if file.stem in pending:
+            _read(file)
 
 
 def _read_only_problem(path: str) -> str:

@@ -420,6 +420,20 @@ def test_the_cli_reports_a_bad_setting_without_a_traceback(
 
 
 @pytest.mark.parametrize("command", [(), ("--list",)])
+def test_the_cli_names_a_pending_migration_that_is_not_utf8(
+    migrations: Path, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Listed as pending, it would fail only once applied."""
+    (migrations / "0002_cafe.sql").write_bytes(b"-- caf\xe9\nCREATE TABLE cafe (id INTEGER);")
+    database = tmp_path / "app.db"
+    env = {"DATABASE_URL": str(database)}
+    result = run_cli(tmp_path, env, "--migrations", str(migrations), *command)
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("error: migration 0002_cafe.sql is not UTF-8 text")
+    assert len(result.stderr.splitlines()) == 1, "one message, no traceback"
+
+
+@pytest.mark.parametrize("command", [(), ("--list",)])
 def test_the_cli_reports_a_file_that_is_not_a_database_without_a_traceback(
     tmp_path: Path, command: tuple[str, ...]
 ) -> None:
