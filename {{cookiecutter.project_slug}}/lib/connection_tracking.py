@@ -3,19 +3,22 @@
 While a :class:`Recording` is active, each new ``sqlite3`` connection is remembered with
 its caller: an audit hook (``sqlite3.connect/handle``) sees them all, however ``connect``
 was imported or called, ``sqlite3.Connection(...)`` and factories included.
-``libsql.connect`` is wrapped once libsql is imported. When the test ends, the ones still
-open and held by the code are given back: ``lib.isolation_manager`` reports those to the
-test's own database as connection leaks, where they were opened. While :func:`refuse_files`
-names files, both refuse to open them (the developer's own database, during a test
-session); a recording given :class:`OtherDatabases` refuses the project's code any other
-database file to write but the test's own and scratch files. The audit hook, which Python
-cannot remove, does nothing once neither is needed; the libsql wrapper is removed.
+``libsql.connect`` is wrapped (libsql is imported for it, where installed). When the test
+ends, the ones still open and held by the code are given back: ``lib.isolation_manager``
+reports those to the test's own database as connection leaks, where they were opened.
+While :func:`refuse_files` names files, both refuse to open them (the developer's own
+database, during a test session); a recording given :class:`OtherDatabases` refuses the
+project's code any other database file to write but the test's own and scratch files.
+The audit hook, which Python cannot remove, does nothing once neither is needed; the
+libsql wrapper is removed.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
+import importlib
+import importlib.util
 import os
 import re
 import sqlite3
@@ -436,10 +439,22 @@ def _install() -> None:
     if not _audit_hook_added:
         sys.addaudithook(_audit)
         _audit_hook_added = True
-    libsql: Any = sys.modules.get("libsql")
+    libsql: Any = sys.modules.get("libsql") or _import_libsql()
     if libsql is not None and _original_libsql_connect is None:
         _original_libsql_connect = libsql.connect
         libsql.connect = _tracking_libsql_connect
+
+
+@functools.cache
+def _import_libsql() -> Any:
+    """libsql, imported now where it is installed (a few ms, once): code that imported it
+    later, inside a test, would find its ``connect`` not wrapped. None where it is not."""
+    if importlib.util.find_spec("libsql") is None:
+        return None
+    try:
+        return importlib.import_module("libsql")
+    except ImportError:  # installed, but it cannot load here: nobody can connect with it
+        return None
 
 
 def _uninstall_if_unused() -> None:

@@ -153,6 +153,35 @@ def test_the_developers_database_is_refused_to_libsql_too(tmp_path: Path) -> Non
     assert not own.exists()
 
 
+FIRST_IMPORTED_IN_A_TEST = """
+import sys
+from lib.connection_tracking import refuse_files
+from lib.database import DatabaseAccessBlockedError
+
+refuse_files([sys.argv[1]], "it is the developer's")
+import libsql  # as code of the project's would, inside a test
+
+try:
+    libsql.connect(sys.argv[1])
+except DatabaseAccessBlockedError:
+    print("refused")
+"""
+
+
+def test_libsql_imported_first_inside_a_test_is_tracked_too(tmp_path: Path) -> None:
+    own = tmp_path / "app.db"
+    child = subprocess.run(
+        [sys.executable, "-c", FIRST_IMPORTED_IN_A_TEST, str(own)],
+        cwd=Path(__file__).resolve().parents[2],  # the project, where lib is
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.stdout.strip() == "refused", child.stderr
+    assert not own.exists()
+
+
 @pytest.fixture(params=["sqlite3", "libsql"])
 def either(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseClient]:
     """A client of each engine on a file of its own: what one does, the other must."""
