@@ -218,7 +218,8 @@ def test_a_binding_found_at_session_end_is_reported_and_fails_strict_mode(
     holding its client then counts like any other leak, in the report and in strict mode."""
     report = tmp_path / "report.json"
     outliving = "tests/integration/test_planted_outliving.py"
-    args = [outliving, "--isolation-strict", f"--isolation-report={report}", *workers]
+    strict = ["-o", "isolation_strict=false", "--isolation-strict"]  # the option, not the ini
+    args = [outliving, *strict, f"--isolation-report={report}", *workers]
     code, output = pytest_in(planted, *args)
     assert code == 1, output
     assert "1 passed" in output
@@ -236,9 +237,13 @@ def test_a_binding_found_at_session_end_is_reported_and_fails_strict_mode(
     assert metrics["scopes_destroyed"] == metrics["scopes_created"] == 2
 
 
-def test_strict_mode_fails_the_same_run(planted: Path) -> None:
+def test_strict_mode_fails_the_same_run_and_the_option_turns_it_on(planted: Path) -> None:
+    """The project's pyproject.toml turns it on; set off, leaks are reported and pass."""
     leaks = "tests/integration/test_planted_leaks.py"
-    code, output = pytest_in(planted, leaks, "--isolation-strict")
+    code, output = pytest_in(planted, leaks, "-o", "isolation_strict=false")
+    assert code == 0, output
+    assert "Connection leak detected in test" in output
+    code, output = pytest_in(planted, leaks, "-o", "isolation_strict=false", "--isolation-strict")
     assert code == 1, output
     assert "4 passed" in output
     assert "isolation strict mode: leaks fail this run" in output

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app import store
-from lib.database import database_target, get_database_client, is_contention
+from lib.database import checked_database_target, get_database_client, is_contention
 
 __all__ = ["app", "create_app"]
 
@@ -172,9 +172,10 @@ async def database_busy(request: Request, error: Exception) -> Response:
 
 @asynccontextmanager
 async def settings_checked(app: Starlette) -> AsyncIterator[None]:
-    """Read the database settings as the server starts: one that cannot be used raises
-    ``DatabaseConfigError`` naming its variable. No database is opened."""
-    database_target()
+    """Read the database settings as the server starts: one that cannot be used (an engine
+    not installed included) raises ``DatabaseConfigError`` naming what to set or install.
+    No database is opened."""
+    checked_database_target()
     yield
 
 

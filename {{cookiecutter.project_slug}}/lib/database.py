@@ -14,6 +14,7 @@ from here too.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sqlite3
@@ -83,6 +84,7 @@ __all__ = [
     "Transaction",
     "block_database_access",
     "caller_location",
+    "checked_database_target",
     "client_of",
     "create_database_directory",
     "database_driver",
@@ -140,6 +142,10 @@ class ResultSet:
 
 
 _LIB_DIR = os.path.dirname(os.path.abspath(__file__))
+LIBSQL_MISSING = (
+    "the libsql engine (a libsql:// DATABASE_URL, TURSO_DATABASE_URL or "
+    "DATABASE_DRIVER=libsql) needs the libsql package: pip install libsql"
+)
 
 
 def _libsql_connect(
@@ -154,10 +160,16 @@ def _libsql_connect(
             remote=remote,
         )
     except ImportError as error:
-        raise DatabaseConfigError(
-            "the libsql engine (a libsql:// DATABASE_URL, TURSO_DATABASE_URL or "
-            "DATABASE_DRIVER=libsql) needs the libsql package: pip install libsql"
-        ) from error
+        raise DatabaseConfigError(LIBSQL_MISSING) from error
+
+
+def checked_database_target() -> DatabaseTarget:
+    """:func:`database_target`, its engine installed too: what a server checks as it starts,
+    opening no database. Raises ``DatabaseConfigError`` naming what to set or install."""
+    target = database_target()
+    if target.engine == "libsql" and importlib.util.find_spec("libsql") is None:
+        raise DatabaseConfigError(LIBSQL_MISSING)
+    return target
 
 
 def _apply_pragmas(conn: Any, pragmas: Mapping[str, str], *, read_only: bool) -> None:

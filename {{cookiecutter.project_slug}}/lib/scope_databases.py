@@ -20,6 +20,7 @@ import secrets
 import shutil
 import sqlite3
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -200,7 +201,11 @@ def _make_held_directory(path: Path) -> None:
     new.mkdir()
     hold = _hold(new)
     if hold is not None:
-        new.rename(path)
+        try:
+            new.rename(path)
+        except BaseException:
+            hold.close()
+            raise
         old = _holds.pop(path, None)
         _holds[path] = hold
         if old is not None:
@@ -465,28 +470,46 @@ def _cache_entry(cache_dir: Path, migrations_dir: Path) -> tuple[Path, list[str]
 
 
 def _built_template(cache_dir: Path, migrations_dir: Path, attempts: int = 3) -> Path:
-    """The cached template, built if it is missing or unsound. A build is cached only
-    under the key of the files it read: one that a migration changed under (saved while
-    it ran) is thrown away and built again."""
+    """The cached template of the migrations as they are now, built if it is missing or
+    unsound. A build runs on a copy of the files and is cached under that copy's hash, so
+    a migration saved meanwhile (an editor, a branch checked out) never gets in; files
+    that changed during the build, or a build that failed on a file half-saved, are
+    built again."""
     for _ in range(attempts):
-        path, expected = _cache_entry(cache_dir, migrations_dir)
-        if _is_valid_template(path, expected):
+        with tempfile.TemporaryDirectory(prefix="isolation-migrations-") as copy:
+            snapshot = _copy_migrations(migrations_dir, Path(copy))
+            path, expected = _cache_entry(cache_dir, snapshot)
+            try:
+                if not _is_valid_template(path, expected):
+                    _build_into_cache(path, snapshot, expected)
+            except migrate.MigrationError:
+                if _template_key(migrations_dir) == path.stem:
+                    raise  # the migration as it is now fails
+                continue
+        if _template_key(migrations_dir) == path.stem:
             return path
-        logger.debug("building template %s", path)
-        _remove_cache_entry(path)
-        partial = _build_template(path, migrations_dir)
-        if _cache_entry(cache_dir, migrations_dir) != (path, expected):
-            delete_database_files(partial)
-            continue
-        if not _is_valid_template(partial, expected):
-            delete_database_files(partial)
-            raise TemplateWriteError(f"the template database {path} could not be written whole")
-        os.replace(partial, path)
-        return path
     raise migrate.MigrationsChangedError(
         f"the migrations in {migrations_dir} changed {attempts} times while the template "
         "database was built from them: run again once they are saved"
     )
+
+
+def _copy_migrations(migrations_dir: Path, directory: Path) -> Path:
+    """Copy the migration files into ``directory``, and return it."""
+    for file in migrate.migration_files(migrations_dir):
+        shutil.copyfile(file, directory / file.name)
+    return directory
+
+
+def _build_into_cache(path: Path, migrations_dir: Path, expected: list[str]) -> None:
+    """Build the template of ``migrations_dir`` and put it in the cache as ``path``, whole."""
+    logger.debug("building template %s", path)
+    _remove_cache_entry(path)
+    partial = _build_template(path, migrations_dir)
+    if not _is_valid_template(partial, expected):
+        delete_database_files(partial)
+        raise TemplateWriteError(f"the template database {path} could not be written whole")
+    os.replace(partial, path)
 
 
 def _remove_cache_entry(path: Path) -> None:
