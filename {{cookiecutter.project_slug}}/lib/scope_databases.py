@@ -476,7 +476,8 @@ def _built_template(cache_dir: Path, migrations_dir: Path, attempts: int = 3) ->
     that changed during the build, or a build that failed on a file half-saved, are
     built again."""
     for _ in range(attempts):
-        with tempfile.TemporaryDirectory(prefix="isolation-migrations-") as copy:
+        # In the cache, where a build killed half-way leaves it with the other .partial files.
+        with tempfile.TemporaryDirectory(".partial", "migrations-", cache_dir) as copy:
             snapshot = _copy_migrations(migrations_dir, Path(copy))
             path, expected = _cache_entry(cache_dir, snapshot)
             try:

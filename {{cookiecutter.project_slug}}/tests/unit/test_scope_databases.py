@@ -729,6 +729,9 @@ def test_what_a_build_killed_half_way_left_is_cleared_by_the_next_session(
     left = [path.parent / f"{path.stem}-0badf00d.partial{suffix}" for suffix in ("", "-wal")]
     for leftover in left:
         leftover.write_bytes(b"half a build")
+    copied = path.parent / "migrations-0badf00d.partial"  # the files it was building from
+    copied.mkdir()
+    shutil.copy(migrate.migration_files(migrations)[0], copied)
     assert cached_template(migrations, tmp_path / "data") == path
     assert sorted(path.parent.iterdir()) == [path.parent / ".lock", path]
 
