@@ -71,8 +71,7 @@ class MigrationsDirectoryError(MigrationError):
 
 class MigrationsChangedError(MigrationError):
     """The migration files kept changing while a database was built from them (an editor
-    saving, a branch checked out): nothing was built from them, and running again after
-    they are saved is what to do."""
+    saving, a branch checked out): running again once they are saved is what to do."""
 
 
 class ReadOnlyDatabaseError(MigrationError):
