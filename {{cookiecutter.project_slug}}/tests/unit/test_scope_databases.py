@@ -109,7 +109,7 @@ def saved_during_the_build(
         before = path.read_text() if path is not None and path.exists() else None
         if path is not None:
             path.write_text(text)
-        seen.append(",".join(sorted(path.name for path in directory.glob("*.sql"))))
+        seen.append(",".join(sorted(file.name for file in directory.glob("*.sql"))))
         try:
             return apply(db, directory)
         finally:
