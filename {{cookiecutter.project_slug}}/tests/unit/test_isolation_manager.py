@@ -116,6 +116,14 @@ def _tables(client: DatabaseClient) -> set[str]:
     return set(client.db.table_names())
 
 
+def isolation_warnings(action: Callable[[], object]) -> list[str]:
+    """What ``action`` warns as an ``IsolationWarning``, every warning shown."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        action()
+    return [str(w.message) for w in record if issubclass(w.category, IsolationWarning)]
+
+
 # --- ported from the reference: core functionality ---------------------------------------
 
 
@@ -967,10 +975,7 @@ def test_deferred_scan_names_an_earlier_module_holding_the_client_when_asked(
     module = importlib.import_module(make_module("CLIENT = None\n"))
     scope_id = m.create_scope("keeps the client")
     vars(module)["CLIENT"] = m.get_scoped_database_client(scope_id)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        m.destroy_scope(scope_id)
-    assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+    assert isolation_warnings(lambda: m.destroy_scope(scope_id)) == []
     assert m.stale_bindings == []
 
     (message,) = m.deferred_stale_bindings()
@@ -1026,10 +1031,7 @@ def test_no_warning_when_nothing_holds_the_client(
     importlib.import_module(make_module("CLIENT = None\n"))
     scope_id = m.create_scope("clean")
     m.get_scoped_database_client(scope_id).execute("SELECT 1")
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        m.destroy_scope(scope_id)
-    assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+    assert isolation_warnings(lambda: m.destroy_scope(scope_id)) == []
     assert m.stale_bindings == []
 
 
@@ -1082,11 +1084,11 @@ def test_keeping_a_failed_tests_database_is_no_other_database_it_opened(
     its own: no warning about the application writing to its real database."""
     manager.scratch_dirs.clear()  # the kept copy is under tmp_path, a scratch directory
     manager.ensure_test_isolation("failed", strategy=strategy)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        manager.complete_test(keep_database=tmp_path / "kept" / "failed.db")
+    said = isolation_warnings(
+        lambda: manager.complete_test(keep_database=tmp_path / "kept" / "failed.db")
+    )
     assert (tmp_path / "kept" / "failed.db").is_file()
-    assert [str(w.message) for w in record if issubclass(w.category, IsolationWarning)] == []
+    assert said == []
 
 
 def test_an_in_memory_database_is_kept_after_the_test_closed_its_client(
@@ -1174,10 +1176,7 @@ def test_a_database_of_the_project_the_test_would_write_besides_its_own(
             assert not elsewhere.exists()
         else:
             sqlite3.connect(elsewhere).close()
-        with warnings.catch_warnings(record=True) as record:
-            warnings.simplefilter("always")
-            manager.complete_test()
-        said = [str(w.message) for w in record if issubclass(w.category, IsolationWarning)]
+        said = isolation_warnings(manager.complete_test)
         assert any(f"opened {elsewhere}" in message for message in said) is not refuse
     finally:
         manager.shutdown()
@@ -1199,10 +1198,7 @@ def test_a_database_of_an_earlier_test_is_refused_as_such(
     sqlite3.connect(manager.active_scopes[outliving].database_url, uri=True).close()
     with pytest.raises(DatabaseAccessBlockedError, match="the database of an earlier test"):
         sqlite3.connect(kept, uri=True)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        manager.complete_test()
-    assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+    assert isolation_warnings(manager.complete_test) == []
 
 
 def test_a_database_the_project_allows_is_neither_refused_nor_warned_of(
@@ -1216,10 +1212,7 @@ def test_a_database_the_project_allows_is_neither_refused_nor_warned_of(
     sqlite3.connect(tmp_path / "cache" / "http.sqlite").close()
     with pytest.raises(DatabaseAccessBlockedError, match="isolation_allowed_databases"):
         sqlite3.connect(tmp_path / "cache" / "http.db")
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        manager.complete_test()
-    assert [w for w in record if issubclass(w.category, IsolationWarning)] == []
+    assert isolation_warnings(manager.complete_test) == []
 
 
 def test_an_immutable_uri_is_read_only_only_over_a_file_that_exists(
