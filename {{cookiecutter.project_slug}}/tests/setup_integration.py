@@ -352,9 +352,9 @@ def _say_still_preparing(config: pytest.Config, manager: TestIsolationManager) -
 def _migrations_hint(error: MigrationError, directory: Path, config: pytest.Config) -> list[str]:
     """What to do, naming where the setting was made (the error of migrations that kept
     changing says it already)."""
-    where = settings.where_set(config, "isolation_migrations_dir")
     if isinstance(error, MigrationsChangedError):
         return []
+    where = settings.where_set(config, "isolation_migrations_dir")
     if isinstance(error, MigrationsDirectoryError):
         return [f"Set isolation_migrations_dir to the directory of the migrations ({where})."]
     return [f"Fix that migration in {directory} (the isolation_migrations_dir setting, {where})."]
