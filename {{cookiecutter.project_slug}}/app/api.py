@@ -9,7 +9,8 @@ server there, named, rather than failing every request.
 
 Routes::
 
-    GET  /health          {"status": "ok"} once the database answers
+    GET  /health          {"status": "ok"} once the database answers and has every
+                          migration applied; else 503 saying why
     POST /users           {"email", "name"}                        -> 201 the user
     GET  /products        every product with its stock
     POST /products        {"sku", "name", "price_cents", "stock"}  -> 201 the product
@@ -39,6 +40,7 @@ from starlette.routing import Route
 
 from app import store
 from lib.database import checked_database_target, get_database_client, is_contention
+from lib.migrate import MigrationError, pending_migrations
 
 __all__ = ["app", "create_app"]
 
@@ -54,6 +56,8 @@ NOT_JSON = (ValueError, RecursionError)
 # Seconds a client is told to wait (Retry-After) after a 503 for a busy database: the
 # request had already waited the busy timeout for another connection's lock.
 RETRY_AFTER_SECONDS = 1
+# What applies the pending migrations, as /health tells it.
+MIGRATE = "python -m lib.migrate"
 
 
 class BadRequest(store.StoreError):
@@ -91,10 +95,28 @@ def _path_id(request: Request) -> int:
     return value
 
 
-async def health(request: Request) -> Response:
-    result = await run_in_threadpool(lambda: get_database_client().health_check())
+def _unreadiness() -> dict[str, Any] | None:
+    """Why the service cannot serve requests yet, or None: the database must answer and
+    have every migration applied (on one that lacks some, requests would fail with 500s)."""
+    client = get_database_client()
+    result = client.health_check()
     if not result["healthy"]:
-        return JSONResponse({"status": "unavailable", "error": result["error"]}, status_code=503)
+        return {"error": result["error"]}
+    try:
+        pending = pending_migrations(client)
+    except (MigrationError, sqlite3.Error) as error:
+        return {"error": f"cannot tell whether the schema is up to date: {error}"}
+    if pending:
+        names = ", ".join(pending)
+        behind = f"{len(pending)} migration(s) not applied to the database ({names}): run {MIGRATE}"
+        return {"error": behind, "pending": pending}
+    return None
+
+
+async def health(request: Request) -> Response:
+    problem = await run_in_threadpool(_unreadiness)
+    if problem is not None:
+        return JSONResponse({"status": "unavailable", **problem}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

@@ -272,9 +272,19 @@ def applied_migrations(conn: sqlite3.Connection) -> list[str]:
     ]
 
 
-def pending_migrations(db: sqlite_utils.Database, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Names of the migrations not yet applied to ``db``."""
-    return [migration.name for migration in load_migrations(directory).pending(db)]
+def pending_migrations(client: DatabaseClient, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Names of the migration files not yet applied to ``client``'s database, in the order
+    they apply. It only reads, through the client's own connection, so it suits a readiness
+    check on either engine (sqlite3 or libsql)."""
+    names = [file.stem for file in migration_files(directory)]
+    found = client.execute("SELECT 1 FROM sqlite_master WHERE name = ?", [MIGRATIONS_TABLE])
+    if not found.rows:
+        return names
+    recorded = client.execute(
+        f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ?", [MIGRATION_SET]
+    )
+    applied = {row[0] for row in recorded.rows}
+    return [name for name in names if name not in applied]
 
 
 def apply_migrations(db: sqlite_utils.Database, directory: Path = MIGRATIONS_DIR) -> list[str]:

@@ -257,7 +257,7 @@ def test_scope_database_has_the_migrated_schema(manager: TestIsolationManager) -
     scope_id = manager.create_scope("schema")
     client = manager.get_scoped_database_client(scope_id)
     assert _tables(client) >= TABLES
-    assert pending_migrations(client.db, MIGRATIONS_DIR) == []
+    assert pending_migrations(client, MIGRATIONS_DIR) == []
     assert client.execute("PRAGMA foreign_keys").rows[0][0] == 1
     assert client.execute("PRAGMA journal_mode").rows[0][0] == "wal"
     for table in TABLES:

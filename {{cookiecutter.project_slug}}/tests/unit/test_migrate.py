@@ -261,7 +261,29 @@ def test_migrating_inside_an_open_transaction_is_refused(
     (migrations / "0002_unique_author_names.sql").write_text(REBUILD_AUTHORS)
     with client.transaction(), pytest.raises(migrate.MigrationError, match="open transaction"):
         migrate.apply_migrations(client.db, migrations)
-    assert migrate.pending_migrations(client.db, migrations) == ["0002_unique_author_names"]
+    assert migrate.pending_migrations(client, migrations) == ["0002_unique_author_names"]
+
+
+def test_pending_migrations_are_the_files_not_recorded_in_order_and_found_by_reading_only(
+    tmp_path: Path, migrations: Path
+) -> None:
+    (migrations / "0010_genres.sql").write_text("CREATE TABLE genres (id INTEGER PRIMARY KEY);")
+    (migrations / "0002_prizes.sql").write_text("CREATE TABLE prizes (id INTEGER PRIMARY KEY);")
+    fresh = DatabaseClient(str(tmp_path / "fresh.db"), owner="a database never migrated")
+    try:
+        assert migrate.pending_migrations(fresh, migrations) == [
+            "0001_authors_and_books",
+            "0002_prizes",
+            "0010_genres",
+        ]
+        assert fresh.execute("SELECT count(*) FROM sqlite_master").rows[0][0] == 0
+
+        migrate.apply_migrations(fresh.db, migrations)
+        assert migrate.pending_migrations(fresh, migrations) == []
+        fresh.execute(f"DELETE FROM {migrate.MIGRATIONS_TABLE} WHERE name = '0002_prizes'")
+        assert migrate.pending_migrations(fresh, migrations) == ["0002_prizes"]
+    finally:
+        fresh.close()
 
 
 def test_the_template_build_can_rebuild_a_table_that_seed_rows_reference(

@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.api import RETRY_AFTER_SECONDS
+from app.api import MIGRATE, RETRY_AFTER_SECONDS
 from lib.database import BUSY_TIMEOUT_MS, DatabaseClient
+from lib.migrate import MIGRATIONS_TABLE, migration_files
 
 # How long the server's client waits for a lock that another connection holds, in the
 # tests that make it wait: the real busy timeout would make each of them take 5 s.
@@ -61,6 +62,23 @@ def test_health(api: httpx.Client) -> None:
     response = api.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+def test_health_is_unavailable_while_a_migration_is_not_applied(
+    api: httpx.Client, db: DatabaseClient
+) -> None:
+    """A readiness probe keeps traffic away from a database whose schema is behind."""
+    last = migration_files()[-1].stem
+    db.execute(f"DELETE FROM {MIGRATIONS_TABLE} WHERE name = ?", [last])
+
+    response = api.get("/health")
+
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "error": f"1 migration(s) not applied to the database ({last}): run {MIGRATE}",
+        "pending": [last],
+    }
 
 
 def test_a_product_created_over_http_is_in_this_tests_database(
