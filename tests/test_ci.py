@@ -310,6 +310,10 @@ def test_check_passes_on_real_output(shard_run: ShardRun, tmp_path: Path) -> Non
             "CLIENT_CLOSED",
         ),
         (
+            "E   sqlite3.ProgrammingError: Cannot operate on a closed database.",
+            "CLIENT_CLOSED",
+        ),
+        (
             "Connection leak detected in test: tests/integration/test_x.py::test_y "
             "(opened at lib/database.py:42)",
             "Connection leak detected",
@@ -326,7 +330,7 @@ def test_check_passes_on_real_output(shard_run: ShardRun, tmp_path: Path) -> Non
             "Thread leak detected",
         ),
     ],
-    ids=["client-closed", "connection-leak", "scope-leak", "thread-leak"],
+    ids=["client-closed", "closed-sqlite3", "connection-leak", "scope-leak", "thread-leak"],
 )
 def test_check_fails_on_a_planted_failure(
     shard_run: ShardRun, tmp_path: Path, planted: str, named: str
@@ -349,6 +353,25 @@ def test_check_fails_on_a_planted_failure(
     assert named in failed[0]
     assert f"integration-tests.log:6: {planted}" in output  # the offending line, quoted
     assert "Isolation checks failed:" in output
+
+
+def test_check_does_not_count_test_source_that_a_traceback_quotes(
+    shard_run: ShardRun, tmp_path: Path
+) -> None:
+    """A failing test's traceback shows its source: the strings it expects are no error."""
+    shard = shard_run.shards[0]
+    source = [
+        '    """The sequence that used to produce CLIENT_CLOSED, inside one test."""',
+        '>       assert str(errors[0]).startswith("CLIENT_CLOSED:")',
+        '        with pytest.raises(ClientClosedError, match=r"^CLIENT_CLOSED: .*stale"):',
+        '        with pytest.raises(sqlite3.ProgrammingError, match="Cannot operate on a closed '
+        'database"):',
+    ]
+    log = tmp_path / "integration-tests.log"
+    log.write_text("\n".join([*source, *shard.log.read_text().splitlines()]) + "\n")
+    code, output = _check(shard_run.project, log, shard.report)
+    assert code == 0, output
+    assert "passed    CLIENT_CLOSED: none" in output
 
 
 def test_check_fails_on_failed_tests_that_tee_hid(shard_run: ShardRun, tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ Run it after ``nox -s integration``, as a CI job would::
 
 Checks:
 
-- ``CLIENT_CLOSED`` anywhere in the log fails: a test used a database client after the
-  scope that owned it ended.
+- A closed client's error in the log fails: ``CLIENT_CLOSED: ...`` (a test used a
+  database client after the scope that owned it ended) or sqlite3's ``Cannot operate on a
+  closed database`` (a connection used after it was closed). Test source quoted in a
+  traceback, such as ``match="^CLIENT_CLOSED:"``, is not an error and does not count.
 - ``Connection leak detected in test:`` in the log (or a connection leak in the report)
   fails: a test left a database connection open. ``Scope leak detected in test:`` (or a
   scope leak in the report) fails too: a test created a scope and left it; and so does
@@ -46,6 +48,11 @@ from pathlib import Path
 from typing import Any
 
 CLIENT_CLOSED = "CLIENT_CLOSED"
+# The errors a closed client raises, as they appear in a log: not inside quotes, a regular
+# expression or a word, where a test's source (quoted by a traceback) would have them.
+CLOSED_CLIENT_ERROR = re.compile(
+    r"(?<![\w\"'^])(?:CLIENT_CLOSED: |Cannot operate on a closed database)"
+)
 CONNECTION_LEAK = "Connection leak detected in test:"
 SCOPE_LEAK = "Scope leak detected in test:"
 THREAD_LEAK = "Thread leak detected in test:"
@@ -100,11 +107,15 @@ class Check:
     lines: list[str] = field(default_factory=list)
 
 
-def _grep(log_lines: Sequence[str] | None, needle: str, log_name: str) -> list[str]:
+def _grep(
+    log_lines: Sequence[str] | None, needle: str | re.Pattern[str], log_name: str
+) -> list[str]:
+    """The lines that contain ``needle`` (a pattern: that match it somewhere), numbered."""
+    pattern = needle if isinstance(needle, re.Pattern) else re.compile(re.escape(needle))
     return [
         f"{log_name}:{number}: {line.strip()}"
         for number, line in enumerate(log_lines or [], start=1)
-        if needle in line
+        if pattern.search(line)
     ]
 
 
@@ -127,16 +138,17 @@ def _unchecked(check: Check) -> Check:
 
 
 def check_client_closed(log_lines: Sequence[str] | None, log_name: str) -> Check:
-    check = Check("CLIENT_CLOSED")
+    check = Check(CLIENT_CLOSED)
     if log_lines is None:
         check.status, check.message = UNCHECKED, f"{log_name} could not be read"
         return check
-    check.lines = _grep(log_lines, CLIENT_CLOSED, log_name)
+    check.lines = _grep(log_lines, CLOSED_CLIENT_ERROR, log_name)
     if check.lines:
         check.status = FAILED
         check.message = (
-            f"{len(check.lines)} line(s) in {log_name} contain CLIENT_CLOSED: a test used a "
-            "database client after the scope that owned it ended"
+            f"{len(check.lines)} line(s) in {log_name} hold a closed client's error: a test "
+            "used a database client after the scope that owned it ended, or a connection "
+            "after it was closed"
         )
     return check
 
