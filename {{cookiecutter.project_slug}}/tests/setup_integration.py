@@ -25,6 +25,7 @@ import shutil
 import sqlite3
 import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack, suppress
@@ -90,6 +91,7 @@ ALARM_MARGIN_SECONDS = 2.0
 _environment = pytest.MonkeyPatch()
 _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
+_failure_key = pytest.StashKey[BaseException | None]()
 _isolated_key = pytest.StashKey[bool]()
 _test_paths_key = pytest.StashKey[list[Path]]()
 _marked_key = pytest.StashKey[bool]()  # a test deselected from this run is marked isolated
@@ -432,9 +434,12 @@ def pytest_runtest_makereport(
     report = yield
     if report.when == "setup":  # a new attempt (pytest-rerunfailures runs the item again)
         item.stash[_failed_key] = False
+        item.stash[_failure_key] = None
     if report.failed:
         item.stash[_failed_key] = True
         error = call.excinfo.value if call.excinfo is not None else None
+        if error is not None:
+            item.stash[_failure_key] = error
         if _is_closed_database_error(error):
             _name_closed_connections(report)
         elif isinstance(error, database.ClientClosedError):
@@ -643,11 +648,32 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
         raise
     finally:
         if is_isolated(item):
+            _free_the_failures_locals(item)
             manager = get_test_isolation_manager()
             keep = None
             if failed and item.config.getoption("isolation_keep_failed"):
                 keep = _kept_directory(manager) / _kept_name(item.nodeid)
             manager.complete_test(keep_database=keep)
+
+
+def _free_the_failures_locals(item: pytest.Item) -> None:
+    """pytest keeps a failed test's traceback for post-mortem debugging
+    (``sys.last_traceback``), and with it the local variables of the test and of what it
+    called: clear them, as a passing test's are, so that a connection the test would have
+    closed after its failing line is not its leak. ``--pdb`` has had its look by now."""
+    error = item.stash.get(_failure_key, None)
+    item.stash[_failure_key] = None
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        entry = error.__traceback__
+        while entry is not None:
+            # Before Python 3.13, a frame keeps the copy of its locals that pytest's
+            # traceback read: reading them again drops the names that were cleared.
+            entry.tb_frame.f_locals  # noqa: B018
+            entry = entry.tb_next
+        error = error.__cause__ or error.__context__
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)

@@ -747,6 +747,62 @@ def test_stops_the_run(db):
 """
 
 
+FAILS_BEFORE_ITS_CLOSE = """
+import os
+import sqlite3
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+def test_fails_before_closing_its_connection():
+    conn = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+    assert conn.execute("SELECT 1").fetchone() == (2,)
+    conn.close()
+
+
+def test_fails_in_a_helper_before_its_close():
+    conn = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+    check(conn)
+    conn.close()
+
+
+def check(conn):
+    raise ValueError("a helper failed")
+"""
+
+
+def test_a_failed_tests_own_connections_are_not_its_leaks(tmp_path: Path) -> None:
+    """pytest keeps a failed test's traceback (sys.last_traceback, for post-mortem
+    debugging), and with it the test's local variables: a connection that the test would
+    have closed after the failing line is no leak, as it is none when the test passes
+    without closing it. Only the failures fail the run, strict as it is."""
+    report = tmp_path / "report.json"
+    child = run_suite(
+        tmp_path, FAILS_BEFORE_ITS_CLOSE, "--isolation-strict", f"--isolation-report={report}"
+    )
+    output = child.stdout + child.stderr
+    assert "2 failed" in output, output
+    assert "leak detected" not in output, output
+    assert "connection leak in" not in output, output
+    assert "strict mode" not in output, output
+    assert json.loads(report.read_text())["summary"]["connection_leaks"] == 0
+
+
+def test_pdb_still_sees_a_failed_tests_connection(tmp_path: Path) -> None:
+    """The test's local variables are let go of only after ``--pdb`` has had its look."""
+    command, env = suite_command(tmp_path, FAILS_BEFORE_ITS_CLOSE, "--pdb")
+    looks = "p conn\nc\n" * 2
+    child = subprocess.run(
+        command, cwd=tmp_path, env=env, input=looks, capture_output=True, text=True, timeout=120
+    )
+    output = child.stdout + child.stderr
+    assert "2 failed" in output, output
+    assert output.count("(Pdb) <sqlite3.Connection object at ") == 2, output
+    assert "leak detected" not in output, output
+
+
 def test_strict_mode_keeps_an_exit_code_other_than_success(tmp_path: Path) -> None:
     """Only a run that would pass is failed by a leak: "interrupted" and the like stay."""
     report = tmp_path / "report.json"
