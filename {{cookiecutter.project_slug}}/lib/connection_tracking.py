@@ -208,13 +208,13 @@ class OtherDatabases:
     thread: threading.Thread
 
     def refusal(self, name: str, path: str | None) -> str | None:
-        """Why opening ``name`` (the file ``path``, None in memory) to write is refused;
-        None if it is not."""
-        key = database_key(name) if path is None else os.path.realpath(path)
-        if key is None or key in {database_key(url) for url in [*self.own, *self.live()]}:
+        """Why the test's thread may not open ``name`` (the file ``path``, None in memory)
+        to write; None if it may."""
+        key = self._key_of_another(name, path)
+        if key is None:
             return None
         if path is None:  # in memory: only an earlier test's is refused (its rows are gone)
-            return self._an_earlier_tests() if key.startswith(self.memory_names) else None
+            return self._an_earlier_tests() if self._is_an_earlier_tests(key, path) else None
         if _is_scratch(key, self.scratch, self.project) or _is_allowed(key, self.allowed):
             return None
         if path in {form for url in self.own for form in _spellings_as_a_path(url)}:
@@ -223,7 +223,7 @@ class OtherDatabases:
                 "SQLite URI, file:...): open the URL whole, with "
                 "sqlite3.connect(os.environ['DATABASE_URL'], uri=True)"
             )
-        if any(key.startswith(_directory(root)) for root in self.runs):
+        if self._is_an_earlier_tests(key, path):
             return self._an_earlier_tests()
         return (
             f"it is not the database of {self.test_name}, which would write to it: if it "
@@ -233,6 +233,34 @@ class OtherDatabases:
             f"'file:{path}?mode=ro', uri=True); one it makes: put it under tmp_path; one "
             "the project lets tests write (a cache): name it in isolation_allowed_databases"
         )
+
+    def refusal_in_another_thread(self, name: str, path: str | None) -> str | None:
+        """Why a thread other than the test's may not open ``name``: only the database of
+        a test that has ended is refused there (a server's thread may serve other
+        databases), which that thread can only have from a DATABASE_URL it kept; opened,
+        it would be made again, empty, and written to."""
+        key = self._key_of_another(name, path)
+        if key is None or not self._is_an_earlier_tests(key, path):
+            return None
+        return (
+            f"it is the database of a test that has ended, and this thread "
+            f"({threading.current_thread().name!r}) kept its DATABASE_URL while "
+            f"{self.test_name} runs: read DATABASE_URL when connecting, and let no thread "
+            "outlive the test that started it"
+        )
+
+    def _key_of_another(self, name: str, path: str | None) -> str | None:
+        """The :func:`database_key` of ``name``, or None for one of the test's own or of a
+        scope alive now."""
+        key = database_key(name) if path is None else os.path.realpath(path)
+        if key is None or key in {database_key(url) for url in [*self.own, *self.live()]}:
+            return None
+        return key
+
+    def _is_an_earlier_tests(self, key: str, path: str | None) -> bool:
+        if path is None:
+            return key.startswith(self.memory_names)
+        return any(key.startswith(_directory(root)) for root in self.runs)
 
     def _an_earlier_tests(self) -> str:
         return (
@@ -255,9 +283,10 @@ def _spellings_as_a_path(url: str) -> tuple[str, str]:
 
 def _refuse_another_database(database: object) -> None:
     """Raise :class:`DatabaseAccessBlockedError`, before it is opened, for a database the
-    project's code would write to on a test's own thread that the test's
-    :class:`OtherDatabases` refuses (another thread's, a server's started by a wider
-    fixture, is only warned of at the test's end)."""
+    project's code would write to that the test's :class:`OtherDatabases` refuses: on the
+    test's own thread, any other than its own; on another thread (a server's started by a
+    wider fixture, say), only an earlier test's, the others being warned of at the test's
+    end."""
     __tracebackhide__ = True
     if getattr(_local, "suspended", None) is not None:
         return
@@ -265,15 +294,16 @@ def _refuse_another_database(database: object) -> None:
         others = recording.others
         if others is None or database in others.own:  # the test's own: no system call
             continue
-        if threading.current_thread() is not others.thread:
-            continue
         if not isinstance(database, str | bytes | os.PathLike):
             continue
         name = os.fsdecode(database)
         path = database_path(name)
         if REMOTE_URL.match(name) or _opens_read_only(name, path):
             continue
-        reason = others.refusal(name, path)
+        if threading.current_thread() is others.thread:
+            reason = others.refusal(name, path)
+        else:
+            reason = others.refusal_in_another_thread(name, path)
         if reason is not None and recording.project_caller() is not None:
             raise DatabaseAccessBlockedError(f"refused to open {name!r}: {reason}")
 

@@ -2137,6 +2137,60 @@ def test_a_thread_a_test_left_running_is_a_leak_and_refused_the_database(
     assert "Thread leak detected in test: test_suite.py::test_leaves_a_thread_running" in output
 
 
+KEEPS_A_URL_IN_A_THREAD = """
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+errors = []
+TRIED = threading.Event()
+
+
+def write_late(url):
+    time.sleep(0.3)  # the next test runs by then
+    try:
+        conn = sqlite3.connect(url, uri=True)
+        conn.execute("CREATE TABLE ghost (x)")
+        conn.commit()
+        conn.close()
+    except Exception as error:
+        errors.append(error)
+    finally:
+        TRIED.set()
+
+
+def test_starts_a_late_writer():
+    url = os.environ["DATABASE_URL"]
+    threading.Thread(target=write_late, args=(url,), name="late", daemon=True).start()
+
+
+def test_runs_meanwhile(db):
+    assert TRIED.wait(timeout=30)
+    assert [type(error).__name__ for error in errors] == ["DatabaseAccessBlockedError"]
+    message = str(errors[0])
+    assert "it is the database of a test that has ended, and this thread ('late')" in message
+    assert "while test_suite.py::test_runs_meanwhile runs" in message
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'ghost'").rows[0][0] == 0
+"""
+
+
+@pytest.mark.parametrize("strategy", ["file", "memory"])
+def test_another_thread_is_refused_the_database_of_a_test_that_ended(
+    tmp_path: Path, strategy: str
+) -> None:
+    """A thread that kept an ended test's DATABASE_URL would make that database again,
+    empty, and write to it unseen; the test running meanwhile did not open it."""
+    child = run_suite(tmp_path, KEEPS_A_URL_IN_A_THREAD, "--isolation-strategy", strategy)
+    output = child.stdout + child.stderr
+    assert "2 passed" in output, output
+    assert "Thread leak detected in test: test_suite.py::test_starts_a_late_writer" in output
+    assert "not its own" not in output, output
+
+
 CONNECTS_TO_REFERENCE_DATA_LAZILY = """
 import sqlite3
 
