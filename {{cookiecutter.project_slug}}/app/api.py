@@ -39,7 +39,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app import store
-from lib.database import checked_database_target, get_database_client, is_contention
+from lib.database import (
+    checked_database_target,
+    get_database_client,
+    is_contention,
+    reset_database_instance,
+)
 from lib.migrate import MigrationError, pending_migrations
 
 __all__ = ["app", "create_app"]
@@ -107,9 +112,8 @@ def _unreadiness() -> dict[str, Any] | None:
     except (MigrationError, sqlite3.Error) as error:
         return {"error": f"cannot tell whether the schema is up to date: {error}"}
     if pending:
-        names = ", ".join(pending)
-        behind = f"{len(pending)} migration(s) not applied to the database ({names}): run {MIGRATE}"
-        return {"error": behind, "pending": pending}
+        behind = f"{len(pending)} migration(s) not applied to {client.path}"
+        return {"error": f"{behind} ({', '.join(pending)}): run {MIGRATE}", "pending": pending}
     return None
 
 
@@ -193,19 +197,23 @@ async def database_busy(request: Request, error: Exception) -> Response:
 
 
 @asynccontextmanager
-async def settings_checked(app: Starlette) -> AsyncIterator[None]:
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Read the database settings as the server starts: one that cannot be used (an engine
     not installed included) raises ``DatabaseConfigError`` naming what to set or install.
-    No database is opened."""
+    No database is opened. As it stops, close the database, which a request may have
+    opened: SQLite then folds its write-ahead log in and removes the -wal and -shm files."""
     checked_database_target()
-    yield
+    try:
+        yield
+    finally:
+        await run_in_threadpool(reset_database_instance)
 
 
 def create_app(*, debug: bool = False) -> Starlette:
     """A new application; it opens no database until a request needs one."""
     return Starlette(
         debug=debug,
-        lifespan=settings_checked,
+        lifespan=lifespan,
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/users", create_user, methods=["POST"]),

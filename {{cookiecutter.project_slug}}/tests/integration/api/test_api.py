@@ -76,7 +76,7 @@ def test_health_is_unavailable_while_a_migration_is_not_applied(
     assert response.status_code == 503
     assert response.json() == {
         "status": "unavailable",
-        "error": f"1 migration(s) not applied to the database ({last}): run {MIGRATE}",
+        "error": f"1 migration(s) not applied to {db.path} ({last}): run {MIGRATE}",
         "pending": [last],
     }
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.api import create_app
-from lib.database import DatabaseConfigError
+from lib.database import DatabaseConfigError, DatabaseService, swap_database_service
 
 
 @pytest.fixture
@@ -88,3 +88,17 @@ async def test_a_server_starts_without_opening_its_database(
     async with app.router.lifespan_context(app):
         pass
     assert not database.exists()
+
+
+async def test_a_server_that_stops_closes_its_database(tmp_path: Path) -> None:
+    """Closed, the database folds its write-ahead log in: no -wal or -shm file is left."""
+    database = tmp_path / "shop.db"
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        service = DatabaseService(f"file:{database}")
+        assert swap_database_service(service) is None  # as a request would have made it
+        service.get_client().execute("CREATE TABLE t (x)")
+        assert (tmp_path / "shop.db-wal").exists()
+    assert service.get_connection_stats()["initialized"] is False
+    assert swap_database_service(None) is None
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shop.db"]
