@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | tojson }}""")
@@ -79,5 +80,14 @@ def main() -> None:
     _forget_removed_tests(project)
 
 
+def remove_this_copy() -> None:
+    """cookiecutter runs this hook from a copy rendered with every answer (the author's
+    email too) in the temporary directory, and leaves it there: remove it, once read."""
+    script = Path(__file__)
+    if script.parent == Path(tempfile.gettempdir()):
+        script.unlink(missing_ok=True)
+
+
 if __name__ == "__main__":
+    remove_this_copy()
     main()

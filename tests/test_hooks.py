@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,21 @@ def test_a_long_project_name_gets_a_slug_of_at_most_64_characters(
 def test_an_explicit_slug_wins_over_the_name(bake: Bake, tmp_path: Path) -> None:
     project = bake(tmp_path, project_name="Orders & Payments!", project_slug="orders-payments")
     assert project.name == "orders-payments"
+
+
+@pytest.mark.parametrize("slug", ["orders", "Not A Slug"], ids=["baked", "rejected"])
+def test_the_hooks_leave_no_copy_of_the_answers_behind(
+    bake: Bake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slug: str
+) -> None:
+    """cookiecutter runs each hook from a rendered copy in the temporary directory."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))  # the hooks' own
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # cookiecutter's, here
+    output = tmp_path / "out"
+    if slug == "orders":
+        bake(output, project_slug=slug, author_email="ada@example.com")
+    else:
+        with pytest.raises(FailedHookException):
+            bake(output, project_slug=slug, author_email="ada@example.com")
+    assert list(temporary.iterdir()) == []
