@@ -36,7 +36,14 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from lib import database
-from lib.connection_tracking import database_key, database_path, refuse_files, untracked
+from lib.connection_tracking import (
+    Recording,
+    database_key,
+    database_path,
+    record_connections,
+    refuse_files,
+    untracked,
+)
 from lib.database import AsyncDatabaseClient, DatabaseClient
 from lib.isolation_manager import (
     RUNS_DIR_NAME,
@@ -97,6 +104,8 @@ _test_paths_key = pytest.StashKey[list[Path]]()
 _marked_key = pytest.StashKey[bool]()  # a test deselected from this run is marked isolated
 _debug_loggers_key = pytest.StashKey[list[str]]()  # live at DEBUG, set by DEBUG=...
 _session_open_key = pytest.StashKey[bool]()  # started, and not yet ended
+_collecting_key = pytest.StashKey[Recording | None]()  # the connections opened at import
+_kept_from_import_key = pytest.StashKey[list[str]]()  # where those still held were opened
 # The developer's own database (path, DATABASE_URL), refused during the session.
 _own_database_key = pytest.StashKey[tuple[str, str] | None]()
 _OWN_DATABASE = "isolation_own_database"  # its key in an xdist worker's workerinput
@@ -196,7 +205,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         _start_session(session)
     except BaseException:
-        _end_session()
+        _end_session(session.config)
         raise
     session.config.stash[_session_open_key] = True
     _show_only_debug_loggers(session.config)
@@ -232,6 +241,8 @@ def _start_session(session: pytest.Session) -> None:
     # cached, and a broken migration is one error here, not a crash in every worker.
     if session.config.pluginmanager.has_plugin("dsession"):
         _start_isolating(session.config, manager)
+    else:  # this process collects the tests, importing the project's modules
+        session.config.stash[_collecting_key] = record_connections(manager.modules.is_project_file)
 
 
 def _refuse_the_developers_database(config: pytest.Config) -> None:
@@ -388,6 +399,7 @@ def pytest_deselected(items: Sequence[pytest.Item]) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the template once the tests to run are known (after every deselection, --lf
     included): unit tests alone, or only collecting, need none, so nothing is written."""
+    _note_connections_kept_from_import(session.config)
     isolated = any(map(is_isolated, session.items))
     if isolated and not session.config.option.collectonly:
         _start_isolating(session.config, get_test_isolation_manager())
@@ -442,9 +454,53 @@ def pytest_runtest_makereport(
             item.stash[_failure_key] = error
         if _is_closed_database_error(error):
             _name_closed_connections(report)
+        elif _is_missing_table_error(error):
+            _name_connections_kept_from_import(item, report)
         elif isinstance(error, database.ClientClosedError):
             _name_closed_clients(report)
     return report
+
+
+def _note_connections_kept_from_import(config: pytest.Config) -> None:
+    """Stop recording the connections opened while the tests were collected; keep where
+    the project's code opened those still held (a module global's), in memory: a test
+    failing for want of a table is then told why."""
+    recording = config.stash.get(_collecting_key, None)
+    if recording is None:
+        return
+    config.stash[_collecting_key] = None
+    is_project_file = get_test_isolation_manager().modules.is_project_file
+    config.stash[_kept_from_import_key] = [
+        tracked.location
+        for tracked in recording.stop()
+        if tracked.database is None and is_project_file(tracked.location.rpartition(":")[0])
+    ]
+
+
+def _name_connections_kept_from_import(item: pytest.Item, report: pytest.TestReport) -> None:
+    kept = item.config.stash.get(_kept_from_import_key, [])
+    if kept:
+        report.sections.append(
+            (
+                "isolation: in-memory connections kept since the tests were collected",
+                "\n".join(kept) + f"\n\n{_KEPT_FROM_IMPORT}",
+            )
+        )
+
+
+_KEPT_FROM_IMPORT = (
+    "Each opened an in-memory database while the tests were collected, when DATABASE_URL "
+    "is ':memory:' (outside isolated tests), and something still holds it, a module global "
+    "maybe. If it is your application's connection, it is no test's database, which has "
+    "the table: connect when the code runs, reading DATABASE_URL then, or name that module "
+    "in isolation_database_module (a module with a reset_database_instance() function, or "
+    "module:function, that closes it): it is then reset around each isolated test, and "
+    "reconnects to the test's database."
+)
+
+
+def _is_missing_table_error(error: BaseException | None) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and str(error).startswith("no such table")
 
 
 def _is_closed_database_error(error: BaseException | None) -> bool:
@@ -742,7 +798,7 @@ def _kept_name(nodeid: str) -> str:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     session.config.stash[_session_open_key] = False
-    _end_session()
+    _end_session(session.config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -750,11 +806,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     is interrupted (Ctrl-C while pytest-xdist starts its workers): the session ends here."""
     if config.stash.get(_session_open_key, False):
         config.stash[_session_open_key] = False
-        _end_session()
+        _end_session(config)
 
 
-def _end_session() -> None:
+def _end_session(config: pytest.Config) -> None:
     """Clean up whatever is left, delete this run's databases, restore the environment."""
+    _note_connections_kept_from_import(config)  # the session ended while collecting
     manager = get_test_isolation_manager()
     try:
         _warned_late(manager.complete_test)  # a test the run was interrupted in

@@ -2137,6 +2137,43 @@ def test_a_thread_a_test_left_running_is_a_leak_and_refused_the_database(
     assert "Thread leak detected in test: test_suite.py::test_leaves_a_thread_running" in output
 
 
+LEGACY_MODULE = """
+import os
+import sqlite3
+
+CONN = sqlite3.connect(os.environ.get("DATABASE_URL", "file:./data/app.db"), uri=True)
+
+
+def count_users():
+    return CONN.execute("SELECT count(*) FROM users").fetchone()[0]
+"""
+
+USES_A_CONNECTION_MADE_AT_IMPORT = """
+import pytest
+
+import legacy
+
+pytestmark = pytest.mark.isolated
+
+
+def test_counts_the_users(db):
+    db.execute("INSERT INTO users (email, name) VALUES ('ada@example.com', 'Ada')")
+    assert legacy.count_users() == 1
+"""
+
+
+def test_a_missing_table_names_the_connection_a_module_made_at_import(tmp_path: Path) -> None:
+    """A module that connects at import gets DATABASE_URL's value outside a test, an empty
+    in-memory database: the failure says where that connection was made, and why."""
+    (tmp_path / "legacy.py").write_text(LEGACY_MODULE)
+    child = run_suite(tmp_path, USES_A_CONNECTION_MADE_AT_IMPORT)
+    output = child.stdout + child.stderr
+    assert "no such table: users" in output, output
+    assert "in-memory connections kept since the tests were collected" in output, output
+    assert f"{tmp_path / 'legacy.py'}:5\n" in output, output
+    assert "name that module in isolation_database_module" in output, output
+
+
 KEEPS_A_URL_IN_A_THREAD = """
 import os
 import sqlite3
