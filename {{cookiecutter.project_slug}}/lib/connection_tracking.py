@@ -215,14 +215,15 @@ class OtherDatabases:
             return None
         if path is None:  # in memory: only an earlier test's is refused (its rows are gone)
             return self._an_earlier_tests() if self._is_an_earlier_tests(key, path) else None
-        if _is_scratch(key, self.scratch, self.project) or _is_allowed(key, self.allowed):
-            return None
+        # Before the scratch files: a URL's escapes can move its path out of the project.
         if path in {form for url in self.own for form in _spellings_as_a_path(url)}:
             return (
                 f"{self.test_name} opened the path of its DATABASE_URL as a file name (an "
                 "SQLite URI, file:...): open the URL whole, with "
                 "sqlite3.connect(os.environ['DATABASE_URL'], uri=True)"
             )
+        if _is_scratch(key, self.scratch, self.project) or _is_allowed(key, self.allowed):
+            return None
         if self._is_an_earlier_tests(key, path):
             return self._an_earlier_tests()
         return (

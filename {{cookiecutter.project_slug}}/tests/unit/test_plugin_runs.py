@@ -1126,6 +1126,34 @@ def test_what_it_may_open(db, tmp_path):
 )
 
 
+STRIPS_AN_ESCAPED_URL = """
+import os
+import sqlite3
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+def test_the_url_without_its_prefix():
+    url = os.environ["DATABASE_URL"]
+    assert "my%20projects" in url
+    sqlite3.connect(url.removeprefix("file:"))
+"""
+
+
+def test_the_url_taken_for_a_file_name_is_refused_where_escaping_moved_it_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """A space above the project is escaped in DATABASE_URL: the URL taken for a file name
+    is a path outside the project, still named for what it is."""
+    project = tmp_path / "my projects" / "shop"
+    project.mkdir(parents=True)
+    child = run_suite(project, STRIPS_AN_ESCAPED_URL, "-o", "isolation_use_dev_shm=false")
+    assert "1 failed" in child.stdout, child.stdout + child.stderr
+    assert "opened the path of its DATABASE_URL as a file name" in child.stdout, child.stdout
+
+
 def test_a_database_the_test_would_write_besides_its_own_is_refused_before_it_opens(
     tmp_path: Path,
 ) -> None:
