@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 ANSWERS: dict[str, object] = json.loads(r"""{{ cookiecutter | tojson }}""")
@@ -82,9 +81,10 @@ def main() -> None:
 
 def remove_this_copy() -> None:
     """cookiecutter runs this hook from a copy rendered with every answer (the author's
-    email too) in the temporary directory, and leaves it there: remove it, once read."""
+    email too) under a name of its own, in the temporary directory, and leaves it there:
+    remove it, once read. The template's own file keeps its name and is never removed."""
     script = Path(__file__)
-    if script.parent == Path(tempfile.gettempdir()):
+    if script.name != "post_gen_project.py":
         script.unlink(missing_ok=True)
 
 
