@@ -38,6 +38,7 @@ import pytest
 from lib import database
 from lib.connection_tracking import (
     Recording,
+    TrackedConnection,
     database_key,
     database_path,
     record_connections,
@@ -105,7 +106,7 @@ _marked_key = pytest.StashKey[bool]()  # a test deselected from this run is mark
 _debug_loggers_key = pytest.StashKey[list[str]]()  # live at DEBUG, set by DEBUG=...
 _session_open_key = pytest.StashKey[bool]()  # started, and not yet ended
 _collecting_key = pytest.StashKey[Recording | None]()  # the connections opened at import
-_kept_from_import_key = pytest.StashKey[list[str]]()  # where those still held were opened
+_kept_from_import_key = pytest.StashKey[list[TrackedConnection]]()  # those still held then
 # The developer's own database (path, DATABASE_URL), refused during the session.
 _own_database_key = pytest.StashKey[tuple[str, str] | None]()
 _OWN_DATABASE = "isolation_own_database"  # its key in an xdist worker's workerinput
@@ -447,18 +448,32 @@ def pytest_runtest_makereport(
     if report.when == "setup":  # a new attempt (pytest-rerunfailures runs the item again)
         item.stash[_failed_key] = False
         item.stash[_failure_key] = None
+    error = call.excinfo.value if call.excinfo is not None else None
+    if error is not None and report.when != "teardown" and is_isolated(item):
+        item.stash[_failure_key] = error  # an xfail's too: pytest keeps its traceback
     if report.failed:
         item.stash[_failed_key] = True
-        error = call.excinfo.value if call.excinfo is not None else None
-        if error is not None:
-            item.stash[_failure_key] = error
         if _is_closed_database_error(error):
             _name_closed_connections(report)
-        elif _is_missing_table_error(error):
+        elif any(map(_is_missing_table_error, _exception_chain(error))):
             _name_connections_kept_from_import(item, report)
         elif isinstance(error, database.ClientClosedError):
             _name_closed_clients(report)
     return report
+
+
+def _exception_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, the exceptions it was raised from or while handling, and those of an
+    exception group, each once."""
+    waiting, seen = [error], set()
+    while waiting:
+        current = waiting.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        waiting += [current.__cause__, current.__context__]
+        waiting += getattr(current, "exceptions", ())
 
 
 def _note_connections_kept_from_import(config: pytest.Config) -> None:
@@ -471,19 +486,22 @@ def _note_connections_kept_from_import(config: pytest.Config) -> None:
     config.stash[_collecting_key] = None
     is_project_file = get_test_isolation_manager().modules.is_project_file
     config.stash[_kept_from_import_key] = [
-        tracked.location
+        tracked
         for tracked in recording.stop()
         if tracked.database is None and is_project_file(tracked.location.rpartition(":")[0])
     ]
 
 
 def _name_connections_kept_from_import(item: pytest.Item, report: pytest.TestReport) -> None:
-    kept = item.config.stash.get(_kept_from_import_key, [])
+    """Those still open now: a reset hook (isolation_database_module) may have closed them."""
+    kept = [
+        tracked for tracked in item.config.stash.get(_kept_from_import_key, []) if tracked.is_open
+    ]
     if kept:
         report.sections.append(
             (
                 "isolation: in-memory connections kept since the tests were collected",
-                "\n".join(kept) + f"\n\n{_KEPT_FROM_IMPORT}",
+                "\n".join(tracked.location for tracked in kept) + f"\n\n{_KEPT_FROM_IMPORT}",
             )
         )
 
@@ -717,11 +735,9 @@ def _free_the_failures_locals(item: pytest.Item) -> None:
     (``sys.last_traceback``), and with it the local variables of the test and of what it
     called: clear them, as a passing test's are, so that a connection the test would have
     closed after its failing line is not its leak. ``--pdb`` has had its look by now."""
-    error = item.stash.get(_failure_key, None)
+    failure = item.stash.get(_failure_key, None)
     item.stash[_failure_key] = None
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    for error in _exception_chain(failure):
         traceback.clear_frames(error.__traceback__)
         entry = error.__traceback__
         while entry is not None:
@@ -729,7 +745,6 @@ def _free_the_failures_locals(item: pytest.Item) -> None:
             # traceback read: reading them again drops the names that were cleared.
             entry.tb_frame.f_locals  # noqa: B018
             entry = entry.tb_next
-        error = error.__cause__ or error.__context__
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)

@@ -770,6 +770,35 @@ def test_fails_in_a_helper_before_its_close():
 
 def check(conn):
     raise ValueError("a helper failed")
+
+
+@pytest.mark.xfail(reason="expected to fail", strict=True)
+def test_is_expected_to_fail_before_its_close():
+    conn = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+    check(conn)
+    conn.close()
+
+
+def look_up():
+    conn = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+    {}["missing"]
+    conn.close()
+
+
+def test_fails_with_an_error_raised_from_another():
+    try:
+        look_up()
+    except KeyError:  # the context, the cause being another
+        raise LookupError("not found") from ValueError("no such key")
+
+
+def test_fails_with_a_group_of_errors():
+    errors = []
+    try:
+        look_up()
+    except KeyError as error:
+        errors.append(error)
+    raise ExceptionGroup("the lookups failed", errors)
 """
 
 
@@ -783,7 +812,7 @@ def test_a_failed_tests_own_connections_are_not_its_leaks(tmp_path: Path) -> Non
         tmp_path, FAILS_BEFORE_ITS_CLOSE, "--isolation-strict", f"--isolation-report={report}"
     )
     output = child.stdout + child.stderr
-    assert "2 failed" in output, output
+    assert "4 failed, 1 xfailed" in output, output
     assert "leak detected" not in output, output
     assert "connection leak in" not in output, output
     assert "strict mode" not in output, output
@@ -792,7 +821,9 @@ def test_a_failed_tests_own_connections_are_not_its_leaks(tmp_path: Path) -> Non
 
 def test_pdb_still_sees_a_failed_tests_connection(tmp_path: Path) -> None:
     """The test's local variables are let go of only after ``--pdb`` has had its look."""
-    command, env = suite_command(tmp_path, FAILS_BEFORE_ITS_CLOSE, "--pdb")
+    command, env = suite_command(
+        tmp_path, FAILS_BEFORE_ITS_CLOSE, "--pdb", "-k", "closing or helper"
+    )
     looks = "p conn\nc\n" * 2
     child = subprocess.run(
         command, cwd=tmp_path, env=env, input=looks, capture_output=True, text=True, timeout=120
@@ -2206,17 +2237,17 @@ KEEPS_A_URL_IN_A_THREAD = """
 import os
 import sqlite3
 import threading
-import time
 
 import pytest
 
 pytestmark = pytest.mark.isolated
 errors = []
+NEXT_TEST_RUNS = threading.Event()
 TRIED = threading.Event()
 
 
 def write_late(url):
-    time.sleep(0.3)  # the next test runs by then
+    NEXT_TEST_RUNS.wait(timeout=30)
     try:
         conn = sqlite3.connect(url, uri=True)
         conn.execute("CREATE TABLE ghost (x)")
@@ -2234,6 +2265,7 @@ def test_starts_a_late_writer():
 
 
 def test_runs_meanwhile(db):
+    NEXT_TEST_RUNS.set()
     assert TRIED.wait(timeout=30)
     assert [type(error).__name__ for error in errors] == ["DatabaseAccessBlockedError"]
     message = str(errors[0])
