@@ -40,11 +40,13 @@ from starlette.routing import Route
 
 from app import store
 from lib.database import (
+    ClientClosedError,
     checked_database_target,
     get_database_client,
     is_contention,
     reset_database_instance,
 )
+from lib.database_config import is_remote_url, shown_url
 from lib.migrate import MigrationError, pending_migrations
 
 __all__ = ["app", "create_app"]
@@ -109,10 +111,11 @@ def _unreadiness() -> dict[str, Any] | None:
         return {"error": result["error"]}
     try:
         pending = pending_migrations(client)
-    except (MigrationError, sqlite3.Error) as error:
+    except (MigrationError, sqlite3.Error, ClientClosedError, TimeoutError) as error:
         return {"error": f"cannot tell whether the schema is up to date: {error}"}
     if pending:
-        behind = f"{len(pending)} migration(s) not applied to {client.path}"
+        where = shown_url(client.path) if is_remote_url(client.path) else client.path
+        behind = f"{len(pending)} migration(s) not applied to {where}"
         return {"error": f"{behind} ({', '.join(pending)}): run {MIGRATE}", "pending": pending}
     return None
 
