@@ -48,6 +48,8 @@ TEST_REQUIREMENTS = [
     "httpx>=0.27",
     # The libSQL engine (turso=yes).
     "libsql>=0.1.11",
+    # ADOPTING.md's SQLAlchemy engine, adopted into a toy repository.
+    "sqlalchemy>=2.0",
 ]
 
 

@@ -255,7 +255,7 @@ def _toy_repository(root: Path) -> Path:
     return root
 
 
-def _adopt(baked: Path, repo: Path) -> None:
+def _adopt(baked: Path, repo: Path, toy_settings: dict[str, str] = TOY_SETTINGS) -> None:
     """Follow ADOPTING.md: copy lib/ and tests/, merge the conftest and pyproject snippets."""
     adopting = (baked / "ADOPTING.md").read_text()
     assert "cp -R lib tests .cookiecutter.json" in adopting
@@ -275,7 +275,7 @@ def _adopt(baked: Path, repo: Path) -> None:
         for line in ini_text.splitlines()
         if line and not line.startswith("#")
     }
-    for key, value in TOY_SETTINGS.items():
+    for key, value in toy_settings.items():
         assert key in settings or f"# {key} = " in ini_text, key  # set, or left out
         settings[key] = f"{key} = {value}"
     warning = '"default::lib.isolation_manager.IsolationWarning"'
@@ -336,6 +336,87 @@ def test_adopted_settings_are_used(toy_repository: Path) -> None:
     templates = toy_repository / ".toyshop-data" / ".isolation" / "templates"
     assert templates.is_dir(), "the template database is made under isolation_data_dir"
     assert not (toy_repository / "data").exists()
+
+
+SQLALCHEMY_SHOP = """\
+from sqlalchemy import text
+
+from inventory.db import Session
+
+
+def add_item(name: str) -> None:
+    with Session.begin() as session:
+        session.execute(text("INSERT INTO items (name) VALUES (:name)"), {"name": name})
+
+
+def item_names() -> list[str]:
+    with Session() as session:
+        rows = session.execute(text("SELECT name FROM items ORDER BY id"))
+        return [name for (name,) in rows]
+"""
+
+SQLALCHEMY_TESTS = """\
+from inventory import shop  # imported while collecting: the engine exists before any test
+
+
+def test_apple_alone() -> None:
+    shop.add_item("apple")
+    assert shop.item_names() == ["apple"]
+
+
+def test_pear_alone() -> None:
+    shop.add_item("pear")
+    assert shop.item_names() == ["pear"]
+
+
+def test_the_engine_opens_the_tests_database(db) -> None:
+    shop.add_item("plum")
+    assert [row["name"] for row in db.execute("SELECT name FROM items").rows] == ["plum"]
+"""
+
+
+@pytest.fixture(scope="module")
+def sqlalchemy_repository(isolation_only: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository on SQLAlchemy, its engine the one ADOPTING.md shows, as written there."""
+    adopting = (isolation_only / "ADOPTING.md").read_text()
+    section = adopting.split("#### With SQLAlchemy\n", 1)[1]
+    engine_module = section.split("```python\n", 1)[1].split("```", 1)[0]
+    database_module = re.search(r'isolation_database_module = "([^"]+)"', section)
+    assert database_module is not None
+    repo = tmp_path_factory.mktemp("inventory")
+    _write(
+        repo,
+        {
+            "pyproject.toml": TOY_PYPROJECT,
+            "inventory/__init__.py": "",
+            "inventory/db.py": engine_module,
+            "inventory/shop.py": SQLALCHEMY_SHOP,
+            "db/migrations/0001_items.sql": "CREATE TABLE items (id INTEGER PRIMARY KEY, "
+            "name TEXT NOT NULL);\n",
+            "tests/conftest.py": TOY_CONFTEST,
+        },
+    )
+    settings = TOY_SETTINGS | {
+        "isolation_database_module": f'"{database_module[1]}"',
+        "isolation_module_patterns": '["inventory.*"]',
+    }
+    _adopt(isolation_only, repo, settings)
+    _write(repo, {"tests/storage/test_items.py": SQLALCHEMY_TESTS})
+    return repo
+
+
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--isolation-strategy", "memory"], ["-n", "2"]],
+    ids=["file", "memory", "two workers"],
+)
+def test_the_sqlalchemy_engine_adopting_shows_isolates_every_test(
+    sqlalchemy_repository: Path, options: list[str]
+) -> None:
+    output = _run_toy(sqlalchemy_repository, "tests/storage", "--isolation-strict", *options)
+    assert passed_count(output) == 3, output
+    assert "leak detected" not in output, output
+    assert not (sqlalchemy_repository / "inventory.db").exists()
 
 
 def _linter_settings(adopting: str) -> str:

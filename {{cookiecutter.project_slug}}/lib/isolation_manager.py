@@ -652,7 +652,9 @@ class TestIsolationManager:
             return (
                 "; isolation_database_module names that module, and its reset did not close "
                 "the connection: make the reset close it, not only forget it (an lru_cache's "
-                "cache_clear() does not close what it cached)"
+                "cache_clear() does not close what it cached), or close what still holds it "
+                "(an SQLAlchemy session left open keeps its connection out of the pool that "
+                "engine.dispose() closes)"
             )
         return ""
 
