@@ -119,6 +119,13 @@ def _refuse_a_directory_without_migrations(directory: Path) -> None:
         )
     held = sorted(path.name + "/" * path.is_dir() for path in directory.iterdir())
     holds = f"it holds {_some(held)}" if held else "it is empty"
+    if {"env.py", "versions/"} <= set(held):  # Alembic's (and Flask-Migrate's)
+        raise MigrationsDirectoryError(
+            f"migrations directory {directory} holds Alembic's Python migrations ({holds}), "
+            "which are not run: write their SQL into a directory of its own (alembic upgrade "
+            "head --sql > db/sql/0001_schema.sql, again after a new revision), and point the "
+            "setting at it"
+        )
     raise MigrationsDirectoryError(
         f"migrations directory {directory} has no *.sql migration files ({holds}): "
         "write the schema as the first one (0001_schema.sql), or point the setting at the "

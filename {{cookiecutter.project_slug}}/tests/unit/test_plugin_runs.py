@@ -1045,8 +1045,9 @@ def test_a_migrations_directory_of_another_tool_is_refused_not_an_empty_schema(
     child = run_suite(tmp_path, ONE_ISOLATED_TEST, "-o", f"isolation_migrations_dir={migrations}")
     assert child.returncode == 4, child.stdout + child.stderr
     assert (
-        f"migrations directory {migrations} has no *.sql migration files "
-        "(it holds env.py, versions/)"
+        f"migrations directory {migrations} holds Alembic's Python migrations (it holds "
+        "env.py, versions/), which are not run: write their SQL into a directory of its own "
+        "(alembic upgrade head --sql > db/sql/0001_schema.sql"
     ) in child.stderr
     assert "Fix that migration" not in child.stderr
 
