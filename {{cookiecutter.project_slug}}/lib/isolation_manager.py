@@ -786,7 +786,8 @@ class TestIsolationManager:
                 name = (
                     f"{getattr(reset, '__module__', '?')}:{getattr(reset, '__qualname__', reset)}"
                 )
-                self._failed_resets.append(f"{name} raised {error!r}")
+                url = os.environ.get("DATABASE_URL")
+                self._failed_resets.append(f"{name} raised {error!r} (DATABASE_URL was {url!r})")
 
     def _raise_failed_resets(self, had: str = "the previous test's") -> None:
         """IsolationError for the reset hooks that failed since the last call; ``had``:
@@ -798,7 +799,9 @@ class TestIsolationManager:
                 f"should drop may still point at the database it had ({had}): make the hook "
                 "forget its connection even when closing it fails (try/finally), and close "
                 "connections in the thread that opened them (or open them with "
-                "check_same_thread=False)"
+                "check_same_thread=False). A hook that connects again opens DATABASE_URL "
+                "as an SQLite URI, sqlite3.connect(url, uri=True), which SQLAlchemy's "
+                "create_engine() does not take (see 'With SQLAlchemy' in ADOPTING.md)"
             )
 
     def _restore(self, context: _TestContext) -> None:

@@ -1586,6 +1586,7 @@ def test_a_reset_hook_that_fails_fails_the_test(tmp_path: Path) -> None:
         child.stdout
     )
     assert "make the hook forget its connection even when closing it fails" in child.stdout
+    assert "(DATABASE_URL was 'file:" in child.stdout  # the test's, when the test ended
 
 
 def test_a_database_module_that_fails_at_import_is_one_error_naming_the_setting(
