@@ -229,7 +229,9 @@ class OtherDatabases:
         return (
             f"it is not the database of {self.test_name}, which would write to it: if it "
             "is your application's, the code that opened it reads another setting than "
-            "DATABASE_URL; make it read DATABASE_URL when it connects. A file the test only "
+            "DATABASE_URL, or read DATABASE_URL once, before the session set it (unset, it "
+            "fell back to a default of its own): make it read DATABASE_URL when it "
+            "connects. A file the test only "
             "reads (reference data): open it read-only, sqlite3.connect("
             f"'file:{path}?mode=ro', uri=True); one it makes: put it under tmp_path; one "
             "the project lets tests write (a cache): name it in isolation_allowed_databases"

@@ -1213,6 +1213,7 @@ def test_a_database_the_test_would_write_besides_its_own_is_refused_before_it_op
     assert len(refusals) == 4, child.stdout
     for name in ("notes.sqlite", "legacy.sqlite"):
         assert f"refused to open '{instance / name}': it is not the database of" in child.stdout
+    assert "or read DATABASE_URL once, before the session set it (unset, it" in child.stdout
     assert child.stdout.count("opened the path of its DATABASE_URL as a file name") >= 2
     assert sorted(path.name for path in instance.iterdir()) == ["reference.sqlite"]
     assert not list(Path(os.sep).glob("isolation-test_*")), "a file made at the root"
