@@ -42,9 +42,9 @@ from app import store
 from lib.database import (
     ClientClosedError,
     checked_database_target,
+    close_database_service,
     get_database_client,
     is_contention,
-    reset_database_instance,
 )
 from lib.database_config import is_remote_url, shown_url
 from lib.migrate import MigrationError, pending_migrations
@@ -209,7 +209,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await run_in_threadpool(reset_database_instance)
+        await run_in_threadpool(close_database_service)
 
 
 def create_app(*, debug: bool = False) -> Starlette:

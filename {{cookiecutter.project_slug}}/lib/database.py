@@ -86,6 +86,7 @@ __all__ = [
     "caller_location",
     "checked_database_target",
     "client_of",
+    "close_database_service",
     "create_database_directory",
     "database_driver",
     "database_target",
@@ -846,6 +847,15 @@ def get_database_service() -> DatabaseService:
 def get_database_client() -> DatabaseClient:
     """The client application code should use; call it where it is needed, never cache it."""
     return get_database_service().get_client()
+
+
+def close_database_service(timeout: float = 5.0) -> bool:
+    """Close the process-wide service's client, if there is a service (none is made), as a
+    server stops; whether it closed within ``timeout``. A test's service only forgets its
+    client, which stays the test's: its scope closes it."""
+    with _singleton_lock:
+        service = _service
+    return service.close(timeout) if service is not None else True
 
 
 def reset_database_instance() -> None:

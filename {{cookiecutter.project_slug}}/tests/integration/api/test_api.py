@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.api import MIGRATE, RETRY_AFTER_SECONDS
-from lib.database import BUSY_TIMEOUT_MS, DatabaseClient
+from app.api import MIGRATE, RETRY_AFTER_SECONDS, create_app
+from lib.database import BUSY_TIMEOUT_MS, DatabaseClient, get_database_client
 from lib.migrate import MIGRATIONS_TABLE, migration_files
 
 # How long the server's client waits for a lock that another connection holds, in the
@@ -79,6 +79,20 @@ def test_health_is_unavailable_while_a_migration_is_not_applied(
         "error": f"1 migration(s) not applied to {db.path} ({last}): run {MIGRATE}",
         "pending": [last],
     }
+
+
+async def test_the_apps_lifespan_run_in_a_test_leaves_the_test_its_client(
+    db: DatabaseClient,
+) -> None:
+    """The server closes its database as it stops: in a test, the test's client stays
+    open and remains the one the application gets."""
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            assert (await client.get("/health")).status_code == 200
+    assert get_database_client() is db
+    assert db.execute("SELECT count(*) FROM products").rows[0][0] == 0
 
 
 def test_a_product_created_over_http_is_in_this_tests_database(

@@ -100,5 +100,5 @@ async def test_a_server_that_stops_closes_its_database(tmp_path: Path) -> None:
         service.get_client().execute("CREATE TABLE t (x)")
         assert (tmp_path / "shop.db-wal").exists()
     assert service.get_connection_stats()["initialized"] is False
-    assert swap_database_service(None) is None
+    assert swap_database_service(None) is service
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shop.db"]
