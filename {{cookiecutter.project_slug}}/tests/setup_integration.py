@@ -96,6 +96,8 @@ PREPARING_NOTICE_SECONDS = 2.0
 # that the statement's error fails the test first, with time left to report it (an alarm
 # firing while pytest makes the report is an INTERNALERROR).
 ALARM_MARGIN_SECONDS = 2.0
+# How many of the connection leaks closed so far a closed connection's failure names.
+SHOWN_LEAKS = 5
 _environment = pytest.MonkeyPatch()
 _strategy_key = pytest.StashKey[str]()
 _failed_key = pytest.StashKey[bool]()
@@ -558,6 +560,24 @@ def _name_closed_connections(report: pytest.TestReport) -> None:
                 "\n".join(held) + f"\n\nEach holds a closed sqlite3 connection: {cause}",
             )
         )
+        return
+    leaked = [leak for leak in manager.leaks if leak.kind == "connection"][-SHOWN_LEAKS:]
+    if leaked:  # held deeper (a session, a pool): the plugin closed it as a leak, maybe
+        report.sections.append(
+            (
+                "isolation: connections closed as leaks of earlier tests",
+                "\n".join(f"{leak.test}: {leak.detail.split(';')[0]}" for leak in leaked)
+                + f"\n\n{_CLOSED_AS_A_LEAK}",
+            )
+        )
+
+
+_CLOSED_AS_A_LEAK = (
+    "The plugin closed each at the end of the test that left it open. If the closed "
+    "connection used here is one of them, something kept it from that test (a session, a "
+    "pool, an object of a module global): close it in the test that opened it, or ask for "
+    "a connection where it is used."
+)
 
 
 def _name_closed_clients(report: pytest.TestReport) -> None:

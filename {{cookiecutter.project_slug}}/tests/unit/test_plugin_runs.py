@@ -1409,6 +1409,45 @@ def test_count(db):
 """
 
 
+KEEPS_A_CONNECTION_DEEP_DOWN = """
+import os
+import sqlite3
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+
+
+class Session:  # holds its connection deeper than a module global's attribute
+    def __init__(self):
+        self.state = {"connection": None}
+
+
+SESSION = Session()
+
+
+def test_leaves_its_connection_open():
+    SESSION.state["connection"] = sqlite3.connect(os.environ["DATABASE_URL"], uri=True)
+
+
+def test_uses_it_later():
+    SESSION.state["connection"].execute("SELECT 1")
+"""
+
+
+def test_a_closed_connection_held_deep_down_names_the_leaks_closed_before(
+    tmp_path: Path,
+) -> None:
+    """No global leads to it: the failure lists the connections closed as leaks of earlier
+    tests, where they were opened."""
+    child = run_suite(tmp_path, KEEPS_A_CONNECTION_DEEP_DOWN)
+    assert "1 failed, 1 passed" in child.stdout, child.stdout + child.stderr
+    assert "Cannot operate on a closed database" in child.stdout
+    section = "isolation: connections closed as leaks of earlier tests"
+    opened = f"test_suite.py::test_leaves_its_connection_open: opened at {tmp_path}/test_suite.py:"
+    assert re.search(rf"{section} -+\n{re.escape(opened)}19\n", child.stdout), child.stdout
+
+
 def test_a_closed_sqlite3_connection_a_test_used_is_named_where_it_is_kept(
     tmp_path: Path,
 ) -> None:
