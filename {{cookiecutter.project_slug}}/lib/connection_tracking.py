@@ -88,7 +88,9 @@ def _record(connection: Any, database: object) -> None:
     if suspended is not None:
         suspended.append(connection)
     elif _recordings:
-        tracked = TrackedConnection(connection, caller_location(), database_key(database))
+        # The project's own line (a test's, through SQLAlchemy say), not the library's.
+        location = _recordings[0].project_caller() or caller_location()
+        tracked = TrackedConnection(connection, location, database_key(database))
         writes = not (isinstance(database, str) and is_read_only_uri(database))
         for recording in list(_recordings):
             recording.add(tracked, writes=writes)

@@ -1435,6 +1435,32 @@ def test_uses_it_later():
 """
 
 
+LEAVES_A_LIBRARYS_CONNECTION_OPEN = """
+import os
+
+import pytest
+
+pytestmark = pytest.mark.isolated
+CONNECT = "import sqlite3\\ndef connect(url):\\n    return sqlite3.connect(url, uri=True)\\n"
+ENGINE = os.path.join(os.sep, "opt", ".venv", "site-packages", "orm", "engine.py")
+LIBRARY = {}
+exec(compile(CONNECT, ENGINE, "exec"), LIBRARY)
+KEPT = []
+
+
+def test_keeps_what_the_library_opened():
+    KEPT.append(LIBRARY["connect"](os.environ["DATABASE_URL"]))
+"""
+
+
+def test_a_leak_is_named_by_the_projects_line_not_the_librarys(tmp_path: Path) -> None:
+    """Opened through a library (SQLAlchemy's engine), the connection is named where the
+    project's code asked for it."""
+    child = run_suite(tmp_path, LEAVES_A_LIBRARYS_CONNECTION_OPEN)
+    leak = "Connection leak detected in test: test_suite.py::test_keeps_what_the_library_opened"
+    assert f"{leak} (opened at {tmp_path / 'test_suite.py'}:15;" in child.stdout, child.stdout
+
+
 def test_a_closed_connection_held_deep_down_names_the_leaks_closed_before(
     tmp_path: Path,
 ) -> None:
