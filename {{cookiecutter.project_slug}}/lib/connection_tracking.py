@@ -87,12 +87,12 @@ def _record(connection: Any, database: object) -> None:
     suspended: list[Any] | None = getattr(_local, "suspended", None)
     if suspended is not None:
         suspended.append(connection)
-    elif _recordings:
+    elif recordings := list(_recordings):  # a copy: a test may end meanwhile, in its thread
         # The project's own line (a test's, through SQLAlchemy say), not the library's.
-        location = _recordings[0].project_caller() or caller_location()
+        location = recordings[0].project_caller() or caller_location()
         tracked = TrackedConnection(connection, location, database_key(database))
         writes = not (isinstance(database, str) and is_read_only_uri(database))
-        for recording in list(_recordings):
+        for recording in recordings:
             recording.add(tracked, writes=writes)
 
 
